@@ -1,0 +1,274 @@
+//! Domain types shared by the feed parser, the pipeline, the stores and the HTTP layer.
+//!
+//! Nothing here knows about XML or SQL: the feed module maps provider XML to [`Plan`], each store maps
+//! [`StoredPlan`] to its own rows and back to [`EventRow`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+/// Namespace of every plan id: `id = uuid_v5(PLAN_NAMESPACE, "{provider}/{base_plan_id}/{plan_id}")`.
+/// Never change it: ids are promised stable across releases.
+pub const PLAN_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a7e_9b1d_4c3e_8a55_0d7e_3f2b_9c41);
+
+/// Identity of a plan: `plan_id` alone is not unique, neither across base plans nor providers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlanKey {
+    pub provider: Arc<str>,
+    pub base_plan_id: u64,
+    pub plan_id: u64,
+}
+
+impl PlanKey {
+    pub fn new(provider: impl Into<Arc<str>>, base_plan_id: u64, plan_id: u64) -> Self {
+        Self { provider: provider.into(), base_plan_id, plan_id }
+    }
+
+    /// The public id of the plan (UUID v5 of the key).
+    pub fn id(&self) -> Uuid {
+        Uuid::new_v5(&PLAN_NAMESPACE, self.to_string().as_bytes())
+    }
+}
+
+impl fmt::Display for PlanKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.provider, self.base_plan_id, self.plan_id)
+    }
+}
+
+/// One ticket zone of a plan. Zone ids may repeat inside a plan; every zone counts for min/max.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    pub zone_id: u64,
+    pub name: String,
+    pub capacity: u32,
+    pub price: Decimal,
+    pub numbered: bool,
+}
+
+/// One observation of a plan as the provider sent it. Date-times are provider-local, as in the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub key: PlanKey,
+    pub title: String,
+    /// `sell_mode == "online"` on the base plan of this observation.
+    pub online: bool,
+    pub organizer_company_id: Option<u64>,
+    pub start: NaiveDateTime,
+    pub end: NaiveDateTime,
+    pub sell_from: Option<NaiveDateTime>,
+    pub sell_to: Option<NaiveDateTime>,
+    pub sold_out: bool,
+    pub zones: Vec<Zone>,
+}
+
+impl Plan {
+    pub fn min_price(&self) -> Option<Decimal> {
+        self.zones.iter().map(|z| z.price).min()
+    }
+
+    pub fn max_price(&self) -> Option<Decimal> {
+        self.zones.iter().map(|z| z.price).max()
+    }
+
+    /// Stable 64-bit digest of everything observable about the plan (xxh3 over a canonical
+    /// encoding). Persisted by the stores, so the encoding must never change silently.
+    pub fn content_hash(&self) -> u64 {
+        let mut buf = Vec::with_capacity(128 + self.zones.len() * 48);
+        let mut put = |s: &str| {
+            buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        };
+        put(&self.key.to_string());
+        put(&self.title);
+        put(if self.online { "online" } else { "offline" });
+        put(&self.organizer_company_id.map(|o| o.to_string()).unwrap_or_default());
+        put(&self.start.to_string());
+        put(&self.end.to_string());
+        put(&self.sell_from.map(|d| d.to_string()).unwrap_or_default());
+        put(&self.sell_to.map(|d| d.to_string()).unwrap_or_default());
+        put(if self.sold_out { "1" } else { "0" });
+        for z in &self.zones {
+            put(&z.zone_id.to_string());
+            put(&z.name);
+            put(&z.capacity.to_string());
+            put(&z.price.normalize().to_string());
+            put(if z.numbered { "1" } else { "0" });
+        }
+        xxhash_rust::xxh3::xxh3_64(&buf)
+    }
+}
+
+/// Converts a provider-local date-time to an instant. Ambiguous local times (DST fall-back) take the
+/// earlier instant; times inside a DST gap are read as the instant just after the gap.
+pub fn local_to_utc(local: NaiveDateTime, tz: Tz) -> DateTime<Utc> {
+    match tz.from_local_datetime(&local) {
+        LocalResult::Single(t) => t.with_timezone(&Utc),
+        LocalResult::Ambiguous(a, _) => a.with_timezone(&Utc),
+        LocalResult::None => {
+            // Walk forward minute by minute out of the gap (gaps are at most a few hours).
+            let mut probe = local;
+            for _ in 0..(26 * 60) {
+                probe += chrono::Duration::minutes(1);
+                if let Some(t) = tz.from_local_datetime(&probe).earliest() {
+                    return t.with_timezone(&Utc);
+                }
+            }
+            Utc.from_utc_datetime(&local)
+        }
+    }
+}
+
+/// What the pipeline hands to a store: the plan's latest observation plus the bookkeeping the
+/// writer derived for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPlan {
+    pub plan: Plan,
+    /// Start and end as instants (provider-local time read in the provider's time zone).
+    pub start_utc: DateTime<Utc>,
+    pub end_utc: DateTime<Utc>,
+    /// Partition/day bucket of the plan: the UTC date of `start_utc`.
+    pub event_date: NaiveDate,
+    /// Sticky: true once any observation of the plan was online.
+    pub ever_online: bool,
+    /// Observation order: larger is newer. Derived from the fetch start and the chunk sequence.
+    pub version: u64,
+    pub hash: u64,
+    /// Set when an earlier stored version lived on another day; that row must stop matching.
+    pub previous_event_date: Option<NaiveDate>,
+}
+
+impl StoredPlan {
+    pub fn new(plan: Plan, tz: Tz, ever_online: bool, version: u64) -> Self {
+        let start_utc = local_to_utc(plan.start, tz);
+        let end_utc = local_to_utc(plan.end, tz);
+        let hash = plan.content_hash();
+        Self {
+            start_utc,
+            end_utc,
+            event_date: start_utc.date_naive(),
+            ever_online: ever_online || plan.online,
+            version,
+            hash,
+            previous_event_date: None,
+            plan,
+        }
+    }
+}
+
+/// What the writer needs to know about a stored plan to skip unchanged re-observations and to
+/// supersede the row of a moved plan. Loaded from the store at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanState {
+    pub hash: u64,
+    pub event_date: NaiveDate,
+    pub version: u64,
+    pub ever_online: bool,
+}
+
+/// One searchable plan as a store returns it: enough to filter by instant, order, and render the
+/// contract's `EventSummary`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub id: Uuid,
+    pub title: String,
+    pub start_local: NaiveDateTime,
+    pub end_local: NaiveDateTime,
+    pub start_utc: DateTime<Utc>,
+    pub end_utc: DateTime<Utc>,
+    pub min_price: Option<Decimal>,
+    pub max_price: Option<Decimal>,
+}
+
+impl EventRow {
+    pub fn from_stored(p: &StoredPlan) -> Self {
+        Self {
+            id: p.plan.key.id(),
+            title: p.plan.title.clone(),
+            start_local: p.plan.start,
+            end_local: p.plan.end,
+            start_utc: p.start_utc,
+            end_utc: p.end_utc,
+            min_price: p.plan.min_price(),
+            max_price: p.plan.max_price(),
+        }
+    }
+}
+
+/// A search window over instants; either side may be open. Containment: a plan matches when
+/// `start_utc >= starts_at` and `end_utc <= ends_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimeRange {
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl TimeRange {
+    pub fn contains(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> bool {
+        self.starts_at.is_none_or(|s| start >= s) && self.ends_at.is_none_or(|e| end <= e)
+    }
+}
+
+/// One fetch attempt, as recorded in the store's fetch log.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FetchRecord {
+    pub provider: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// HTTP status, when a response arrived.
+    pub http_status: Option<u16>,
+    pub bytes: u64,
+    pub plans_seen: u64,
+    pub plans_written: u64,
+    pub plans_unchanged: u64,
+    pub plans_skipped: u64,
+    /// `None` on success; the reason otherwise.
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dt(s: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap()
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct_across_base_plans_and_providers() {
+        let a = PlanKey::new("fever", 322, 1642);
+        let b = PlanKey::new("fever", 1591, 1642);
+        let c = PlanKey::new("other", 322, 1642);
+        assert_eq!(a.id(), PlanKey::new("fever", 322, 1642).id());
+        assert_eq!(a.id().get_version_num(), 5);
+        assert_ne!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+    }
+
+    #[test]
+    fn local_times_follow_the_provider_zone() {
+        let madrid: Tz = "Europe/Madrid".parse().unwrap();
+        assert_eq!(local_to_utc(dt("2021-06-30T21:00:00"), madrid).to_rfc3339(), "2021-06-30T19:00:00+00:00");
+        // 2021-03-28 02:30 does not exist in Madrid: read as the end of the gap (03:00 CEST = 01:00Z).
+        assert_eq!(local_to_utc(dt("2021-03-28T02:30:00"), madrid).to_rfc3339(), "2021-03-28T01:00:00+00:00");
+        // 2021-10-31 02:30 happens twice: the earlier one (CEST) wins.
+        assert_eq!(local_to_utc(dt("2021-10-31T02:30:00"), madrid).to_rfc3339(), "2021-10-31T00:30:00+00:00");
+    }
+
+    #[test]
+    fn containment_is_inclusive_on_both_sides() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let r = TimeRange {
+            starts_at: Some(t("2021-01-01T10:00:00Z")),
+            ends_at: Some(t("2021-01-01T12:00:00Z")),
+        };
+        assert!(r.contains(t("2021-01-01T10:00:00Z"), t("2021-01-01T12:00:00Z")));
+        assert!(!r.contains(t("2021-01-01T09:59:59Z"), t("2021-01-01T11:00:00Z")));
+        assert!(!r.contains(t("2021-01-01T10:00:00Z"), t("2021-01-01T12:00:01Z")));
+        assert!(TimeRange::default().contains(t("1900-01-01T00:00:00Z"), t("2999-01-01T00:00:00Z")));
+    }
+}

@@ -1,0 +1,14 @@
+//! planfeed: pulls a ticketing provider's XML feed into a store and serves `GET /search` over it.
+//!
+//! - [`domain`]: plans, zones, keys and time ranges, apart from XML and storage.
+//! - [`feed`]: chunking the streamed feed at base-plan boundaries and parsing chunks.
+//! - [`store`]: the `Store` trait and its implementations (embedded SQLite, ClickHouse).
+//! - [`actors`]: the ingestion pipeline (supervisor, scheduler, fetcher, parsers, batch writer).
+//! - [`search`]: answers searches from the store through a per-day cache.
+//! - [`http`]: the warp server (`/search`, `/health`, `/openapi.yaml`).
+//! - [`config`]: typed settings from `config/*.toml` and `PLANFEED__*` variables.
+//! - [`service`]: wires everything together for `planfeed serve`.
+
+pub mod domain;
+pub mod feed;
+pub mod store;

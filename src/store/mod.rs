@@ -1,0 +1,66 @@
+//! Storage behind one trait. Every implementation passes the same conformance suite
+//! (`tests/store_conformance.rs`).
+//!
+//! - [`sqlite::SqliteStore`]: the embedded default, one local file, no server needed.
+//!
+//! A store keeps, per plan key, the latest written version of the plan (offline observations
+//! included) and the sticky ever-online flag; search reads only the requested event days.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+
+use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying: connection refused, timeout, server overloaded.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Retrying the same request will fail again: bad data, schema mismatch.
+    #[error("store rejected the request: {0}")]
+    Permanent(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short name for logs and metrics (`embedded`, `clickhouse`).
+    fn name(&self) -> &'static str;
+
+    /// Writes a batch of plan versions. Each plan replaces the stored one with the same key when its
+    /// `version` is not older; a plan with `previous_event_date` stops matching on that day. Atomic
+    /// per batch where the backend allows it; always idempotent, so a failed batch can be retried.
+    async fn write_plans(&self, plans: &[StoredPlan]) -> StoreResult<()>;
+
+    /// The writer's bookkeeping for every stored plan (hash, event day, version, ever-online).
+    async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>>;
+
+    /// Every ever-online plan whose event day is in `[from, to]` (inclusive), latest version only,
+    /// ordered by start instant then id.
+    async fn plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<EventRow>>;
+
+    /// First and last event day holding an ever-online plan, for open-ended searches.
+    async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>>;
+
+    /// Appends one fetch attempt to the fetch log.
+    async fn record_fetch(&self, fetch: &FetchRecord) -> StoreResult<()>;
+
+    /// The most recent fetch attempts, newest first.
+    async fn recent_fetches(&self, limit: usize) -> StoreResult<Vec<FetchRecord>>;
+
+    /// Cheap liveness probe.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
