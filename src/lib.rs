@@ -5,10 +5,19 @@
 //! - [`store`]: the `Store` trait and its implementations (embedded SQLite, ClickHouse).
 //! - [`actors`]: the ingestion pipeline (supervisor, scheduler, fetcher, parsers, batch writer).
 //! - [`search`]: answers searches from the store through a per-day cache.
-//! - [`http`]: the warp server (`/search`, `/health`, `/openapi.yaml`).
+//! - [`http`]: the warp server (`/search`, `/health`, `/ready`, `/openapi.yaml`).
 //! - [`config`]: typed settings from `config/*.toml` and `PLANFEED__*` variables.
+//! - [`simulator`]: a provider simulator (real HTTP, real XML) for tests, benchmarks and demos.
+//! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`service`]: wires everything together for `planfeed serve`.
 
+pub mod actors;
+pub mod config;
 pub mod domain;
 pub mod feed;
+pub mod http;
+pub mod search;
+pub mod service;
+pub mod simulator;
 pub mod store;
+pub mod metrics;

@@ -1,0 +1,21 @@
+# planfeed: the two commands a newcomer needs are `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: run test fmt lint bench up down
+
+## Build a release binary and start it with the default configuration (embedded store, port 8000).
+run:
+	$(CARGO) build --release
+	./target/release/planfeed serve
+
+## The complete test suite (unit, store conformance, end-to-end). The ClickHouse tests need
+## clickhouse-server on PATH: run scripts/install-clickhouse.sh once (CI does).
+test:
+	$(CARGO) test --all-targets --no-fail-fast
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings

@@ -1,0 +1,355 @@
+//! `BatchWriter`: the only actor that writes plans. It keeps, per plan key, what the store holds
+//! (hash, event day, version, ever-online), loaded from the store at start, so an unchanged plan is
+//! never written again and a plan whose start moved to another day supersedes its old row.
+//!
+//! A batch is flushed when it holds `batch_size` plans, when its oldest plan is `flush_age` old (a
+//! timer message carries the batch id so a stale timer flushes nothing), or when a fetch ends.
+//! Transient store errors are retried with capped, jittered backoff; a permanent error drops the
+//! batch (the plans stay unknown to the writer, so the next fetch offers them again).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rand::Rng;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::parser::FetchContext;
+use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
+use crate::search::Searcher;
+use crate::store::SharedStore;
+
+/// The plans of one parsed chunk.
+pub struct ChunkPlans {
+    pub fetch: Arc<FetchContext>,
+    pub seq: u32,
+    pub plans: Vec<Plan>,
+    pub skipped: u64,
+    pub error: Option<String>,
+    /// Released once the plans are in the batch: the pipeline's backpressure.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Sent by the fetcher when the download ended (well or not).
+pub struct FetchEnd {
+    pub fetch_id: u64,
+    /// Number of chunks handed to the parsers.
+    pub chunks: u32,
+    pub record: FetchRecord,
+}
+
+pub enum WriterMsg {
+    Plans(ChunkPlans),
+    FetchEnd(FetchEnd),
+    FlushTimer {
+        batch_id: u64,
+    },
+    /// Flush now and answer when done (shutdown, tests).
+    Flush(RpcReplyPort<()>),
+}
+
+/// Why a batch was flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushTrigger {
+    Size,
+    Age,
+    FetchEnd,
+    Requested,
+    Stop,
+}
+
+/// Outcome counters, shared with metrics and tests.
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    pub plans_seen: AtomicU64,
+    pub plans_written: AtomicU64,
+    pub plans_unchanged: AtomicU64,
+    pub plans_skipped: AtomicU64,
+    pub batches: AtomicU64,
+    pub retries: AtomicU64,
+    pub batches_dropped: AtomicU64,
+    pub fetches_recorded: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct BatchWriterArgs {
+    pub store: SharedStore,
+    pub searcher: Option<Arc<Searcher>>,
+    pub batch_size: usize,
+    pub flush_age: Duration,
+    pub counters: Arc<WriterCounters>,
+}
+
+#[derive(Default)]
+struct FetchTally {
+    chunks_received: u32,
+    end: Option<FetchEnd>,
+    seen: u64,
+    written: u64,
+    unchanged: u64,
+    skipped: u64,
+    errors: Vec<String>,
+}
+
+pub struct BatchWriterState {
+    args: BatchWriterArgs,
+    /// What the store holds, per plan key.
+    persisted: HashMap<PlanKey, PlanState>,
+    batch: Vec<StoredPlan>,
+    in_batch: HashMap<PlanKey, usize>,
+    batch_id: u64,
+    batch_started: Option<Instant>,
+    fetches: HashMap<u64, FetchTally>,
+}
+
+pub struct BatchWriter;
+
+impl Actor for BatchWriter {
+    type Msg = WriterMsg;
+    type State = BatchWriterState;
+    type Arguments = BatchWriterArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WriterMsg>,
+        args: BatchWriterArgs,
+    ) -> Result<BatchWriterState, ActorProcessingErr> {
+        let started = Instant::now();
+        let persisted: HashMap<_, _> = args.store.load_plan_states().await?.into_iter().collect();
+        tracing::info!(
+            plans = persisted.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "writer loaded plan states"
+        );
+        Ok(BatchWriterState {
+            args,
+            persisted,
+            batch: Vec::new(),
+            in_batch: HashMap::new(),
+            batch_id: 0,
+            batch_started: None,
+            fetches: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<WriterMsg>,
+        msg: WriterMsg,
+        state: &mut BatchWriterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WriterMsg::Plans(chunk) => {
+                let fetch_id = chunk.fetch.fetch_id;
+                state.absorb(&me, chunk);
+                if state.batch.len() >= state.args.batch_size {
+                    state.flush(FlushTrigger::Size).await;
+                }
+                state.maybe_finish_fetch(fetch_id).await;
+            }
+            WriterMsg::FetchEnd(end) => {
+                let fetch_id = end.fetch_id;
+                state.fetches.entry(fetch_id).or_default().end = Some(end);
+                state.maybe_finish_fetch(fetch_id).await;
+            }
+            WriterMsg::FlushTimer { batch_id } => {
+                if batch_id == state.batch_id && !state.batch.is_empty() {
+                    state.flush(FlushTrigger::Age).await;
+                }
+            }
+            WriterMsg::Flush(reply) => {
+                state.flush(FlushTrigger::Requested).await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<WriterMsg>,
+        state: &mut BatchWriterState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.flush(FlushTrigger::Stop).await;
+        Ok(())
+    }
+}
+
+impl BatchWriterState {
+    /// Takes a chunk's plans into the batch, skipping unchanged and out-of-date observations.
+    fn absorb(&mut self, me: &ActorRef<WriterMsg>, chunk: ChunkPlans) {
+        let ChunkPlans { fetch, seq, plans, skipped, error, permit } = chunk;
+        let version = (fetch.fetch_id << 20) | u64::from(seq.min((1 << 20) - 1));
+        let counters = &self.args.counters;
+        let tally = self.fetches.entry(fetch.fetch_id).or_default();
+        tally.chunks_received += 1;
+        tally.skipped += skipped;
+        counters.plans_skipped.fetch_add(skipped, Ordering::Relaxed);
+        if let Some(e) = error {
+            tally.errors.push(e);
+        }
+        for plan in plans {
+            tally.seen += 1;
+            counters.plans_seen.fetch_add(1, Ordering::Relaxed);
+            let hash = plan.content_hash();
+            let pending = self.in_batch.get(&plan.key).map(|&i| &self.batch[i]);
+            let latest = pending
+                .map(|p| (p.hash, p.version, p.ever_online))
+                .or_else(|| self.persisted.get(&plan.key).map(|s| (s.hash, s.version, s.ever_online)));
+            let ever_online = match latest {
+                Some((h, _, _)) if h == hash => {
+                    tally.unchanged += 1;
+                    counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some((_, v, _)) if v > version => {
+                    // A newer observation was already taken; this one arrived late.
+                    tally.unchanged += 1;
+                    counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some((_, _, ever)) => ever,
+                None => false,
+            };
+            let mut stored = StoredPlan::new(plan, fetch.tz, ever_online, version);
+            stored.previous_event_date = self
+                .persisted
+                .get(&stored.plan.key)
+                .map(|s| s.event_date)
+                .filter(|d| *d != stored.event_date);
+            tally.written += 1;
+            counters.plans_written.fetch_add(1, Ordering::Relaxed);
+            match self.in_batch.get(&stored.plan.key) {
+                Some(&i) => self.batch[i] = stored,
+                None => {
+                    self.in_batch.insert(stored.plan.key.clone(), self.batch.len());
+                    self.batch.push(stored);
+                }
+            }
+        }
+        drop(permit);
+        if !self.batch.is_empty() && self.batch_started.is_none() {
+            self.batch_started = Some(Instant::now());
+            let batch_id = self.batch_id;
+            me.send_after(self.args.flush_age, move || WriterMsg::FlushTimer { batch_id });
+        }
+    }
+
+    /// Writes the batch, retrying transient errors with capped, jittered backoff.
+    async fn flush(&mut self, trigger: FlushTrigger) {
+        self.batch_id += 1;
+        self.batch_started = None;
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.in_batch.clear();
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match self.args.store.write_plans(&batch).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() && attempt < 8 => {
+                    attempt += 1;
+                    self.args.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    let base =
+                        Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
+                    let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
+                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, plans = batch.len(), "store write failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    self.args.counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, plans = batch.len(), ?trigger, "store write failed for good: batch dropped, its plans will be offered again by the next fetch");
+                    return;
+                }
+            }
+        }
+        self.args.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let mut days = HashSet::<NaiveDate>::new();
+        for p in &batch {
+            days.insert(p.event_date);
+            days.extend(p.previous_event_date);
+            self.persisted.insert(
+                p.plan.key.clone(),
+                PlanState {
+                    hash: p.hash,
+                    event_date: p.event_date,
+                    version: p.version,
+                    ever_online: p.ever_online,
+                },
+            );
+        }
+        tracing::debug!(
+            plans = batch.len(),
+            ?trigger,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch written"
+        );
+        if let Some(searcher) = &self.args.searcher {
+            let days: Vec<_> = days.into_iter().collect();
+            searcher.invalidate(&days).await;
+        }
+    }
+
+    /// Once every chunk of an ended fetch is in, flushes and records the fetch in the store's log.
+    async fn maybe_finish_fetch(&mut self, fetch_id: u64) {
+        let done = self
+            .fetches
+            .get(&fetch_id)
+            .is_some_and(|t| t.end.as_ref().is_some_and(|e| e.chunks == t.chunks_received));
+        if !done {
+            return;
+        }
+        self.flush(FlushTrigger::FetchEnd).await;
+        let tally = self.fetches.remove(&fetch_id).unwrap_or_default();
+        let Some(end) = tally.end else { return };
+        let mut record = end.record;
+        record.plans_seen = tally.seen;
+        record.plans_written = tally.written;
+        record.plans_unchanged = tally.unchanged;
+        record.plans_skipped = tally.skipped;
+        if record.error.is_none() && !tally.errors.is_empty() {
+            record.error = Some(tally.errors.join("; "));
+        }
+        record.duration_ms = (Utc::now() - record.started_at).num_milliseconds().max(0) as u64;
+        match &record.error {
+            None => tracing::info!(
+                provider = %record.provider, seen = record.plans_seen, written = record.plans_written,
+                unchanged = record.plans_unchanged, skipped = record.plans_skipped, bytes = record.bytes,
+                duration_ms = record.duration_ms, "fetch ingested"
+            ),
+            Some(e) => tracing::warn!(
+                provider = %record.provider, error = %e, http_status = ?record.http_status, seen = record.plans_seen,
+                written = record.plans_written, bytes = record.bytes, "fetch failed"
+            ),
+        }
+        crate::metrics::record_fetch(&record.provider, fetch_outcome(&record));
+        if let Err(e) = self.args.store.record_fetch(&record).await {
+            tracing::warn!(error = %e, "could not record the fetch in the store's log");
+        }
+        self.args.counters.fetches_recorded.fetch_add(1, Ordering::Relaxed);
+        // Tallies of fetches whose end never came (a crashed fetcher) must not pile up.
+        if self.fetches.len() > 64 {
+            let oldest = *self.fetches.keys().min().unwrap_or(&0);
+            self.fetches.remove(&oldest);
+        }
+    }
+}
+
+/// The reason label of a fetch outcome, for metrics.
+pub fn fetch_outcome(record: &FetchRecord) -> &'static str {
+    let Some(error) = record.error.as_deref() else { return "ok" };
+    match record.http_status {
+        Some(s) if !(200..300).contains(&s) => "http_error",
+        None if error.contains("timed out") => "timeout",
+        None => "connect",
+        Some(_) if error.contains("timed out") => "timeout",
+        Some(_) if error.contains("truncated") => "truncated",
+        Some(_) if error.contains("body read failed") => "body_error",
+        Some(_) => "bad_feed",
+    }
+}

@@ -1,0 +1,100 @@
+//! `Parser`: turns one chunk of whole base plans into domain plans and hands them to the writer.
+//! Parsing is CPU work, so it runs on tokio's blocking pool, never on the async worker threads; a
+//! panic while parsing is caught and reported as that chunk's error.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::batch_writer::{ChunkPlans, WriterMsg};
+use super::Slot;
+use crate::feed;
+
+/// Where a chunk comes from; shared by every chunk of one fetch.
+#[derive(Debug)]
+pub struct FetchContext {
+    pub fetch_id: u64,
+    pub provider: Arc<str>,
+    pub tz: chrono_tz::Tz,
+}
+
+pub struct ChunkJob {
+    pub fetch: Arc<FetchContext>,
+    pub seq: u32,
+    pub bytes: Bytes,
+    pub permit: OwnedSemaphorePermit,
+}
+
+pub enum ParserMsg {
+    Parse(ChunkJob),
+}
+
+pub struct Parser;
+
+pub struct ParserState {
+    writer: Slot<WriterMsg>,
+}
+
+impl Actor for Parser {
+    type Msg = ParserMsg;
+    type State = ParserState;
+    type Arguments = Slot<WriterMsg>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ParserMsg>,
+        writer: Slot<WriterMsg>,
+    ) -> Result<ParserState, ActorProcessingErr> {
+        Ok(ParserState { writer })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<ParserMsg>,
+        msg: ParserMsg,
+        state: &mut ParserState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ParserMsg::Parse(job) = msg;
+        let provider = job.fetch.provider.clone();
+        let bytes = job.bytes.clone();
+        let parsed = tokio::task::spawn_blocking(move || feed::parse_chunk(&provider, &bytes)).await;
+        let out = match parsed {
+            Ok(p) => {
+                for s in &p.skipped {
+                    tracing::warn!(
+                        provider = %job.fetch.provider,
+                        base_plan_id = s.base_plan_id.as_deref().unwrap_or("?"),
+                        plan_id = s.plan_id.as_deref().unwrap_or("?"),
+                        reason = %s.reason,
+                        "invalid plan skipped"
+                    );
+                }
+                ChunkPlans {
+                    fetch: job.fetch,
+                    seq: job.seq,
+                    plans: p.plans,
+                    skipped: p.skipped.len() as u64,
+                    error: p.error.map(|e| e.to_string()),
+                    permit: job.permit,
+                }
+            }
+            Err(e) => {
+                tracing::error!(fetch_id = job.fetch.fetch_id, seq = job.seq, error = %e, "parser panicked on a chunk");
+                ChunkPlans {
+                    fetch: job.fetch,
+                    seq: job.seq,
+                    plans: Vec::new(),
+                    skipped: 0,
+                    error: Some(format!("parser failed on chunk {}: {e}", job.seq)),
+                    permit: job.permit,
+                }
+            }
+        };
+        if state.writer.cast(WriterMsg::Plans(out)).is_err() {
+            tracing::error!("batch writer is not running: chunk dropped");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! `Supervisor`: spawns the pipeline downstream first (writer, parsers, fetcher, scheduler), each
+//! linked to it, and restarts a child that fails or stops unexpectedly. Restarts back off
+//! exponentially per child (100 ms doubling, capped at 30 s); a child that ran for a minute
+//! without failing starts again from the shortest delay. The supervisor itself never stops because
+//! of a child.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::Semaphore;
+
+use super::batch_writer::{BatchWriter, BatchWriterArgs, WriterMsg};
+use super::fetcher::{Fetcher, FetcherArgs, FetcherMsg};
+use super::parser::Parser;
+use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
+use super::{ParserPool, Slot};
+use crate::config::{PipelineSettings, ProviderSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Child {
+    Writer,
+    Parser(usize),
+    /// The fetcher of provider `i`.
+    Fetcher(usize),
+    /// The scheduler of provider `i`.
+    Scheduler(usize),
+}
+
+pub enum SupervisorMsg {
+    Restart(Child),
+    /// Flush the writer and answer (tests).
+    FlushWriter(ractor::RpcReplyPort<()>),
+    /// Graceful stop: no new fetch, the download in progress is abandoned, every chunk already cut
+    /// is parsed and written, then the children stop. Answers when done.
+    Shutdown(ractor::RpcReplyPort<()>),
+}
+
+#[derive(Clone)]
+pub struct PipelineArgs {
+    /// One scheduler and one fetcher each; they share the parsers and the writer.
+    pub providers: Vec<ProviderSettings>,
+    pub pipeline: PipelineSettings,
+    pub writer: BatchWriterArgs,
+}
+
+/// Handles to the running pipeline, shared with the service (reload, shutdown, tests).
+#[derive(Clone)]
+pub struct PipelineHandles {
+    pub writer: Slot<WriterMsg>,
+    /// Chunks in flight between the download and the writer (`pipeline.queue_chunks` permits).
+    pub permits: Arc<Semaphore>,
+    pub parsers: ParserPool,
+    /// Per provider, in configuration order.
+    pub fetchers: Vec<Slot<FetcherMsg>>,
+    pub schedulers: Vec<Slot<SchedulerMsg>>,
+}
+
+impl PipelineHandles {
+    pub fn new(providers: usize, parsers: usize, queue_chunks: usize) -> Self {
+        Self {
+            writer: Slot::default(),
+            permits: Arc::new(Semaphore::new(queue_chunks)),
+            parsers: ParserPool::with_size(parsers),
+            fetchers: (0..providers).map(|_| Slot::default()).collect(),
+            schedulers: (0..providers).map(|_| Slot::default()).collect(),
+        }
+    }
+}
+
+pub struct SupervisorState {
+    args: PipelineArgs,
+    handles: PipelineHandles,
+    children: HashMap<ActorId, Child>,
+    restarts: HashMap<Child, (u32, Instant)>,
+    stopping: bool,
+}
+
+pub struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = (PipelineArgs, PipelineHandles);
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        (args, handles): Self::Arguments,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let permits = Arc::new(Semaphore::new(args.pipeline.queue_chunks));
+        let mut state = SupervisorState {
+            args,
+            handles,
+            permits,
+            children: HashMap::new(),
+            restarts: HashMap::new(),
+            stopping: false,
+        };
+        // Downstream first, so every actor's next stage exists when it starts.
+        let mut order = vec![Child::Writer];
+        order.extend((0..state.handles.parsers.len()).map(Child::Parser));
+        let providers = state.args.providers.len();
+        order.extend((0..providers).map(Child::Fetcher));
+        order.extend((0..providers).map(Child::Scheduler));
+        for child in order {
+            if let Err(e) = state.spawn(child, me.get_cell()).await {
+                tracing::error!(?child, error = %e, "pipeline actor failed to start; retrying");
+                state.schedule_restart(&me, child);
+            }
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Restart(_) if state.stopping => {}
+            SupervisorMsg::Restart(child) => {
+                if let Err(e) = state.spawn(child, me.get_cell()).await {
+                    tracing::error!(?child, error = %e, "pipeline actor failed to start; retrying");
+                    state.schedule_restart(&me, child);
+                } else if let Child::Fetcher(i) = child {
+                    let _ = state.handles.schedulers[i].cast(SchedulerMsg::FetcherRestarted);
+                }
+            }
+            SupervisorMsg::FlushWriter(reply) => {
+                if let Some(w) = state.handles.writer.get() {
+                    let _ = ractor::call!(w, WriterMsg::Flush);
+                }
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Shutdown(reply) => {
+                state.stopping = true;
+                for s in state.handles.schedulers.iter().filter_map(Slot::get) {
+                    s.stop(Some("shutdown".into()));
+                }
+                for f in state.handles.fetchers.iter().filter_map(Slot::get) {
+                    f.kill();
+                }
+                // Every permit back means every chunk cut so far reached the writer's batch.
+                let capacity = state.args.pipeline.queue_chunks;
+                let drained = tokio::time::timeout(Duration::from_secs(30), async {
+                    while state.handles.permits.available_permits() < capacity {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!("pipeline did not drain within 30 s; stopping anyway");
+                }
+                if let Some(w) = state.handles.writer.get() {
+                    let _ = ractor::call!(w, WriterMsg::Flush);
+                }
+                me.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("stopped: {}", reason.unwrap_or_default()))
+            }
+            _ => return Ok(()),
+        };
+        if let Some(child) = state.children.remove(&cell.get_id()) {
+            if state.stopping {
+                return Ok(());
+            }
+            tracing::error!(?child, reason = %why, "pipeline actor died; restarting");
+            state.schedule_restart(&me, child);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.children.clear();
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn spawn(&mut self, child: Child, sup: ActorCell) -> Result<(), ActorProcessingErr> {
+        let h = &self.handles;
+        let cell = match child {
+            Child::Writer => {
+                let (a, _) = Actor::spawn_linked(None, BatchWriter, self.args.writer.clone(), sup).await?;
+                h.writer.set(a.clone());
+                a.get_cell()
+            }
+            Child::Parser(i) => {
+                let (a, _) = Actor::spawn_linked(None, Parser, h.writer.clone(), sup).await?;
+                h.parsers.slot(i).set(a.clone());
+                a.get_cell()
+            }
+            Child::Fetcher(i) => {
+                let args = FetcherArgs {
+                    provider: self.args.providers[i].clone(),
+                    pipeline: self.args.pipeline.clone(),
+                    parsers: h.parsers.clone(),
+                    writer: h.writer.clone(),
+                    permits: h.permits.clone(),
+                };
+                let (a, _) = Actor::spawn_linked(None, Fetcher, args, sup).await?;
+                h.fetchers[i].set(a.clone());
+                a.get_cell()
+            }
+            Child::Scheduler(i) => {
+                let args = SchedulerArgs {
+                    fetcher: h.fetchers[i].clone(),
+                    interval: self.args.providers[i].interval,
+                    jitter: self.args.providers[i].jitter,
+                };
+                let (a, _) = Actor::spawn_linked(None, Scheduler, args, sup).await?;
+                h.schedulers[i].set(a.clone());
+                a.get_cell()
+            }
+        };
+        self.children.insert(cell.get_id(), child);
+        Ok(())
+    }
+
+    fn schedule_restart(&mut self, me: &ActorRef<SupervisorMsg>, child: Child) {
+        let entry = self.restarts.entry(child).or_insert((0, Instant::now()));
+        if entry.1.elapsed() > Duration::from_secs(60) {
+            entry.0 = 0;
+        }
+        let delay =
+            Duration::from_millis(100u64.saturating_mul(1 << entry.0.min(9))).min(Duration::from_secs(30));
+        entry.0 += 1;
+        entry.1 = Instant::now();
+        tracing::info!(?child, delay_ms = delay.as_millis() as u64, restarts = entry.0, "restart planned");
+        me.send_after(delay, move || SupervisorMsg::Restart(child));
+    }
+}

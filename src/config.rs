@@ -1,0 +1,374 @@
+//! Typed settings. Layers, later wins: `config/default.toml` (compiled in), an optional
+//! `local.toml` in the config folder, then `PLANFEED__SECTION__KEY` environment variables.
+//! Unknown keys are rejected and [`Settings::validate`] runs before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Both,
+    Api,
+    Ingest,
+}
+
+impl Role {
+    pub fn runs_api(self) -> bool {
+        matches!(self, Role::Both | Role::Api)
+    }
+    pub fn runs_ingest(self) -> bool {
+        matches!(self, Role::Both | Role::Ingest)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub role: Role,
+    pub server: ServerSettings,
+    /// The single provider, and the defaults of every entry of `providers`.
+    pub provider: ProviderSettings,
+    /// Several providers at once; when empty, `provider` alone is used.
+    #[serde(default)]
+    pub providers: Vec<ProviderEntry>,
+    pub pipeline: PipelineSettings,
+    pub store: StoreSettings,
+    pub search: SearchSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub rate_limit: RateLimitSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub per_client_per_second: u32,
+    pub per_client_burst: u32,
+    pub global_per_second: u32,
+    pub global_burst: u32,
+    pub trust_forwarded_for: bool,
+}
+
+impl RateLimitSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if [self.per_client_per_second, self.per_client_burst, self.global_per_second, self.global_burst].contains(&0) {
+            return Err("server.rate_limit values must all be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSettings {
+    /// Upper bound of the per-day cache, in bytes of prepared JSON.
+    pub cache_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    pub name: String,
+    pub url: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    pub timezone: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// One entry of `[[providers]]`: `name` and `url` are required, the rest defaults to `[provider]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderEntry {
+    pub name: String,
+    pub url: String,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Option<Duration>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+impl ProviderSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        let p = self;
+        if p.name.trim().is_empty() || p.name.contains('/') {
+            return Err(format!("provider.name must be non-empty and without '/', got {:?}", p.name));
+        }
+        match reqwest::Url::parse(&p.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https" | "file") => {}
+            _ => return Err(format!("provider.url of {:?} must be an http(s) or file URL, got {:?}", p.name, p.url)),
+        }
+        if p.timezone.parse::<Tz>().is_err() {
+            return Err(format!(
+                "provider.timezone of {:?} must be an IANA zone such as \"Europe/Madrid\", got {:?}",
+                p.name, p.timezone
+            ));
+        }
+        if p.interval < Duration::from_millis(10) {
+            return Err(format!("provider.interval must be at least 10ms, got {:?}", p.interval));
+        }
+        if p.connect_timeout.is_zero() || p.timeout.is_zero() {
+            return Err("provider.connect_timeout and provider.timeout must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The provider's time zone; `validate` guarantees it parses.
+    pub fn tz(&self) -> Tz {
+        self.timezone.parse().unwrap_or(Tz::UTC)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    pub parsers: usize,
+    pub chunk_bytes: usize,
+    pub max_base_plan_bytes: usize,
+    pub queue_chunks: usize,
+    pub batch_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub flush_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Embedded,
+    Clickhouse,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: Backend,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Settings {
+    /// Defaults, then `<dir>/local.toml` when present, then the environment.
+    pub fn load(config_dir: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(config_dir, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with explicit environment variables (tests don't touch the process's).
+    pub fn load_with(
+        config_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: config::Map<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("PLANFEED__")).collect();
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .add_source(config::File::from(config_dir.join("local.toml")).required(false))
+            .add_source(
+                config::Environment::with_prefix("PLANFEED")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The providers to ingest: `providers` when given, else the single `provider`.
+    pub fn effective_providers(&self) -> Vec<ProviderSettings> {
+        if self.providers.is_empty() {
+            return vec![self.provider.clone()];
+        }
+        let d = &self.provider;
+        self.providers
+            .iter()
+            .map(|e| ProviderSettings {
+                name: e.name.clone(),
+                url: e.url.clone(),
+                interval: e.interval.unwrap_or(d.interval),
+                jitter: e.jitter.unwrap_or(d.jitter),
+                timezone: e.timezone.clone().unwrap_or_else(|| d.timezone.clone()),
+                connect_timeout: e.connect_timeout.unwrap_or(d.connect_timeout),
+                timeout: e.timeout.unwrap_or(d.timeout),
+            })
+            .collect()
+    }
+
+    /// Checks what types alone cannot: ranges, URLs, zone names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let providers = self.effective_providers();
+        let mut names = std::collections::HashSet::new();
+        for p in &providers {
+            if !names.insert(p.name.as_str()) {
+                return bad(format!("provider names must be unique, {:?} appears twice", p.name));
+            }
+            p.validate().map_err(ConfigError::Invalid)?;
+        }
+        let pl = &self.pipeline;
+        if pl.parsers == 0 || pl.parsers > 256 {
+            return bad(format!("pipeline.parsers must be between 1 and 256, got {}", pl.parsers));
+        }
+        if pl.chunk_bytes < 1024 {
+            return bad(format!("pipeline.chunk_bytes must be at least 1024, got {}", pl.chunk_bytes));
+        }
+        if pl.max_base_plan_bytes < pl.chunk_bytes {
+            return bad("pipeline.max_base_plan_bytes must be at least pipeline.chunk_bytes".into());
+        }
+        if pl.queue_chunks == 0 || pl.batch_size == 0 {
+            return bad("pipeline.queue_chunks and pipeline.batch_size must be positive".into());
+        }
+        if pl.flush_age.is_zero() {
+            return bad("pipeline.flush_age must be positive".into());
+        }
+        if self.store.backend == Backend::Embedded && self.store.path.as_os_str().is_empty() {
+            return bad("store.path must be set for the embedded store".into());
+        }
+        self.server.rate_limit.validate().map_err(ConfigError::Invalid)?;
+        if self.search.cache_bytes < 1024 * 1024 {
+            return bad(format!("search.cache_bytes must be at least 1048576, got {}", self.search.cache_bytes));
+        }
+        if self.search.cache_ttl.is_zero() {
+            return bad("search.cache_ttl must be positive".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return bad(format!("log.level is not a valid filter: {:?}", self.log.level));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_suit_production() {
+        let s = Settings::load_with(Path::new("/nonexistent"), env(&[])).unwrap();
+        assert_eq!(s.provider.url, "https://provider.code-challenge.feverup.com/api/events");
+        assert_eq!(s.provider.interval, Duration::from_secs(30));
+        assert!(s.pipeline.flush_age <= Duration::from_secs(1));
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(s.store.backend, Backend::Embedded);
+        assert_eq!(s.store.path, PathBuf::from("./data/planfeed.db"));
+        assert_eq!(s.role, Role::Both);
+    }
+
+    #[test]
+    fn environment_overrides_files() {
+        let s = Settings::load_with(
+            Path::new("/nonexistent"),
+            env(&[
+                ("PLANFEED__PROVIDER__URL", "http://127.0.0.1:9/feed"),
+                ("PLANFEED__PROVIDER__INTERVAL", "250ms"),
+                ("PLANFEED__PIPELINE__PARSERS", "4"),
+                ("OTHER__PROVIDER__URL", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.provider.url, "http://127.0.0.1:9/feed");
+        assert_eq!(s.provider.interval, Duration::from_millis(250));
+        assert_eq!(s.pipeline.parsers, 4);
+    }
+
+    #[test]
+    fn local_file_overrides_defaults_and_unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("local.toml"), "[provider]\ntimezone = \"Europe/Madrid\"\n").unwrap();
+        let s = Settings::load_with(dir.path(), env(&[])).unwrap();
+        assert_eq!(s.provider.tz(), chrono_tz::Europe::Madrid);
+
+        std::fs::write(dir.path().join("local.toml"), "[provider]\ntimezon = \"UTC\"\n").unwrap();
+        let err = Settings::load_with(dir.path(), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("timezon"), "{err}");
+    }
+
+    #[test]
+    fn several_providers_take_defaults_from_the_single_provider_section() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("local.toml"),
+            "[provider]\ninterval = \"10s\"\n[[providers]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/a\"\n\
+             [[providers]]\nname = \"b\"\nurl = \"http://127.0.0.1:1/b\"\ntimezone = \"Europe/Madrid\"\ninterval = \"1m\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with(dir.path(), env(&[])).unwrap();
+        let p = s.effective_providers();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].name.as_str(), p[0].interval, p[0].timezone.as_str()), ("a", Duration::from_secs(10), "UTC"));
+        assert_eq!((p[1].name.as_str(), p[1].interval, p[1].timezone.as_str()), ("b", Duration::from_secs(60), "Europe/Madrid"));
+
+        std::fs::write(
+            dir.path().join("local.toml"),
+            "[[providers]]\nname = \"a\"\nurl = \"http://x/a\"\n[[providers]]\nname = \"a\"\nurl = \"http://x/b\"\n",
+        )
+        .unwrap();
+        let err = Settings::load_with(dir.path(), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("unique"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            ("PLANFEED__PROVIDER__TIMEZONE", "Mars/Base", "provider.timezone"),
+            ("PLANFEED__PROVIDER__URL", "ftp://x", "provider.url"),
+            ("PLANFEED__PIPELINE__PARSERS", "0", "pipeline.parsers"),
+            ("PLANFEED__PROVIDER__INTERVAL", "soon", "interval"),
+        ];
+        for (k, v, expected) in cases {
+            let err = Settings::load_with(Path::new("/nonexistent"), env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(expected), "{k}={v}: {err}");
+        }
+    }
+}

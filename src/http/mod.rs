@@ -1,0 +1,135 @@
+//! The warp server: `GET /search`, `GET /health`, `GET /ready`, `GET /openapi.yaml`.
+//!
+//! `*_filter()`s extract and validate, handlers take their dependencies explicitly, and
+//! [`error::ApiError`] is the one place that shapes error responses.
+
+pub mod error;
+pub mod params;
+pub mod rate_limit;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::domain::TimeRange;
+use crate::metrics::{self, MetricsSource};
+use crate::search::Searcher;
+use error::ApiError;
+
+/// The published contract, served as-is.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
+/// What the handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub searcher: Arc<Searcher>,
+    pub limiter: rate_limit::SharedRateLimiter,
+    pub metrics: MetricsSource,
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests and returns.
+pub async fn run(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(state)).incoming(listener).graceful(shutdown).run().await;
+}
+
+pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let search = warp::path!("search")
+        .and(warp::get())
+        .and(range_filter())
+        .and(with(state.clone()))
+        .then(search_handler);
+    let health = warp::path!("health")
+        .and(warp::get())
+        .map(|| json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()));
+    let ready = warp::path!("ready").and(warp::get()).and(with(state)).map(|s: ApiState| {
+        if s.searcher.warmed() {
+            json_response(StatusCode::OK, r#"{"status":"ready"}"#.into())
+        } else {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"loading"}"#.into())
+        }
+    });
+    let openapi = warp::path!("openapi.yaml").and(warp::get()).map(|| {
+        let mut res = Response::new(OPENAPI_YAML.into());
+        res.headers_mut().insert("content-type", HeaderValue::from_static("application/yaml"));
+        res
+    });
+    search.or(metrics).unify().or(health).unify().or(ready).unify().or(openapi).unify().recover(recover).unify()
+}
+
+fn with<T: Clone + Send>(t: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
+    warp::any().map(move || t.clone())
+}
+
+/// What `/search` needs from the request: who asks (for the rate limits) and the raw query string
+/// (parsed by the handler so repeated parameters can be detected).
+pub struct SearchRequest {
+    pub remote: Option<std::net::SocketAddr>,
+    pub forwarded_for: Option<String>,
+    pub query: String,
+}
+
+pub fn search_filter() -> impl Filter<Extract = (SearchRequest,), Error = Rejection> + Clone {
+    warp::addr::remote()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .map(|remote, forwarded_for, query| SearchRequest { remote, forwarded_for, query })
+}
+
+async fn search_handler(req: SearchRequest, state: ApiState) -> Response {
+    let started = std::time::Instant::now();
+    let response = answer_search(&req, &state).await;
+    metrics::record_search(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer_search(req: &SearchRequest, state: &ApiState) -> Response {
+    if let Err(e) = state.limiter.check(req.remote, req.forwarded_for.as_deref()) {
+        return e.into_response();
+    }
+    let range: TimeRange = match params::parse_range(&req.query) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match state.searcher.search(range).await {
+        Ok(body) => json_response(StatusCode::OK, body.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "search failed and no cached answer exists");
+            ApiError::internal().into_response()
+        }
+    }
+}
+fn json_response(status: StatusCode, body: warp::hyper::body::Bytes) -> Response {
+    let mut res = Response::new(body.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    res
+}
+
+async fn recover(rej: Rejection) -> Result<Response, Infallible> {
+    let err = if let Some(e) = rej.find::<ApiError>() {
+        e.clone()
+    } else if rej.is_not_found() {
+        ApiError::not_found()
+    } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::method_not_allowed()
+    } else {
+        tracing::warn!(rejection = ?rej, "unhandled rejection");
+        ApiError::internal()
+    };
+    Ok(err.into_response())
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        ApiError::into_response(self)
+    }
+}

@@ -1,0 +1,138 @@
+//! Parsing and validating `/search` query parameters.
+
+use chrono::{DateTime, Utc};
+use percent_encoding::percent_decode_str;
+
+use super::error::ApiError;
+use crate::domain::TimeRange;
+
+const FORMAT_HINT: &str =
+    "an RFC 3339 date-time with an offset, e.g. 2021-07-21T17:32:28Z or 2021-07-21T19:32:28+02:00";
+
+/// Reads `starts_at`/`ends_at` from a raw query string. Unknown parameters are ignored; a repeated
+/// one, an unparsable value or `starts_at > ends_at` is a 400.
+pub fn parse_range(raw_query: &str) -> Result<TimeRange, ApiError> {
+    let mut starts_at = None;
+    let mut ends_at = None;
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(k, "parameter name")?;
+        let slot = match key.as_str() {
+            "starts_at" => &mut starts_at,
+            "ends_at" => &mut ends_at,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(ApiError::bad_request(
+                "duplicate_parameter",
+                format!("parameter {key} is given more than once; give it at most once"),
+            ));
+        }
+        let value = decode(v, &key)?;
+        *slot = Some(parse_instant(&key, &value)?);
+    }
+    if let (Some(s), Some(e)) = (starts_at, ends_at) {
+        if s > e {
+            return Err(ApiError::bad_request(
+                "invalid_range",
+                format!("starts_at ({}) is after ends_at ({})", s.to_rfc3339(), e.to_rfc3339()),
+            ));
+        }
+    }
+    Ok(TimeRange { starts_at, ends_at })
+}
+
+fn decode(s: &str, what: &str) -> Result<String, ApiError> {
+    percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!("{what} is not valid UTF-8 after percent-decoding"),
+        )
+    })
+}
+
+fn parse_instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    // A form encoder turns '+' into a space; "…T10:00:00 05:30" can only have meant "+05:30".
+    let fixed;
+    let value = match value.len().checked_sub(6).and_then(|i| value.get(i..)) {
+        Some(tail) if tail.starts_with(' ') && value.len() > 19 => {
+            fixed = format!("{}+{}", &value[..value.len() - 6], &tail[1..]);
+            fixed.as_str()
+        }
+        _ => value,
+    };
+    DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        let shown: String = value.chars().take(64).collect();
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!("{name} must be {FORMAT_HINT}; got {shown:?} ({e})"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(q: &str) -> TimeRange {
+        parse_range(q).unwrap_or_else(|e| panic!("{q}: {e:?}"))
+    }
+
+    fn err(q: &str) -> ApiError {
+        parse_range(q).expect_err(q)
+    }
+
+    #[test]
+    fn accepts_offsets_fractions_and_encoded_colons() {
+        let r = ok("starts_at=2021-07-21T17:32:28Z&ends_at=2021-07-21T19%3A32%3A28.5%2B02:00");
+        assert_eq!(r.starts_at.unwrap().to_rfc3339(), "2021-07-21T17:32:28+00:00");
+        assert_eq!(r.ends_at.unwrap().timestamp_micros(), r.starts_at.unwrap().timestamp_micros() + 500_000);
+        let r = ok("starts_at=2021-07-21T23:02:28+05:30");
+        assert_eq!(r.starts_at.unwrap().to_rfc3339(), "2021-07-21T17:32:28+00:00");
+        // '+' turned into a space by a form encoder.
+        let r = ok("starts_at=2021-07-21T23:02:28%2005:30");
+        assert_eq!(r.starts_at.unwrap().to_rfc3339(), "2021-07-21T17:32:28+00:00");
+    }
+
+    #[test]
+    fn missing_parameters_are_open_and_unknown_ones_ignored() {
+        assert_eq!(ok(""), TimeRange::default());
+        assert_eq!(ok("foo=bar&x"), TimeRange::default());
+        let r = ok("ends_at=2021-01-01T00:00:00Z");
+        assert!(r.starts_at.is_none() && r.ends_at.is_some());
+        let same = ok("starts_at=2021-01-01T00:00:00Z&ends_at=2021-01-01T01:00:00%2B01:00");
+        assert_eq!(same.starts_at, same.ends_at);
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_parameter() {
+        for (q, name) in [
+            ("starts_at=tomorrow", "starts_at"),
+            ("starts_at=2021-13-01T00:00:00Z", "starts_at"),
+            ("ends_at=2021-02-30T00:00:00Z", "ends_at"),
+            ("ends_at=2021-02-10T25:00:00Z", "ends_at"),
+            ("starts_at=2021-02-10", "starts_at"),
+            ("starts_at=2021-02-10T10:00:00", "starts_at"),
+            ("ends_at=1612951200", "ends_at"),
+            ("starts_at=", "starts_at"),
+        ] {
+            let e = err(q);
+            assert_eq!(e.status, 400, "{q}");
+            assert_eq!(e.code, "invalid_parameter", "{q}");
+            assert!(e.message.starts_with(name), "{q}: {}", e.message);
+            assert!(e.message.contains("RFC 3339"), "{q}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn rejects_inverted_ranges_and_repeats() {
+        let e = err("starts_at=2021-01-02T00:00:00Z&ends_at=2021-01-01T00:00:00Z");
+        assert_eq!(e.code, "invalid_range");
+        // Compared as instants: 01:00+02:00 is before 00:00Z.
+        let e = err("starts_at=2021-01-01T00:00:00Z&ends_at=2021-01-01T01:00:00%2B02:00");
+        assert_eq!(e.code, "invalid_range");
+        let e = err("starts_at=2021-01-01T00:00:00Z&starts_at=2021-01-01T00:00:00Z");
+        assert_eq!(e.code, "duplicate_parameter");
+        assert!(e.message.contains("starts_at"));
+    }
+}

@@ -1,0 +1,120 @@
+//! Rate limiting with governor: a quota per client IP and one for all clients together. A refused
+//! request gets `429` in the contract's error shape with `Retry-After` (whole seconds, at least 1).
+//! The limits can be replaced while running (configuration reload).
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::RwLock;
+
+use super::error::ApiError;
+use crate::config::RateLimitSettings;
+
+struct Limiters {
+    per_client: DefaultKeyedRateLimiter<IpAddr>,
+    global: DefaultDirectRateLimiter,
+    trust_forwarded_for: bool,
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let nz = |v: u32| NonZeroU32::new(v.max(1)).expect("max(1) is non-zero");
+    Quota::per_second(nz(per_second)).allow_burst(nz(burst))
+}
+
+pub struct Limiter {
+    limiters: RwLock<Arc<Limiters>>,
+}
+
+/// The service's limiter; cheap to share.
+pub type SharedRateLimiter = Arc<Limiter>;
+
+impl Limiter {
+    pub fn new(s: &RateLimitSettings) -> SharedRateLimiter {
+        Arc::new(Self { limiters: RwLock::new(Arc::new(Self::build(s))) })
+    }
+
+    fn build(s: &RateLimitSettings) -> Limiters {
+        Limiters {
+            per_client: RateLimiter::keyed(quota(s.per_client_per_second, s.per_client_burst)),
+            global: RateLimiter::direct(quota(s.global_per_second, s.global_burst)),
+            trust_forwarded_for: s.trust_forwarded_for,
+        }
+    }
+
+    /// New limits take effect at once (with fresh buckets).
+    pub fn update(&self, s: &RateLimitSettings) {
+        *self.limiters.write() = Arc::new(Self::build(s));
+    }
+
+    /// Forgets idle clients; called periodically so the per-client table stays small.
+    pub fn shrink(&self) {
+        let l = self.limiters.read().clone();
+        l.per_client.retain_recent();
+        l.per_client.shrink_to_fit();
+    }
+
+    /// Admits or refuses one request.
+    pub fn check(&self, remote: Option<SocketAddr>, forwarded_for: Option<&str>) -> Result<(), ApiError> {
+        let l = self.limiters.read().clone();
+        let client = l
+            .trust_forwarded_for
+            .then(|| forwarded_for.and_then(|h| h.split(',').next()).and_then(|ip| ip.trim().parse().ok()))
+            .flatten()
+            .or(remote.map(|a| a.ip()))
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let now = DefaultClock::default().now();
+        let refused = match l.per_client.check_key(&client) {
+            Err(not_until) => Some(not_until.wait_time_from(now)),
+            Ok(()) => l.global.check().err().map(|n| n.wait_time_from(now)),
+        };
+        match refused {
+            None => Ok(()),
+            Some(wait) => Err(ApiError::rate_limited(wait.as_secs_f64().ceil().max(1.0) as u64)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(per_client: u32, global: u32, trust: bool) -> RateLimitSettings {
+        RateLimitSettings {
+            per_client_per_second: per_client,
+            per_client_burst: per_client,
+            global_per_second: global,
+            global_burst: global,
+            trust_forwarded_for: trust,
+        }
+    }
+
+    #[test]
+    fn per_client_quota_is_per_ip_and_answers_429_with_retry_after() {
+        let rl = Limiter::new(&settings(2, 100, false));
+        let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        assert!(rl.check(Some(a), None).is_ok());
+        assert!(rl.check(Some(a), None).is_ok());
+        let e = rl.check(Some(a), None).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code, e.retry_after_secs), (429, "rate_limited", Some(1)));
+        assert!(rl.check(Some(b), None).is_ok(), "another client has its own quota");
+        // X-Forwarded-For is ignored unless trusted.
+        assert!(rl.check(Some(a), Some("10.9.9.9")).is_err());
+    }
+
+    #[test]
+    fn global_quota_caps_all_clients_and_forwarded_for_is_used_when_trusted() {
+        let rl = Limiter::new(&settings(100, 3, true));
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        for ip in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+            assert!(rl.check(Some(proxy), Some(ip)).is_ok());
+        }
+        assert!(rl.check(Some(proxy), Some("4.4.4.4")).is_err());
+        rl.update(&settings(1, 100, true));
+        assert!(rl.check(Some(proxy), Some("5.5.5.5, 10.0.0.1")).is_ok());
+        assert!(rl.check(Some(proxy), Some("5.5.5.5")).is_err(), "the first forwarded address is the client");
+    }
+}

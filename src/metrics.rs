@@ -1,0 +1,79 @@
+//! Prometheus metrics for `GET /metrics`.
+//!
+//! Request metrics are recorded as they happen; pipeline and cache outcomes are kept in plain atomic
+//! counters by their owners and copied into the registry when `/metrics` is scraped.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Semaphore;
+
+use crate::actors::batch_writer::WriterCounters;
+use crate::search::Searcher;
+
+/// Search latency buckets, in seconds: the interesting range is 50 µs .. 100 ms.
+const LATENCY_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+
+/// The process-wide recorder (installed on first use).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full("planfeed_search_duration_seconds".into()), LATENCY_BUCKETS)
+            .expect("buckets are non-empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be global (embedding applications): then ours renders empty.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Everything `/metrics` reports.
+#[derive(Clone)]
+pub struct MetricsSource {
+    pub searcher: Arc<Searcher>,
+    pub writer: Option<Arc<WriterCounters>>,
+    /// The pipeline's chunk permits, to report the queue depth.
+    pub permits: Option<(Arc<Semaphore>, usize)>,
+}
+
+impl MetricsSource {
+    pub fn render(&self) -> String {
+        let c = &self.searcher.counters;
+        let abs = |name: &'static str, v: u64| metrics::counter!(name).absolute(v);
+        abs("planfeed_search_cache_hits_total", c.hits.load(Ordering::Relaxed));
+        abs("planfeed_search_cache_misses_total", c.misses.load(Ordering::Relaxed));
+        abs("planfeed_search_stale_served_total", c.stale_served.load(Ordering::Relaxed));
+        abs("planfeed_search_store_errors_total", c.store_errors.load(Ordering::Relaxed));
+        if let Some(w) = &self.writer {
+            for (outcome, v) in [
+                ("seen", &w.plans_seen),
+                ("written", &w.plans_written),
+                ("unchanged", &w.plans_unchanged),
+                ("skipped", &w.plans_skipped),
+            ] {
+                metrics::counter!("planfeed_plans_total", "outcome" => outcome).absolute(v.load(Ordering::Relaxed));
+            }
+            abs("planfeed_writer_batches_total", w.batches.load(Ordering::Relaxed));
+            abs("planfeed_writer_retries_total", w.retries.load(Ordering::Relaxed));
+            abs("planfeed_writer_batches_dropped_total", w.batches_dropped.load(Ordering::Relaxed));
+        }
+        if let Some((sem, capacity)) = &self.permits {
+            metrics::gauge!("planfeed_pipeline_chunks_in_flight").set((capacity - sem.available_permits().min(*capacity)) as f64);
+        }
+        handle().render()
+    }
+}
+
+/// Records one answered search.
+pub fn record_search(status: u16, seconds: f64) {
+    metrics::counter!("planfeed_http_requests_total", "path" => "/search", "status" => status.to_string()).increment(1);
+    metrics::histogram!("planfeed_search_duration_seconds").record(seconds);
+}
+
+/// Records one fetch outcome, by reason.
+pub fn record_fetch(provider: &str, outcome: &'static str) {
+    metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome).increment(1);
+}

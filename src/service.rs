@@ -1,0 +1,227 @@
+//! Wires the store, the search cache, the ingestion pipeline and the HTTP server together for
+//! `planfeed serve`, according to the configured role.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::actors::batch_writer::WriterCounters;
+use crate::actors::supervisor::PipelineHandles;
+use crate::actors::{BatchWriterArgs, PipelineArgs, SchedulerMsg, Supervisor, SupervisorMsg};
+use crate::config::{Backend, Settings};
+use crate::http::{self, ApiState};
+use crate::http::rate_limit::Limiter;
+use crate::metrics::MetricsSource;
+use crate::search::Searcher;
+use crate::store::sqlite::SqliteStore;
+use crate::store::SharedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the ingestion pipeline: {0}")]
+    Pipeline(String),
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+/// Opens the configured store.
+pub async fn open_store(settings: &Settings) -> Result<SharedStore, ServiceError> {
+    match settings.store.backend {
+        Backend::Embedded => Ok(Arc::new(SqliteStore::open(&settings.store.path)?)),
+        Backend::Clickhouse => Err(ServiceError::Store(crate::store::StoreError::Permanent(
+            "the clickhouse backend is not available in this build".into(),
+        ))),
+    }
+}
+
+/// A running planfeed: what `serve` starts and what the tests drive.
+pub struct Service {
+    /// Where the API listens, when this process runs the API role.
+    pub addr: Option<SocketAddr>,
+    pub store: SharedStore,
+    pub searcher: Arc<Searcher>,
+    pub counters: Arc<WriterCounters>,
+    pipeline: Option<(ActorRef<SupervisorMsg>, PipelineHandles)>,
+    shutdown_tx: watch::Sender<bool>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Service {
+    /// Starts with the store from `settings`, listening on `settings.server.listen`.
+    pub async fn start(settings: Settings) -> Result<Self, ServiceError> {
+        let store = open_store(&settings).await?;
+        let listener = if settings.role.runs_api() {
+            let addr = settings.server.listen;
+            Some(TcpListener::bind(addr).await.map_err(|source| ServiceError::Bind { addr, source })?)
+        } else {
+            None
+        };
+        Self::start_with(settings, store, listener).await
+    }
+
+    /// Starts on an already opened store and bound listener (tests bind `127.0.0.1:0`).
+    pub async fn start_with(
+        settings: Settings,
+        store: SharedStore,
+        listener: Option<TcpListener>,
+    ) -> Result<Self, ServiceError> {
+        let searcher = Arc::new(Searcher::new(store.clone(), &settings.search));
+        let counters = Arc::new(WriterCounters::default());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let pipeline = if settings.role.runs_ingest() {
+            let args = PipelineArgs {
+                providers: settings.effective_providers(),
+                pipeline: settings.pipeline.clone(),
+                writer: BatchWriterArgs {
+                    store: store.clone(),
+                    searcher: Some(searcher.clone()),
+                    batch_size: settings.pipeline.batch_size,
+                    flush_age: settings.pipeline.flush_age,
+                    counters: counters.clone(),
+                },
+            };
+            let handles = PipelineHandles {
+                parsers: ParserPool::with_size(settings.pipeline.parsers),
+                ..Default::default()
+            };
+            let (sup, _) = Actor::spawn(None, Supervisor, (args, handles.clone()))
+                .await
+                .map_err(|e| ServiceError::Pipeline(e.to_string()))?;
+            Some((sup, handles))
+        } else {
+            None
+        };
+
+        let (addr, server) = match listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                let limiter = Limiter::new(&settings.server.rate_limit);
+                let metrics = MetricsSource {
+                    searcher: searcher.clone(),
+                    writer: pipeline.as_ref().map(|_| counters.clone()),
+                    permits: pipeline.as_ref().map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks)),
+                };
+                let state = ApiState { searcher: searcher.clone(), limiter: limiter.clone(), metrics };
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        limiter.shrink();
+                    }
+                });
+                let mut rx = shutdown_rx.clone();
+                let shutdown = async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                };
+                tracing::info!(addr = ?addr, "api listening");
+                (addr, Some(tokio::spawn(http::run(listener, state, shutdown))))
+            }
+            None => (None, None),
+        };
+        // Warm the day bounds so /ready turns true without waiting for the first search.
+        {
+            let searcher = searcher.clone();
+            tokio::spawn(async move {
+                let _ = searcher.search(Default::default()).await;
+            });
+        }
+        Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server })
+    }
+
+    /// Writes whatever the writer holds now; returns when the store has it.
+    pub async fn flush(&self) {
+        if let Some((sup, _)) = &self.pipeline {
+            let _ = ractor::call!(sup, SupervisorMsg::FlushWriter);
+        }
+    }
+
+    /// Starts a fetch now unless one is running.
+    pub fn fetch_now(&self) {
+        if let Some((_, h)) = &self.pipeline {
+            for s in &h.schedulers {
+                let _ = s.cast(SchedulerMsg::FetchNow);
+            }
+        }
+    }
+
+
+    /// Graceful stop: no new fetches, the writer flushes what it holds, in-flight requests finish.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Some((sup, handles)) = self.pipeline.take() {
+            drop(handles);
+            let _ = ractor::call!(sup, SupervisorMsg::Shutdown);
+            let _ = sup.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+    }
+}
+
+/// `planfeed ingest --once`: runs the pipeline (no API) for one fetch of `url` (or the configured
+/// provider), waits until every plan is written, and returns the fetch's record.
+pub async fn ingest_once(
+    mut settings: Settings,
+    url: Option<String>,
+    provider: Option<String>,
+    progress: bool,
+) -> Result<crate::domain::FetchRecord, ServiceError> {
+    let mut p = settings.effective_providers().remove(0);
+    if let Some(url) = url {
+        p.url = url;
+    }
+    if let Some(name) = provider {
+        p.name = name;
+    }
+    p.interval = Duration::from_secs(365 * 24 * 3600);
+    p.validate().map_err(ServiceError::Invalid)?;
+    settings.provider = p;
+    settings.providers.clear();
+    settings.role = crate::config::Role::Ingest;
+    let store = open_store(&settings).await?;
+    let service = Service::start_with(settings, store.clone(), None).await?;
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let c = service.counters.clone();
+    while c.fetches_recorded.load(Ordering::Relaxed) == 0 {
+        if let Some(bar) = &bar {
+            bar.set_message(format!(
+                "{} plans read, {} written, {} unchanged, {} skipped",
+                c.plans_seen.load(Ordering::Relaxed),
+                c.plans_written.load(Ordering::Relaxed),
+                c.plans_unchanged.load(Ordering::Relaxed),
+                c.plans_skipped.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service.shutdown().await;
+    let record = store
+        .recent_fetches(1)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ServiceError::Pipeline("the fetch ended without a record".into()))?;
+    if let Some(bar) = bar {
+        bar.finish_with_message(format!(
+            "{} plans read, {} written, {} unchanged, {} skipped, {} bytes in {} ms",
+            record.plans_seen, record.plans_written, record.plans_unchanged, record.plans_skipped, record.bytes, record.duration_ms
+        ));
+    }
+    Ok(record)
+}

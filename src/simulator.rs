@@ -1,0 +1,333 @@
+//! A provider simulator: a real HTTP server serving real provider XML, for tests, benchmarks, demos
+//! and `docker-compose.yml`.
+//!
+//! It serves either fixture files in rotation (each request gets the next file; the last one is
+//! repeated, like the real provider's consecutive snapshots) or a generated feed (seeded and
+//! reproducible; request `n` gets round `n`, so plans appear, change and disappear between fetches).
+//! Fault modes mix freely and can be changed while it runs: error statuses at a given rate, added
+//! latency, a stall in the middle of the body, a truncated body, malformed XML, a wrong or missing
+//! content type, gzip.
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::SinkExt;
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+use tokio::net::TcpListener;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::feed::{generate, GenSpec};
+
+/// Where the bodies come from.
+#[derive(Debug, Clone)]
+pub enum FeedSource {
+    /// Served in order; the last one repeats.
+    Rotation(Vec<Bytes>),
+    /// Request `n` gets round `n` of the generated feed.
+    Generated(GenSpec),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentType {
+    #[default]
+    ApplicationXml,
+    TextXml,
+    /// No content-type header at all.
+    Missing,
+    /// A lie: `text/html`.
+    Wrong,
+}
+
+/// Fault modes; the default is a healthy provider.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Share (0..=1) of requests answered with one of `error_statuses` instead of the feed.
+    pub error_rate: f64,
+    /// Statuses for failed requests (500 and 503 when empty).
+    pub error_statuses: Vec<u16>,
+    /// Delay before the response starts.
+    pub latency: Duration,
+    /// Pause in the middle of the body.
+    pub stall: Option<Duration>,
+    /// Send only the first half of the body, then end the response cleanly.
+    pub truncate: bool,
+    /// Break a tag in the middle of the body.
+    pub malformed: bool,
+    pub content_type: ContentType,
+    /// Compress the body (`content-encoding: gzip`).
+    pub gzip: bool,
+}
+
+/// What the simulator serves; shared with the caller, who may change it while it runs.
+#[derive(Debug)]
+pub struct Simulator {
+    source: RwLock<FeedSource>,
+    faults: RwLock<Faults>,
+    /// The last generated round, so a large body is built once per round.
+    generated: Mutex<Option<(u64, Bytes)>>,
+    /// Requests received so far.
+    pub requests: AtomicU64,
+    /// Requests answered with the feed (not with an injected error).
+    pub served: AtomicU64,
+}
+
+impl Simulator {
+    pub fn new(source: FeedSource, faults: Faults) -> Arc<Self> {
+        Arc::new(Self {
+            source: RwLock::new(source),
+            faults: RwLock::new(faults),
+            generated: Mutex::new(None),
+            requests: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        })
+    }
+
+    pub fn with_bodies(bodies: Vec<Bytes>) -> Arc<Self> {
+        Self::new(FeedSource::Rotation(bodies), Faults::default())
+    }
+
+    /// Reads the files now, in order.
+    pub fn from_files(paths: &[std::path::PathBuf]) -> std::io::Result<Arc<Self>> {
+        let bodies = paths.iter().map(|p| std::fs::read(p).map(Bytes::from)).collect::<Result<_, _>>()?;
+        Ok(Self::with_bodies(bodies))
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.write() = faults;
+    }
+
+    pub fn set_source(&self, source: FeedSource) {
+        *self.source.write() = source;
+        *self.generated.lock() = None;
+    }
+
+    fn body(&self, n: u64) -> Option<Bytes> {
+        match &*self.source.read() {
+            FeedSource::Rotation(bodies) => {
+                bodies.get((n as usize).min(bodies.len().saturating_sub(1))).cloned()
+            }
+            FeedSource::Generated(spec) => {
+                let mut cached = self.generated.lock();
+                match &*cached {
+                    Some((round, body)) if *round == n => Some(body.clone()),
+                    _ => {
+                        let body = Bytes::from(generate(spec, n.min(u64::from(u32::MAX)) as u32));
+                        *cached = Some((n, body.clone()));
+                        Some(body)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn respond(self: Arc<Self>) -> Response {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let faults = self.faults.read().clone();
+        if !faults.latency.is_zero() {
+            tokio::time::sleep(faults.latency).await;
+        }
+        if faults.error_rate > 0.0 && rand::rng().random_bool(faults.error_rate.clamp(0.0, 1.0)) {
+            let statuses = if faults.error_statuses.is_empty() { vec![500, 503] } else { faults.error_statuses.clone() };
+            let status = statuses[rand::rng().random_range(0..statuses.len())];
+            let mut res = Response::new("provider error".into());
+            *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return res;
+        }
+        let n = self.served.fetch_add(1, Ordering::Relaxed);
+        let Some(mut body) = self.body(n) else {
+            let mut res = Response::new("no feed configured".into());
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return res;
+        };
+        if faults.malformed && body.len() > 16 {
+            let mut broken = body.to_vec();
+            // Turn the first '<' after the middle into garbage that is not XML.
+            let mid = broken.len() / 2;
+            if let Some(i) = broken[mid..].iter().position(|&b| b == b'<') {
+                broken[mid + i] = b'%';
+                broken.insert(mid + i + 1, b'<');
+                broken.insert(mid + i + 2, b'>');
+            }
+            body = broken.into();
+        }
+        if faults.truncate {
+            body = body.slice(..body.len() / 2);
+        }
+        if faults.gzip {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = enc.write_all(&body);
+            body = enc.finish().unwrap_or_default().into();
+        }
+        let mut res = stream_body(body, faults.stall).into_response();
+        let headers = res.headers_mut();
+        match faults.content_type {
+            ContentType::ApplicationXml => {
+                headers.insert("content-type", HeaderValue::from_static("application/xml"));
+            }
+            ContentType::TextXml => {
+                headers.insert("content-type", HeaderValue::from_static("text/xml; charset=utf-8"));
+            }
+            ContentType::Wrong => {
+                headers.insert("content-type", HeaderValue::from_static("text/html"));
+            }
+            ContentType::Missing => {}
+        }
+        if faults.gzip {
+            headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+        }
+        res
+    }
+}
+
+/// Streams `body` in 64 KiB pieces, pausing `stall` half-way.
+fn stream_body(body: Bytes, stall: Option<Duration>) -> impl Reply {
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        const PIECE: usize = 64 * 1024;
+        let half = body.len() / 2;
+        let mut at = 0;
+        let mut stalled = false;
+        while at < body.len() {
+            let end = (at + PIECE).min(body.len());
+            let end = if !stalled && stall.is_some() && at < half && end > half { half } else { end };
+            if tx.send(Ok(body.slice(at..end))).await.is_err() {
+                return;
+            }
+            at = end;
+            if let (Some(d), false) = (stall, stalled) {
+                if at >= half {
+                    stalled = true;
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    });
+    warp::reply::stream(rx)
+}
+
+/// Serves `sim` on every GET path until `shutdown` resolves.
+pub async fn run(listener: TcpListener, sim: Arc<Simulator>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let route = warp::get().then(move || sim.clone().respond());
+    warp::serve(route).incoming(listener).graceful(shutdown).run().await;
+}
+
+/// Binds `127.0.0.1:0` and serves in the background; returns the feed URL.
+pub async fn spawn_local(sim: Arc<Simulator>) -> std::io::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(run(listener, sim, std::future::pending()));
+    Ok(format!("http://{addr}/api/events"))
+}
+
+/// `planfeed simulate-provider`.
+pub mod cli {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::{ContentType, Faults, FeedSource, Simulator};
+    use crate::feed::GenSpec;
+
+    #[derive(Debug, Clone, clap::Args)]
+    pub struct SimulateArgs {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        pub listen: SocketAddr,
+        /// Feed files served in rotation (the last one repeats). Without files, a feed is generated.
+        pub files: Vec<PathBuf>,
+        /// Generated feed: base plans.
+        #[arg(long, default_value_t = 100)]
+        pub base_plans: usize,
+        /// Generated feed: plans per base plan.
+        #[arg(long, default_value_t = 4)]
+        pub plans: usize,
+        /// Generated feed: zones per plan.
+        #[arg(long, default_value_t = 10)]
+        pub zones: usize,
+        /// Generated feed: seed (same seed, same feeds).
+        #[arg(long, default_value_t = 1)]
+        pub seed: u64,
+        /// Generated feed: share of offline base plans.
+        #[arg(long, default_value_t = 0.1)]
+        pub offline_share: f64,
+        /// Generated feed: share of invalid plans.
+        #[arg(long, default_value_t = 0.01)]
+        pub invalid_share: f64,
+        /// Share of requests answered with an error status.
+        #[arg(long, default_value_t = 0.0)]
+        pub error_rate: f64,
+        /// Error statuses to pick from, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "500,503")]
+        pub error_status: Vec<u16>,
+        /// Delay before each response, e.g. 2s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        pub latency: Option<Duration>,
+        /// Pause in the middle of each body, e.g. 10s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        pub stall: Option<Duration>,
+        /// Send only the first half of each body.
+        #[arg(long)]
+        pub truncate: bool,
+        /// Break the XML in the middle of each body.
+        #[arg(long)]
+        pub malformed: bool,
+        /// Content type: xml, text-xml, none or wrong.
+        #[arg(long, default_value = "xml")]
+        pub content_type: String,
+        /// Gzip the bodies.
+        #[arg(long)]
+        pub gzip: bool,
+    }
+
+    pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+        let source = if args.files.is_empty() {
+            FeedSource::Generated(GenSpec {
+                base_plans: args.base_plans,
+                plans_per_base: args.plans,
+                zones_per_plan: args.zones,
+                seed: args.seed,
+                offline_share: args.offline_share,
+                invalid_share: args.invalid_share,
+            })
+        } else {
+            let bodies = args
+                .files
+                .iter()
+                .map(|p| std::fs::read(p).map(bytes::Bytes::from).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display())))
+                .collect::<anyhow::Result<_>>()?;
+            FeedSource::Rotation(bodies)
+        };
+        let content_type = match args.content_type.as_str() {
+            "xml" => ContentType::ApplicationXml,
+            "text-xml" => ContentType::TextXml,
+            "none" => ContentType::Missing,
+            "wrong" => ContentType::Wrong,
+            other => anyhow::bail!("--content-type must be xml, text-xml, none or wrong, got {other:?}"),
+        };
+        let faults = Faults {
+            error_rate: args.error_rate,
+            error_statuses: args.error_status,
+            latency: args.latency.unwrap_or_default(),
+            stall: args.stall,
+            truncate: args.truncate,
+            malformed: args.malformed,
+            content_type,
+            gzip: args.gzip,
+        };
+        let sim = Simulator::new(source, faults);
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        tracing::info!(addr = %listener.local_addr()?, "provider simulator listening (any GET path serves the feed)");
+        super::run(listener, sim, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+        Ok(())
+    }
+}
