@@ -259,10 +259,8 @@ where
 
 fn open_connection(path: &Path, reader: bool) -> StoreResult<Connection> {
     let what = || format!("opening {}", path.display());
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).ctx(what)?;
     conn.busy_timeout(BUSY_TIMEOUT).ctx(what)?;
     conn.set_prepared_statement_cache_capacity(32);
@@ -636,5 +634,84 @@ fn is_transient(e: &rusqlite::Error) -> bool {
                 | ErrorCode::SchemaChanged
         ),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: std::os::raw::c_int) -> rusqlite::Result<()> {
+        Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn busy_locked_and_io_errors_are_transient_the_rest_permanent() {
+        for code in [rusqlite::ffi::SQLITE_BUSY, rusqlite::ffi::SQLITE_LOCKED, rusqlite::ffi::SQLITE_IOERR] {
+            let err = failure(code).ctx(|| "writing plan p/1/2").unwrap_err();
+            assert!(err.is_transient(), "{err}");
+        }
+        for code in
+            [rusqlite::ffi::SQLITE_CONSTRAINT, rusqlite::ffi::SQLITE_MISMATCH, rusqlite::ffi::SQLITE_CORRUPT]
+        {
+            let err = failure(code).ctx(|| "writing plan p/1/2").unwrap_err();
+            assert!(!err.is_transient(), "{err}");
+        }
+        let err = Err::<(), _>(rusqlite::Error::InvalidColumnType(0, "id".into(), Type::Null))
+            .ctx(|| "reading plans of 2030-01-01..=2030-01-01")
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Permanent(m) if m.starts_with("reading plans of 2030-01-01")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn local_times_round_trip_as_text() {
+        let t = NaiveDateTime::parse_from_str("2021-09-30T21:05:07", "%Y-%m-%dT%H:%M:%S").unwrap();
+        assert_eq!(local_text(t), "2021-09-30T21:05:07");
+        assert_eq!(parse_local(&local_text(t)).unwrap(), t);
+        let frac = t + chrono::Duration::milliseconds(250);
+        assert_eq!(local_text(frac), "2021-09-30T21:05:07.250");
+        assert_eq!(parse_local(&local_text(frac)).unwrap(), frac);
+        assert_eq!(date_text(t.date()), "2021-09-30");
+    }
+
+    #[test]
+    fn zones_are_json_with_exact_prices() {
+        let zones = vec![
+            Zone {
+                zone_id: 40,
+                name: "Platea".into(),
+                capacity: 0,
+                price: "20.00".parse().unwrap(),
+                numbered: true,
+            },
+            Zone {
+                zone_id: 40,
+                name: "Anfiteatro \"A\"".into(),
+                capacity: 9,
+                price: "7.5".parse().unwrap(),
+                numbered: false,
+            },
+        ];
+        let json: serde_json::Value = serde_json::from_str(&zones_json(&zones)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"zone_id": 40, "name": "Platea", "capacity": 0, "price": "20.00", "numbered": true},
+                {"zone_id": 40, "name": "Anfiteatro \"A\"", "capacity": 9, "price": "7.5", "numbered": false},
+            ])
+        );
+        assert_eq!(zones_json(&[]), "[]");
+    }
+
+    #[test]
+    fn versions_beyond_63_bits_are_refused_with_the_plan_key() {
+        let key = PlanKey::new("fever", 322, 1642);
+        assert_eq!(to_i64(5, "version", &key).unwrap(), 5);
+        let err = to_i64(u64::MAX, "version", &key).unwrap_err();
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("fever/322/1642: version 18446744073709551615"), "{err}");
     }
 }
