@@ -91,10 +91,11 @@ impl Service {
                     counters: counters.clone(),
                 },
             };
-            let handles = PipelineHandles {
-                parsers: ParserPool::with_size(settings.pipeline.parsers),
-                ..Default::default()
-            };
+            let handles = PipelineHandles::new(
+                settings.effective_providers().len(),
+                settings.pipeline.parsers,
+                settings.pipeline.queue_chunks,
+            );
             let (sup, _) = Actor::spawn(None, Supervisor, (args, handles.clone()))
                 .await
                 .map_err(|e| ServiceError::Pipeline(e.to_string()))?;

@@ -89,11 +89,9 @@ impl Actor for Supervisor {
         me: ActorRef<SupervisorMsg>,
         (args, handles): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let permits = Arc::new(Semaphore::new(args.pipeline.queue_chunks));
         let mut state = SupervisorState {
             args,
             handles,
-            permits,
             children: HashMap::new(),
             restarts: HashMap::new(),
             stopping: false,

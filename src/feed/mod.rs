@@ -1,2 +1,17 @@
 //! The provider feed: cutting a streamed body into chunks of whole base plans, and parsing a
 //! chunk into domain [`Plan`](crate::domain::Plan)s.
+//!
+//! The fetcher feeds body bytes to a [`Chunker`], which hands out chunks holding whole base plans
+//! only; each chunk is parsed on its own by [`parse_chunk`], so parsing can run on a pool and a
+//! truncated body still yields the base plans completed before the cut. [`generate`] writes
+//! reproducible synthetic feeds for tests, benchmarks and the provider simulator.
+
+mod chunk;
+mod error;
+mod generate;
+mod parse;
+
+pub use chunk::Chunker;
+pub use error::FeedError;
+pub use generate::{generate, generate_into, GenSpec, GenStats};
+pub use parse::{parse_chunk, parse_document, ParsedChunk, Skipped};

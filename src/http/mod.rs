@@ -42,11 +42,12 @@ pub async fn run(
 }
 
 pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let search = warp::path!("search")
-        .and(warp::get())
-        .and(range_filter())
-        .and(with(state.clone()))
-        .then(search_handler);
+    let search = warp::path!("search").and(warp::get()).and(search_filter()).and(with(state.clone())).then(search_handler);
+    let metrics = warp::path!("metrics").and(warp::get()).and(with(state.clone())).map(|s: ApiState| {
+        let mut res = Response::new(s.metrics.render().into());
+        res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
+        res
+    });
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()));
@@ -107,6 +108,7 @@ async fn answer_search(req: &SearchRequest, state: &ApiState) -> Response {
         }
     }
 }
+
 fn json_response(status: StatusCode, body: warp::hyper::body::Bytes) -> Response {
     let mut res = Response::new(body.into());
     *res.status_mut() = status;

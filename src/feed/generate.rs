@@ -1,0 +1,231 @@
+//! A seeded, reproducible feed generator (planList naming) for tests, benchmarks and the
+//! provider simulator.
+//!
+//! Every value derives from `seed` and the position of the plan (and `round` for what changes
+//! between rounds), so a round can be regenerated alone. Between rounds plans get replaced by new
+//! ones (same count), prices, capacities, end times, sold-out flags, titles and sell modes change.
+
+use std::io::Write;
+
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Shape of a generated feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenSpec {
+    pub base_plans: usize,
+    pub plans_per_base: usize,
+    pub zones_per_plan: usize,
+    pub seed: u64,
+    /// Share of base plans with `sell_mode="offline"` (0..=1).
+    pub offline_share: f64,
+    /// Share of plans written invalid (impossible or missing dates, bad prices, ...) (0..=1).
+    pub invalid_share: f64,
+}
+
+/// What [`generate_into`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenStats {
+    /// Plans written, valid and invalid (`base_plans × plans_per_base`).
+    pub plans: usize,
+    /// Plans written invalid: the parser skips exactly these.
+    pub invalid: usize,
+    /// Valid plans under `sell_mode="online"` base plans.
+    pub online: usize,
+}
+
+const TITLES: [&str; 12] = [
+    "Camela en concierto",
+    "Pantomima Full",
+    "Los Morancos",
+    "Tributo a Juanito Valderrama",
+    "Rock &amp; Roll Night",
+    "Mike&#39;s Comedy Club",
+    "Noche de &quot;Flamenco&quot;",
+    "Jazz &amp; Blues",
+    "O&#39;Brien Live",
+    "El Rey León",
+    "La Traviata",
+    "Stand-up &lt;sin censura&gt;",
+];
+
+const ZONE_NAMES: [&str; 8] =
+    ["Platea", "Grada 2", "Amfiteatre", "Palco", "Pista", "A28", "VIP &amp; Backstage", "Anfiteatro"];
+
+/// XML of round `round` (0, 1, 2, ...) of the feed described by `spec`.
+pub fn generate(spec: &GenSpec, round: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    generate_into(spec, round, &mut out);
+    out
+}
+
+/// Like [`generate`], into a reused buffer (cleared first), and says what it wrote.
+pub fn generate_into(spec: &GenSpec, round: u32, out: &mut Vec<u8>) -> GenStats {
+    out.clear();
+    out.reserve(200 + spec.base_plans * (150 + spec.plans_per_base * (250 + spec.zones_per_plan * 95)));
+    let mut stats = GenStats::default();
+    let offline_share = spec.offline_share.clamp(0.0, 1.0);
+    let invalid_share = spec.invalid_share.clamp(0.0, 1.0);
+    let epoch = NaiveDate::from_ymd_opt(2021, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap();
+    let r = u64::from(round);
+
+    out.extend_from_slice(
+        b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<planList xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" version=\"1.0\" xsi:noNamespaceSchemaLocation=\"planList.xsd\">\n   <output>\n",
+    );
+    for b in 0..spec.base_plans as u64 {
+        let base_id = 100 + b;
+        let mut base_rng = StdRng::seed_from_u64(mix(&[spec.seed, 1, b]));
+        let mut base_round = StdRng::seed_from_u64(mix(&[spec.seed, 2, b, r]));
+        let title = TITLES[base_rng.random_range(0..TITLES.len())];
+        let organizer = base_rng.random_bool(0.8).then(|| base_rng.random_range(1..50u32));
+        let mut offline = base_rng.random_bool(offline_share);
+        if round > 0 && base_round.random_bool(0.03) {
+            offline = !offline;
+        }
+        let retitled = round > 0 && base_round.random_bool(0.05);
+        let online = !offline;
+
+        let _ = write!(
+            out,
+            "      <base_plan base_plan_id=\"{base_id}\" sell_mode=\"{}\"",
+            if online { "online" } else { "offline" }
+        );
+        if let Some(o) = organizer {
+            let _ = write!(out, " organizer_company_id=\"{o}\"");
+        }
+        let _ = write!(out, " title=\"{title} {base_id}");
+        if retitled {
+            let _ = write!(out, " (nueva fecha {round})");
+        }
+        out.extend_from_slice(b"\">\n");
+
+        for p in 0..spec.plans_per_base as u64 {
+            // Plans in a slot get replaced every `period` rounds: plans appear and disappear while
+            // the count stays the same.
+            let slot = mix(&[spec.seed, 3, b, p]);
+            let period = 4 + slot % 12;
+            let phase = (slot >> 8) % period;
+            let generation = (r + phase) / period;
+            let plan_id = 1 + p + generation * spec.plans_per_base as u64;
+
+            let mut rng = StdRng::seed_from_u64(mix(&[spec.seed, 4, b, plan_id]));
+            let mut rr = StdRng::seed_from_u64(mix(&[spec.seed, 5, b, plan_id, r]));
+            let start = epoch + Duration::minutes(15 * rng.random_range(0..5 * 365 * 24 * 4i64));
+            let mut length = 15 * rng.random_range(2..=16i64);
+            if round > 0 && rr.random_bool(0.05) {
+                length += 15 * rr.random_range(1..=4i64);
+            }
+            let end = start + Duration::minutes(length);
+            let sell_from = start - Duration::days(rng.random_range(20..200i64));
+            let sell_to = start - Duration::minutes(10);
+            let sold_out = rr.random_bool(0.05);
+            let invalid = rng.random_bool(invalid_share);
+            let mut kind = rng.random_range(0..5u32);
+            if kind == 2 && spec.zones_per_plan == 0 {
+                kind = 3;
+            }
+            stats.plans += 1;
+            if invalid {
+                stats.invalid += 1;
+            } else if online {
+                stats.online += 1;
+            }
+
+            out.extend_from_slice(b"         <plan plan_start_date=\"");
+            if invalid && kind == 0 {
+                // An impossible date, like the provider's 2021-09-31.
+                let month = [4, 6, 9, 11][rng.random_range(0..4usize)];
+                let _ =
+                    write!(out, "{}-{month:02}-31T{:02}:00:00", 2021 + rng.random_range(0..5), start.hour());
+            } else {
+                write_dt(out, start);
+            }
+            if !(invalid && kind == 4) {
+                out.extend_from_slice(b"\" plan_end_date=\"");
+                write_dt(out, if invalid && kind == 3 { start - Duration::minutes(length) } else { end });
+            }
+            out.push(b'"');
+            if !(invalid && kind == 1) {
+                let _ = write!(out, " plan_id=\"{plan_id}\"");
+            }
+            out.extend_from_slice(b" sell_from=\"");
+            write_dt(out, sell_from);
+            out.extend_from_slice(b"\" sell_to=\"");
+            write_dt(out, sell_to);
+            let _ = writeln!(out, "\" sold_out=\"{sold_out}\">");
+
+            let mut zone_id = 0u64;
+            for z in 0..spec.zones_per_plan {
+                // Now and then a zone id repeats, as in the real feed.
+                if z == 0 || !rng.random_bool(0.03) {
+                    zone_id = 1 + rng.random_range(0..5000u64);
+                }
+                let name = ZONE_NAMES[rng.random_range(0..ZONE_NAMES.len())];
+                let base_capacity = rng.random_range(0..500u32);
+                let mut cents = 50 * rng.random_range(10..400i64);
+                let style = rng.random_range(0..3u32);
+                let numbered = rng.random_bool(0.5);
+                let capacity =
+                    base_capacity.saturating_sub(rr.random_range(0..=base_capacity.min(20) * r as u32));
+                if round > 0 && rr.random_bool(0.1) {
+                    cents += 50 * rr.random_range(-5..=10i64);
+                }
+                let _ =
+                    write!(out, "            <zone zone_id=\"{zone_id}\" capacity=\"{capacity}\" price=\"");
+                if invalid && kind == 2 && z == 0 {
+                    let _ = write!(out, "{},{:02}", cents / 100, cents % 100);
+                } else {
+                    write_price(out, cents, style);
+                }
+                let _ = writeln!(out, "\" name=\"{name}\" numbered=\"{numbered}\" />");
+            }
+            out.extend_from_slice(b"         </plan>\n");
+        }
+        out.extend_from_slice(b"      </base_plan>\n");
+    }
+    out.extend_from_slice(b"   </output>\n</planList>\n");
+    stats
+}
+
+/// Prices in the provider's formats: `20.00`, `7.5`, `100`.
+fn write_price(out: &mut Vec<u8>, cents: i64, style: u32) {
+    let (units, rest) = (cents / 100, cents % 100);
+    let _ = match style {
+        1 if rest % 10 == 0 => write!(out, "{units}.{}", rest / 10),
+        2 if rest == 0 => write!(out, "{units}"),
+        _ => write!(out, "{units}.{rest:02}"),
+    };
+}
+
+fn write_dt(out: &mut Vec<u8>, d: NaiveDateTime) {
+    let two = |out: &mut Vec<u8>, n: u32, sep: u8| {
+        out.extend_from_slice(&[sep, b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    };
+    let y = d.year() as u32;
+    out.extend_from_slice(&[
+        b'0' + (y / 1000 % 10) as u8,
+        b'0' + (y / 100 % 10) as u8,
+        b'0' + (y / 10 % 10) as u8,
+        b'0' + (y % 10) as u8,
+    ]);
+    two(out, d.month(), b'-');
+    two(out, d.day(), b'-');
+    two(out, d.hour(), b'T');
+    two(out, d.minute(), b':');
+    two(out, d.second(), b':');
+}
+
+/// splitmix64 over the parts: independent, stable seeds per (kind, position, round).
+fn mix(parts: &[u64]) -> u64 {
+    let mut h = 0x9E37_79B9_7F4A_7C15u64;
+    for &p in parts {
+        h ^= p;
+        h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h = z ^ (z >> 31);
+    }
+    h
+}

@@ -1,0 +1,846 @@
+//! Parsing a chunk of the feed into domain plans.
+//!
+//! A chunk is a fragment: whole base plans, maybe preceded by the prolog and the root/output
+//! open tags and maybe followed by their close tags. Both namings are accepted
+//! (`base_plan/plan` and `base_event/event`), and may even be mixed. Plans are kept per base
+//! plan and only handed out once their base plan closed, so malformed XML costs the base plan it
+//! hits and those after it, never the ones before.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use quick_xml::events::attributes::Attribute;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
+use rust_decimal::Decimal;
+
+use super::{Chunker, FeedError};
+use crate::domain::{Plan, PlanKey, Zone};
+
+/// What one chunk yielded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedChunk {
+    /// Valid plans, in feed order.
+    pub plans: Vec<Plan>,
+    /// Invalid plans, with the reason.
+    pub skipped: Vec<Skipped>,
+    /// Set when the chunk could not be read to its end; `plans` then holds the plans of the base
+    /// plans completed before the error.
+    pub error: Option<FeedError>,
+}
+
+/// An invalid plan: counted and logged, not an observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The raw `base_plan_id` attribute, when present.
+    pub base_plan_id: Option<String>,
+    /// The raw `plan_id` attribute, when present.
+    pub plan_id: Option<String>,
+    pub reason: String,
+}
+
+/// Parses a chunk produced by [`Chunker`]. Never fails as a whole: malformed XML stops the parse
+/// and is reported in [`ParsedChunk::error`] with its position in the chunk.
+pub fn parse_chunk(provider: &Arc<str>, chunk: &[u8]) -> ParsedChunk {
+    let chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
+    let mut reader = Reader::from_reader(chunk);
+    {
+        let config = reader.config_mut();
+        config.trim_text(true);
+        config.check_end_names = true;
+        // The close tags of the root/output elements opened in an earlier chunk.
+        config.allow_unmatched_ends = true;
+    }
+    let mut p = ChunkParser { provider, out: ParsedChunk::default(), base: None, plan: None, skip_depth: 0 };
+    loop {
+        let step = match reader.read_event() {
+            Ok(Event::Eof) => break,
+            Ok(Event::Start(e)) => p.open(&e, false),
+            Ok(Event::Empty(e)) => p.open(&e, true),
+            Ok(Event::End(_)) => {
+                p.close();
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(what) = step {
+            let at = reader.error_position().max(reader.buffer_position());
+            p.fail(format!("{what} at byte {at}"));
+            return p.out;
+        }
+    }
+    if p.base.is_some() {
+        let at = reader.buffer_position();
+        p.fail(format!("chunk ended at byte {at}"));
+    }
+    p.out
+}
+
+/// Chunker + [`parse_chunk`] over a whole document (tests, CLI).
+///
+/// `Err` when the body is rejected as a whole (`Empty`, `NotXml`, `WrongShape`). Failures in the
+/// middle of the document (`Truncated`, `ElementTooLarge`, `Malformed`) come back in
+/// [`ParsedChunk::error`] (the first one) next to the plans read before them.
+pub fn parse_document(provider: &Arc<str>, body: &[u8]) -> Result<ParsedChunk, FeedError> {
+    let mut chunker = Chunker::new(1 << 20, usize::MAX);
+    let mut all = ParsedChunk::default();
+    let add = |all: &mut ParsedChunk, chunk: &[u8]| {
+        let parsed = parse_chunk(provider, chunk);
+        all.plans.extend(parsed.plans);
+        all.skipped.extend(parsed.skipped);
+        if all.error.is_none() {
+            all.error = parsed.error;
+        }
+    };
+    let early =
+        |e: FeedError| matches!(e, FeedError::Empty | FeedError::NotXml(_) | FeedError::WrongShape(_));
+    match chunker.push(body) {
+        Ok(chunks) => chunks.iter().for_each(|c| add(&mut all, c)),
+        Err(e) if early(e.clone()) => return Err(e),
+        Err(e) => all.error = Some(e),
+    }
+    if let Some(c) = chunker.flush() {
+        add(&mut all, &c);
+    }
+    match chunker.finish() {
+        Ok(Some(c)) => add(&mut all, &c),
+        Ok(None) => {}
+        Err(e) if early(e.clone()) => return Err(e),
+        Err(e) => {
+            if all.error.is_none() {
+                all.error = Some(e);
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// The base plan being read.
+struct Base {
+    /// `Err(detail)` when `base_plan_id` is missing or unparsable.
+    id: Result<u64, String>,
+    raw_id: Option<String>,
+    title: String,
+    online: bool,
+    organizer_company_id: Option<u64>,
+    plans: Vec<Plan>,
+    skipped: Vec<Skipped>,
+}
+
+/// The plan being read.
+struct PlanDraft {
+    id: u64,
+    raw_id: Option<String>,
+    start: NaiveDateTime,
+    end: NaiveDateTime,
+    sell_from: Option<NaiveDateTime>,
+    sell_to: Option<NaiveDateTime>,
+    sold_out: bool,
+    zones: Vec<Zone>,
+    /// First reason the plan is invalid; its zones are not read once set.
+    invalid: Option<String>,
+}
+
+/// A required attribute as read.
+enum Field<T> {
+    Missing,
+    Bad(String),
+    Ok(T),
+}
+
+struct ChunkParser<'p> {
+    provider: &'p Arc<str>,
+    out: ParsedChunk,
+    base: Option<Base>,
+    plan: Option<PlanDraft>,
+    /// Depth inside an element whose content is ignored (unknown elements, zone children).
+    skip_depth: usize,
+}
+
+impl ChunkParser<'_> {
+    fn open(&mut self, e: &BytesStart<'_>, empty: bool) -> Result<(), String> {
+        if self.skip_depth > 0 {
+            if !empty {
+                self.skip_depth += 1;
+            }
+            return Ok(());
+        }
+        let name = e.local_name();
+        let name = name.as_ref();
+        if self.plan.is_some() {
+            if name == "zone" {
+                self.zone(e)?;
+            }
+            if !empty {
+                self.skip_depth = 1;
+            }
+        } else if self.base.is_some() {
+            if name == "plan" || name == "event" {
+                self.open_plan(e)?;
+                if empty {
+                    self.close_plan();
+                }
+            } else if !empty {
+                self.skip_depth = 1;
+            }
+        } else if name == "base_plan" || name == "base_event" {
+            self.open_base(e)?;
+            if empty {
+                self.close_base();
+            }
+        }
+        // Anything else outside a base plan (root, output, unknown wrappers): look inside.
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        if self.skip_depth > 0 {
+            self.skip_depth -= 1;
+        } else if self.plan.is_some() {
+            self.close_plan();
+        } else if self.base.is_some() {
+            self.close_base();
+        }
+    }
+
+    fn fail(&mut self, what: String) {
+        let inside = match &self.base {
+            Some(b) => format!(" inside {}", base_label(b)),
+            None => String::new(),
+        };
+        self.out.error = Some(FeedError::Malformed(format!("{what}{inside}")));
+    }
+
+    fn open_base(&mut self, e: &BytesStart<'_>) -> Result<(), String> {
+        let mut id = Field::Missing;
+        let mut raw_id = None;
+        let mut title = String::new();
+        let mut online = false;
+        let mut organizer_company_id = None;
+        for a in e.attributes().with_checks(false) {
+            let a = a.map_err(|e| e.to_string())?;
+            match a.key.as_ref() {
+                key @ ("base_plan_id" | "base_event_id") => {
+                    let v = value(&a);
+                    id = match parse_u64(&v) {
+                        Some(n) => Field::Ok(n),
+                        None => Field::Bad(format!("invalid {key} {v:?}")),
+                    };
+                    raw_id = Some(v.into_owned());
+                }
+                "title" => title = value(&a).into_owned(),
+                "sell_mode" => online = value(&a) == "online",
+                "organizer_company_id" => organizer_company_id = parse_u64(&value(&a)),
+                _ => {}
+            }
+        }
+        let id = match id {
+            Field::Ok(n) => Ok(n),
+            Field::Bad(why) => Err(why),
+            Field::Missing => Err(format!("missing {}_id", e.local_name().as_ref())),
+        };
+        self.base = Some(Base {
+            id,
+            raw_id,
+            title,
+            online,
+            organizer_company_id,
+            plans: Vec::new(),
+            skipped: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn close_base(&mut self) {
+        if let Some(mut b) = self.base.take() {
+            self.out.plans.append(&mut b.plans);
+            self.out.skipped.append(&mut b.skipped);
+        }
+    }
+
+    fn open_plan(&mut self, e: &BytesStart<'_>) -> Result<(), String> {
+        let base = self.base.as_ref().expect("plans are read inside a base plan");
+        let mut id = Field::Missing;
+        let mut raw_id = None;
+        let mut start = Field::Missing;
+        let mut end = Field::Missing;
+        let mut sell_from = None;
+        let mut sell_to = None;
+        let mut sold_out = false;
+        for a in e.attributes().with_checks(false) {
+            let a = a.map_err(|e| e.to_string())?;
+            match a.key.as_ref() {
+                key @ ("plan_id" | "event_id") => {
+                    let v = value(&a);
+                    id = match parse_u64(&v) {
+                        Some(n) => Field::Ok(n),
+                        None => Field::Bad(format!("invalid {key} {v:?}")),
+                    };
+                    raw_id = Some(v.into_owned());
+                }
+                key @ ("plan_start_date" | "event_start_date") => start = date_field(key, &a),
+                key @ ("plan_end_date" | "event_end_date") => end = date_field(key, &a),
+                "sell_from" => sell_from = parse_datetime(&value(&a)),
+                "sell_to" => sell_to = parse_datetime(&value(&a)),
+                "sold_out" => sold_out = parse_bool(&value(&a)),
+                _ => {}
+            }
+        }
+        let naming = e.local_name().as_ref().to_owned();
+        let mut invalid = base.id.as_ref().err().cloned();
+        let id = take(id, &naming, "id", &mut invalid);
+        let start = take(start, &naming, "start_date", &mut invalid);
+        let end = take(end, &naming, "end_date", &mut invalid);
+        if let (Some(s), Some(e)) = (start, end) {
+            if e < s {
+                invalid.get_or_insert_with(|| {
+                    format!("{naming}_end_date {:?} is before {naming}_start_date {:?}", fmt_dt(e), fmt_dt(s))
+                });
+            }
+        }
+        self.plan = Some(PlanDraft {
+            id: id.unwrap_or_default(),
+            raw_id,
+            start: start.unwrap_or_default(),
+            end: end.unwrap_or_default(),
+            sell_from,
+            sell_to,
+            sold_out,
+            zones: Vec::new(),
+            invalid,
+        });
+        Ok(())
+    }
+
+    fn zone(&mut self, e: &BytesStart<'_>) -> Result<(), String> {
+        let plan = self.plan.as_mut().expect("zones are read inside a plan");
+        if plan.invalid.is_some() {
+            return Ok(());
+        }
+        let mut zone_id = Field::Missing;
+        let mut price = Field::Missing;
+        let mut capacity = 0;
+        let mut numbered = false;
+        let mut name = String::new();
+        for a in e.attributes().with_checks(false) {
+            let a = a.map_err(|e| e.to_string())?;
+            match a.key.as_ref() {
+                "zone_id" => {
+                    let v = value(&a);
+                    zone_id = match parse_u64(&v) {
+                        Some(n) => Field::Ok(n),
+                        None => Field::Bad(format!("invalid zone_id {v:?}")),
+                    };
+                }
+                "price" => {
+                    let v = value(&a);
+                    price = match parse_price(&v) {
+                        Some(d) => Field::Ok(d),
+                        None => Field::Bad(format!("invalid price {v:?}")),
+                    };
+                }
+                "capacity" => capacity = value(&a).trim().parse().unwrap_or(0),
+                "numbered" => numbered = parse_bool(&value(&a)),
+                "name" => name = value(&a).into_owned(),
+                _ => {}
+            }
+        }
+        let zone_label = match &zone_id {
+            Field::Ok(id) => format!("zone {id}"),
+            _ => format!("zone #{}", plan.zones.len() + 1),
+        };
+        let zone_id = match zone_id {
+            Field::Ok(id) => id,
+            Field::Bad(why) => {
+                plan.invalid = Some(format!("{zone_label}: {why}"));
+                return Ok(());
+            }
+            Field::Missing => {
+                plan.invalid = Some(format!("{zone_label}: missing zone_id"));
+                return Ok(());
+            }
+        };
+        let price = match price {
+            Field::Ok(p) => p,
+            Field::Bad(why) => {
+                plan.invalid = Some(format!("{zone_label}: {why}"));
+                return Ok(());
+            }
+            Field::Missing => {
+                plan.invalid = Some(format!("{zone_label}: missing price"));
+                return Ok(());
+            }
+        };
+        plan.zones.push(Zone { zone_id, name, capacity, price, numbered });
+        Ok(())
+    }
+
+    fn close_plan(&mut self) {
+        let (Some(p), Some(base)) = (self.plan.take(), self.base.as_mut()) else {
+            return;
+        };
+        match (p.invalid, &base.id) {
+            (None, Ok(base_id)) => base.plans.push(Plan {
+                key: PlanKey { provider: self.provider.clone(), base_plan_id: *base_id, plan_id: p.id },
+                title: base.title.clone(),
+                online: base.online,
+                organizer_company_id: base.organizer_company_id,
+                start: p.start,
+                end: p.end,
+                sell_from: p.sell_from,
+                sell_to: p.sell_to,
+                sold_out: p.sold_out,
+                zones: p.zones,
+            }),
+            (why, _) => {
+                let why = why.unwrap_or_default();
+                let plan_label = match &p.raw_id {
+                    Some(raw) if raw.parse::<u64>().is_ok() => format!("plan {raw}"),
+                    Some(raw) => format!("plan {raw:?}"),
+                    None => "plan".to_owned(),
+                };
+                let reason = format!("{plan_label} of {}: {why}", base_label(base));
+                base.skipped.push(Skipped { base_plan_id: base.raw_id.clone(), plan_id: p.raw_id, reason });
+            }
+        }
+    }
+}
+
+/// The value of a required field; the first problem found is kept in `invalid`.
+fn take<T>(f: Field<T>, naming: &str, what: &str, invalid: &mut Option<String>) -> Option<T> {
+    match f {
+        Field::Ok(v) => Some(v),
+        Field::Bad(why) => {
+            invalid.get_or_insert(why);
+            None
+        }
+        Field::Missing => {
+            invalid.get_or_insert_with(|| format!("missing {naming}_{what}"));
+            None
+        }
+    }
+}
+
+fn base_label(b: &Base) -> String {
+    match (&b.id, &b.raw_id) {
+        (Ok(id), _) => format!("base plan {id}"),
+        (Err(_), Some(raw)) => format!("base plan {raw:?}"),
+        (Err(_), None) => "base plan without id".to_owned(),
+    }
+}
+
+/// The attribute value with entities resolved. Values quick-xml cannot unescape (unknown
+/// entities) are kept raw rather than losing the plan.
+fn value<'v>(a: &'v Attribute<'_>) -> Cow<'v, str> {
+    let raw: &str = &a.value;
+    if !raw.as_bytes().iter().any(|&c| matches!(c, b'&' | b'\t' | b'\r' | b'\n')) {
+        return Cow::Borrowed(raw);
+    }
+    match a.normalized_value(XmlVersion::Implicit1_0) {
+        Ok(v) => Cow::Owned(v.into_owned()),
+        Err(_) => Cow::Borrowed(raw),
+    }
+}
+
+fn date_field(key: &str, a: &Attribute<'_>) -> Field<NaiveDateTime> {
+    let v = value(a);
+    match parse_datetime(&v) {
+        Some(d) => Field::Ok(d),
+        None => Field::Bad(format!("invalid {key} {v:?}")),
+    }
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_bool(s: &str) -> bool {
+    matches!(s.trim(), "true" | "1")
+}
+
+/// A decimal price string (`20.00`, `7.5`, `100`); the scale is kept.
+fn parse_price(s: &str) -> Option<Decimal> {
+    let s = s.trim();
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let ok = !digits.is_empty()
+        && digits.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+        && digits.bytes().filter(|&c| c == b'.').count() <= 1
+        && digits.bytes().any(|c| c.is_ascii_digit());
+    if !ok {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` with optional fractional seconds; impossible dates are `None`.
+pub(crate) fn parse_datetime(s: &str) -> Option<NaiveDateTime> {
+    let b = s.trim().as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let mut nanos = 0;
+    if b.len() > 19 {
+        let frac = &b[20..];
+        if b[19] != b'.' || frac.is_empty() || !frac.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let mut scale = 100_000_000;
+        for &c in frac.iter().take(9) {
+            nanos += u32::from(c - b'0') * scale;
+            scale /= 10;
+        }
+    }
+    let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
+    date.and_hms_nano_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, nanos)
+}
+
+fn fmt_dt(d: NaiveDateTime) -> String {
+    d.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const FIXTURES: [(&str, &[u8]); 6] = [
+        ("response_1.xml", include_bytes!("../../tests/fixtures/provider/response_1.xml")),
+        ("response_2.xml", include_bytes!("../../tests/fixtures/provider/response_2.xml")),
+        ("response_3.derived.xml", include_bytes!("../../tests/fixtures/provider/response_3.derived.xml")),
+        (
+            "eventList/response_1.xml",
+            include_bytes!("../../tests/fixtures/provider/eventList/response_1.xml"),
+        ),
+        (
+            "eventList/response_2.xml",
+            include_bytes!("../../tests/fixtures/provider/eventList/response_2.xml"),
+        ),
+        (
+            "eventList/response_3.xml",
+            include_bytes!("../../tests/fixtures/provider/eventList/response_3.xml"),
+        ),
+    ];
+
+    pub(crate) fn provider() -> Arc<str> {
+        Arc::from("fever")
+    }
+
+    fn dt(s: &str) -> NaiveDateTime {
+        parse_datetime(s).unwrap()
+    }
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn keys(p: &ParsedChunk) -> Vec<(u64, u64)> {
+        p.plans.iter().map(|p| (p.key.base_plan_id, p.key.plan_id)).collect()
+    }
+
+    fn doc(body: &[u8]) -> ParsedChunk {
+        parse_document(&provider(), body).unwrap()
+    }
+
+    fn wrap(base_plans: &str) -> String {
+        format!("<?xml version=\"1.0\"?><planList><output>{base_plans}</output></planList>")
+    }
+
+    fn fixture(name: &str) -> &'static [u8] {
+        FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1
+    }
+
+    #[test]
+    fn response_1_parses_to_the_exact_plans_in_both_namings() {
+        for name in ["response_1.xml", "eventList/response_1.xml"] {
+            let p = doc(fixture(name));
+            assert_eq!(p.error, None, "{name}");
+            assert!(p.skipped.is_empty(), "{name}");
+            if name.starts_with("eventList") {
+                // The older snapshot has no plan 1643.
+                assert_eq!(keys(&p), vec![(291, 291), (322, 1642), (1591, 1642)], "{name}");
+            } else {
+                assert_eq!(keys(&p), vec![(291, 291), (322, 1642), (322, 1643), (1591, 1642)], "{name}");
+            }
+
+            let camela = &p.plans[0];
+            assert_eq!(camela.key, PlanKey::new("fever", 291, 291));
+            assert_eq!(camela.title, "Camela en concierto");
+            assert!(camela.online);
+            assert_eq!(camela.organizer_company_id, None);
+            assert_eq!(camela.start, dt("2021-06-30T21:00:00"));
+            assert_eq!(camela.end, dt("2021-06-30T22:00:00"));
+            assert_eq!(camela.sell_from, Some(dt("2020-07-01T00:00:00")));
+            assert_eq!(camela.sell_to, Some(dt("2021-06-30T20:00:00")));
+            assert!(!camela.sold_out);
+            assert_eq!(
+                camela.zones,
+                vec![
+                    Zone {
+                        zone_id: 40,
+                        name: "Platea".into(),
+                        capacity: 243,
+                        price: dec("20.00"),
+                        numbered: true
+                    },
+                    Zone {
+                        zone_id: 38,
+                        name: "Grada 2".into(),
+                        capacity: 100,
+                        price: dec("15.00"),
+                        numbered: false
+                    },
+                    Zone {
+                        zone_id: 30,
+                        name: "A28".into(),
+                        capacity: 90,
+                        price: dec("30.00"),
+                        numbered: true
+                    },
+                ]
+            );
+            assert_eq!(camela.min_price().unwrap().to_string(), "15.00");
+            assert_eq!(camela.max_price().unwrap().to_string(), "30.00");
+
+            let pantomima = &p.plans[1];
+            assert_eq!(pantomima.title, "Pantomima Full");
+            assert_eq!(pantomima.organizer_company_id, Some(2));
+            assert_eq!(pantomima.start, dt("2021-02-10T20:00:00"));
+            assert_eq!(pantomima.end, dt("2021-02-10T21:30:00"));
+            assert_eq!(pantomima.zones.len(), 1);
+            let morancos = p.plans.last().unwrap();
+            assert_eq!(morancos.title, "Los Morancos");
+            assert_eq!(morancos.organizer_company_id, Some(1));
+            assert_eq!(morancos.start, dt("2021-07-31T20:00:00"));
+            assert_eq!(morancos.end, dt("2021-07-31T21:00:00"));
+            assert_eq!(morancos.zones.len(), 2);
+            assert!(morancos.zones.iter().all(|z| z.zone_id == 186));
+            assert_eq!(morancos.min_price().unwrap().to_string(), "65.00");
+            assert_eq!(morancos.max_price().unwrap().to_string(), "75.00");
+        }
+    }
+
+    #[test]
+    fn response_2_skips_the_impossible_date_and_keeps_the_rest() {
+        for name in ["response_2.xml", "eventList/response_2.xml"] {
+            let p = doc(fixture(name));
+            assert_eq!(p.error, None, "{name}");
+            assert_eq!(keys(&p), vec![(291, 291), (1591, 1642)], "{name}");
+            assert_eq!(p.plans[0].zones.iter().map(|z| z.capacity).collect::<Vec<_>>(), vec![240, 50, 90]);
+            let morancos = &p.plans[1];
+            assert_eq!(morancos.end, dt("2021-07-31T21:20:00"));
+            assert_eq!(morancos.zones[0].capacity, 0, "capacity-0 zones are kept");
+            assert_eq!(morancos.min_price(), Some(dec("65.00")));
+            assert_eq!(morancos.max_price(), Some(dec("75.00")));
+
+            assert_eq!(p.skipped.len(), 1);
+            let s = &p.skipped[0];
+            assert_eq!(s.base_plan_id.as_deref(), Some("444"));
+            assert_eq!(s.plan_id.as_deref(), Some("1642"));
+            let naming = if name.starts_with("eventList") { "event" } else { "plan" };
+            assert_eq!(
+                s.reason,
+                format!("plan 1642 of base plan 444: invalid {naming}_start_date \"2021-09-31T20:00:00\"")
+            );
+        }
+    }
+
+    #[test]
+    fn response_3_in_both_namings() {
+        for name in ["response_3.derived.xml", "eventList/response_3.xml"] {
+            let p = doc(fixture(name));
+            assert_eq!(p.error, None, "{name}");
+            assert_eq!(keys(&p), vec![(291, 291), (1591, 1642)], "{name}");
+            assert_eq!(p.plans[0].end, dt("2021-06-30T21:30:00"));
+            assert_eq!(p.plans[0].zones.iter().map(|z| z.capacity).collect::<Vec<_>>(), vec![200, 0, 80]);
+            assert_eq!(p.plans[1].zones[1].capacity, 12);
+            assert_eq!(p.skipped.len(), 1);
+            assert!(p.skipped[0].reason.contains("\"2021-09-31T20:00:00\""), "{}", p.skipped[0].reason);
+        }
+    }
+
+    #[test]
+    fn both_namings_give_the_same_plans() {
+        for (a, b) in [
+            ("response_1.xml", "eventList/response_1.xml"),
+            ("response_2.xml", "eventList/response_2.xml"),
+            ("response_3.derived.xml", "eventList/response_3.xml"),
+        ] {
+            let mut plans = doc(fixture(a)).plans;
+            plans.retain(|p| p.key.plan_id != 1643);
+            assert_eq!(plans, doc(fixture(b)).plans, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn entity_titles_and_names_are_unescaped() {
+        let body = wrap(
+            r#"<base_plan base_plan_id="1" sell_mode="online" title="Rock &amp; Roll">
+                 <plan plan_id="1" plan_start_date="2021-01-01T10:00:00" plan_end_date="2021-01-01T11:00:00">
+                   <zone zone_id="1" price="1" name="VIP &amp; &quot;Backstage&quot;" capacity="3"/>
+                 </plan>
+               </base_plan>
+               <base_plan base_plan_id="2" sell_mode="offline" title="Mike&#39;s &quot;Show&quot; &lt;3">
+                 <plan plan_id="2" plan_start_date="2021-01-01T10:00:00" plan_end_date="2021-01-01T11:00:00"/>
+               </base_plan>"#,
+        );
+        let p = doc(body.as_bytes());
+        assert_eq!(p.error, None);
+        assert_eq!(p.plans[0].title, "Rock & Roll");
+        assert_eq!(p.plans[0].zones[0].name, "VIP & \"Backstage\"");
+        assert_eq!(p.plans[1].title, "Mike's \"Show\" <3");
+        assert!(!p.plans[1].online);
+        assert!(p.plans[1].zones.is_empty());
+    }
+
+    #[test]
+    fn optional_attributes_default_and_unknown_ones_are_ignored() {
+        let body = wrap(
+            r#"<base_plan base_plan_id="7" sell_mode="online" organizer_company_id="x" extra="1">
+                 <note>ignored <plan plan_id="99"/></note>
+                 <plan plan_id="3" plan_start_date="2021-01-01T10:00:00.250" plan_end_date="2021-01-01T10:00:00.250"
+                       sell_from="yesterday" sold_out="true" color="red">
+                   <zone zone_id="5" price="7.5"/>
+                   <zone zone_id="5" price="100" capacity="-3" numbered="maybe"><sub/></zone>
+                   <seat/>
+                 </plan>
+               </base_plan>"#,
+        );
+        let p = doc(body.as_bytes());
+        assert_eq!(p.error, None);
+        assert_eq!(keys(&p), vec![(7, 3)]);
+        let plan = &p.plans[0];
+        assert_eq!(plan.title, "");
+        assert_eq!(plan.organizer_company_id, None);
+        assert_eq!(plan.sell_from, None);
+        assert_eq!(plan.sell_to, None);
+        assert!(plan.sold_out);
+        assert_eq!(plan.start, dt("2021-01-01T10:00:00.250"));
+        assert_eq!(plan.start.and_utc().timestamp_subsec_millis(), 250);
+        assert_eq!(
+            plan.zones,
+            vec![
+                Zone { zone_id: 5, name: String::new(), capacity: 0, price: dec("7.5"), numbered: false },
+                Zone { zone_id: 5, name: String::new(), capacity: 0, price: dec("100"), numbered: false },
+            ]
+        );
+        assert_eq!(plan.zones[0].price.scale(), 1);
+        assert_eq!(plan.max_price().unwrap().to_string(), "100");
+    }
+
+    #[test]
+    fn invalid_plans_are_skipped_with_a_specific_reason() {
+        let plan = |attrs: &str, zones: &str| format!("<plan {attrs}>{zones}</plan>");
+        let ok_dates = r#"plan_start_date="2021-03-01T20:00:00" plan_end_date="2021-03-01T22:00:00""#;
+        let zone = r#"<zone zone_id="1" price="10.00"/>"#;
+        let body = wrap(&format!(
+            r#"<base_plan base_plan_id="5" sell_mode="online" title="T">{}{}{}{}{}{}{}{}{}</base_plan>
+               <base_plan sell_mode="online">{}</base_plan>
+               <base_plan base_plan_id="abc">{}</base_plan>"#,
+            plan(r#"plan_start_date="2021-03-01T20:00:00" plan_end_date="2021-03-01T22:00:00""#, zone),
+            plan(r#"plan_id="2" plan_end_date="2021-03-01T22:00:00""#, zone),
+            plan(
+                r#"plan_id="3" plan_start_date="2021-03-01T20:00:00" plan_end_date="2021-02-30T22:00:00""#,
+                zone
+            ),
+            plan(
+                r#"plan_id="4" plan_start_date="2021-03-01T20:00:00" plan_end_date="2021-03-01T19:00:00""#,
+                zone
+            ),
+            plan(&format!(r#"plan_id="5" {ok_dates}"#), r#"<zone zone_id="1"/>"#),
+            plan(&format!(r#"plan_id="6" {ok_dates}"#), r#"<zone zone_id="1" price="12,50"/>"#),
+            plan(&format!(r#"plan_id="7" {ok_dates}"#), r#"<zone price="1"/>"#),
+            plan(&format!(r#"plan_id="-8" {ok_dates}"#), zone),
+            plan(&format!(r#"plan_id="9" {ok_dates}"#), zone),
+            plan(&format!(r#"plan_id="10" {ok_dates}"#), zone),
+            plan(&format!(r#"plan_id="11" {ok_dates}"#), zone),
+        ));
+        let p = doc(body.as_bytes());
+        assert_eq!(p.error, None);
+        assert_eq!(keys(&p), vec![(5, 9)]);
+        let reasons: Vec<&str> = p.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "plan of base plan 5: missing plan_id",
+                "plan 2 of base plan 5: missing plan_start_date",
+                "plan 3 of base plan 5: invalid plan_end_date \"2021-02-30T22:00:00\"",
+                "plan 4 of base plan 5: plan_end_date \"2021-03-01T19:00:00\" is before plan_start_date \"2021-03-01T20:00:00\"",
+                "plan 5 of base plan 5: zone 1: missing price",
+                "plan 6 of base plan 5: zone 1: invalid price \"12,50\"",
+                "plan 7 of base plan 5: zone #1: missing zone_id",
+                "plan \"-8\" of base plan 5: invalid plan_id \"-8\"",
+                "plan 10 of base plan without id: missing base_plan_id",
+                "plan 11 of base plan \"abc\": invalid base_plan_id \"abc\"",
+            ]
+        );
+        assert_eq!(p.skipped[9].base_plan_id.as_deref(), Some("abc"));
+        assert_eq!(p.skipped[9].plan_id.as_deref(), Some("11"));
+        assert_eq!(p.skipped[8].base_plan_id, None);
+    }
+
+    #[test]
+    fn malformed_xml_keeps_the_base_plans_completed_before_it() {
+        let body = String::from_utf8(fixture("response_1.xml").to_vec()).unwrap();
+        // Break the second zone of base plan 1591.
+        let broken =
+            body.replace(r#"<zone zone_id="186" capacity="16""#, r#"<zone zone_id="186" capacity=16"#);
+        let p = doc(broken.as_bytes());
+        assert_eq!(keys(&p), vec![(291, 291), (322, 1642), (322, 1643)]);
+        let Some(FeedError::Malformed(what)) = &p.error else { panic!("{:?}", p.error) };
+        assert!(what.contains("inside base plan 1591"), "{what}");
+        assert!(what.contains("at byte"), "{what}");
+
+        // A mismatched close tag inside a base plan.
+        let broken = body.replace(
+            "</plan>\n      </base_plan>\n      <base_plan base_plan_id=\"1591\"",
+            "</plna>\n      </base_plan>\n      <base_plan base_plan_id=\"1591\"",
+        );
+        let p = parse_chunk(&provider(), broken.as_bytes());
+        assert_eq!(keys(&p), vec![(291, 291)]);
+        let Some(FeedError::Malformed(what)) = &p.error else { panic!("{:?}", p.error) };
+        assert!(what.contains("inside base plan 322"), "{what}");
+    }
+
+    #[test]
+    fn a_chunk_ending_inside_a_base_plan_is_an_error() {
+        let body = fixture("response_1.xml");
+        let cut = memchr::memmem::find(body, b"<base_plan base_plan_id=\"322\"").unwrap() + 200;
+        let p = parse_chunk(&provider(), &body[..cut]);
+        assert_eq!(keys(&p), vec![(291, 291)]);
+        let Some(FeedError::Malformed(what)) = &p.error else { panic!("{:?}", p.error) };
+        assert!(what.contains("inside base plan 322"), "{what}");
+        // Cut right after a complete open tag: the reader reaches the end of the chunk.
+        let cut = memchr::memmem::find(body, b"<zone zone_id=\"311\"").unwrap();
+        let p = parse_chunk(&provider(), &body[..cut]);
+        assert_eq!(keys(&p), vec![(291, 291)]);
+        let Some(FeedError::Malformed(what)) = &p.error else { panic!("{:?}", p.error) };
+        assert!(what.starts_with("chunk ended at byte") && what.ends_with("inside base plan 322"), "{what}");
+    }
+
+    #[test]
+    fn dates_are_strict() {
+        assert_eq!(parse_datetime("2021-02-28T23:59:59"), Some(dt("2021-02-28T23:59:59")));
+        assert!(parse_datetime("2021-02-28T23:59:59.123456789").is_some());
+        for bad in [
+            "2021-09-31T20:00:00",
+            "2021-02-28",
+            "2021-02-28 10:00:00",
+            "2021-13-01T00:00:00",
+            "2021-01-01T24:00:00",
+            "2021-01-01T10:00:00.",
+            "2021-01-01T10:00:00Z",
+            "",
+            "x",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+    }
+}
