@@ -71,7 +71,9 @@ pub struct RateLimitSettings {
 
 impl RateLimitSettings {
     pub fn validate(&self) -> Result<(), String> {
-        if [self.per_client_per_second, self.per_client_burst, self.global_per_second, self.global_burst].contains(&0) {
+        if [self.per_client_per_second, self.per_client_burst, self.global_per_second, self.global_burst]
+            .contains(&0)
+        {
             return Err("server.rate_limit values must all be positive".into());
         }
         Ok(())
@@ -129,7 +131,12 @@ impl ProviderSettings {
         }
         match reqwest::Url::parse(&p.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https" | "file") => {}
-            _ => return Err(format!("provider.url of {:?} must be an http(s) or file URL, got {:?}", p.name, p.url)),
+            _ => {
+                return Err(format!(
+                    "provider.url of {:?} must be an http(s) or file URL, got {:?}",
+                    p.name, p.url
+                ))
+            }
         }
         if p.timezone.parse::<Tz>().is_err() {
             return Err(format!(
@@ -273,7 +280,10 @@ impl Settings {
         }
         self.server.rate_limit.validate().map_err(ConfigError::Invalid)?;
         if self.search.cache_bytes < 1024 * 1024 {
-            return bad(format!("search.cache_bytes must be at least 1048576, got {}", self.search.cache_bytes));
+            return bad(format!(
+                "search.cache_bytes must be at least 1048576, got {}",
+                self.search.cache_bytes
+            ));
         }
         if self.search.cache_ttl.is_zero() {
             return bad("search.cache_ttl must be positive".into());
@@ -346,8 +356,14 @@ mod tests {
         let s = Settings::load_with(dir.path(), env(&[])).unwrap();
         let p = s.effective_providers();
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].name.as_str(), p[0].interval, p[0].timezone.as_str()), ("a", Duration::from_secs(10), "UTC"));
-        assert_eq!((p[1].name.as_str(), p[1].interval, p[1].timezone.as_str()), ("b", Duration::from_secs(60), "Europe/Madrid"));
+        assert_eq!(
+            (p[0].name.as_str(), p[0].interval, p[0].timezone.as_str()),
+            ("a", Duration::from_secs(10), "UTC")
+        );
+        assert_eq!(
+            (p[1].name.as_str(), p[1].interval, p[1].timezone.as_str()),
+            ("b", Duration::from_secs(60), "Europe/Madrid")
+        );
 
         std::fs::write(
             dir.path().join("local.toml"),

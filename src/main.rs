@@ -73,12 +73,14 @@ fn main() -> anyhow::Result<()> {
             init_logging(&settings);
             let url = match (file, url) {
                 (Some(f), _) => {
-                    let abs = std::fs::canonicalize(&f).with_context(|| format!("cannot read {}", f.display()))?;
+                    let abs =
+                        std::fs::canonicalize(&f).with_context(|| format!("cannot read {}", f.display()))?;
                     Some(format!("file://{}", abs.display()))
                 }
                 (None, u) => u,
             };
-            let record = runtime()?.block_on(planfeed::service::ingest_once(settings, url, provider, true))?;
+            let record =
+                runtime()?.block_on(planfeed::service::ingest_once(settings, url, provider, true))?;
             match record.error {
                 None => Ok(()),
                 Some(e) => anyhow::bail!("ingestion failed: {e}"),

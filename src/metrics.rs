@@ -13,7 +13,8 @@ use crate::actors::batch_writer::WriterCounters;
 use crate::search::Searcher;
 
 /// Search latency buckets, in seconds: the interesting range is 50 µs .. 100 ms.
-const LATENCY_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
 
 /// The process-wide recorder (installed on first use).
 pub fn handle() -> &'static PrometheusHandle {
@@ -54,14 +55,16 @@ impl MetricsSource {
                 ("unchanged", &w.plans_unchanged),
                 ("skipped", &w.plans_skipped),
             ] {
-                metrics::counter!("planfeed_plans_total", "outcome" => outcome).absolute(v.load(Ordering::Relaxed));
+                metrics::counter!("planfeed_plans_total", "outcome" => outcome)
+                    .absolute(v.load(Ordering::Relaxed));
             }
             abs("planfeed_writer_batches_total", w.batches.load(Ordering::Relaxed));
             abs("planfeed_writer_retries_total", w.retries.load(Ordering::Relaxed));
             abs("planfeed_writer_batches_dropped_total", w.batches_dropped.load(Ordering::Relaxed));
         }
         if let Some((sem, capacity)) = &self.permits {
-            metrics::gauge!("planfeed_pipeline_chunks_in_flight").set((capacity - sem.available_permits().min(*capacity)) as f64);
+            metrics::gauge!("planfeed_pipeline_chunks_in_flight")
+                .set((capacity - sem.available_permits().min(*capacity)) as f64);
         }
         handle().render()
     }
@@ -69,11 +72,13 @@ impl MetricsSource {
 
 /// Records one answered search.
 pub fn record_search(status: u16, seconds: f64) {
-    metrics::counter!("planfeed_http_requests_total", "path" => "/search", "status" => status.to_string()).increment(1);
+    metrics::counter!("planfeed_http_requests_total", "path" => "/search", "status" => status.to_string())
+        .increment(1);
     metrics::histogram!("planfeed_search_duration_seconds").record(seconds);
 }
 
 /// Records one fetch outcome, by reason.
 pub fn record_fetch(provider: &str, outcome: &'static str) {
-    metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome).increment(1);
+    metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome)
+        .increment(1);
 }

@@ -81,7 +81,6 @@ impl DayEntry {
     }
 }
 
-
 #[derive(Debug, Default)]
 pub struct SearchCounters {
     pub hits: AtomicU64,

@@ -15,8 +15,8 @@ use crate::actors::batch_writer::WriterCounters;
 use crate::actors::supervisor::PipelineHandles;
 use crate::actors::{BatchWriterArgs, PipelineArgs, SchedulerMsg, Supervisor, SupervisorMsg};
 use crate::config::{Backend, Settings};
-use crate::http::{self, ApiState};
 use crate::http::rate_limit::Limiter;
+use crate::http::{self, ApiState};
 use crate::metrics::MetricsSource;
 use crate::search::Searcher;
 use crate::store::sqlite::SqliteStore;
@@ -111,7 +111,9 @@ impl Service {
                 let metrics = MetricsSource {
                     searcher: searcher.clone(),
                     writer: pipeline.as_ref().map(|_| counters.clone()),
-                    permits: pipeline.as_ref().map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks)),
+                    permits: pipeline
+                        .as_ref()
+                        .map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks)),
                 };
                 let state = ApiState { searcher: searcher.clone(), limiter: limiter.clone(), metrics };
                 tokio::spawn(async move {
@@ -155,7 +157,6 @@ impl Service {
         }
     }
 
-
     /// Graceful stop: no new fetches, the writer flushes what it holds, in-flight requests finish.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
@@ -194,7 +195,9 @@ pub async fn ingest_once(
     let service = Service::start_with(settings, store.clone(), None).await?;
     let bar = progress.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
+        );
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     });
@@ -221,7 +224,12 @@ pub async fn ingest_once(
     if let Some(bar) = bar {
         bar.finish_with_message(format!(
             "{} plans read, {} written, {} unchanged, {} skipped, {} bytes in {} ms",
-            record.plans_seen, record.plans_written, record.plans_unchanged, record.plans_skipped, record.bytes, record.duration_ms
+            record.plans_seen,
+            record.plans_written,
+            record.plans_unchanged,
+            record.plans_skipped,
+            record.bytes,
+            record.duration_ms
         ));
     }
     Ok(record)

@@ -134,7 +134,8 @@ impl Simulator {
             tokio::time::sleep(faults.latency).await;
         }
         if faults.error_rate > 0.0 && rand::rng().random_bool(faults.error_rate.clamp(0.0, 1.0)) {
-            let statuses = if faults.error_statuses.is_empty() { vec![500, 503] } else { faults.error_statuses.clone() };
+            let statuses =
+                if faults.error_statuses.is_empty() { vec![500, 503] } else { faults.error_statuses.clone() };
             let status = statuses[rand::rng().random_range(0..statuses.len())];
             let mut res = Response::new("provider error".into());
             *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -213,7 +214,11 @@ fn stream_body(body: Bytes, stall: Option<Duration>) -> impl Reply {
 }
 
 /// Serves `sim` on every GET path until `shutdown` resolves.
-pub async fn run(listener: TcpListener, sim: Arc<Simulator>, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    listener: TcpListener,
+    sim: Arc<Simulator>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let route = warp::get().then(move || sim.clone().respond());
     warp::serve(route).incoming(listener).graceful(shutdown).run().await;
 }
@@ -300,7 +305,11 @@ pub mod cli {
             let bodies = args
                 .files
                 .iter()
-                .map(|p| std::fs::read(p).map(bytes::Bytes::from).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display())))
+                .map(|p| {
+                    std::fs::read(p)
+                        .map(bytes::Bytes::from)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+                })
                 .collect::<anyhow::Result<_>>()?;
             FeedSource::Rotation(bodies)
         };

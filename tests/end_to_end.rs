@@ -52,7 +52,7 @@ async fn get(base: &str, path_and_query: &str) -> (u16, Value) {
     let res = reqwest::get(format!("{base}{path_and_query}")).await.unwrap();
     let status = res.status().as_u16();
     assert_eq!(res.headers()["content-type"], "application/json", "{path_and_query}");
-    (status, res.json().await.unwrap())
+    (status, serde_json::from_slice(&res.bytes().await.unwrap()).unwrap())
 }
 
 /// The events of a 200 answer as (id, title, start_date, start_time, end_date, end_time, min, max).
@@ -75,9 +75,13 @@ fn summary(e: &Value) -> String {
         e["start_time"].as_str().unwrap(),
         e["end_date"].as_str().unwrap(),
         e["end_time"].as_str().unwrap(),
-        e["min_price"],
-        e["max_price"]
+        price(&e["min_price"]),
+        price(&e["max_price"])
     )
+}
+
+fn price(v: &Value) -> String {
+    v.as_f64().map_or_else(|| v.to_string(), |p| format!("{p:.2}"))
 }
 
 const WIDE: &str = "?starts_at=2000-01-01T00:00:00Z&ends_at=2100-01-01T00:00:00Z";
@@ -128,6 +132,9 @@ pub async fn fixture_scenario(store: SharedStore) {
     // response_3 (newest first): 3 valid plans seen, 2 changed, 444 skipped for its impossible date.
     assert_eq!((fetches[0].plans_seen, fetches[0].plans_written, fetches[0].plans_skipped), (2, 2, 1));
     assert_eq!(sim.requests.load(Ordering::Relaxed), 3);
+    // Prices keep the feed's exact decimals on the wire.
+    let raw = reqwest::get(format!("{base}/search{WIDE}")).await.unwrap().text().await.unwrap();
+    assert!(raw.contains(r#""min_price":65.00,"max_price":75.00"#), "{raw}");
 
     // Containment, exactly at the boundaries (UTC provider).
     let q = |s: &str, e: &str| format!("?starts_at={s}&ends_at={e}");

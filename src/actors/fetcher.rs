@@ -123,6 +123,10 @@ impl FetcherState {
                 self.send_chunk(ctx, chunks, bytes).await?;
             }
         }
+        // Complete base plans still below the chunk target go on even when the body was cut short.
+        if let Some(rest) = chunker.flush() {
+            self.send_chunk(ctx, chunks, rest).await?;
+        }
         if let Some(last) = chunker.finish().map_err(|e| e.to_string())? {
             self.send_chunk(ctx, chunks, last).await?;
         }

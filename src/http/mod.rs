@@ -42,7 +42,11 @@ pub async fn run(
 }
 
 pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let search = warp::path!("search").and(warp::get()).and(search_filter()).and(with(state.clone())).then(search_handler);
+    let search = warp::path!("search")
+        .and(warp::get())
+        .and(search_filter())
+        .and(with(state.clone()))
+        .then(search_handler);
     let metrics = warp::path!("metrics").and(warp::get()).and(with(state.clone())).map(|s: ApiState| {
         let mut res = Response::new(s.metrics.render().into());
         res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -63,7 +67,17 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Inf
         res.headers_mut().insert("content-type", HeaderValue::from_static("application/yaml"));
         res
     });
-    search.or(metrics).unify().or(health).unify().or(ready).unify().or(openapi).unify().recover(recover).unify()
+    search
+        .or(metrics)
+        .unify()
+        .or(health)
+        .unify()
+        .or(ready)
+        .unify()
+        .or(openapi)
+        .unify()
+        .recover(recover)
+        .unify()
 }
 
 fn with<T: Clone + Send>(t: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
@@ -101,7 +115,7 @@ async fn answer_search(req: &SearchRequest, state: &ApiState) -> Response {
         Err(e) => return e.into_response(),
     };
     match state.searcher.search(range).await {
-        Ok(body) => json_response(StatusCode::OK, body.into()),
+        Ok(body) => json_response(StatusCode::OK, body),
         Err(e) => {
             tracing::error!(error = %e, "search failed and no cached answer exists");
             ApiError::internal().into_response()
