@@ -151,12 +151,14 @@ impl Chunker {
         if matches!(self.state, State::Prolog) && !self.prolog()? {
             return self.check_pending();
         }
-        self.scan_body(out);
+        self.scan_body(out)?;
         self.check_pending()
     }
 
+    /// The base plan in the making (or, between base plans, whatever follows the last one) must
+    /// stay within the limit.
     fn check_pending(&self) -> Result<(), FeedError> {
-        if self.buf.len() - self.boundary > self.max_element {
+        if self.buf.len() - self.open_base.unwrap_or(self.boundary) > self.max_element {
             return Err(FeedError::ElementTooLarge { limit: self.max_element });
         }
         Ok(())
@@ -167,6 +169,8 @@ impl Chunker {
     fn prolog(&mut self) -> Result<bool, FeedError> {
         let b = &self.buf[..];
         let mut i = 0;
+        // Whether a declaration, comment or doctype was passed.
+        let mut seen = false;
         if b.len() < BOM.len() && BOM.starts_with(b) {
             return Ok(false);
         }
@@ -179,7 +183,7 @@ impl Chunker {
             }
             if i == b.len() {
                 // Only whitespace so far: nothing worth keeping (the BOM is not needed either).
-                if i > 0 {
+                if i > 0 && !seen {
                     self.buf.clear();
                 }
                 return Ok(false);
@@ -193,6 +197,7 @@ impl Chunker {
             if rest.len() < 2 {
                 return Ok(false);
             }
+            seen = true;
             match rest[1] {
                 b'?' => match memmem::find(&rest[2..], b"?>") {
                     Some(j) => i += 2 + j + 2,
@@ -258,12 +263,12 @@ impl Chunker {
 
     /// Finds base plan open/close tags from `self.scan` on, cutting chunks as boundaries pass
     /// the target size.
-    fn scan_body(&mut self, out: &mut Vec<Bytes>) {
+    fn scan_body(&mut self, out: &mut Vec<Bytes>) -> Result<(), FeedError> {
         loop {
             let Some(off) = self.finder.find(&self.buf[self.scan..]) else {
                 // A needle split across pieces is found again next time.
                 self.scan = self.scan.max(self.buf.len().saturating_sub(4));
-                return;
+                return Ok(());
             };
             let buf = &self.buf[..];
             let h = self.scan + off;
@@ -280,7 +285,7 @@ impl Chunker {
                 5
             } else if rest.len() < 5 && (b"plan".starts_with(rest) || b"event".starts_with(rest)) {
                 self.scan = h;
-                return;
+                return Ok(());
             } else {
                 self.scan = h + 5;
                 continue;
@@ -288,7 +293,7 @@ impl Chunker {
             let after = h + 5 + name_len;
             let Some(&delim) = buf.get(after) else {
                 self.scan = h;
-                return;
+                return Ok(());
             };
             if !(is_ws(delim) || delim == b'>' || delim == b'/') {
                 self.scan = h + 5;
@@ -297,16 +302,17 @@ impl Chunker {
             if is_close {
                 let Some(j) = memchr::memchr(b'>', &buf[after..]) else {
                     self.scan = h;
-                    return;
+                    return Ok(());
                 };
-                self.end_base(after + j + 1, out);
+                let start = self.open_base.unwrap_or(h - 2);
+                self.end_base(start, after + j + 1, out)?;
             } else {
                 let Some((end, self_closing)) = tag_end(buf, after) else {
                     self.scan = h;
-                    return;
+                    return Ok(());
                 };
                 if self_closing {
-                    self.end_base(end, out);
+                    self.end_base(h - 1, end, out)?;
                 } else {
                     self.open_base = Some(h - 1);
                     self.scan = end;
@@ -315,13 +321,17 @@ impl Chunker {
         }
     }
 
-    fn end_base(&mut self, end: usize, out: &mut Vec<Bytes>) {
+    fn end_base(&mut self, start: usize, end: usize, out: &mut Vec<Bytes>) -> Result<(), FeedError> {
+        if end - start > self.max_element {
+            return Err(FeedError::ElementTooLarge { limit: self.max_element });
+        }
         self.open_base = None;
         self.boundary = end;
         self.scan = end;
         if self.boundary >= self.target {
             out.push(self.cut());
         }
+        Ok(())
     }
 
     /// Splits off everything up to the last boundary.
@@ -352,5 +362,312 @@ fn tag_end(buf: &[u8], from: usize) -> Option<(usize, bool)> {
         }
         let q = memchr::memchr(c, &buf[i + j + 1..])?;
         i += j + 1 + q + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::domain::Plan;
+    use crate::feed::parse::tests::{provider, FIXTURES};
+    use crate::feed::{parse_chunk, parse_document};
+
+    /// Feeds `pieces` and collects the chunks; the error (if any) of `finish` comes last.
+    fn run(chunker: &mut Chunker, pieces: &[&[u8]]) -> (Vec<Bytes>, Result<(), FeedError>) {
+        let mut chunks = Vec::new();
+        for piece in pieces {
+            match chunker.push(piece) {
+                Ok(c) => chunks.extend(c),
+                Err(e) => return (chunks, Err(e)),
+            }
+        }
+        (chunks, Ok(()))
+    }
+
+    fn chunk_all(body: &[u8], target: usize, pieces: &[&[u8]]) -> (Vec<Bytes>, Result<(), FeedError>) {
+        let mut chunker = Chunker::new(target, 1 << 20);
+        let (mut chunks, pushed) = run(&mut chunker, pieces);
+        assert_eq!(chunker.bytes_seen(), pieces.iter().map(|p| p.len() as u64).sum::<u64>());
+        debug_assert_eq!(body.len(), pieces.iter().map(|p| p.len()).sum::<usize>());
+        if let Err(e) = pushed {
+            return (chunks, Err(e));
+        }
+        match chunker.finish() {
+            Ok(last) => {
+                chunks.extend(last);
+                (chunks, Ok(()))
+            }
+            Err(e) => (chunks, Err(e)),
+        }
+    }
+
+    fn plans_of(chunks: &[Bytes]) -> Vec<Plan> {
+        let p: Arc<str> = provider();
+        chunks
+            .iter()
+            .flat_map(|c| {
+                let parsed = parse_chunk(&p, c);
+                assert_eq!(parsed.error, None, "{}", String::from_utf8_lossy(c));
+                parsed.plans
+            })
+            .collect()
+    }
+
+    fn random_split<'a>(body: &'a [u8], rng: &mut StdRng) -> Vec<&'a [u8]> {
+        let mut pieces = Vec::new();
+        let mut rest = body;
+        while !rest.is_empty() {
+            let n = rng.random_range(1..=rest.len().min(64));
+            let (a, b) = rest.split_at(n);
+            pieces.push(a);
+            rest = b;
+        }
+        pieces
+    }
+
+    #[test]
+    fn every_split_gives_the_same_chunks_and_plans() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for (name, body) in FIXTURES {
+            let whole = parse_document(&provider(), body).unwrap();
+            assert!(!whole.plans.is_empty());
+            for target in [0, 300, 1 << 20] {
+                let (reference, r) = chunk_all(body, target, &[body]);
+                assert_eq!(r, Ok(()), "{name}");
+                assert_eq!(plans_of(&reference), whole.plans, "{name} target {target}");
+
+                let bytewise: Vec<&[u8]> = body.chunks(1).collect();
+                let (chunks, r) = chunk_all(body, target, &bytewise);
+                assert_eq!(r, Ok(()), "{name}");
+                assert_eq!(chunks, reference, "{name} byte by byte, target {target}");
+
+                for split in 1..body.len() {
+                    let (chunks, r) = chunk_all(body, target, &[&body[..split], &body[split..]]);
+                    assert_eq!(r, Ok(()), "{name} split at {split}");
+                    assert_eq!(chunks, reference, "{name} split at {split}, target {target}");
+                }
+                for _ in 0..50 {
+                    let pieces = random_split(body, &mut rng);
+                    let (chunks, r) = chunk_all(body, target, &pieces);
+                    assert_eq!(r, Ok(()), "{name}");
+                    assert_eq!(chunks, reference, "{name} random split, target {target}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tiny_target_cuts_one_chunk_per_base_plan() {
+        let body = FIXTURES[0].1;
+        let (chunks, r) = chunk_all(body, 1, &[body]);
+        assert_eq!(r, Ok(()));
+        // Three base plans, one per chunk; the root close tags after the last one carry no plans.
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks[0].starts_with(b"<?xml"));
+        assert!(chunks.iter().all(|c| c.ends_with(b"</base_plan>")));
+        let per_chunk: Vec<usize> = chunks.iter().map(|c| parse_chunk(&provider(), c).plans.len()).collect();
+        assert_eq!(per_chunk, vec![1, 2, 1]);
+        let tail = &body[chunks.concat().len()..];
+        assert_eq!(&body[..body.len() - tail.len()], &chunks.concat()[..]);
+        assert_eq!(
+            String::from_utf8_lossy(tail).split_whitespace().collect::<String>(),
+            "</output></planList>"
+        );
+
+        // A large target keeps everything in one chunk.
+        let (chunks, _) = chunk_all(body, 1 << 20, &[body]);
+        assert_eq!(chunks.len(), 1);
+    }
+
+    #[test]
+    fn self_closing_base_plans_and_roots_are_boundaries() {
+        let body = b"<eventList><output><base_event base_event_id=\"1\" title=\"a/>b\"/>\
+                     <base_event base_event_id=\"2\"><event event_id=\"3\" event_start_date=\"2021-01-01T00:00:00\" \
+                     event_end_date=\"2021-01-01T01:00:00\"/></base_event></output></eventList>";
+        let (chunks, r) = chunk_all(body, 1, &[body]);
+        assert_eq!(r, Ok(()));
+        assert_eq!(chunks.len(), 2);
+        assert!(chunks[0].ends_with(b"title=\"a/>b\"/>"));
+        let plans = plans_of(&chunks);
+        assert_eq!(plans.len(), 1);
+        assert_eq!((plans[0].key.base_plan_id, plans[0].key.plan_id), (2, 3));
+
+        let (chunks, r) = chunk_all(b"<planList/>", 1, &[b"<planList/>"]);
+        assert_eq!((chunks.len(), r), (0, Ok(())));
+    }
+
+    #[test]
+    fn a_truncated_body_keeps_only_the_complete_base_plans() {
+        let body = FIXTURES[0].1;
+        let cut = memmem::find(body, b"<zone zone_id=\"186\" capacity=\"16\"").unwrap();
+        let (chunks, r) = chunk_all(&body[..cut], 1, &[&body[..cut]]);
+        assert_eq!(r, Err(FeedError::Truncated { bytes: cut as u64 }));
+        let keys: Vec<_> = plans_of(&chunks).iter().map(|p| (p.key.base_plan_id, p.key.plan_id)).collect();
+        assert_eq!(keys, vec![(291, 291), (322, 1642), (322, 1643)]);
+
+        // With a large target, `flush` hands out the complete base plans before `finish` fails.
+        let mut chunker = Chunker::new(1 << 20, 1 << 20);
+        assert!(chunker.push(&body[..cut]).unwrap().is_empty());
+        let flushed = chunker.flush().unwrap();
+        assert_eq!(plans_of(&[flushed]).len(), 3);
+        assert_eq!(chunker.finish(), Err(FeedError::Truncated { bytes: cut as u64 }));
+
+        // Cut anywhere before the root closes: always Truncated, and every emitted plan is whole.
+        let end = memmem::find(body, b"</planList").unwrap();
+        for cut in (1..end).step_by(7) {
+            let (chunks, r) = chunk_all(&body[..cut], 1, &[&body[..cut]]);
+            assert_eq!(r, Err(FeedError::Truncated { bytes: cut as u64 }), "cut at {cut}");
+            let plans = plans_of(&chunks);
+            assert!(plans.len() <= 4);
+        }
+        let doc = parse_document(&provider(), &body[..cut]).unwrap();
+        assert_eq!(doc.plans.len(), 3);
+        assert_eq!(doc.error, Some(FeedError::Truncated { bytes: cut as u64 }));
+    }
+
+    #[test]
+    fn bodies_that_are_not_the_feed_are_rejected_early() {
+        let err = |body: &[u8]| chunk_all(body, 1, &[body]).1.unwrap_err();
+        assert_eq!(err(b""), FeedError::Empty);
+        assert_eq!(err(b" \r\n\t "), FeedError::Empty);
+        assert_eq!(err(b"\xEF\xBB\xBF  \n"), FeedError::Empty);
+        assert_eq!(
+            err(b"{\"a\":1}"),
+            FeedError::NotXml("body starts with \"{\\\"a\\\":1}\", not with '<'".into())
+        );
+        assert_eq!(err(b"  hello"), FeedError::NotXml("body starts with \"hello\", not with '<'".into()));
+        assert_eq!(
+            err(b"<html><body>503</body></html>"),
+            FeedError::WrongShape("unexpected root element <html>".into())
+        );
+        assert_eq!(
+            err(b"<?xml version=\"1.0\"?>\n<!-- hi --><!DOCTYPE x [<!ENTITY a \"b\">]>\n<foo/>"),
+            FeedError::WrongShape("unexpected root element <foo>".into())
+        );
+        assert_eq!(err(b"<?xml version=\"1.0\"?>"), FeedError::Truncated { bytes: 21 });
+        assert_eq!(err(b"<planList><output>"), FeedError::Truncated { bytes: 18 });
+
+        // Detected on the first piece, before the rest arrives.
+        let mut chunker = Chunker::new(1, 1 << 20);
+        assert_eq!(chunker.push(b"<h"), Err(FeedError::WrongShape("unexpected root element <h>".into())));
+        assert!(chunker.push(b"tml>").is_err(), "errors are sticky");
+        let mut chunker = Chunker::new(1, 1 << 20);
+        assert!(matches!(chunker.push(b"\n{"), Err(FeedError::NotXml(_))));
+
+        for body in [&b""[..], b"{\"a\":1}", b"<html></html>"] {
+            assert!(parse_document(&provider(), body).is_err());
+        }
+    }
+
+    #[test]
+    fn an_oversized_base_plan_is_an_error() {
+        let body = FIXTURES[0].1;
+        // Base plan 322 is the largest of the fixture.
+        let start = memmem::find(body, b"<base_plan base_plan_id=\"322\"").unwrap();
+        let end = start + memmem::find(&body[start..], b"</base_plan>").unwrap() + 12;
+        let size = end - start;
+        for piece in [1, 50, body.len()] {
+            let mut chunker = Chunker::new(1, size - 1);
+            let mut emitted = Vec::new();
+            let mut error = None;
+            for p in body.chunks(piece) {
+                match chunker.push(p) {
+                    Ok(c) => emitted.extend(c),
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            let too_large = FeedError::ElementTooLarge { limit: size - 1 };
+            // When the failing piece completed chunks, they come first and the error next.
+            let error = error.or_else(|| chunker.push(b"").err());
+            assert_eq!(error, Some(too_large.clone()), "pieces of {piece}");
+            assert_eq!(plans_of(&emitted).len(), 1, "base plan 291 came before, pieces of {piece}");
+            assert_eq!(chunker.finish(), Err(too_large));
+
+            let mut chunker = Chunker::new(1, size);
+            let (chunks, r) = run(&mut chunker, &body.chunks(piece).collect::<Vec<_>>());
+            assert_eq!(r, Ok(()));
+            assert_eq!(chunker.finish(), Ok(None));
+            assert_eq!(plans_of(&chunks).len(), 4);
+        }
+    }
+
+    #[test]
+    fn malformed_xml_inside_a_base_plan_costs_only_that_base_plan() {
+        let body = String::from_utf8(FIXTURES[0].1.to_vec()).unwrap();
+        let broken =
+            body.replace("<plan plan_start_date=\"2021-02-11", "<plan <<< plan_start_date=\"2021-02-11");
+        let (chunks, r) = chunk_all(broken.as_bytes(), 1, &[broken.as_bytes()]);
+        assert_eq!(r, Ok(()));
+        let parsed: Vec<_> = chunks.iter().map(|c| parse_chunk(&provider(), c)).collect();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0].plans.len(), 1);
+        assert!(matches!(parsed[1].error, Some(FeedError::Malformed(_))), "{:?}", parsed[1].error);
+        assert_eq!(parsed[2].plans.len(), 1);
+        assert_eq!(parsed[2].error, None);
+
+        let doc = parse_document(&provider(), broken.as_bytes()).unwrap();
+        assert!(matches!(doc.error, Some(FeedError::Malformed(_))));
+        assert_eq!(doc.plans.len(), 2);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512), target in 0usize..64) {
+            let mut chunker = Chunker::new(target, 256);
+            let mut chunks = chunker.push(&body).unwrap_or_default();
+            chunks.extend(chunker.flush());
+            if let Ok(Some(c)) = chunker.finish() {
+                chunks.push(c);
+            }
+            for c in &chunks {
+                parse_chunk(&provider(), c);
+            }
+            parse_chunk(&provider(), &body);
+        }
+
+        #[test]
+        fn mutated_fixtures_never_panic(
+            which in 0usize..6,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 0..8),
+            cut in any::<prop::sample::Index>(),
+            split in any::<prop::sample::Index>(),
+            target in 0usize..2000,
+        ) {
+            let mut body = FIXTURES[which].1.to_vec();
+            for (at, byte, op) in edits {
+                if body.is_empty() {
+                    break;
+                }
+                let i = at.index(body.len());
+                match op {
+                    0 => body[i] = byte,
+                    1 => body.insert(i, byte),
+                    _ => {
+                        body.remove(i);
+                    }
+                }
+            }
+            let cut = cut.index(body.len() + 1);
+            body.truncate(cut);
+            let split = split.index(body.len() + 1);
+            let mut chunker = Chunker::new(target, 4096);
+            let (chunks, _) = run(&mut chunker, &[&body[..split], &body[split..]]);
+            let _ = chunker.finish();
+            for c in &chunks {
+                parse_chunk(&provider(), c);
+            }
+            let _ = parse_document(&provider(), &body);
+        }
     }
 }

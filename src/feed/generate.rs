@@ -229,3 +229,95 @@ fn mix(parts: &[u64]) -> u64 {
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::feed::{parse_chunk, parse_document, Chunker};
+
+    fn spec(seed: u64) -> GenSpec {
+        GenSpec {
+            base_plans: 40,
+            plans_per_base: 6,
+            zones_per_plan: 5,
+            seed,
+            offline_share: 0.25,
+            invalid_share: 0.1,
+        }
+    }
+
+    #[test]
+    fn output_parses_back_to_every_plan_minus_the_invalid_ones() {
+        let provider: Arc<str> = Arc::from("sim");
+        for round in 0..4 {
+            let mut body = Vec::new();
+            let stats = generate_into(&spec(42), round, &mut body);
+            assert_eq!(stats.plans, 40 * 6);
+            assert!(stats.invalid > 0 && stats.invalid < 60, "{stats:?}");
+            let parsed = parse_document(&provider, &body).unwrap();
+            assert_eq!(parsed.error, None);
+            assert_eq!(parsed.plans.len(), stats.plans - stats.invalid, "round {round}");
+            assert_eq!(parsed.skipped.len(), stats.invalid, "round {round}");
+            assert_eq!(parsed.plans.iter().filter(|p| p.online).count(), stats.online);
+            assert!(parsed.plans.iter().all(|p| p.zones.len() == 5 && p.end >= p.start));
+            let keys: HashSet<_> = parsed.plans.iter().map(|p| p.key.clone()).collect();
+            assert_eq!(keys.len(), parsed.plans.len(), "keys are unique");
+            let first = NaiveDate::from_ymd_opt(2021, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap();
+            let last = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap();
+            assert!(parsed.plans.iter().all(|p| p.start >= first && p.start < last));
+
+            // Chunked in small pieces, the same plans come out.
+            let mut chunker = Chunker::new(4096, 1 << 20);
+            let mut plans = Vec::new();
+            for piece in body.chunks(1000) {
+                for c in chunker.push(piece).unwrap() {
+                    plans.extend(parse_chunk(&provider, &c).plans);
+                }
+            }
+            if let Some(c) = chunker.finish().unwrap() {
+                plans.extend(parse_chunk(&provider, &c).plans);
+            }
+            assert_eq!(plans, parsed.plans);
+        }
+    }
+
+    #[test]
+    fn same_seed_and_round_give_the_same_bytes() {
+        assert_eq!(generate(&spec(1), 0), generate(&spec(1), 0));
+        assert_eq!(generate(&spec(1), 3), generate(&spec(1), 3));
+        assert_ne!(generate(&spec(1), 0), generate(&spec(2), 0));
+        assert_ne!(generate(&spec(1), 0), generate(&spec(1), 1));
+    }
+
+    #[test]
+    fn rounds_change_some_plans_and_keep_most() {
+        let provider: Arc<str> = Arc::from("sim");
+        let s = GenSpec { invalid_share: 0.0, ..spec(9) };
+        let r0 = parse_document(&provider, &generate(&s, 0)).unwrap().plans;
+        let r1 = parse_document(&provider, &generate(&s, 1)).unwrap().plans;
+        let k0: HashSet<_> = r0.iter().map(|p| p.key.clone()).collect();
+        let k1: HashSet<_> = r1.iter().map(|p| p.key.clone()).collect();
+        let kept = k0.intersection(&k1).count();
+        assert!(kept < k0.len(), "some plans disappear");
+        assert!(kept > k0.len() / 2, "most plans stay: {kept} of {}", k0.len());
+        let changed = r1.iter().filter(|p| k0.contains(&p.key) && !r0.contains(p)).count();
+        assert!(changed > 0, "some kept plans changed");
+        let same_start =
+            r1.iter().filter(|p| r0.iter().any(|q| q.key == p.key && q.start == p.start)).count();
+        assert_eq!(same_start, kept, "a kept plan keeps its start");
+    }
+
+    #[test]
+    fn titles_carry_entities() {
+        let body = generate(&GenSpec { base_plans: 200, ..spec(3) }, 0);
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(text.contains("&amp;") && text.contains("&#39;"));
+        let parsed = parse_document(&Arc::from("sim"), &body).unwrap();
+        assert!(parsed.plans.iter().any(|p| p.title.starts_with("Rock & Roll Night")));
+        assert!(parsed.plans.iter().any(|p| p.title.starts_with("Mike's Comedy Club")));
+        assert!(parsed.plans.iter().all(|p| !p.title.contains('&') || p.title.contains("& ")));
+    }
+}

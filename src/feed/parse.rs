@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveDateTime};
+use memchr::memmem;
 use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
@@ -44,38 +45,59 @@ pub struct Skipped {
 /// and is reported in [`ParsedChunk::error`] with its position in the chunk.
 pub fn parse_chunk(provider: &Arc<str>, chunk: &[u8]) -> ParsedChunk {
     let chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
-    let mut reader = Reader::from_reader(chunk);
-    {
+    let mut p = ChunkParser { provider, out: ParsedChunk::default(), base: None, plan: None, skip_depth: 0 };
+    // After malformed XML the parse resumes behind the next base plan close tag, with a fresh
+    // reader: the broken base plan is lost, the later ones are not. `from` is where this reader
+    // started in the chunk.
+    let mut from = 0;
+    'regions: loop {
+        let mut reader = Reader::from_reader(&chunk[from..]);
         let config = reader.config_mut();
         config.trim_text(true);
         config.check_end_names = true;
         // The close tags of the root/output elements opened in an earlier chunk.
         config.allow_unmatched_ends = true;
-    }
-    let mut p = ChunkParser { provider, out: ParsedChunk::default(), base: None, plan: None, skip_depth: 0 };
-    loop {
-        let step = match reader.read_event() {
-            Ok(Event::Eof) => break,
-            Ok(Event::Start(e)) => p.open(&e, false),
-            Ok(Event::Empty(e)) => p.open(&e, true),
-            Ok(Event::End(_)) => {
-                p.close();
-                Ok(())
+        loop {
+            let step = match reader.read_event() {
+                Ok(Event::Eof) => break,
+                Ok(Event::Start(e)) => p.open(&e, false),
+                Ok(Event::Empty(e)) => p.open(&e, true),
+                Ok(Event::End(_)) => {
+                    p.close();
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(what) = step {
+                let at = from + reader.error_position().max(reader.buffer_position()) as usize;
+                p.fail(format!("{what} at byte {at}"));
+                match next_base_end(chunk, at.min(chunk.len())) {
+                    Some(next) => {
+                        from = next;
+                        continue 'regions;
+                    }
+                    None => return p.out,
+                }
             }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(what) = step {
-            let at = reader.error_position().max(reader.buffer_position());
-            p.fail(format!("{what} at byte {at}"));
-            return p.out;
         }
+        if p.base.is_some() {
+            let at = from + reader.buffer_position() as usize;
+            p.fail(format!("chunk ended at byte {at}"));
+        }
+        return p.out;
     }
-    if p.base.is_some() {
-        let at = reader.buffer_position();
-        p.fail(format!("chunk ended at byte {at}"));
-    }
-    p.out
+}
+
+/// One past the first base plan close tag at or after `at`.
+fn next_base_end(chunk: &[u8], at: usize) -> Option<usize> {
+    let rest = &chunk[at..];
+    let close = [memmem::find(rest, b"</base_plan"), memmem::find(rest, b"</base_event")]
+        .into_iter()
+        .flatten()
+        .min()?;
+    let gt = memchr::memchr(b'>', &rest[close..])?;
+    Some(at + close + gt + 1)
 }
 
 /// Chunker + [`parse_chunk`] over a whole document (tests, CLI).
@@ -205,12 +227,17 @@ impl ChunkParser<'_> {
         }
     }
 
+    /// Records malformed XML (the first error of the chunk wins) and drops the base plan being read.
     fn fail(&mut self, what: String) {
-        let inside = match &self.base {
-            Some(b) => format!(" inside {}", base_label(b)),
-            None => String::new(),
+        self.plan = None;
+        self.skip_depth = 0;
+        let Some(base) = self.base.take() else {
+            self.out.error.get_or_insert(FeedError::Malformed(what));
+            return;
         };
-        self.out.error = Some(FeedError::Malformed(format!("{what}{inside}")));
+        self.out
+            .error
+            .get_or_insert_with(|| FeedError::Malformed(format!("{what} inside {}", base_label(&base))));
     }
 
     fn open_base(&mut self, e: &BytesStart<'_>) -> Result<(), String> {
@@ -804,7 +831,8 @@ pub(crate) mod tests {
             "</plna>\n      </base_plan>\n      <base_plan base_plan_id=\"1591\"",
         );
         let p = parse_chunk(&provider(), broken.as_bytes());
-        assert_eq!(keys(&p), vec![(291, 291)]);
+        // The parse resumes after the broken base plan.
+        assert_eq!(keys(&p), vec![(291, 291), (1591, 1642)]);
         let Some(FeedError::Malformed(what)) = &p.error else { panic!("{:?}", p.error) };
         assert!(what.contains("inside base plan 322"), "{what}");
     }
