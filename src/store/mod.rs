@@ -6,6 +6,7 @@
 //! A store keeps, per plan key, the latest written version of the plan (offline observations
 //! included) and the sticky ever-online flag; search reads only the requested event days.
 
+pub mod clickhouse;
 pub mod sqlite;
 
 use std::sync::Arc;
