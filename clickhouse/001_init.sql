@@ -5,6 +5,7 @@
 -- One row per written plan version. ReplacingMergeTree(version) keeps the newest row per
 -- (event_date, provider, base_plan_id, plan_id); a plan that moved to another day gets a tombstone
 -- (superseded = 1) at its old day with the new version, so the old day's row is replaced too.
+-- ever_online is sticky: the store carries it from the stored rows of the key into each new row.
 -- Search reads `FINAL` over the partitions of the requested days only.
 CREATE TABLE IF NOT EXISTS plans
 (
@@ -25,11 +26,10 @@ CREATE TABLE IF NOT EXISTS plans
     sell_from Nullable(DateTime('UTC')),
     sell_to Nullable(DateTime('UTC')),
     sold_out UInt8,
-    -- Min/max zone price; the scale columns keep the feed's scale ("20.00" comes back as "20.00").
-    min_price Nullable(Decimal(18, 4)),
-    min_price_scale UInt8,
-    max_price Nullable(Decimal(18, 4)),
-    max_price_scale UInt8,
+    -- Min/max zone price as exact decimal text with the feed's scale ("20.00", "7.5"): any precision
+    -- comes back as it went in. For arithmetic: toDecimal64OrNull(min_price, 4), toFloat64OrNull(...).
+    min_price Nullable(String),
+    max_price Nullable(String),
     zone_count UInt32,
     version UInt64,
     hash UInt64,
@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS zones
     zone_id UInt64,
     name String,
     capacity UInt32,
-    price Decimal(18, 4),
+    -- Exact decimal text, as for plans.min_price.
+    price String,
     numbered UInt8
 )
 ENGINE = ReplacingMergeTree

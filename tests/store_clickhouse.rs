@@ -2,24 +2,21 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
+use futures::FutureExt;
 use planfeed::domain::{FetchRecord, Plan, PlanKey, StoredPlan, Zone};
 use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
-use planfeed::store::{Store, StoreError};
+use planfeed::store::{SharedStore, Store, StoreError};
 
 use common::clickhouse::ClickHouseServer;
+use common::conformance;
 
 async fn store_on(server: &ClickHouseServer) -> ClickHouseStore {
-    let store = ClickHouseStore::connect(ClickHouseSettings {
-        url: server.url(),
-        database: "planfeed_test".into(),
-        ..ClickHouseSettings::default()
-    })
-    .await
-    .expect("connect");
+    let store = ClickHouseStore::connect(settings_for(server)).await.expect("connect");
     store.migrate().await.expect("migrate");
     store
 }
@@ -31,6 +28,70 @@ macro_rules! setup {
         let store = store_on(&server).await;
         (server, store)
     }};
+}
+
+fn settings_for(server: &ClickHouseServer) -> ClickHouseSettings {
+    ClickHouseSettings {
+        url: server.url(),
+        database: "planfeed_test".into(),
+        ..ClickHouseSettings::default()
+    }
+}
+
+/// Reopens the store over the same database, as a process restart would (migrations included).
+fn reopen_on(
+    server: &ClickHouseServer,
+) -> impl Fn(SharedStore) -> futures::future::BoxFuture<'static, SharedStore> {
+    let settings = settings_for(server);
+    move |old: SharedStore| {
+        let settings = settings.clone();
+        async move {
+            drop(old);
+            let store = ClickHouseStore::connect(settings).await.expect("reconnect");
+            assert!(store.migrate().await.expect("migrate after restart").is_empty());
+            Arc::new(store) as SharedStore
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test]
+async fn conformance_run_all() {
+    let (server, store) = setup!();
+    conformance::run_all(Arc::new(store), reopen_on(&server)).await;
+}
+
+/// One test per conformance case, each on its own fresh server, so a failure names its case.
+macro_rules! conformance_cases {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $case() {
+            let (_server, store) = setup!();
+            conformance::$case(&(Arc::new(store) as SharedStore)).await;
+        }
+    )*};
+}
+
+mod conformance_case {
+    use super::*;
+
+    conformance_cases!(
+        fresh_store_is_empty,
+        latest_version_wins,
+        ever_online_is_sticky,
+        moved_start_date_shows_once_on_its_new_day,
+        day_boundaries_and_order,
+        prices_are_exact,
+        plan_states_round_trip,
+        day_bounds_cover_ever_online_days,
+        fetch_log_round_trip,
+    );
+
+    #[tokio::test]
+    async fn restart_keeps_everything() {
+        let (server, store) = setup!();
+        conformance::restart_keeps_everything(Arc::new(store), &reopen_on(&server)).await;
+    }
 }
 
 fn dt(s: &str) -> NaiveDateTime {

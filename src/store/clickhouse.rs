@@ -12,6 +12,7 @@
 //! table, retried whole on transient errors; zones go first, so a visible plan row always has its
 //! zones.
 
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,9 +37,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// Upper bound for one statement, from request to last row (the crate sets none by default).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
-/// Prices are stored as `Decimal(18, 4)`.
-const PRICE_SCALE: u32 = 4;
-const PRICE_LIMIT: i128 = 1_000_000_000_000_000_000;
+/// The sticky-flag lookup lists every key of a batch in its text: allow more than the default 256 KiB.
+const LOOKUP_MAX_QUERY_SIZE: &str = "67108864";
 
 /// Where the ClickHouse store lives (`[store.clickhouse]` in the config).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -182,9 +182,52 @@ impl ClickHouseStore {
         timed(QUERY_TIMEOUT, work).await
     }
 
-    async fn write_once(&self, plans: &[PlanRow], zones: &[ZoneRow]) -> StoreResult<()> {
-        self.insert_rows("zones", zones).await?;
-        self.insert_rows("plans", plans).await
+    /// One attempt at a batch: the sticky-flag lookup, then one `INSERT` into `zones` and one into
+    /// `plans` (zones first: a visible plan row always has its zones).
+    async fn write_batch(&self, plans: &[StoredPlan]) -> StoreResult<()> {
+        let sticky = self.ever_online_among(plans).await?;
+        let written_at = Utc::now();
+        let mut plan_batch = Vec::with_capacity(plans.len());
+        let mut zone_batch = Vec::with_capacity(plans.iter().map(|p| p.plan.zones.len()).sum());
+        for p in plans {
+            let ever_online = p.ever_online || sticky.contains(&p.plan.key.id());
+            plan_rows(p, ever_online, written_at, &mut plan_batch);
+            zone_rows(p, &mut zone_batch);
+        }
+        self.insert_rows("zones", &zone_batch).await?;
+        self.insert_rows("plans", &plan_batch).await
+    }
+
+    /// Ids of the batch's not-yet-ever-online plans that a stored row marks ever-online, so the new
+    /// rows keep the sticky flag. Every write carries the flag forward, so the key's latest row is
+    /// enough: it lives on the plan's event day, or on its previous day when it moved. Nothing is
+    /// read when every plan of the batch is already ever-online (the usual case).
+    async fn ever_online_among(&self, plans: &[StoredPlan]) -> StoreResult<HashSet<Uuid>> {
+        let mut ids = BTreeSet::new();
+        let mut days = BTreeSet::new();
+        for p in plans.iter().filter(|p| !p.ever_online) {
+            ids.insert(p.plan.key.id());
+            days.insert(p.event_date);
+            days.extend(p.previous_event_date);
+        }
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let days: Vec<String> = days.iter().map(|d| format!("'{d}'")).collect();
+        let ids_sql: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
+        // Dates and UUIDs are formatted by us, never user text: safe to inline.
+        let sql = format!(
+            "SELECT DISTINCT id FROM plans \
+             WHERE event_date IN ({}) AND ever_online = 1 AND id IN ({})",
+            days.join(", "),
+            ids_sql.join(", ")
+        );
+        let rows: Vec<UuidRow> = timed(
+            QUERY_TIMEOUT,
+            self.client.query(&sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).fetch_all(),
+        )
+        .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
     }
 }
 
@@ -307,10 +350,8 @@ struct PlanRow {
     #[serde(with = "clickhouse::serde::chrono::datetime::option")]
     sell_to: Option<DateTime<Utc>>,
     sold_out: u8,
-    min_price: Option<i64>,
-    min_price_scale: u8,
-    max_price: Option<i64>,
-    max_price_scale: u8,
+    min_price: Option<String>,
+    max_price: Option<String>,
     zone_count: u32,
     version: u64,
     hash: u64,
@@ -331,7 +372,7 @@ struct ZoneRow {
     zone_id: u64,
     name: String,
     capacity: u32,
-    price: i64,
+    price: String,
     numbered: u8,
 }
 
@@ -348,10 +389,14 @@ struct EventRowCh {
     start_utc: DateTime<Utc>,
     #[serde(with = "clickhouse::serde::chrono::datetime")]
     end_utc: DateTime<Utc>,
-    min_price: Option<i64>,
-    min_price_scale: u8,
-    max_price: Option<i64>,
-    max_price_scale: u8,
+    min_price: Option<String>,
+    max_price: Option<String>,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct UuidRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    id: Uuid,
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -391,40 +436,24 @@ struct FetchRow {
     error: Option<String>,
 }
 
-/// `Decimal(18, 4)` raw value plus the original scale. More than 4 fractional digits are rounded.
-fn encode_price(price: Decimal) -> StoreResult<(i64, u8)> {
-    let scale = price.scale().min(PRICE_SCALE);
-    let mut scaled = price.round_dp(PRICE_SCALE);
-    scaled.rescale(PRICE_SCALE);
-    let raw = scaled.mantissa();
-    if raw.abs() >= PRICE_LIMIT {
-        return Err(StoreError::Permanent(format!("price {price} does not fit Decimal(18, 4)")));
-    }
-    Ok((raw as i64, scale as u8))
-}
-
-fn decode_price(raw: Option<i64>, scale: u8) -> Option<Decimal> {
-    raw.map(|raw| {
-        let mut d = Decimal::from_i128_with_scale(raw as i128, PRICE_SCALE);
-        d.rescale(u32::from(scale).min(PRICE_SCALE));
-        d
+/// Prices are stored as exact decimal text: `Decimal` keeps the feed's scale in its `Display`.
+fn decode_price(text: Option<String>, id: Uuid) -> StoreResult<Option<Decimal>> {
+    text.map(|t| {
+        t.parse::<Decimal>().map_err(|e| {
+            StoreError::Permanent(format!("stored price {t:?} of plan {id} is not a decimal: {e}"))
+        })
     })
+    .transpose()
 }
 
 fn wall(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
 }
 
-fn plan_rows(p: &StoredPlan, written_at: DateTime<Utc>, out: &mut Vec<PlanRow>) -> StoreResult<()> {
+/// The plan row (and the tombstone of its previous day, if it moved). `ever_online` is the sticky
+/// flag as the store knows it, which may be set although this observation's is not.
+fn plan_rows(p: &StoredPlan, ever_online: bool, written_at: DateTime<Utc>, out: &mut Vec<PlanRow>) {
     let plan = &p.plan;
-    let (min_price, min_price_scale) = match plan.min_price() {
-        Some(d) => encode_price(d).map(|(r, s)| (Some(r), s))?,
-        None => (None, 0),
-    };
-    let (max_price, max_price_scale) = match plan.max_price() {
-        Some(d) => encode_price(d).map(|(r, s)| (Some(r), s))?,
-        None => (None, 0),
-    };
     let row = PlanRow {
         provider: plan.key.provider.to_string(),
         base_plan_id: plan.key.base_plan_id,
@@ -432,7 +461,7 @@ fn plan_rows(p: &StoredPlan, written_at: DateTime<Utc>, out: &mut Vec<PlanRow>) 
         id: plan.key.id(),
         title: plan.title.clone(),
         online: plan.online.into(),
-        ever_online: p.ever_online.into(),
+        ever_online: ever_online.into(),
         organizer_company_id: plan.organizer_company_id,
         start_local: wall(plan.start),
         end_local: wall(plan.end),
@@ -442,10 +471,8 @@ fn plan_rows(p: &StoredPlan, written_at: DateTime<Utc>, out: &mut Vec<PlanRow>) 
         sell_from: plan.sell_from.map(wall),
         sell_to: plan.sell_to.map(wall),
         sold_out: plan.sold_out.into(),
-        min_price,
-        min_price_scale,
-        max_price,
-        max_price_scale,
+        min_price: plan.min_price().map(|d| d.to_string()),
+        max_price: plan.max_price().map(|d| d.to_string()),
         zone_count: u32::try_from(plan.zones.len()).unwrap_or(u32::MAX),
         version: p.version,
         hash: p.hash,
@@ -456,10 +483,9 @@ fn plan_rows(p: &StoredPlan, written_at: DateTime<Utc>, out: &mut Vec<PlanRow>) 
         out.push(PlanRow { event_date: previous, superseded: 1, ..row.clone() });
     }
     out.push(row);
-    Ok(())
 }
 
-fn zone_rows(p: &StoredPlan, out: &mut Vec<ZoneRow>) -> StoreResult<()> {
+fn zone_rows(p: &StoredPlan, out: &mut Vec<ZoneRow>) {
     for (idx, z) in p.plan.zones.iter().enumerate() {
         out.push(ZoneRow {
             provider: p.plan.key.provider.to_string(),
@@ -471,11 +497,10 @@ fn zone_rows(p: &StoredPlan, out: &mut Vec<ZoneRow>) -> StoreResult<()> {
             zone_id: z.zone_id,
             name: z.name.clone(),
             capacity: z.capacity,
-            price: encode_price(z.price)?.0,
+            price: z.price.to_string(),
             numbered: z.numbered.into(),
         });
     }
-    Ok(())
 }
 
 #[async_trait]
@@ -488,16 +513,9 @@ impl Store for ClickHouseStore {
         if plans.is_empty() {
             return Ok(());
         }
-        let written_at = Utc::now();
-        let mut plan_batch = Vec::with_capacity(plans.len());
-        let mut zone_batch = Vec::with_capacity(plans.iter().map(|p| p.plan.zones.len()).sum());
-        for p in plans {
-            plan_rows(p, written_at, &mut plan_batch)?;
-            zone_rows(p, &mut zone_batch)?;
-        }
         let mut attempt = 0;
         loop {
-            match self.write_once(&plan_batch, &zone_batch).await {
+            match self.write_batch(plans).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() && attempt + 1 < WRITE_ATTEMPTS => {
                     let wait = backoff(attempt);
@@ -555,7 +573,7 @@ impl Store for ClickHouseStore {
             self.client
                 .query(
                     "SELECT id, title, start_local, end_local, start_utc, end_utc, \
-                            min_price, min_price_scale, max_price, max_price_scale \
+                            min_price, max_price \
                      FROM plans FINAL \
                      WHERE event_date BETWEEN toDate(?) AND toDate(?) \
                        AND ever_online = 1 AND superseded = 0 \
@@ -566,19 +584,19 @@ impl Store for ClickHouseStore {
                 .fetch_all(),
         )
         .await?;
-        let mut events: Vec<EventRow> = rows
-            .into_iter()
-            .map(|r| EventRow {
+        let mut events = Vec::with_capacity(rows.len());
+        for r in rows {
+            events.push(EventRow {
+                min_price: decode_price(r.min_price, r.id)?,
+                max_price: decode_price(r.max_price, r.id)?,
                 id: r.id,
                 title: r.title,
                 start_local: r.start_local.naive_utc(),
                 end_local: r.end_local.naive_utc(),
                 start_utc: r.start_utc,
                 end_utc: r.end_utc,
-                min_price: decode_price(r.min_price, r.min_price_scale),
-                max_price: decode_price(r.max_price, r.max_price_scale),
-            })
-            .collect();
+            });
+        }
         // ClickHouse orders UUIDs by their two 64-bit halves, not bytewise: settle ties like Rust does.
         events.sort_by(|a, b| a.start_utc.cmp(&b.start_utc).then(a.id.cmp(&b.id)));
         Ok(events)
@@ -672,14 +690,14 @@ mod tests {
 
     #[test]
     fn prices_keep_their_scale() {
-        for text in ["20.00", "7.5", "100", "0.0001", "12345678901234.5678"] {
-            let d: Decimal = text.parse().unwrap();
-            let (raw, scale) = encode_price(d).unwrap();
-            assert_eq!(decode_price(Some(raw), scale).unwrap().to_string(), text);
+        let id = Uuid::nil();
+        for text in ["20.00", "7.5", "100", "0.01", "123456789.123456789", "999999999999.99"] {
+            let stored = text.parse::<Decimal>().unwrap().to_string();
+            assert_eq!(stored, text);
+            assert_eq!(decode_price(Some(stored), id).unwrap().unwrap().to_string(), text);
         }
-        let (raw, scale) = encode_price("1.23456".parse().unwrap()).unwrap();
-        assert_eq!(decode_price(Some(raw), scale).unwrap().to_string(), "1.2346");
-        assert!(encode_price("100000000000000".parse().unwrap()).is_err());
+        assert_eq!(decode_price(None, id).unwrap(), None);
+        assert!(matches!(decode_price(Some("abc".into()), id), Err(StoreError::Permanent(_))));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Storage behind one trait. Every implementation passes the same conformance suite
-//! (`tests/store_conformance.rs`).
+//! (`tests/common/conformance.rs`, run by `tests/store_<name>.rs`).
 //!
 //! - [`sqlite::SqliteStore`]: the embedded default, one local file, no server needed.
 //!

@@ -1,0 +1,232 @@
+//! The embedded store: the shared conformance suite, then what is specific to SQLite (schema,
+//! files, query plans, batch atomicity).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use planfeed::store::sqlite::SqliteStore;
+use planfeed::store::{SharedStore, Store, StoreError};
+
+use common::{conformance, day, offline, plan, stored};
+
+fn open(path: &Path) -> SharedStore {
+    Arc::new(SqliteStore::open(path).expect("open the sqlite store"))
+}
+
+fn db_in(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("planfeed.db")
+}
+
+#[tokio::test]
+async fn conformance_run_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let reopen_path = path.clone();
+    conformance::run_all(open(&path), move |old| {
+        let path = reopen_path.clone();
+        async move {
+            drop(old);
+            open(&path)
+        }
+        .boxed()
+    })
+    .await;
+}
+
+/// One test per conformance case, each on its own fresh store, so a failure names its case.
+macro_rules! conformance_cases {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $case() {
+            let dir = tempfile::tempdir().unwrap();
+            conformance::$case(&open(&db_in(&dir))).await;
+        }
+    )*};
+}
+
+mod conformance_case {
+    use super::*;
+
+    conformance_cases!(
+        fresh_store_is_empty,
+        latest_version_wins,
+        ever_online_is_sticky,
+        moved_start_date_shows_once_on_its_new_day,
+        day_boundaries_and_order,
+        prices_are_exact,
+        plan_states_round_trip,
+        day_bounds_cover_ever_online_days,
+        fetch_log_round_trip,
+    );
+
+    #[tokio::test]
+    async fn restart_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_in(&dir);
+        let reopen = move |old: SharedStore| {
+            let path = path.clone();
+            async move {
+                drop(old);
+                open(&path)
+            }
+            .boxed()
+        };
+        conformance::restart_keeps_everything(open(&db_in(&dir)), &reopen).await;
+    }
+}
+
+#[tokio::test]
+async fn open_creates_folders_file_and_schema_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/c/plans.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.name(), "embedded");
+    assert_eq!(store.path(), path);
+    store.ping().await.unwrap();
+    assert!(path.is_file());
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 1);
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(tables, vec!["fetches", "fetches_by_start", "plans", "plans_by_day"]);
+
+    // Opening again is a no-op for the schema.
+    drop(store);
+    SqliteStore::open(&path).unwrap();
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    drop(SqliteStore::open(&path).unwrap());
+    rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    match SqliteStore::open(&path) {
+        Err(StoreError::Permanent(msg)) => assert!(msg.contains("schema version 99"), "{msg}"),
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn plans_by_day_reads_the_index_never_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&db_in(&dir)).unwrap();
+    let plans: Vec<_> = (0..200)
+        .map(|i| stored(plan("eqp", 1, i, "t", "2030-01-01T10:00:00", "2030-01-01T11:00:00"), 1))
+        .collect();
+    store.write_plans(&plans).await.unwrap();
+
+    for (from, to) in [(day("2030-01-01"), day("2030-01-01")), (day("2030-01-01"), day("2030-01-31"))] {
+        let details = store.explain_plans_by_day(from, to).await.unwrap();
+        assert!(
+            details.iter().any(|d| d.contains("USING COVERING INDEX plans_by_day")),
+            "{from}..={to}: {details:?}"
+        );
+        assert!(!details.iter().any(|d| d.starts_with("SCAN")), "{from}..={to}: full scan in {details:?}");
+        if from == to {
+            assert!(!details.iter().any(|d| d.contains("TEMP B-TREE")), "one day needs no sort: {details:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_late_older_online_observation_still_marks_the_plan_ever_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&db_in(&dir)).unwrap();
+    let (s, e) = ("2030-02-02T10:00:00", "2030-02-02T11:00:00");
+    let newer_offline = stored(offline(plan("late", 1, 1, "newer, offline", s, e)), 2);
+    store.write_plans(std::slice::from_ref(&newer_offline)).await.unwrap();
+    assert!(store.plans_by_day(day("2030-02-02"), day("2030-02-02")).await.unwrap().is_empty());
+
+    store.write_plans(&[stored(plan("late", 1, 1, "older, online", s, e), 1)]).await.unwrap();
+    let rows = store.plans_by_day(day("2030-02-02"), day("2030-02-02")).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].title, "newer, offline", "values stay those of the newest version");
+    let states = store.load_plan_states().await.unwrap();
+    assert!(states[0].1.ever_online);
+    assert_eq!(states[0].1.version, 2);
+}
+
+#[tokio::test]
+async fn a_batch_with_a_bad_plan_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&db_in(&dir)).unwrap();
+    let good = stored(plan("atomic", 1, 1, "good", "2030-03-03T10:00:00", "2030-03-03T11:00:00"), 1);
+    let bad = stored(plan("atomic", 1, 2, "bad", "2030-03-03T10:00:00", "2030-03-03T11:00:00"), u64::MAX);
+    match store.write_plans(&[good, bad]).await {
+        Err(StoreError::Permanent(msg)) => {
+            assert!(msg.contains("atomic/1/2") && msg.contains("version"), "{msg}")
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+    assert!(store.load_plan_states().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reads_proceed_while_another_connection_holds_the_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let store = SqliteStore::open(&path).unwrap();
+    let p = stored(plan("wal", 1, 1, "readable", "2030-04-04T10:00:00", "2030-04-04T11:00:00"), 1);
+    store.write_plans(&[p]).await.unwrap();
+
+    let mut other = rusqlite::Connection::open(&path).unwrap();
+    let tx = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    tx.execute("UPDATE plans SET title = 'uncommitted'", []).unwrap();
+    let started = Instant::now();
+    let rows = store.plans_by_day(day("2030-04-04"), day("2030-04-04")).await.unwrap();
+    assert_eq!(rows[0].title, "readable");
+    assert!(started.elapsed().as_secs() < 1, "the read waited for the writer");
+    tx.rollback().unwrap();
+}
+
+#[tokio::test]
+async fn twenty_thousand_plans_in_batches_of_five_thousand() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&db_in(&dir)).unwrap();
+    let plans: Vec<_> = (0..20_000u64)
+        .map(|i| {
+            let d = 1 + i % 28;
+            let mut p = plan(
+                "bulk",
+                i / 100,
+                i,
+                &format!("plan {i}"),
+                &format!("2030-05-{d:02}T{:02}:00:00", i % 24),
+                &format!("2030-05-{d:02}T23:59:59"),
+            );
+            p.zones = common::zones(&["10.00", "25.50", "7.5"]);
+            stored(p, 1)
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in plans.chunks(5_000) {
+        store.write_plans(batch).await.unwrap();
+    }
+    eprintln!("wrote 20000 plans in {:?} (debug build)", started.elapsed());
+    assert_eq!(store.load_plan_states().await.unwrap().len(), 20_000);
+
+    let started = Instant::now();
+    let day1 = store.plans_by_day(day("2030-05-01"), day("2030-05-01")).await.unwrap();
+    eprintln!("read one day ({} plans) in {:?} (debug build)", day1.len(), started.elapsed());
+    assert_eq!(day1.len(), 715);
+    assert!(day1.windows(2).all(|w| (w[0].start_utc, w[0].id) < (w[1].start_utc, w[1].id)));
+    assert_eq!(store.plans_by_day(day("2030-05-01"), day("2030-05-31")).await.unwrap().len(), 20_000);
+
+    // Re-writing the same versions is idempotent.
+    store.write_plans(&plans[..5_000]).await.unwrap();
+    assert_eq!(store.load_plan_states().await.unwrap().len(), 20_000);
+}
