@@ -305,6 +305,30 @@ async fn moved_plan_shows_only_on_its_new_day() {
 }
 
 #[tokio::test]
+async fn the_store_keeps_ever_online_sticky_across_moves() {
+    let (_server, store) = setup!();
+    let v1 = stored(plan(3, 30, "Online", "2021-06-10T20:00:00", "2021-06-10T22:00:00", true, &["5"]), 1);
+    store.write_plans(std::slice::from_ref(&v1)).await.unwrap();
+    // Offline observations that say ever_online = false: the store knows better.
+    let mut v2 =
+        stored(plan(3, 30, "Offline, moved", "2021-07-20T20:00:00", "2021-07-20T22:00:00", false, &["6"]), 2);
+    v2.previous_event_date = Some(v1.event_date);
+    assert!(!v2.ever_online);
+    store.write_plans(std::slice::from_ref(&v2)).await.unwrap();
+    let v3 =
+        stored(plan(3, 30, "Offline again", "2021-07-20T20:00:00", "2021-07-20T23:00:00", false, &["7"]), 3);
+    store.write_plans(std::slice::from_ref(&v3)).await.unwrap();
+
+    assert!(store.plans_by_day(day("2021-06-01"), day("2021-06-30")).await.unwrap().is_empty());
+    let july = store.plans_by_day(day("2021-07-01"), day("2021-07-31")).await.unwrap();
+    assert_eq!(july, vec![planfeed::domain::EventRow::from_stored(&v3)]);
+    let states = store.load_plan_states().await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].1.version, 3);
+    assert!(states[0].1.ever_online);
+}
+
+#[tokio::test]
 async fn plan_states_cover_every_stored_plan() {
     let (_server, store) = setup!();
     assert!(store.load_plan_states().await.unwrap().is_empty());
@@ -488,4 +512,89 @@ fn settings_reject_unknown_fields_and_bad_names() {
     assert!(serde_json::from_str::<ClickHouseSettings>(r#"{"uri": "http://ch:8123"}"#).is_err());
     let bad = ClickHouseSettings { database: "feed; DROP".into(), ..Default::default() };
     assert!(bad.validate().is_err());
+}
+
+/// A fake ClickHouse that answers its first `ok_first` requests with an empty 200 and every later one
+/// with `status` and `body`, counting the requests (one connection each).
+async fn fake_server(
+    ok_first: usize,
+    status: &'static str,
+    body: &'static str,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = counter.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = if seen < ok_first { ("200 OK", "") } else { (status, body) };
+            tokio::spawn(async move {
+                // Read the whole request (headers, then a chunked or sized body) before answering.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    let Some(head_end) = text.find("\r\n\r\n") else { continue };
+                    let head = text[..head_end].to_ascii_lowercase();
+                    let done = if head.contains("transfer-encoding: chunked") {
+                        text.ends_with("0\r\n\r\n")
+                    } else {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap_or(0));
+                        buf.len() >= head_end + 4 + len
+                    };
+                    if done {
+                        break;
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_permanent_ones_are_not() {
+    use std::sync::atomic::Ordering;
+    let p = stored(plan(1, 1, "X", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["1"]), 1);
+    let cases = [
+        ("503 Service Unavailable", "", true),
+        (
+            "500 Internal Server Error",
+            "Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries",
+            true,
+        ),
+        (
+            "500 Internal Server Error",
+            "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)",
+            true,
+        ),
+        ("404 Not Found", "Code: 60, e.displayText() = DB::Exception: Table x.zones doesn't exist.", false),
+        ("500 Internal Server Error", "Code: 53. DB::Exception: Type mismatch. (TYPE_MISMATCH)", false),
+    ];
+    for (status, body, transient) in cases {
+        // The first request (`CREATE DATABASE` of `connect`) succeeds, every later one fails.
+        let (url, count) = fake_server(1, status, body).await;
+        let store = ClickHouseStore::connect(ClickHouseSettings { url, ..Default::default() }).await.unwrap();
+        let err = store.write_plans(std::slice::from_ref(&p)).await.unwrap_err();
+        assert_eq!(err.is_transient(), transient, "{status} {body}: {err:?}");
+        let attempts = count.load(Ordering::SeqCst) - 1;
+        assert_eq!(attempts, if transient { 3 } else { 1 }, "{status} {body}");
+    }
 }
