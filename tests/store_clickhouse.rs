@@ -477,7 +477,10 @@ async fn a_broken_schema_is_a_permanent_error() {
     // A date ClickHouse cannot hold is refused before anything is sent.
     let old = stored(plan(1, 2, "Old", "1960-06-30T21:00:00", "1960-06-30T22:00:00", true, &["1"]), 1);
     let err = store.write_plans(&[old]).await.unwrap_err();
-    assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+    match err {
+        StoreError::Permanent(msg) => assert!(msg.contains("fever/1/2") && msg.contains("1960"), "{msg}"),
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
 }
 
 #[tokio::test]

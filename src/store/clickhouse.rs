@@ -454,6 +454,31 @@ fn wall(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
 }
 
+/// ClickHouse `DateTime` is seconds since 1970 in a `UInt32`, `Date` days since 1970 in a `UInt16`.
+/// Checked up front so the error names the plan instead of failing deep inside the insert.
+fn check_ranges(p: &StoredPlan) -> StoreResult<()> {
+    let datetime_ok = |t: DateTime<Utc>| u32::try_from(t.timestamp()).is_ok();
+    let plan = &p.plan;
+    let instants = [
+        ("start", wall(plan.start)),
+        ("end", wall(plan.end)),
+        ("start instant", p.start_utc),
+        ("end instant", p.end_utc),
+    ]
+    .into_iter()
+    .chain(plan.sell_from.map(|t| ("sell_from", wall(t))))
+    .chain(plan.sell_to.map(|t| ("sell_to", wall(t))));
+    for (what, t) in instants {
+        if !datetime_ok(t) {
+            return Err(StoreError::Permanent(format!(
+                "plan {}: {what} {t} is outside what ClickHouse DateTime holds (1970..2106)",
+                plan.key
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The plan row (and the tombstone of its previous day, if it moved). `ever_online` is the sticky
 /// flag as the store knows it, which may be set although this observation's is not.
 fn plan_rows(p: &StoredPlan, ever_online: bool, written_at: DateTime<Utc>, out: &mut Vec<PlanRow>) {
@@ -517,6 +542,7 @@ impl Store for ClickHouseStore {
         if plans.is_empty() {
             return Ok(());
         }
+        plans.iter().try_for_each(check_ranges)?;
         let mut attempt = 0;
         loop {
             match self.write_batch(plans).await {
