@@ -2,10 +2,13 @@
 //! (`tests/common/conformance.rs`, run by `tests/store_<name>.rs`).
 //!
 //! - [`sqlite::SqliteStore`]: the embedded default, one local file, no server needed.
+//! - [`clickhouse::ClickHouseStore`]: the system of record and analytics store (schema and
+//!   migrations in `clickhouse/`).
 //!
 //! A store keeps, per plan key, the latest written version of the plan (offline observations
 //! included) and the sticky ever-online flag; search reads only the requested event days.
 
+pub mod clickhouse;
 pub mod sqlite;
 
 use std::sync::Arc;

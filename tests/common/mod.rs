@@ -1,8 +1,10 @@
-//! Helpers shared by the black-box tests: plan fixtures and the store conformance suite.
+//! Helpers shared by the black-box tests: plan fixtures, the store conformance suite and a throwaway
+//! ClickHouse server.
 //!
 //! Include with `mod common;` from any test binary; not every binary uses every helper.
 #![allow(dead_code)]
 
+pub mod clickhouse;
 pub mod conformance;
 
 use chrono::{NaiveDate, NaiveDateTime};

@@ -1,0 +1,196 @@
+//! A throwaway real ClickHouse server for tests: `clickhouse-server` (Debian's package, see
+//! `scripts/install-clickhouse.sh`) started as a child process on free loopback ports, with its data
+//! in a temporary directory. Killed and removed on drop.
+//!
+//! When the binary is missing, [`ClickHouseServer::start`] returns `None` on a developer machine (the
+//! test returns early with a message) and panics under CI (`CI` set): CI never skips.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = "clickhouse-server";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct ClickHouseServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    http_port: u16,
+    tcp_port: u16,
+}
+
+impl ClickHouseServer {
+    /// Starts a fresh server, or returns `None` (outside CI) when `clickhouse-server` is not installed.
+    pub fn start() -> Option<Self> {
+        let Some(binary) = find_binary() else {
+            if std::env::var_os("CI").is_some() {
+                panic!("clickhouse-server not found under CI: run scripts/install-clickhouse.sh in .ci/run");
+            }
+            eprintln!("clickhouse-server not found: run scripts/install-clickhouse.sh (skipping this test)");
+            return None;
+        };
+        // Ports are picked free then released, so another process may take one meanwhile: retry.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Self::try_start(&binary) {
+                Ok(server) => return Some(server),
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("clickhouse-server did not start: {last_error}");
+    }
+
+    fn try_start(binary: &Path) -> Result<Self, String> {
+        let dir = tempfile::Builder::new().prefix("planfeed-ch-").tempdir().map_err(|e| e.to_string())?;
+        let (http_port, tcp_port) = (free_port(), free_port());
+        write_config(dir.path(), http_port, tcp_port).map_err(|e| e.to_string())?;
+        let log = fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(binary)
+            .arg(format!("--config-file={}", dir.path().join("config.xml").display()))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
+        let mut server = Self { child, dir, http_port, tcp_port };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status}: {}", self.log_tail()));
+            }
+            if ping(self.http_port) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("no answer to /ping within {READY_TIMEOUT:?}: {}", self.log_tail()))
+    }
+
+    /// The HTTP interface, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the server now (to test what clients see when it is down).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        self.stop();
+        // `dir` (a TempDir) removes itself after this.
+    }
+}
+
+fn find_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|d| d.join(BINARY))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// Minimal blocking `GET /ping`: true when the server answers `Ok.`.
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) =
+        std::net::TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
+
+fn write_config(dir: &Path, http_port: u16, tcp_port: u16) -> std::io::Result<()> {
+    let d = dir.display();
+    for sub in ["data", "tmp", "user_files", "format_schemas"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    // `<yandex>` is the root both 18.16 and current servers accept.
+    fs::write(
+        dir.join("config.xml"),
+        format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><console>1</console></logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>{http_port}</http_port>
+    <tcp_port>{tcp_port}</tcp_port>
+    <path>{d}/data/</path>
+    <tmp_path>{d}/tmp/</tmp_path>
+    <user_files_path>{d}/user_files/</user_files_path>
+    <format_schema_path>{d}/format_schemas/</format_schema_path>
+    <users_config>{d}/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mark_cache_size>268435456</mark_cache_size>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <query_log>
+        <database>system</database>
+        <table>query_log</table>
+        <flush_interval_milliseconds>500</flush_interval_milliseconds>
+    </query_log>
+</yandex>
+"#
+        ),
+    )?;
+    fs::write(
+        dir.join("users.xml"),
+        r#"<?xml version="1.0"?>
+<yandex>
+    <profiles><default><log_queries>1</log_queries></default></profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas><default></default></quotas>
+</yandex>
+"#,
+    )
+}

@@ -1,0 +1,603 @@
+//! The ClickHouse store against a real, throwaway `clickhouse-server` (see `tests/common/clickhouse.rs`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono_tz::Tz;
+use futures::FutureExt;
+use planfeed::domain::{FetchRecord, Plan, PlanKey, StoredPlan, Zone};
+use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
+use planfeed::store::{SharedStore, Store, StoreError};
+
+use common::clickhouse::ClickHouseServer;
+use common::conformance;
+
+async fn store_on(server: &ClickHouseServer) -> ClickHouseStore {
+    let store = ClickHouseStore::connect(settings_for(server)).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// Starts a server and a migrated store, or returns from the test when ClickHouse is not installed.
+macro_rules! setup {
+    () => {{
+        let Some(server) = ClickHouseServer::start() else { return };
+        let store = store_on(&server).await;
+        (server, store)
+    }};
+}
+
+fn settings_for(server: &ClickHouseServer) -> ClickHouseSettings {
+    ClickHouseSettings {
+        url: server.url(),
+        database: "planfeed_test".into(),
+        ..ClickHouseSettings::default()
+    }
+}
+
+/// Reopens the store over the same database, as a process restart would (migrations included).
+fn reopen_on(
+    server: &ClickHouseServer,
+) -> impl Fn(SharedStore) -> futures::future::BoxFuture<'static, SharedStore> {
+    let settings = settings_for(server);
+    move |old: SharedStore| {
+        let settings = settings.clone();
+        async move {
+            drop(old);
+            let store = ClickHouseStore::connect(settings).await.expect("reconnect");
+            assert!(store.migrate().await.expect("migrate after restart").is_empty());
+            Arc::new(store) as SharedStore
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test]
+async fn conformance_run_all() {
+    let (server, store) = setup!();
+    conformance::run_all(Arc::new(store), reopen_on(&server)).await;
+}
+
+/// One test per conformance case, each on its own fresh server, so a failure names its case.
+macro_rules! conformance_cases {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $case() {
+            let (_server, store) = setup!();
+            conformance::$case(&(Arc::new(store) as SharedStore)).await;
+        }
+    )*};
+}
+
+mod conformance_case {
+    use super::*;
+
+    conformance_cases!(
+        fresh_store_is_empty,
+        latest_version_wins,
+        ever_online_is_sticky,
+        moved_start_date_shows_once_on_its_new_day,
+        day_boundaries_and_order,
+        prices_are_exact,
+        plan_states_round_trip,
+        day_bounds_cover_ever_online_days,
+        fetch_log_round_trip,
+    );
+
+    #[tokio::test]
+    async fn restart_keeps_everything() {
+        let (server, store) = setup!();
+        conformance::restart_keeps_everything(Arc::new(store), &reopen_on(&server)).await;
+    }
+}
+
+fn dt(s: &str) -> NaiveDateTime {
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap()
+}
+
+fn day(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+fn zone(id: u64, price: &str) -> Zone {
+    Zone {
+        zone_id: id,
+        name: format!("Zone {id}"),
+        capacity: 100,
+        price: price.parse().unwrap(),
+        numbered: true,
+    }
+}
+
+fn plan(base: u64, id: u64, title: &str, start: &str, end: &str, online: bool, prices: &[&str]) -> Plan {
+    Plan {
+        key: PlanKey::new("fever", base, id),
+        title: title.into(),
+        online,
+        organizer_company_id: Some(7),
+        start: dt(start),
+        end: dt(end),
+        sell_from: Some(dt("2021-01-01T00:00:00")),
+        sell_to: None,
+        sold_out: false,
+        zones: prices.iter().enumerate().map(|(i, p)| zone(i as u64 + 1, p)).collect(),
+    }
+}
+
+fn stored(p: Plan, version: u64) -> StoredPlan {
+    StoredPlan::new(p, Tz::UTC, false, version)
+}
+
+fn raw_client(server: &ClickHouseServer) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(server.url())
+        .with_database("planfeed_test")
+        .with_validation(false)
+        .with_setting("wait_end_of_query", "1")
+}
+
+/// A query's result as TSV text.
+async fn raw_rows(server: &ClickHouseServer, sql: &str) -> String {
+    let mut cursor = raw_client(server).query(sql).fetch_bytes("TSV").unwrap();
+    String::from_utf8(cursor.collect().await.unwrap().to_vec()).unwrap()
+}
+
+/// A statement without result (DDL, OPTIMIZE).
+async fn raw_exec(server: &ClickHouseServer, sql: &str) {
+    raw_client(server).query(sql).execute().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrations_run_once() {
+    let (server, store) = setup!();
+    // `setup!` already migrated: a second and a third run apply nothing.
+    assert_eq!(store.migrate().await.unwrap(), Vec::<String>::new());
+    let again = store_on(&server).await;
+    assert_eq!(again.migrate().await.unwrap(), Vec::<String>::new());
+    assert_eq!(raw_rows(&server, "SELECT name FROM schema_migrations ORDER BY name").await, "001_init\n");
+    let tables = raw_rows(
+        &server,
+        "SELECT name, engine FROM system.tables WHERE database = 'planfeed_test' ORDER BY name",
+    )
+    .await;
+    assert_eq!(
+        tables,
+        "fetches\tMergeTree\nplans\tReplacingMergeTree\nschema_migrations\tMergeTree\nzones\tReplacingMergeTree\n"
+    );
+
+    // A fresh database reports what it applied.
+    let fresh = ClickHouseStore::connect(ClickHouseSettings {
+        url: server.url(),
+        database: "planfeed_other".into(),
+        ..ClickHouseSettings::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(fresh.migrate().await.unwrap(), vec!["001_init".to_string()]);
+    assert_eq!(fresh.migrate().await.unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn round_trip_keeps_local_times_and_exact_prices() {
+    let (_server, store) = setup!();
+    let madrid: Tz = "Europe/Madrid".parse().unwrap();
+    let a = StoredPlan::new(
+        plan(
+            322,
+            1642,
+            "Concierto",
+            "2021-06-30T21:00:00",
+            "2021-06-30T22:00:00",
+            true,
+            &["20.00", "7.5", "100"],
+        ),
+        madrid,
+        false,
+        1,
+    );
+    let no_zones =
+        stored(plan(1591, 1642, "Sin zonas", "2021-06-30T10:00:00", "2021-06-30T11:00:00", true, &[]), 1);
+    let never_online =
+        stored(plan(1600, 1, "Offline", "2021-06-30T12:00:00", "2021-06-30T13:00:00", false, &["5.00"]), 1);
+    // Offline now, but seen online before: stays searchable.
+    let sticky = StoredPlan::new(
+        plan(1601, 2, "Sticky", "2021-06-30T09:00:00", "2021-06-30T09:30:00", false, &["1.10"]),
+        Tz::UTC,
+        true,
+        1,
+    );
+    store.write_plans(&[a.clone(), no_zones.clone(), never_online, sticky.clone()]).await.unwrap();
+
+    let rows = store.plans_by_day(day("2021-06-30"), day("2021-06-30")).await.unwrap();
+    let titles: Vec<&str> = rows.iter().map(|r| r.title.as_str()).collect();
+    assert_eq!(titles, ["Sticky", "Sin zonas", "Concierto"]);
+
+    let concierto = &rows[2];
+    assert_eq!(concierto.id, PlanKey::new("fever", 322, 1642).id());
+    assert_eq!(concierto.start_local, dt("2021-06-30T21:00:00"));
+    assert_eq!(concierto.end_local, dt("2021-06-30T22:00:00"));
+    assert_eq!(concierto.start_utc.to_rfc3339(), "2021-06-30T19:00:00+00:00");
+    assert_eq!(concierto.end_utc.to_rfc3339(), "2021-06-30T20:00:00+00:00");
+    assert_eq!(concierto.min_price.unwrap().to_string(), "7.5");
+    assert_eq!(concierto.max_price.unwrap().to_string(), "100");
+    assert_eq!(concierto, &planfeed::domain::EventRow::from_stored(&a));
+    assert_eq!(rows[0], planfeed::domain::EventRow::from_stored(&sticky));
+    assert_eq!(rows[0].min_price.unwrap().to_string(), "1.10");
+    assert_eq!((rows[1].min_price, rows[1].max_price), (None, None));
+
+    assert!(store.plans_by_day(day("2021-07-01"), day("2021-07-31")).await.unwrap().is_empty());
+    assert!(store.plans_by_day(day("2021-06-29"), day("2021-06-29")).await.unwrap().is_empty());
+    assert_eq!(store.day_bounds().await.unwrap(), Some((day("2021-06-30"), day("2021-06-30"))));
+}
+
+#[tokio::test]
+async fn latest_version_wins() {
+    let (_server, store) = setup!();
+    let v1 = stored(plan(1, 10, "First", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["10.00"]), 1);
+    let v3 = StoredPlan::new(
+        plan(1, 10, "Third", "2021-06-30T20:00:00", "2021-06-30T22:00:00", false, &["12.50", "30"]),
+        Tz::UTC,
+        true,
+        3,
+    );
+    let v2 = stored(plan(1, 10, "Second", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["11"]), 2);
+    store.write_plans(&[v1]).await.unwrap();
+    store.write_plans(std::slice::from_ref(&v3)).await.unwrap();
+    // An older version arriving late never wins.
+    store.write_plans(&[v2]).await.unwrap();
+    // Re-writing the same batch is harmless.
+    store.write_plans(std::slice::from_ref(&v3)).await.unwrap();
+
+    let rows = store.plans_by_day(day("2021-06-30"), day("2021-06-30")).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].title, "Third");
+    assert_eq!(rows[0].start_local, dt("2021-06-30T20:00:00"));
+    assert_eq!(rows[0].min_price.unwrap().to_string(), "12.50");
+    assert_eq!(rows[0].max_price.unwrap().to_string(), "30");
+
+    let states = store.load_plan_states().await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].0, PlanKey::new("fever", 1, 10));
+    assert_eq!(states[0].1.version, 3);
+    assert_eq!(states[0].1.hash, v3.hash);
+    assert!(states[0].1.ever_online);
+}
+
+#[tokio::test]
+async fn moved_plan_shows_only_on_its_new_day() {
+    let (server, store) = setup!();
+    let before = stored(plan(5, 50, "Moving", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["9"]), 1);
+    let stay = stored(plan(5, 51, "Staying", "2021-06-30T18:00:00", "2021-06-30T19:00:00", true, &["9"]), 1);
+    store.write_plans(&[before.clone(), stay]).await.unwrap();
+
+    // Moved to another month, so the tombstone and the new row land in different partitions.
+    let mut after =
+        stored(plan(5, 50, "Moved", "2021-07-02T21:00:00", "2021-07-02T23:00:00", true, &["9"]), 2);
+    after.previous_event_date = Some(before.event_date);
+    store.write_plans(std::slice::from_ref(&after)).await.unwrap();
+
+    let june = store.plans_by_day(day("2021-06-01"), day("2021-06-30")).await.unwrap();
+    assert_eq!(june.iter().map(|r| r.title.as_str()).collect::<Vec<_>>(), ["Staying"]);
+    let july = store.plans_by_day(day("2021-07-01"), day("2021-07-31")).await.unwrap();
+    assert_eq!(july.iter().map(|r| r.title.as_str()).collect::<Vec<_>>(), ["Moved"]);
+    let both = store.plans_by_day(day("2021-06-01"), day("2021-07-31")).await.unwrap();
+    assert_eq!(both.iter().map(|r| r.title.as_str()).collect::<Vec<_>>(), ["Staying", "Moved"]);
+
+    let states = store.load_plan_states().await.unwrap();
+    let moved = states.iter().find(|(k, _)| k.plan_id == 50).unwrap().1;
+    assert_eq!((moved.event_date, moved.version, moved.hash), (day("2021-07-02"), 2, after.hash));
+    assert_eq!(store.day_bounds().await.unwrap(), Some((day("2021-06-30"), day("2021-07-02"))));
+
+    // Still right after the background merges collapse the rows.
+    raw_exec(&server, "OPTIMIZE TABLE plans FINAL").await;
+    let june = store.plans_by_day(day("2021-06-01"), day("2021-06-30")).await.unwrap();
+    assert_eq!(june.len(), 1);
+
+    // Moving back: the old day's tombstone is replaced by the newer row.
+    let mut back = stored(plan(5, 50, "Back", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["9"]), 3);
+    back.previous_event_date = Some(after.event_date);
+    store.write_plans(&[back]).await.unwrap();
+    let both = store.plans_by_day(day("2021-06-01"), day("2021-07-31")).await.unwrap();
+    assert_eq!(both.iter().map(|r| r.title.as_str()).collect::<Vec<_>>(), ["Staying", "Back"]);
+}
+
+#[tokio::test]
+async fn the_store_keeps_ever_online_sticky_across_moves() {
+    let (_server, store) = setup!();
+    let v1 = stored(plan(3, 30, "Online", "2021-06-10T20:00:00", "2021-06-10T22:00:00", true, &["5"]), 1);
+    store.write_plans(std::slice::from_ref(&v1)).await.unwrap();
+    // Offline observations that say ever_online = false: the store knows better.
+    let mut v2 =
+        stored(plan(3, 30, "Offline, moved", "2021-07-20T20:00:00", "2021-07-20T22:00:00", false, &["6"]), 2);
+    v2.previous_event_date = Some(v1.event_date);
+    assert!(!v2.ever_online);
+    store.write_plans(std::slice::from_ref(&v2)).await.unwrap();
+    let v3 =
+        stored(plan(3, 30, "Offline again", "2021-07-20T20:00:00", "2021-07-20T23:00:00", false, &["7"]), 3);
+    store.write_plans(std::slice::from_ref(&v3)).await.unwrap();
+
+    assert!(store.plans_by_day(day("2021-06-01"), day("2021-06-30")).await.unwrap().is_empty());
+    let july = store.plans_by_day(day("2021-07-01"), day("2021-07-31")).await.unwrap();
+    assert_eq!(july, vec![planfeed::domain::EventRow::from_stored(&v3)]);
+    let states = store.load_plan_states().await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].1.version, 3);
+    assert!(states[0].1.ever_online);
+}
+
+#[tokio::test]
+async fn plan_states_cover_every_stored_plan() {
+    let (_server, store) = setup!();
+    assert!(store.load_plan_states().await.unwrap().is_empty());
+    assert_eq!(store.day_bounds().await.unwrap(), None);
+    let offline = stored(plan(9, 1, "Off", "2021-05-01T10:00:00", "2021-05-01T11:00:00", false, &["1"]), 4);
+    let online = stored(plan(9, 2, "On", "2021-05-02T10:00:00", "2021-05-02T11:00:00", true, &["1"]), 4);
+    store.write_plans(&[offline.clone(), online.clone()]).await.unwrap();
+
+    let mut states = store.load_plan_states().await.unwrap();
+    states.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(states.len(), 2);
+    assert_eq!(states[0].0, offline.plan.key);
+    assert_eq!(states[0].1.hash, offline.hash);
+    assert_eq!(states[0].1.event_date, day("2021-05-01"));
+    assert_eq!(states[0].1.version, 4);
+    assert!(!states[0].1.ever_online);
+    assert_eq!(states[1].0, online.plan.key);
+    assert!(states[1].1.ever_online);
+    // Only the ever-online plan is searchable.
+    assert_eq!(store.day_bounds().await.unwrap(), Some((day("2021-05-02"), day("2021-05-02"))));
+}
+
+#[tokio::test]
+async fn fetch_log_round_trips_newest_first() {
+    let (_server, store) = setup!();
+    assert!(store.recent_fetches(10).await.unwrap().is_empty());
+    let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let ok = FetchRecord {
+        provider: "fever".into(),
+        started_at: at("2021-06-30T10:00:00.123456789Z"),
+        duration_ms: 1234,
+        http_status: Some(200),
+        bytes: 98765,
+        plans_seen: 10,
+        plans_written: 3,
+        plans_unchanged: 6,
+        plans_skipped: 1,
+        error: None,
+    };
+    let failed = FetchRecord {
+        started_at: at("2021-06-30T10:00:00.5Z"),
+        http_status: Some(503),
+        error: Some("provider answered 503".into()),
+        ..FetchRecord { provider: "fever".into(), ..Default::default() }
+    };
+    let down = FetchRecord {
+        started_at: at("2021-07-01T00:00:00Z"),
+        http_status: None,
+        error: Some("connection refused".into()),
+        ..FetchRecord { provider: "fever".into(), ..Default::default() }
+    };
+    for f in [&ok, &failed, &down] {
+        store.record_fetch(f).await.unwrap();
+    }
+    assert_eq!(store.recent_fetches(10).await.unwrap(), vec![down.clone(), failed.clone(), ok.clone()]);
+    assert_eq!(store.recent_fetches(2).await.unwrap(), vec![down, failed]);
+    assert!(store.recent_fetches(0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn plans_are_partitioned_by_month_and_searches_read_only_their_days() {
+    let (server, store) = setup!();
+    let june: Vec<StoredPlan> = (0..3)
+        .map(|i| stored(plan(1, i, "June", "2021-06-15T10:00:00", "2021-06-15T11:00:00", true, &["1"]), 1))
+        .collect();
+    let july: Vec<StoredPlan> = (100..20_100)
+        .map(|i| stored(plan(1, i, "July", "2021-07-15T10:00:00", "2021-07-15T11:00:00", true, &["1"]), 1))
+        .collect();
+    store.write_plans(&june).await.unwrap();
+    store.write_plans(&july).await.unwrap();
+
+    let partitions =
+        raw_rows(&server, "SELECT DISTINCT partition FROM system.parts WHERE database = 'planfeed_test' AND table = 'plans' AND active ORDER BY partition").await;
+    assert_eq!(partitions, "202106\n202107\n");
+    let zone_partitions =
+        raw_rows(&server, "SELECT DISTINCT partition FROM system.parts WHERE database = 'planfeed_test' AND table = 'zones' AND active ORDER BY partition").await;
+    assert_eq!(zone_partitions, "202106\n202107\n");
+
+    // The search's WHERE, bounded to read at most 10 000 rows (one granule is 8192): it only succeeds when the July partition
+    // (20 000 rows) is pruned. Without FINAL: 18.16 does not enforce `max_rows_to_read` under FINAL,
+    // and pruning is decided by the same WHERE before FINAL merges what it read.
+    let limited = |from: &str, to: &str| {
+        format!(
+            "SELECT count() FROM plans WHERE event_date BETWEEN toDate('{from}') AND toDate('{to}') \
+             AND ever_online = 1 AND superseded = 0 SETTINGS max_rows_to_read = 10000"
+        )
+    };
+    assert_eq!(raw_rows(&server, &limited("2021-06-01", "2021-06-30")).await, "3\n");
+    let err =
+        raw_client(&server).query(&limited("2021-06-01", "2021-07-31")).fetch_one::<u64>().await.unwrap_err();
+    assert!(err.to_string().contains("Limit for rows"), "{err}");
+
+    let started = Instant::now();
+    let rows = store.plans_by_day(day("2021-06-15"), day("2021-06-15")).await.unwrap();
+    let one_day = started.elapsed();
+    assert_eq!(rows.len(), 3);
+    let started = Instant::now();
+    let rows = store.plans_by_day(day("2021-07-01"), day("2021-07-31")).await.unwrap();
+    let month = started.elapsed();
+    assert_eq!(rows.len(), 20_000);
+    eprintln!("plans_by_day: 3-row day {one_day:?}, 20 000-row month {month:?} (debug build)");
+}
+
+#[tokio::test]
+async fn a_bulk_batch_is_one_insert_per_table() {
+    let (server, store) = setup!();
+    let batch: Vec<StoredPlan> = (0..5_000)
+        .map(|i| {
+            let prices = ["10.00", "12.50", "7.5", "100"];
+            stored(plan(2, i, "Bulk", "2021-08-01T10:00:00", "2021-08-01T11:00:00", true, &prices), 1)
+        })
+        .collect();
+    let started = Instant::now();
+    store.write_plans(&batch).await.unwrap();
+    eprintln!("write_plans: 5 000 plans + 20 000 zones in {:?} (debug build)", started.elapsed());
+    assert_eq!(raw_rows(&server, "SELECT count() FROM plans").await, "5000\n");
+    assert_eq!(
+        raw_rows(&server, "SELECT count(), sum(toFloat64(price)) FROM zones").await,
+        "20000\t650000\n"
+    );
+    // One insert per table: one part each.
+    assert_eq!(
+        raw_rows(&server, "SELECT table, count() FROM system.parts WHERE database = 'planfeed_test' AND table IN ('plans', 'zones') GROUP BY table ORDER BY table").await,
+        "plans\t1\nzones\t1\n"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_schema_is_a_permanent_error() {
+    let (server, store) = setup!();
+    raw_exec(&server, "DROP TABLE plans").await;
+    let p = stored(plan(1, 1, "X", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["1"]), 1);
+    let err = store.write_plans(&[p]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+    let err = store.plans_by_day(day("2021-06-30"), day("2021-06-30")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+
+    // A column of the wrong type: the server refuses the rows it cannot read.
+    raw_exec(&server, "ALTER TABLE fetches MODIFY COLUMN error UInt64").await;
+    let err = store
+        .record_fetch(&FetchRecord { provider: "fever".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+
+    // A date ClickHouse cannot hold is refused before anything is sent.
+    let old = stored(plan(1, 2, "Old", "1960-06-30T21:00:00", "1960-06-30T22:00:00", true, &["1"]), 1);
+    let err = store.write_plans(&[old]).await.unwrap_err();
+    match err {
+        StoreError::Permanent(msg) => assert!(msg.contains("fever/1/2") && msg.contains("1960"), "{msg}"),
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_server_is_unavailable() {
+    let (mut server, store) = setup!();
+    store.ping().await.unwrap();
+    server.stop();
+    assert!(matches!(store.ping().await.unwrap_err(), StoreError::Unavailable(_)));
+    let p = stored(plan(1, 1, "X", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["1"]), 1);
+    let started = Instant::now();
+    let err = store.write_plans(&[p]).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    // Retried inside the store with a capped backoff, then handed back to the writer.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(matches!(store.load_plan_states().await.unwrap_err(), StoreError::Unavailable(_)));
+    assert!(matches!(store.recent_fetches(5).await.unwrap_err(), StoreError::Unavailable(_)));
+    assert!(matches!(
+        ClickHouseStore::connect(ClickHouseSettings { url: server.url(), ..Default::default() })
+            .await
+            .unwrap_err(),
+        StoreError::Unavailable(_)
+    ));
+}
+
+#[test]
+fn settings_reject_unknown_fields_and_bad_names() {
+    let parsed: ClickHouseSettings =
+        serde_json::from_str(r#"{"url": "http://ch:8123", "database": "feed", "password": "s"}"#).unwrap();
+    assert_eq!(parsed.user, "default");
+    assert_eq!(parsed.password.as_deref(), Some("s"));
+    assert!(parsed.validate().is_ok());
+    assert!(serde_json::from_str::<ClickHouseSettings>(r#"{"uri": "http://ch:8123"}"#).is_err());
+    let bad = ClickHouseSettings { database: "feed; DROP".into(), ..Default::default() };
+    assert!(bad.validate().is_err());
+}
+
+/// A fake ClickHouse that answers its first `ok_first` requests with an empty 200 and every later one
+/// with `status` and `body`, counting the requests (one connection each).
+async fn fake_server(
+    ok_first: usize,
+    status: &'static str,
+    body: &'static str,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = counter.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = if seen < ok_first { ("200 OK", "") } else { (status, body) };
+            tokio::spawn(async move {
+                // Read the whole request (headers, then a chunked or sized body) before answering.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    let Some(head_end) = text.find("\r\n\r\n") else { continue };
+                    let head = text[..head_end].to_ascii_lowercase();
+                    let done = if head.contains("transfer-encoding: chunked") {
+                        text.ends_with("0\r\n\r\n")
+                    } else {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap_or(0));
+                        buf.len() >= head_end + 4 + len
+                    };
+                    if done {
+                        break;
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_permanent_ones_are_not() {
+    use std::sync::atomic::Ordering;
+    let p = stored(plan(1, 1, "X", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["1"]), 1);
+    let cases = [
+        ("503 Service Unavailable", "", true),
+        (
+            "500 Internal Server Error",
+            "Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries",
+            true,
+        ),
+        (
+            "500 Internal Server Error",
+            "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)",
+            true,
+        ),
+        ("404 Not Found", "Code: 60, e.displayText() = DB::Exception: Table x.zones doesn't exist.", false),
+        ("500 Internal Server Error", "Code: 53. DB::Exception: Type mismatch. (TYPE_MISMATCH)", false),
+    ];
+    for (status, body, transient) in cases {
+        // The first request (`CREATE DATABASE` of `connect`) succeeds, every later one fails.
+        let (url, count) = fake_server(1, status, body).await;
+        let store = ClickHouseStore::connect(ClickHouseSettings { url, ..Default::default() }).await.unwrap();
+        let err = store.write_plans(std::slice::from_ref(&p)).await.unwrap_err();
+        assert_eq!(err.is_transient(), transient, "{status} {body}: {err:?}");
+        let attempts = count.load(Ordering::SeqCst) - 1;
+        assert_eq!(attempts, if transient { 3 } else { 1 }, "{status} {body}");
+    }
+}
