@@ -183,6 +183,31 @@ pub enum Backend {
 pub struct StoreSettings {
     pub backend: Backend,
     pub path: PathBuf,
+    pub clickhouse: ClickHouseConfig,
+}
+
+/// `[store.clickhouse]`. The password is never read from files: set `PLANFEED_CLICKHOUSE_PASSWORD`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    /// Apply pending migrations when the service starts (else run `planfeed migrate`).
+    pub migrate_on_start: bool,
+}
+
+impl ClickHouseConfig {
+    pub const PASSWORD_ENV: &'static str = "PLANFEED_CLICKHOUSE_PASSWORD";
+
+    pub fn settings(&self) -> crate::store::clickhouse::ClickHouseSettings {
+        crate::store::clickhouse::ClickHouseSettings {
+            url: self.url.clone(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password: std::env::var(Self::PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -277,6 +302,13 @@ impl Settings {
         }
         if self.store.backend == Backend::Embedded && self.store.path.as_os_str().is_empty() {
             return bad("store.path must be set for the embedded store".into());
+        }
+        if self.store.backend == Backend::Clickhouse {
+            self.store
+                .clickhouse
+                .settings()
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("store.clickhouse: {e}")))?;
         }
         self.server.rate_limit.validate().map_err(ConfigError::Invalid)?;
         if self.search.cache_bytes < 1024 * 1024 {

@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run the service (the default): ingestion and/or the API, as `role` says.
     Serve,
+    /// Apply pending ClickHouse migrations (clickhouse/*.sql) and exit.
+    Migrate,
     /// Ingest one feed into the configured store and exit (non-zero if the fetch failed).
     Ingest {
         /// Required for now: ingest a single feed, then exit.
@@ -85,6 +87,20 @@ fn main() -> anyhow::Result<()> {
                 None => Ok(()),
                 Some(e) => anyhow::bail!("ingestion failed: {e}"),
             }
+        }
+        Command::Migrate => {
+            init_logging(&settings);
+            runtime()?.block_on(async {
+                let cfg = &settings.store.clickhouse;
+                let store = planfeed::store::clickhouse::ClickHouseStore::connect(cfg.settings()).await?;
+                let applied = store.migrate().await?;
+                if applied.is_empty() {
+                    println!("database {} is up to date", cfg.database);
+                } else {
+                    println!("applied to {}: {}", cfg.database, applied.join(", "));
+                }
+                anyhow::Ok(())
+            })
         }
         Command::SimulateProvider(args) => {
             init_logging(&settings);

@@ -93,6 +93,8 @@ pub struct SearchCounters {
 struct Bounds {
     days: Option<(NaiveDate, NaiveDate)>,
     loaded_at: Instant,
+    /// False when an invalidation raced with the load: reload at next use.
+    valid: bool,
 }
 
 pub struct Searcher {
@@ -100,6 +102,8 @@ pub struct Searcher {
     days: moka::future::Cache<NaiveDate, Arc<DayEntry>>,
     bounds: RwLock<Option<Bounds>>,
     ttl: RwLock<Duration>,
+    /// Bumped by every invalidation; a load that saw it move may hold pre-write data.
+    epoch: AtomicU64,
     pub counters: SearchCounters,
 }
 
@@ -117,6 +121,7 @@ impl Searcher {
             days,
             bounds: RwLock::new(None),
             ttl: RwLock::new(settings.cache_ttl),
+            epoch: AtomicU64::new(0),
             counters: Default::default(),
         }
     }
@@ -127,6 +132,7 @@ impl Searcher {
 
     /// Called by the batch writer after a successful flush with the days it touched.
     pub async fn invalidate(&self, days: &[NaiveDate]) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         for day in days {
             if let Some(entry) = self.days.get(day).await {
                 entry.dirty.store(true, Ordering::Release);
@@ -186,13 +192,15 @@ impl Searcher {
         let ttl = *self.ttl.read();
         let cached = *self.bounds.read();
         if let Some(b) = cached {
-            if b.loaded_at.elapsed() < ttl {
+            if b.valid && b.loaded_at.elapsed() < ttl {
                 return Ok(b.days);
             }
         }
+        let epoch = self.epoch.load(Ordering::Acquire);
         match self.store.day_bounds().await {
             Ok(days) => {
-                *self.bounds.write() = Some(Bounds { days, loaded_at: Instant::now() });
+                let valid = self.epoch.load(Ordering::Acquire) == epoch;
+                *self.bounds.write() = Some(Bounds { days, loaded_at: Instant::now(), valid });
                 Ok(days)
             }
             Err(e) => {
@@ -232,9 +240,15 @@ impl Searcher {
                         return Ok(Op::Nop);
                     }
                 }
+                let epoch = self.epoch.load(Ordering::Acquire);
                 match store.plans_by_day(day, day).await {
                     Ok(rows) => {
-                        Ok(Op::Put(Arc::new(DayEntry::new(rows.iter().map(Prepared::from_row).collect()))))
+                        let entry = DayEntry::new(rows.iter().map(Prepared::from_row).collect());
+                        if self.epoch.load(Ordering::Acquire) != epoch {
+                            // A write landed while reading: serve this, but read again next time.
+                            entry.dirty.store(true, Ordering::Release);
+                        }
+                        Ok(Op::Put(Arc::new(entry)))
                     }
                     Err(e) => {
                         self.counters.store_errors.fetch_add(1, Ordering::Relaxed);

@@ -19,6 +19,7 @@ use crate::http::rate_limit::Limiter;
 use crate::http::{self, ApiState};
 use crate::metrics::MetricsSource;
 use crate::search::Searcher;
+use crate::store::clickhouse::ClickHouseStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::SharedStore;
 
@@ -38,9 +39,17 @@ pub enum ServiceError {
 pub async fn open_store(settings: &Settings) -> Result<SharedStore, ServiceError> {
     match settings.store.backend {
         Backend::Embedded => Ok(Arc::new(SqliteStore::open(&settings.store.path)?)),
-        Backend::Clickhouse => Err(ServiceError::Store(crate::store::StoreError::Permanent(
-            "the clickhouse backend is not available in this build".into(),
-        ))),
+        Backend::Clickhouse => {
+            let cfg = &settings.store.clickhouse;
+            let store = ClickHouseStore::connect(cfg.settings()).await?;
+            if cfg.migrate_on_start {
+                let applied = store.migrate().await?;
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "clickhouse migrations applied");
+                }
+            }
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The whole path: a real HTTP provider serving the fixture snapshots → the actor pipeline → the
 //! embedded store → `GET /search`, checked against the contract.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -260,4 +262,18 @@ async fn bad_feeds_fail_the_fetch_and_change_nothing() {
     assert!(errors.iter().all(|e| !e.is_empty()), "{errors:?}");
     assert!(errors[0].contains("truncated"), "{errors:?}");
     service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_end_to_end_on_clickhouse() {
+    let Some(server) = common::clickhouse::ClickHouseServer::start() else { return };
+    let settings = planfeed::store::clickhouse::ClickHouseSettings {
+        url: server.url(),
+        database: "e2e".into(),
+        user: "default".into(),
+        password: None,
+    };
+    let store = planfeed::store::clickhouse::ClickHouseStore::connect(settings).await.unwrap();
+    assert!(!store.migrate().await.unwrap().is_empty());
+    fixture_scenario(Arc::new(store)).await;
 }
