@@ -100,23 +100,30 @@ impl FetcherState {
         chunks: &mut u32,
     ) -> Result<(), String> {
         let url = &self.args.provider.url;
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("request to {url} failed: {}", error_chain(&e)))?;
-        let status = response.status();
-        record.http_status = Some(status.as_u16());
-        if !status.is_success() {
-            return Err(format!("provider answered HTTP {status}"));
-        }
+        let mut body = if let Some(path) = url.strip_prefix("file://") {
+            // Local files (`planfeed ingest --file`) take the same path as downloads.
+            let file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot open {path}: {e}"))?;
+            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+                .map(|r| r.map_err(|e| e.to_string()))
+                .boxed()
+        } else {
+            let response = self
+                .client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| format!("request to {url} failed: {}", error_chain(&e)))?;
+            let status = response.status();
+            record.http_status = Some(status.as_u16());
+            if !status.is_success() {
+                return Err(format!("provider answered HTTP {status}"));
+            }
+            response.bytes_stream().map(|r| r.map_err(|e| error_chain(&e))).boxed()
+        };
         let pl = &self.args.pipeline;
         let mut chunker = Chunker::new(pl.chunk_bytes, pl.max_base_plan_bytes);
-        let mut body = response.bytes_stream();
         while let Some(piece) = body.next().await {
-            let piece = piece
-                .map_err(|e| format!("body read failed after {} bytes: {}", record.bytes, error_chain(&e)))?;
+            let piece = piece.map_err(|e| format!("body read failed after {} bytes: {e}", record.bytes))?;
             record.bytes += piece.len() as u64;
             let ready = chunker.push(&piece).map_err(|e| e.to_string())?;
             for bytes in ready {
