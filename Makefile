@@ -13,9 +13,20 @@ run:
 test:
 	$(CARGO) test --all-targets --no-fail-fast
 
+## Benchmarks; each prints its figures.
+bench:
+	$(CARGO) bench --bench clickhouse
+
 fmt:
 	$(CARGO) fmt
 
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+## planfeed + ClickHouse + the provider simulator in containers (needs a Docker engine).
+up:
+	docker compose up --build -d
+
+down:
+	docker compose down

@@ -157,6 +157,11 @@ impl Service {
         }
     }
 
+    /// The running pipeline's actors (none in the `api` role).
+    pub fn pipeline(&self) -> Option<&PipelineHandles> {
+        self.pipeline.as_ref().map(|(_, h)| h)
+    }
+
     /// Starts a fetch now unless one is running.
     pub fn fetch_now(&self) {
         if let Some((_, h)) = &self.pipeline {
