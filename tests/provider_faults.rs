@@ -146,8 +146,7 @@ fn plan_summary(p: &Plan) -> String {
 
 /// Every valid plan of round `round`, by public id, with whether it was observed online.
 fn round_plans(provider: &str, spec: &GenSpec, round: u32) -> BTreeMap<String, (bool, String)> {
-    let parsed = parse_document(&Arc::from(provider), &generate(spec, round)).unwrap();
-    parsed.plans.iter().map(|p| (p.key.id().to_string(), (p.online, plan_summary(p)))).collect()
+    round_plans_of(provider, &generate(spec, round))
 }
 
 /// The searchable state after applying round `round` fully onto `state`.
@@ -461,4 +460,65 @@ async fn two_providers_one_failing_the_healthy_one_keeps_flowing() {
     assert_eq!(now, expected, "alpha's round 1 flows, beta's plans stay as they were");
     assert_ne!(now.get(&a).map(String::as_str), None);
     service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_within_one_fetch() {
+    let _serial = SERIAL.lock().await;
+    let spec = spec(13);
+    let sim = Simulator::new(FeedSource::Generated(spec.clone()), Faults::default());
+    sim.fail_next(2);
+    let url = simulator::spawn_local(sim.clone()).await.unwrap();
+    let settings =
+        Settings::load_with(Path::new("/nonexistent"), env(&url, &[("PLANFEED__PROVIDER__RETRIES", "2")]))
+            .unwrap();
+    let (service, base, store, _dir) = start(settings).await;
+    let fetches = wait_for_fetches(&store, "fever", 1).await;
+    assert_eq!(fetches[0].error, None, "two 503s then the feed: one successful fetch");
+    assert_eq!(fetches[0].http_status, Some(200));
+    assert_eq!(sim.requests.load(Ordering::Relaxed), 3);
+    assert_eq!(summaries(&search(&base).await), apply(&BTreeMap::new(), &round_plans("fever", &spec, 0)));
+
+    // One failure more than the retries allow: the fetch fails, naming the retries.
+    sim.fail_next(3);
+    service.fetch_now();
+    let fetches = wait_for_fetches(&store, "fever", 2).await;
+    let error = fetches[0].error.as_deref().unwrap_or_default();
+    assert_eq!(error, "provider answered HTTP 503 Service Unavailable (after 2 retries)");
+    assert_eq!(sim.requests.load(Ordering::Relaxed), 6);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_bytes_fails_and_keeps_the_base_plans_before_the_limit() {
+    let _serial = SERIAL.lock().await;
+    let spec = spec(17);
+    let sim = Simulator::new(FeedSource::Generated(spec.clone()), Faults::default());
+    let url = simulator::spawn_local(sim.clone()).await.unwrap();
+    let settings = Settings::load_with(
+        Path::new("/nonexistent"),
+        env(&url, &[("PLANFEED__PROVIDER__MAX_BODY_BYTES", "6000")]),
+    )
+    .unwrap();
+    let (service, base, store, _dir) = start(settings).await;
+    let fetch = wait_for_fetches(&store, "fever", 1).await.remove(0);
+    let error = fetch.error.as_deref().unwrap_or_default();
+    assert!(error.contains("body exceeds provider.max_body_bytes (6000 bytes)"), "{error}");
+    assert_eq!(fetch.bytes, 6000);
+    assert_eq!(planfeed::actors::batch_writer::fetch_outcome(&fetch), "too_large");
+
+    let full = generate(&spec, 0);
+    let sent = &full[..6000];
+    let end = memchr::memmem::rfind(sent, b"</base_plan>").unwrap() + b"</base_plan>".len();
+    let mut complete = sent[..end].to_vec();
+    complete.extend_from_slice(b"</output></planList>");
+    let expected = apply(&BTreeMap::new(), &round_plans_of("fever", &complete));
+    assert!(!expected.is_empty());
+    assert_eq!(summaries(&search(&base).await), expected);
+    service.shutdown().await;
+}
+
+fn round_plans_of(provider: &str, body: &[u8]) -> BTreeMap<String, (bool, String)> {
+    let parsed = parse_document(&Arc::from(provider), body).unwrap();
+    parsed.plans.iter().map(|p| (p.key.id().to_string(), (p.online, plan_summary(p)))).collect()
 }
