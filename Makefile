@@ -20,6 +20,10 @@ bench:
 fmt:
 	$(CARGO) fmt
 
+## Benchmarks (release build): ingestion throughput and peak memory. One line per command.
+bench:
+	$(CARGO) bench --bench pipeline
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

@@ -103,7 +103,24 @@ pub struct ProviderSettings {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Extra attempts within one fetch after a transient failure (connect error, no response in
+    /// time, 5xx or 429), only before any of the body was handed on.
+    pub retries: u32,
+    /// First delay between attempts; doubles per attempt (jittered), capped at [`MAX_RETRY_BACKOFF`].
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// A body larger than this (after decompression) fails the fetch; what was already cut into
+    /// whole base plans is kept. Guards the store and memory against a runaway or hostile feed.
+    pub max_body_bytes: u64,
+    /// Consecutive failed fetches that open the circuit breaker (0 disables it).
+    pub breaker_failures: u32,
+    /// While open, no request is sent; after this, one probe decides whether it closes.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
 }
+
+/// Upper bound of the delay between two attempts of one fetch.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
 
 /// One entry of `[[providers]]`: `name` and `url` are required, the rest defaults to `[provider]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -121,6 +138,16 @@ pub struct ProviderEntry {
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_backoff: Option<Duration>,
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub breaker_cooldown: Option<Duration>,
 }
 
 impl ProviderSettings {
@@ -149,6 +176,27 @@ impl ProviderSettings {
         }
         if p.connect_timeout.is_zero() || p.timeout.is_zero() {
             return Err("provider.connect_timeout and provider.timeout must be positive".into());
+        }
+        if p.retries > 20 {
+            return Err(format!("provider.retries of {:?} must be at most 20, got {}", p.name, p.retries));
+        }
+        if p.retry_backoff.is_zero() || p.retry_backoff > MAX_RETRY_BACKOFF {
+            return Err(format!(
+                "provider.retry_backoff of {:?} must be between 1ms and {MAX_RETRY_BACKOFF:?}, got {:?}",
+                p.name, p.retry_backoff
+            ));
+        }
+        if p.max_body_bytes < 1024 {
+            return Err(format!(
+                "provider.max_body_bytes of {:?} must be at least 1024, got {}",
+                p.name, p.max_body_bytes
+            ));
+        }
+        if p.breaker_failures > 0 && p.breaker_cooldown.is_zero() {
+            return Err(format!(
+                "provider.breaker_cooldown of {:?} must be positive when breaker_failures is set",
+                p.name
+            ));
         }
         Ok(())
     }
@@ -269,6 +317,11 @@ impl Settings {
                 timezone: e.timezone.clone().unwrap_or_else(|| d.timezone.clone()),
                 connect_timeout: e.connect_timeout.unwrap_or(d.connect_timeout),
                 timeout: e.timeout.unwrap_or(d.timeout),
+                retries: e.retries.unwrap_or(d.retries),
+                retry_backoff: e.retry_backoff.unwrap_or(d.retry_backoff),
+                max_body_bytes: e.max_body_bytes.unwrap_or(d.max_body_bytes),
+                breaker_failures: e.breaker_failures.unwrap_or(d.breaker_failures),
+                breaker_cooldown: e.breaker_cooldown.unwrap_or(d.breaker_cooldown),
             })
             .collect()
     }
@@ -345,6 +398,10 @@ mod tests {
         assert_eq!(s.store.backend, Backend::Embedded);
         assert_eq!(s.store.path, PathBuf::from("./data/planfeed.db"));
         assert_eq!(s.role, Role::Both);
+        let p = &s.provider;
+        assert_eq!((p.retries, p.retry_backoff), (3, Duration::from_millis(500)));
+        assert_eq!(p.max_body_bytes, 1 << 30);
+        assert_eq!((p.breaker_failures, p.breaker_cooldown), (5, Duration::from_secs(60)));
     }
 
     #[test]
@@ -404,6 +461,29 @@ mod tests {
         .unwrap();
         let err = Settings::load_with(dir.path(), env(&[])).unwrap_err().to_string();
         assert!(err.contains("unique"), "{err}");
+
+        std::fs::write(
+            dir.path().join("local.toml"),
+            "[provider]\nretries = 1\n[[providers]]\nname = \"a\"\nurl = \"http://x/a\"\n\
+             [[providers]]\nname = \"b\"\nurl = \"http://x/b\"\nretries = 0\nretry_backoff = \"50ms\"\n\
+             max_body_bytes = 4096\nbreaker_failures = 2\nbreaker_cooldown = \"1s\"\n",
+        )
+        .unwrap();
+        let p = Settings::load_with(dir.path(), env(&[])).unwrap().effective_providers();
+        assert_eq!(
+            (p[0].retries, p[0].retry_backoff, p[0].breaker_failures),
+            (1, Duration::from_millis(500), 5)
+        );
+        assert_eq!(
+            (
+                p[1].retries,
+                p[1].retry_backoff,
+                p[1].max_body_bytes,
+                p[1].breaker_failures,
+                p[1].breaker_cooldown
+            ),
+            (0, Duration::from_millis(50), 4096, 2, Duration::from_secs(1))
+        );
     }
 
     #[test]
@@ -413,6 +493,9 @@ mod tests {
             ("PLANFEED__PROVIDER__URL", "ftp://x", "provider.url"),
             ("PLANFEED__PIPELINE__PARSERS", "0", "pipeline.parsers"),
             ("PLANFEED__PROVIDER__INTERVAL", "soon", "interval"),
+            ("PLANFEED__PROVIDER__RETRY_BACKOFF", "1m", "provider.retry_backoff"),
+            ("PLANFEED__PROVIDER__MAX_BODY_BYTES", "10", "provider.max_body_bytes"),
+            ("PLANFEED__PROVIDER__RETRIES", "100", "provider.retries"),
         ];
         for (k, v, expected) in cases {
             let err = Settings::load_with(Path::new("/nonexistent"), env(&[(k, v)])).unwrap_err().to_string();

@@ -76,6 +76,8 @@ pub struct Simulator {
     pub requests: AtomicU64,
     /// Requests answered with the feed (not with an injected error).
     pub served: AtomicU64,
+    /// The next this many requests get a 503, whatever the faults: a deterministic outage.
+    fail_next: AtomicU64,
 }
 
 impl Simulator {
@@ -86,6 +88,7 @@ impl Simulator {
             generated: Mutex::new(None),
             requests: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            fail_next: AtomicU64::new(0),
         })
     }
 
@@ -101,6 +104,11 @@ impl Simulator {
 
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.write() = faults;
+    }
+
+    /// Answers the next `n` requests with `503 Service Unavailable`, then serves as configured.
+    pub fn fail_next(&self, n: u64) {
+        self.fail_next.store(n, Ordering::Relaxed);
     }
 
     pub fn set_source(&self, source: FeedSource) {
@@ -132,6 +140,11 @@ impl Simulator {
         let faults = self.faults.read().clone();
         if !faults.latency.is_zero() {
             tokio::time::sleep(faults.latency).await;
+        }
+        if self.fail_next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            let mut res = Response::new("provider outage".into());
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return res;
         }
         if faults.error_rate > 0.0 && rand::rng().random_bool(faults.error_rate.clamp(0.0, 1.0)) {
             let statuses =

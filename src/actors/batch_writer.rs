@@ -38,6 +38,8 @@ pub struct FetchEnd {
     pub fetch_id: u64,
     /// Number of chunks handed to the parsers.
     pub chunks: u32,
+    /// Attempts repeated within the fetch after transient failures (for the log line).
+    pub retries: u32,
     pub record: FetchRecord,
 }
 
@@ -307,6 +309,7 @@ impl BatchWriterState {
         self.flush(FlushTrigger::FetchEnd).await;
         let tally = self.fetches.remove(&fetch_id).unwrap_or_default();
         let Some(end) = tally.end else { return };
+        let retries = end.retries;
         let mut record = end.record;
         record.plans_seen = tally.seen;
         record.plans_written = tally.written;
@@ -320,11 +323,12 @@ impl BatchWriterState {
             None => tracing::info!(
                 provider = %record.provider, seen = record.plans_seen, written = record.plans_written,
                 unchanged = record.plans_unchanged, skipped = record.plans_skipped, bytes = record.bytes,
-                duration_ms = record.duration_ms, "fetch ingested"
+                retries, duration_ms = record.duration_ms, "fetch ingested"
             ),
             Some(e) => tracing::warn!(
                 provider = %record.provider, error = %e, http_status = ?record.http_status, seen = record.plans_seen,
-                written = record.plans_written, bytes = record.bytes, "fetch failed"
+                written = record.plans_written, bytes = record.bytes, retries,
+                outcome = fetch_outcome(&record), "fetch failed"
             ),
         }
         crate::metrics::record_fetch(&record.provider, fetch_outcome(&record));
@@ -343,12 +347,16 @@ impl BatchWriterState {
 /// The reason label of a fetch outcome, for metrics.
 pub fn fetch_outcome(record: &FetchRecord) -> &'static str {
     let Some(error) = record.error.as_deref() else { return "ok" };
+    if error.starts_with("circuit open") {
+        return "skipped";
+    }
     match record.http_status {
         Some(s) if !(200..300).contains(&s) => "http_error",
         None if error.contains("timed out") => "timeout",
         None => "connect",
         Some(_) if error.contains("timed out") => "timeout",
         Some(_) if error.contains("truncated") => "truncated",
+        Some(_) if error.contains("max_body_bytes") => "too_large",
         Some(_) if error.contains("body read failed") => "body_error",
         Some(_) => "bad_feed",
     }
