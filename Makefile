@@ -16,13 +16,12 @@ test:
 ## Benchmarks; each prints its figures.
 bench:
 	$(CARGO) bench --bench clickhouse
+	$(CARGO) bench --bench pipeline
 
 fmt:
 	$(CARGO) fmt
 
 ## Benchmarks (release build): ingestion throughput and peak memory. One line per command.
-bench:
-	$(CARGO) bench --bench pipeline
 
 lint:
 	$(CARGO) fmt --check
