@@ -35,6 +35,17 @@ pub enum SupervisorMsg {
     /// Graceful stop: no new fetch, the download in progress is abandoned, every chunk already cut
     /// is parsed and written, then the children stop. Answers when done.
     Shutdown(ractor::RpcReplyPort<()>),
+    /// Configuration reload: provider `index` gets new settings (same name). Kept in the
+    /// supervisor's arguments too, so a restarted fetcher or scheduler starts with them.
+    SetProvider {
+        index: usize,
+        settings: ProviderSettings,
+    },
+    /// Configuration reload: the writer's flush thresholds.
+    SetBatching {
+        batch_size: usize,
+        flush_age: Duration,
+    },
 }
 
 #[derive(Clone)]
@@ -126,6 +137,21 @@ impl Actor for Supervisor {
                 } else if let Child::Fetcher(i) = child {
                     let _ = state.handles.schedulers[i].cast(SchedulerMsg::FetcherRestarted);
                 }
+            }
+            SupervisorMsg::SetProvider { index, settings } => {
+                let Some(slot) = state.args.providers.get_mut(index) else {
+                    tracing::warn!(index, "no such provider: settings ignored");
+                    return Ok(());
+                };
+                *slot = settings.clone();
+                let (interval, jitter) = (settings.interval, settings.jitter);
+                let _ = state.handles.fetchers[index].cast(FetcherMsg::SetProvider(settings));
+                let _ = state.handles.schedulers[index].cast(SchedulerMsg::SetInterval { interval, jitter });
+            }
+            SupervisorMsg::SetBatching { batch_size, flush_age } => {
+                state.args.writer.batch_size = batch_size;
+                state.args.writer.flush_age = flush_age;
+                let _ = state.handles.writer.cast(WriterMsg::SetBatching { batch_size, flush_age });
             }
             SupervisorMsg::FlushWriter(reply) => {
                 if let Some(w) = state.handles.writer.get() {
