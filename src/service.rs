@@ -209,6 +209,14 @@ pub async fn ingest_once(
     if let Some(url) = url {
         p.url = url;
     }
+    // The fetcher speaks HTTP only: a local file is served to it over loopback, unchanged.
+    if let Some(path) = p.url.strip_prefix("file://") {
+        let sim = crate::simulator::Simulator::from_files(&[path.into()])
+            .map_err(|e| ServiceError::Invalid(format!("cannot read {path}: {e}")))?;
+        p.url = crate::simulator::spawn_local(sim)
+            .await
+            .map_err(|e| ServiceError::Invalid(format!("cannot serve {path} locally: {e}")))?;
+    }
     if let Some(name) = provider {
         p.name = name;
     }
