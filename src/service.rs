@@ -87,6 +87,8 @@ impl Service {
         store: SharedStore,
         listener: Option<TcpListener>,
     ) -> Result<Self, ServiceError> {
+        // Install the recorder before anything counts: counts made before it are lost.
+        crate::metrics::handle();
         let searcher = Arc::new(Searcher::new(store.clone(), &settings.search));
         let initial = settings.clone();
         let counters = Arc::new(WriterCounters::default());
