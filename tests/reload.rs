@@ -101,7 +101,7 @@ async fn edits_apply_live_and_invalid_edits_are_rejected() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let log = pf.log_text();
-        let line = log.lines().filter(|l| l.contains("configuration reload rejected")).last().unwrap();
+        let line = log.lines().rfind(|l| l.contains("configuration reload rejected")).unwrap();
         assert!(line.contains(named), "{line}");
         let before = sim.requests.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(700)).await;
