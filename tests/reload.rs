@@ -1,6 +1,6 @@
 //! Configuration reload on the real binary: editing `local.toml` changes the rate limits and the
 //! fetch interval within 2 s without a restart; an invalid edit is rejected and the previous
-//! settings keep working.
+//! settings keep working; `SIGHUP` reloads as well.
 
 mod common;
 
@@ -108,6 +108,16 @@ async fn edits_apply_live_and_invalid_edits_are_rejected() {
         assert_eq!(burst(&http, &pf.base, &format!("10.2.0.{n}"), 4).await, vec![200, 200, 200, 429]);
         assert!(sim.requests.load(Ordering::Relaxed) - before >= 1, "still fetching every 300 ms");
     }
+
+    // SIGHUP reloads too: the file is still invalid, so it is rejected once more.
+    let rejected_before = pf.log_text().matches("configuration reload rejected").count();
+    pf.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pf.log_text().matches("configuration reload rejected").count() == rejected_before {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{}", pf.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pf.log_text().contains("SIGHUP received"));
 
     pf.signal(libc::SIGTERM);
     assert!(pf.wait_exit(Duration::from_secs(15)).await.success());
