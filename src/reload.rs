@@ -4,8 +4,8 @@
 //! and validate a complete new [`Settings`] first; on any error the old settings stay in force and
 //! the error is logged. [`diff`] then compares old and new settings and yields the [`Action`]s that
 //! can be applied live (rate limits, cache TTL, per-provider URL/schedule/timeouts, writer batching,
-//! log level) and the keys that only take effect after a restart (listen address, store, role,
-//! providers list, parser pool and queue sizes, cache size, log format). [`Reloader`] owns the
+//! parser pool size, log level) and the keys that only take effect after a restart (listen address,
+//! store, role, providers list, queue and chunk sizes, cache size, log format). [`Reloader`] owns the
 //! current settings and the handles that the actions go to.
 
 use std::path::{Path, PathBuf};
@@ -34,6 +34,7 @@ pub enum Action {
         batch_size: usize,
         flush_age: Duration,
     },
+    Parsers(usize),
     LogLevel(String),
 }
 
@@ -62,7 +63,6 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
     restart("role", old.role != new.role);
     restart("server.listen", old.server.listen != new.server.listen);
     restart("store", old.store != new.store);
-    restart("pipeline.parsers", old.pipeline.parsers != new.pipeline.parsers);
     restart("pipeline.chunk_bytes", old.pipeline.chunk_bytes != new.pipeline.chunk_bytes);
     restart(
         "pipeline.max_base_plan_bytes",
@@ -97,6 +97,9 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
             batch_size: new.pipeline.batch_size,
             flush_age: new.pipeline.flush_age,
         });
+    }
+    if old.pipeline.parsers != new.pipeline.parsers {
+        plan.actions.push(Action::Parsers(new.pipeline.parsers));
     }
     if old.log.level != new.log.level {
         plan.actions.push(Action::LogLevel(new.log.level.clone()));
@@ -221,6 +224,11 @@ impl Reloader {
                     "writer batching updated"
                 );
             }
+            Action::Parsers(n) => {
+                if let Some(sup) = &self.pipeline {
+                    let _ = sup.cast(SupervisorMsg::SetParsers(*n));
+                }
+            }
             Action::LogLevel(level) => match self.log_level.lock().as_ref() {
                 Some(set) => match set(level) {
                     Ok(()) => tracing::info!(level = %level, "log level updated"),
@@ -316,7 +324,7 @@ mod tests {
             ("PLANFEED__PIPELINE__PARSERS", "3"),
         ]);
         let plan = diff(&old, &new);
-        assert_eq!(plan.restart_required, vec!["server.listen", "pipeline.parsers"]);
+        assert_eq!(plan.restart_required, vec!["server.listen"]);
         let mut provider = old.provider.clone();
         provider.interval = Duration::from_secs(2);
         provider.url = "http://127.0.0.1:1/feed".into();
@@ -329,6 +337,7 @@ mod tests {
                 Action::RateLimits(limits),
                 Action::CacheTtl(Duration::from_secs(1)),
                 Action::Batching { batch_size: 10, flush_age: old.pipeline.flush_age },
+                Action::Parsers(3),
                 Action::LogLevel("debug".into()),
             ]
         );

@@ -176,6 +176,11 @@ impl Service {
         }
     }
 
+    /// Parser actors in the pool now (0 without ingestion); follows `pipeline.parsers` on reload.
+    pub fn parsers(&self) -> usize {
+        self.pipeline.as_ref().map_or(0, |(_, h)| h.parsers.len())
+    }
+
     /// Starts a fetch now unless one is running.
     pub fn fetch_now(&self) {
         if let Some((_, h)) = &self.pipeline {

@@ -122,3 +122,70 @@ async fn edits_apply_live_and_invalid_edits_are_rejected() {
     pf.signal(libc::SIGTERM);
     assert!(pf.wait_exit(Duration::from_secs(15)).await.success());
 }
+
+/// The parser pool follows `pipeline.parsers` live, and every chunk still gets parsed and written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parser_pool_grows_and_shrinks_live() {
+    use planfeed::feed::GenSpec;
+    use planfeed::simulator::{Faults, FeedSource};
+    use std::sync::Arc;
+
+    let spec = GenSpec {
+        base_plans: 60,
+        plans_per_base: 4,
+        zones_per_plan: 5,
+        seed: 3,
+        offline_share: 0.0,
+        invalid_share: 0.0,
+    };
+    let sim = Simulator::new(FeedSource::Generated(spec), Faults::default());
+    let url = simulator::spawn_local(sim).await.unwrap();
+    let load = |parsers: &str| {
+        let env = [
+            ("PLANFEED__PROVIDER__URL", url.as_str()),
+            ("PLANFEED__PROVIDER__INTERVAL", "1h"),
+            ("PLANFEED__PROVIDER__JITTER", "0s"),
+            ("PLANFEED__PIPELINE__FLUSH_AGE", "50ms"),
+            ("PLANFEED__PIPELINE__CHUNK_BYTES", "1024"),
+            ("PLANFEED__PIPELINE__PARSERS", parsers),
+        ];
+        planfeed::config::Settings::load_with(
+            Path::new("/nonexistent"),
+            env.map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store: planfeed::store::SharedStore =
+        Arc::new(planfeed::store::sqlite::SqliteStore::open(&dir.path().join("p.db")).unwrap());
+    let service = planfeed::service::Service::start_with(load("2"), store.clone(), None).await.unwrap();
+    let fetches = |n: usize| {
+        let store = store.clone();
+        async move {
+            for _ in 0..500 {
+                let f = store.recent_fetches(10).await.unwrap();
+                if f.len() >= n {
+                    return f;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("fewer than {n} fetches within 10 s");
+        }
+    };
+    assert_eq!(fetches(1).await[0].plans_seen, 240);
+    assert_eq!(service.parsers(), 2);
+
+    for (parsers, n) in [("5", 2), ("1", 3)] {
+        let plan = service.reloader().apply(load(parsers));
+        assert_eq!(plan.actions, vec![planfeed::reload::Action::Parsers(parsers.parse().unwrap())]);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while service.parsers().to_string() != parsers {
+            assert!(Instant::now() < deadline, "pool not resized to {parsers}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        service.fetch_now();
+        let latest = &fetches(n).await[0];
+        assert_eq!((latest.error.as_deref(), latest.plans_seen), (None, 240), "with {parsers} parsers");
+    }
+    service.shutdown().await;
+}

@@ -41,6 +41,9 @@ pub enum SupervisorMsg {
         index: usize,
         settings: ProviderSettings,
     },
+    /// Configuration reload: grow or shrink the parser pool. A removed parser finishes the chunks
+    /// already in its mailbox (drain), so no chunk of a running fetch is lost.
+    SetParsers(usize),
     /// Configuration reload: the writer's flush thresholds.
     SetBatching {
         batch_size: usize,
@@ -130,6 +133,8 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Restart(_) if state.stopping => {}
+            // A restart planned before the pool shrank below it.
+            SupervisorMsg::Restart(Child::Parser(i)) if i >= state.handles.parsers.len() => {}
             SupervisorMsg::Restart(child) => {
                 if let Err(e) = state.spawn(child, me.get_cell()).await {
                     tracing::error!(?child, error = %e, "pipeline actor failed to start; retrying");
@@ -147,6 +152,24 @@ impl Actor for Supervisor {
                 let (interval, jitter) = (settings.interval, settings.jitter);
                 let _ = state.handles.fetchers[index].cast(FetcherMsg::SetProvider(settings));
                 let _ = state.handles.schedulers[index].cast(SchedulerMsg::SetInterval { interval, jitter });
+            }
+            SupervisorMsg::SetParsers(n) => {
+                let before = state.handles.parsers.len();
+                for slot in state.handles.parsers.resize(n) {
+                    if let Some(parser) = slot.get() {
+                        // Forget it first: its termination is no reason to restart anything.
+                        state.children.remove(&parser.get_id());
+                        let _ = parser.get_cell().drain();
+                    }
+                }
+                for i in before..n {
+                    if let Err(e) = state.spawn(Child::Parser(i), me.get_cell()).await {
+                        tracing::error!(child = ?Child::Parser(i), error = %e, "pipeline actor failed to start; retrying");
+                        state.schedule_restart(&me, Child::Parser(i));
+                    }
+                }
+                state.args.pipeline.parsers = n;
+                tracing::info!(before, parsers = n, "parser pool resized");
             }
             SupervisorMsg::SetBatching { batch_size, flush_age } => {
                 state.args.writer.batch_size = batch_size;
