@@ -21,7 +21,7 @@ FIXTURE=${FIXTURE:-$ROOT/../shared/fixtures/provider/response_1.xml}
 
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     echo "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
-    python3 -m venv "$VENV"
+    python3 -m venv "$VENV" || { echo "python3 with venv is required (Debian: apt-get install python3-venv)"; exit 1; }
     "$VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
