@@ -1,5 +1,6 @@
 //! The `planfeed` command: parse the CLI, load the configuration, call into the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -126,7 +127,8 @@ fn init_logging(settings: &Settings) -> LogLevelSetter {
     let (filter, handle) = reload::Layer::new(filter);
     let output = match settings.log.format {
         LogFormat::Json => fmt::layer().json().boxed(),
-        LogFormat::Text => fmt::layer().boxed(),
+        // Colours only for a terminal: log files and shippers get plain text.
+        LogFormat::Text => fmt::layer().with_ansi(std::io::stdout().is_terminal()).boxed(),
     };
     tracing_subscriber::registry().with(filter).with(output).init();
     Arc::new(move |level: &str| {

@@ -184,6 +184,12 @@ impl Reloader {
     }
 
     fn run(&self, action: &Action) {
+        let pipeline_change =
+            matches!(action, Action::Provider { .. } | Action::Batching { .. } | Action::Parsers(_));
+        if pipeline_change && self.pipeline.is_none() {
+            tracing::debug!(?action, "no ingestion in this process: pipeline setting ignored");
+            return;
+        }
         match action {
             Action::RateLimits(s) => {
                 if let Some(l) = &self.limiter {
