@@ -1,27 +1,32 @@
 # planfeed: the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test fmt lint bench up down
+.PHONY: run test contract-test fmt lint bench up down
 
 ## Build a release binary and start it with the default configuration (embedded store, port 8000).
 run:
 	$(CARGO) build --release
 	./target/release/planfeed serve
 
-## The complete test suite (unit, store conformance, end-to-end). The ClickHouse tests need
-## clickhouse-server on PATH: run scripts/install-clickhouse.sh once (CI does).
+## The complete test suite (unit, store conformance, end-to-end, then the schemathesis contract test
+## against the running binary). The ClickHouse tests need clickhouse-server on PATH: run
+## scripts/install-clickhouse.sh once (CI does). The contract test needs python3 (it installs
+## schemathesis into target/contract/venv on first use).
 test:
 	$(CARGO) test --all-targets --no-fail-fast
+	CARGO=$(CARGO) ./scripts/contract-test.sh
 
-## Benchmarks; each prints its figures.
+## The contract test alone: schemathesis against the running service and openapi.yaml.
+contract-test:
+	CARGO=$(CARGO) ./scripts/contract-test.sh
+
+## Benchmarks (release build), one command per line; each prints its figures.
 bench:
 	$(CARGO) bench --bench clickhouse
 	$(CARGO) bench --bench pipeline
 
 fmt:
 	$(CARGO) fmt
-
-## Benchmarks (release build): ingestion throughput and peak memory. One line per command.
 
 lint:
 	$(CARGO) fmt --check

@@ -10,6 +10,8 @@
 //! - [`simulator`]: a provider simulator (real HTTP, real XML) for tests, benchmarks and demos.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`service`]: wires everything together for `planfeed serve`.
+//! - [`reload`]: applies a changed configuration while running (file watch, `SIGHUP`).
+//! - [`readiness`]: what `GET /ready` checks.
 
 pub mod actors;
 pub mod config;
@@ -17,6 +19,8 @@ pub mod domain;
 pub mod feed;
 pub mod http;
 pub mod metrics;
+pub mod readiness;
+pub mod reload;
 pub mod search;
 pub mod service;
 pub mod simulator;

@@ -1,10 +1,14 @@
 //! The `planfeed` command: parse the CLI, load the configuration, call into the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use planfeed::config::{LogFormat, Settings};
+use planfeed::reload::LogLevelSetter;
 use planfeed::service::Service;
 
 #[derive(Parser)]
@@ -67,8 +71,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            init_logging(&settings);
-            runtime()?.block_on(serve(settings))
+            let log_level = init_logging(&settings);
+            runtime()?.block_on(serve(settings, cli.config_dir, log_level))
         }
         Command::Ingest { once, file, url, provider } => {
             anyhow::ensure!(once, "only `ingest --once` is supported: use `serve` to ingest on a schedule");
@@ -113,22 +117,38 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("cannot start the async runtime")
 }
 
-fn init_logging(settings: &Settings) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&settings.log.level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match settings.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+/// Installs the subscriber; the returned setter lets a configuration reload change the level.
+fn init_logging(settings: &Settings) -> LogLevelSetter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
+
+    let filter = EnvFilter::try_new(&settings.log.level).unwrap_or_else(|_| "info".into());
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = match settings.log.format {
+        LogFormat::Json => fmt::layer().json().boxed(),
+        // Colours only for a terminal: log files and shippers get plain text.
+        LogFormat::Text => fmt::layer().with_ansi(std::io::stdout().is_terminal()).boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(output).init();
+    Arc::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log.level {level:?}: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, config_dir: PathBuf, log_level: LogLevelSetter) -> anyhow::Result<()> {
     let service = Service::start(settings).await?;
+    let reloader = service.reloader();
+    reloader.set_log_level_setter(log_level);
+    let watch = planfeed::reload::watch(reloader, config_dir)?;
     shutdown_signal().await;
+    drop(watch);
     tracing::info!("shutting down: draining the pipeline and finishing in-flight requests");
+    let counters = service.counters.clone();
     service.shutdown().await;
-    tracing::info!("stopped");
+    // Tests and operators compare this with the store: every accepted plan must be there.
+    tracing::info!(plans_written = counters.plans_written.load(Ordering::Relaxed), "stopped");
     Ok(())
 }
 

@@ -18,6 +18,8 @@ use crate::config::{Backend, Settings};
 use crate::http::rate_limit::Limiter;
 use crate::http::{self, ApiState};
 use crate::metrics::MetricsSource;
+use crate::readiness::Readiness;
+use crate::reload::Reloader;
 use crate::search::Searcher;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::sqlite::SqliteStore;
@@ -63,6 +65,7 @@ pub struct Service {
     pipeline: Option<(ActorRef<SupervisorMsg>, PipelineHandles)>,
     shutdown_tx: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
+    reloader: Arc<Reloader>,
 }
 
 impl Service {
@@ -84,7 +87,10 @@ impl Service {
         store: SharedStore,
         listener: Option<TcpListener>,
     ) -> Result<Self, ServiceError> {
+        // Install the recorder before anything counts: counts made before it are lost.
+        crate::metrics::handle();
         let searcher = Arc::new(Searcher::new(store.clone(), &settings.search));
+        let initial = settings.clone();
         let counters = Arc::new(WriterCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -113,10 +119,10 @@ impl Service {
             None
         };
 
-        let (addr, server) = match listener {
-            Some(listener) => {
+        let limiter = listener.as_ref().map(|_| Limiter::new(&settings.server.rate_limit));
+        let (addr, server) = match (listener, limiter.clone()) {
+            (Some(listener), Some(limiter)) => {
                 let addr = listener.local_addr().ok();
-                let limiter = Limiter::new(&settings.server.rate_limit);
                 let metrics = MetricsSource {
                     searcher: searcher.clone(),
                     writer: pipeline.as_ref().map(|_| counters.clone()),
@@ -124,7 +130,9 @@ impl Service {
                         .as_ref()
                         .map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks)),
                 };
-                let state = ApiState { searcher: searcher.clone(), limiter: limiter.clone(), metrics };
+                let readiness = Arc::new(Readiness::new(searcher.clone(), store.clone()));
+                let state =
+                    ApiState { searcher: searcher.clone(), limiter: limiter.clone(), metrics, readiness };
                 tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -138,8 +146,14 @@ impl Service {
                 tracing::info!(addr = ?addr, "api listening");
                 (addr, Some(tokio::spawn(http::run(listener, state, shutdown))))
             }
-            None => (None, None),
+            _ => (None, None),
         };
+        let reloader = Arc::new(Reloader::new(
+            initial,
+            limiter,
+            searcher.clone(),
+            pipeline.as_ref().map(|(sup, _)| sup.clone()),
+        ));
         // Warm the day bounds so /ready turns true without waiting for the first search.
         {
             let searcher = searcher.clone();
@@ -147,7 +161,12 @@ impl Service {
                 let _ = searcher.search(Default::default()).await;
             });
         }
-        Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server })
+        Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server, reloader })
+    }
+
+    /// Applies configuration changes to this service (see [`crate::reload`]).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// Writes whatever the writer holds now; returns when the store has it.
@@ -160,6 +179,11 @@ impl Service {
     /// The running pipeline's actors (none in the `api` role).
     pub fn pipeline(&self) -> Option<&PipelineHandles> {
         self.pipeline.as_ref().map(|(_, h)| h)
+    }
+
+    /// Parser actors in the pool now (0 without ingestion); follows `pipeline.parsers` on reload.
+    pub fn parsers(&self) -> usize {
+        self.pipeline.as_ref().map_or(0, |(_, h)| h.parsers.len())
     }
 
     /// Starts a fetch now unless one is running.

@@ -51,6 +51,11 @@ pub enum WriterMsg {
     },
     /// Flush now and answer when done (shutdown, tests).
     Flush(RpcReplyPort<()>),
+    /// Configuration reload: new flush thresholds, from the next plan on.
+    SetBatching {
+        batch_size: usize,
+        flush_age: Duration,
+    },
 }
 
 /// Why a batch was flushed.
@@ -165,6 +170,13 @@ impl Actor for BatchWriter {
             WriterMsg::Flush(reply) => {
                 state.flush(FlushTrigger::Requested).await;
                 let _ = reply.send(());
+            }
+            WriterMsg::SetBatching { batch_size, flush_age } => {
+                state.args.batch_size = batch_size;
+                state.args.flush_age = flush_age;
+                if state.batch.len() >= batch_size {
+                    state.flush(FlushTrigger::Size).await;
+                }
             }
         }
         Ok(())

@@ -37,6 +37,8 @@ const SALVAGE_GRACE: Duration = Duration::from_secs(10);
 pub enum FetcherMsg {
     /// Fetch once and tell the scheduler when done.
     Fetch { reply_to: ActorRef<SchedulerMsg> },
+    /// Configuration reload: new URL, time zone or timeouts from the next fetch on.
+    SetProvider(ProviderSettings),
 }
 
 #[derive(Clone)]
@@ -134,7 +136,14 @@ impl Actor for Fetcher {
         msg: FetcherMsg,
         state: &mut FetcherState,
     ) -> Result<(), ActorProcessingErr> {
-        let FetcherMsg::Fetch { reply_to } = msg;
+        let reply_to = match msg {
+            FetcherMsg::Fetch { reply_to } => reply_to,
+            FetcherMsg::SetProvider(provider) => {
+                state.client = build_client(&provider)?;
+                state.args.provider = provider;
+                return Ok(());
+            }
+        };
         let started_at = Utc::now();
         // Fetch ids order observations: strictly increasing even if the clock stalls.
         let fetch_id = (started_at.timestamp_millis().max(0) as u64).max(state.last_fetch_id + 1);

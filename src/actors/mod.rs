@@ -86,6 +86,18 @@ impl ParserPool {
         }
     }
 
+    /// Grows or shrinks the pool to `n` slots and returns the removed ones, whose actors the caller
+    /// drains. New slots are empty until the supervisor spawns their parsers.
+    pub fn resize(&self, n: usize) -> Vec<Slot<ParserMsg>> {
+        let mut slots = self.slots.write();
+        if n >= slots.len() {
+            slots.resize_with(n, Slot::default);
+            Vec::new()
+        } else {
+            slots.split_off(n)
+        }
+    }
+
     pub fn slot(&self, i: usize) -> Slot<ParserMsg> {
         self.slots.read()[i].clone()
     }

@@ -35,6 +35,20 @@ pub enum SupervisorMsg {
     /// Graceful stop: no new fetch, the download in progress is abandoned, every chunk already cut
     /// is parsed and written, then the children stop. Answers when done.
     Shutdown(ractor::RpcReplyPort<()>),
+    /// Configuration reload: provider `index` gets new settings (same name). Kept in the
+    /// supervisor's arguments too, so a restarted fetcher or scheduler starts with them.
+    SetProvider {
+        index: usize,
+        settings: ProviderSettings,
+    },
+    /// Configuration reload: grow or shrink the parser pool. A removed parser finishes the chunks
+    /// already in its mailbox (drain), so no chunk of a running fetch is lost.
+    SetParsers(usize),
+    /// Configuration reload: the writer's flush thresholds.
+    SetBatching {
+        batch_size: usize,
+        flush_age: Duration,
+    },
 }
 
 #[derive(Clone)]
@@ -119,6 +133,8 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Restart(_) if state.stopping => {}
+            // A restart planned before the pool shrank below it.
+            SupervisorMsg::Restart(Child::Parser(i)) if i >= state.handles.parsers.len() => {}
             SupervisorMsg::Restart(child) => {
                 if let Err(e) = state.spawn(child, me.get_cell()).await {
                     tracing::error!(?child, error = %e, "pipeline actor failed to start; retrying");
@@ -126,6 +142,39 @@ impl Actor for Supervisor {
                 } else if let Child::Fetcher(i) = child {
                     let _ = state.handles.schedulers[i].cast(SchedulerMsg::FetcherRestarted);
                 }
+            }
+            SupervisorMsg::SetProvider { index, settings } => {
+                let Some(slot) = state.args.providers.get_mut(index) else {
+                    tracing::warn!(index, "no such provider: settings ignored");
+                    return Ok(());
+                };
+                *slot = settings.clone();
+                let (interval, jitter) = (settings.interval, settings.jitter);
+                let _ = state.handles.fetchers[index].cast(FetcherMsg::SetProvider(settings));
+                let _ = state.handles.schedulers[index].cast(SchedulerMsg::SetInterval { interval, jitter });
+            }
+            SupervisorMsg::SetParsers(n) => {
+                let before = state.handles.parsers.len();
+                for slot in state.handles.parsers.resize(n) {
+                    if let Some(parser) = slot.get() {
+                        // Forget it first: its termination is no reason to restart anything.
+                        state.children.remove(&parser.get_id());
+                        let _ = parser.get_cell().drain();
+                    }
+                }
+                for i in before..n {
+                    if let Err(e) = state.spawn(Child::Parser(i), me.get_cell()).await {
+                        tracing::error!(child = ?Child::Parser(i), error = %e, "pipeline actor failed to start; retrying");
+                        state.schedule_restart(&me, Child::Parser(i));
+                    }
+                }
+                state.args.pipeline.parsers = n;
+                tracing::info!(before, parsers = n, "parser pool resized");
+            }
+            SupervisorMsg::SetBatching { batch_size, flush_age } => {
+                state.args.writer.batch_size = batch_size;
+                state.args.writer.flush_age = flush_age;
+                let _ = state.handles.writer.cast(WriterMsg::SetBatching { batch_size, flush_age });
             }
             SupervisorMsg::FlushWriter(reply) => {
                 if let Some(w) = state.handles.writer.get() {

@@ -66,6 +66,10 @@ impl ApiError {
         if let Some(secs) = self.retry_after_secs {
             headers.insert("retry-after", HeaderValue::from(secs));
         }
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            // RFC 9110 requires a 405 to list the supported methods.
+            headers.insert("allow", HeaderValue::from_static("GET"));
+        }
         res
     }
 }

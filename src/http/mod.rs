@@ -30,6 +30,7 @@ pub struct ApiState {
     pub searcher: Arc<Searcher>,
     pub limiter: rate_limit::SharedRateLimiter,
     pub metrics: MetricsSource,
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests and returns.
@@ -55,11 +56,12 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Inf
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()));
-    let ready = warp::path!("ready").and(warp::get()).and(with(state)).map(|s: ApiState| {
-        if s.searcher.warmed() {
-            json_response(StatusCode::OK, r#"{"status":"ready"}"#.into())
-        } else {
-            json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"loading"}"#.into())
+    let ready = warp::path!("ready").and(warp::get()).and(with(state)).then(|s: ApiState| async move {
+        match s.readiness.check().await {
+            Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+            Err(status) => {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, format!(r#"{{"status":"{status}"}}"#).into())
+            }
         }
     });
     let openapi = warp::path!("openapi.yaml").and(warp::get()).map(|| {

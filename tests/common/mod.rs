@@ -4,6 +4,7 @@
 //! Include with `mod common;` from any test binary; not every binary uses every helper.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod clickhouse;
 pub mod conformance;
 

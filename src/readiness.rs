@@ -1,0 +1,61 @@
+//! `GET /ready`: ready once the day bounds were read from the store, and only while the store
+//! answers a ping. Load balancers probe often, so a ping result is reused for a short while instead
+//! of hitting the store on every probe.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::search::Searcher;
+use crate::store::SharedStore;
+
+/// How long a ping result is reused.
+const PING_CACHE: Duration = Duration::from_secs(1);
+/// A store slower than this to answer a ping counts as unreachable.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct Readiness {
+    searcher: Arc<Searcher>,
+    store: SharedStore,
+    last_ping: Mutex<Option<(Instant, bool)>>,
+}
+
+impl Readiness {
+    pub fn new(searcher: Arc<Searcher>, store: SharedStore) -> Self {
+        Self { searcher, store, last_ping: Mutex::new(None) }
+    }
+
+    /// `Ok` when ready, else the status word for the body (`loading`, `store_unreachable`).
+    pub async fn check(&self) -> Result<(), &'static str> {
+        if !self.searcher.warmed() {
+            return Err("loading");
+        }
+        if !self.store_reachable().await {
+            return Err("store_unreachable");
+        }
+        Ok(())
+    }
+
+    async fn store_reachable(&self) -> bool {
+        let cached = *self.last_ping.lock();
+        if let Some((at, ok)) = cached {
+            if at.elapsed() < PING_CACHE {
+                return ok;
+            }
+        }
+        let ok = match tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(store = self.store.name(), error = %e, "store ping failed: not ready");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(store = self.store.name(), "store ping timed out: not ready");
+                false
+            }
+        };
+        *self.last_ping.lock() = Some((Instant::now(), ok));
+        ok
+    }
+}
