@@ -370,6 +370,11 @@ mod tests {
                 timezone: None,
                 connect_timeout: None,
                 timeout: None,
+                retries: None,
+                retry_backoff: None,
+                max_body_bytes: None,
+                breaker_failures: None,
+                breaker_cooldown: None,
             });
         }
         assert_eq!(diff(&old, &two).restart_required, vec!["providers"]);

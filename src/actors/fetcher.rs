@@ -213,7 +213,9 @@ impl FetcherState {
         let mut body = if let Some(path) = self.args.provider.url.strip_prefix("file://") {
             // Local files (`planfeed ingest --file`) take the same path as downloads.
             let file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot open {path}: {e}"))?;
-            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map(|r| r.map_err(|e| e.to_string())).boxed()
+            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+                .map(|r| r.map_err(|e| e.to_string()))
+                .boxed()
         } else {
             let response = self.open(deadline, max_retries, record, retries).await?;
             response.bytes_stream().map(|r| r.map_err(|e| error_chain(&e))).boxed()
