@@ -13,7 +13,7 @@ run:
 ## scripts/install-clickhouse.sh once (CI does). The contract test needs python3 (it installs
 ## schemathesis into target/contract/venv on first use).
 test:
-	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --no-fail-fast
 	CARGO=$(CARGO) ./scripts/contract-test.sh
 
 ## The contract test alone: schemathesis against the running service and openapi.yaml.
