@@ -127,6 +127,8 @@ fn child(url: &str) {
         ("PLANFEED__ROLE".to_string(), "ingest".to_string()),
         ("PLANFEED__PROVIDER__URL".to_string(), url.to_string()),
         ("PLANFEED__PROVIDER__TIMEOUT".to_string(), "1h".to_string()),
+        // The 4x feed (~1.6 GB) is above the default 1 GiB limit on purpose of that limit.
+        ("PLANFEED__PROVIDER__MAX_BODY_BYTES".to_string(), (1u64 << 40).to_string()),
         ("PLANFEED__STORE__PATH".to_string(), dir.path().join("bench.db").display().to_string()),
     ];
     let settings = Settings::load_with(Path::new("/nonexistent"), env).expect("settings");

@@ -58,10 +58,18 @@ pub enum WriterMsg {
     },
 }
 
+/// Estimated memory of a batch that triggers a flush. Plans vary a hundredfold in size (a plan
+/// with 200 zones weighs ~16 KiB in memory), so a plan count alone lets a batch of big plans
+/// (and the store's copy of it while writing) dominate the process's memory; this keeps the
+/// writer's share bounded whatever the feed looks like.
+pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
+
 /// Why a batch was flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushTrigger {
     Size,
+    /// [`BATCH_BYTES`] reached.
+    Bytes,
     Age,
     FetchEnd,
     Requested,
@@ -106,6 +114,8 @@ pub struct BatchWriterState {
     /// What the store holds, per plan key.
     persisted: HashMap<PlanKey, PlanState>,
     batch: Vec<StoredPlan>,
+    /// Estimated memory held by `batch` (see [`BATCH_BYTES`]).
+    batch_bytes: usize,
     in_batch: HashMap<PlanKey, usize>,
     batch_id: u64,
     batch_started: Option<Instant>,
@@ -135,6 +145,7 @@ impl Actor for BatchWriter {
             args,
             persisted,
             batch: Vec::new(),
+            batch_bytes: 0,
             in_batch: HashMap::new(),
             batch_id: 0,
             batch_started: None,
@@ -154,6 +165,8 @@ impl Actor for BatchWriter {
                 state.absorb(&me, chunk);
                 if state.batch.len() >= state.args.batch_size {
                     state.flush(FlushTrigger::Size).await;
+                } else if state.batch_bytes >= BATCH_BYTES {
+                    state.flush(FlushTrigger::Bytes).await;
                 }
                 state.maybe_finish_fetch(fetch_id).await;
             }
@@ -236,6 +249,7 @@ impl BatchWriterState {
                 .filter(|d| *d != stored.event_date);
             tally.written += 1;
             counters.plans_written.fetch_add(1, Ordering::Relaxed);
+            self.batch_bytes += estimated_bytes(&stored.plan);
             match self.in_batch.get(&stored.plan.key) {
                 Some(&i) => self.batch[i] = stored,
                 None => {
@@ -260,6 +274,7 @@ impl BatchWriterState {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         self.in_batch.clear();
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -354,6 +369,17 @@ impl BatchWriterState {
             self.fetches.remove(&oldest);
         }
     }
+}
+
+/// Rough memory of a plan in a batch: the struct, its zones and their strings.
+fn estimated_bytes(plan: &Plan) -> usize {
+    std::mem::size_of::<StoredPlan>()
+        + plan.title.len()
+        + plan
+            .zones
+            .iter()
+            .map(|z| std::mem::size_of::<crate::domain::Zone>() + z.name.len() + 16)
+            .sum::<usize>()
 }
 
 /// The reason label of a fetch outcome, for metrics.
