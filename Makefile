@@ -19,3 +19,9 @@ fmt:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+## Benchmarks: criterion micro-benchmarks, then the bounded load test (a few seconds per run, on
+## 127.0.0.1; installs wrk and oha when missing). Figures and how to read them: docs/performance.md.
+bench:
+	$(CARGO) bench --bench search
+	scripts/loadtest.sh
