@@ -53,6 +53,10 @@ for _ in range(5000):
 serve() { # PORT DB [extra env...]
     local port=$1 db=$2
     shift 2
+    if curl -s -o /dev/null "http://127.0.0.1:$port/health"; then
+        echo "port $port is already in use: stop what listens there first" >&2
+        exit 1
+    fi
     env PLANFEED__ROLE=api PLANFEED__LOG__LEVEL=warn \
         PLANFEED__SERVER__LISTEN="127.0.0.1:$port" \
         PLANFEED__STORE__PATH="$db" \
@@ -104,6 +108,7 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, load $(c
 # --- 1 M plans -------------------------------------------------------------------------------------
 serve 18081 "$WORK/plans-1m.db"
 curl -s "http://127.0.0.1:18081/search?$DAY" >"$WORK/day-1m.json"
+curl -s -o /dev/null http://127.0.0.1:18080/search && { echo "port 18080 is already in use" >&2; exit 1; }
 target/release/examples/baseline_server 127.0.0.1:18080 "$WORK/day-1m.json" >/dev/null &
 PIDS+=($!)
 sleep 0.3
@@ -124,6 +129,7 @@ sleep 0.3
 # --- 10k plans -------------------------------------------------------------------------------------
 serve 18082 "$WORK/plans-10k.db"
 curl -s "http://127.0.0.1:18082/search?$DAY" >"$WORK/day-10k.json"
+curl -s -o /dev/null http://127.0.0.1:18080/search && { echo "port 18080 is already in use" >&2; exit 1; }
 target/release/examples/baseline_server 127.0.0.1:18080 "$WORK/day-10k.json" >/dev/null &
 PIDS+=($!)
 sleep 0.3
