@@ -109,7 +109,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let duration = Duration::from_secs_f64(secs.parse()?);
     let conns: usize = conns.parse()?;
     let paths: Vec<String> = match target.strip_prefix('@') {
-        Some(file) => std::fs::read_to_string(file)?.lines().filter(|l| !l.is_empty()).map(String::from).collect(),
+        Some(file) => {
+            std::fs::read_to_string(file)?.lines().filter(|l| !l.is_empty()).map(String::from).collect()
+        }
         None => vec![target.clone()],
     };
     let paths = Arc::new(paths);
