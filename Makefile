@@ -20,10 +20,14 @@ test:
 contract-test:
 	CARGO=$(CARGO) ./scripts/contract-test.sh
 
-## Benchmarks (release build), one command per line; each prints its figures.
+## Benchmarks (release build), one command per line; each prints its figures: ClickHouse writes and
+## reads, the ingestion pipeline, criterion micro-benchmarks of search, then the bounded load test
+## (a few seconds per run, on 127.0.0.1; installs wrk when missing). See docs/performance.md.
 bench:
 	$(CARGO) bench --bench clickhouse
 	$(CARGO) bench --bench pipeline
+	$(CARGO) bench --bench search
+	scripts/loadtest.sh
 
 fmt:
 	$(CARGO) fmt
@@ -32,9 +36,3 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-## planfeed + ClickHouse + the provider simulator in containers (needs a Docker engine).
-up:
-	docker compose up --build -d
-
-down:
-	docker compose down

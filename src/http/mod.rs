@@ -101,7 +101,8 @@ pub fn search_filter() -> impl Filter<Extract = (SearchRequest,), Error = Reject
         .map(|remote, forwarded_for, query| SearchRequest { remote, forwarded_for, query })
 }
 
-async fn search_handler(req: SearchRequest, state: ApiState) -> Response {
+/// The `/search` handler: rate limits, parameters, cached answer, metrics. Public for the benches.
+pub async fn search_handler(req: SearchRequest, state: ApiState) -> Response {
     let started = std::time::Instant::now();
     let response = answer_search(&req, &state).await;
     metrics::record_search(response.status().as_u16(), started.elapsed().as_secs_f64());

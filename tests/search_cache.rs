@@ -1,0 +1,373 @@
+//! The search cache against real stores: single flight, the writer's invalidation, TTL refresh
+//! across store handles, stale answers while the store is down (embedded and a real ClickHouse
+//! server that is stopped), and the rate limits end to end over HTTP.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::NaiveDate;
+use planfeed::config::{SearchSettings, Settings};
+use planfeed::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
+use planfeed::http::params::parse_range;
+use planfeed::search::Searcher;
+use planfeed::service::Service;
+use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
+use planfeed::store::sqlite::SqliteStore;
+use planfeed::store::{SharedStore, Store, StoreError, StoreResult};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use common::clickhouse::ClickHouseServer;
+use common::{day, plan, stored};
+
+/// A real store with a call counter on `plans_by_day`, an optional delay (so concurrent callers
+/// really overlap) and a switch that makes every read fail as an unreachable store would.
+struct Counting {
+    inner: SharedStore,
+    plans_by_day_calls: AtomicUsize,
+    delay: Duration,
+    down: AtomicBool,
+}
+
+impl Counting {
+    fn new(inner: SharedStore, delay: Duration) -> Arc<Self> {
+        Arc::new(Self { inner, plans_by_day_calls: AtomicUsize::new(0), delay, down: AtomicBool::new(false) })
+    }
+
+    fn calls(&self) -> usize {
+        self.plans_by_day_calls.load(Ordering::SeqCst)
+    }
+
+    fn check_up(&self) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection refused (test switch)".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    async fn write_plans(&self, plans: &[StoredPlan]) -> StoreResult<()> {
+        self.check_up()?;
+        self.inner.write_plans(plans).await
+    }
+    async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
+        self.check_up()?;
+        self.inner.load_plan_states().await
+    }
+    async fn plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<EventRow>> {
+        self.plans_by_day_calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.check_up()?;
+        self.inner.plans_by_day(from, to).await
+    }
+    async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>> {
+        self.check_up()?;
+        self.inner.day_bounds().await
+    }
+    async fn record_fetch(&self, fetch: &FetchRecord) -> StoreResult<()> {
+        self.check_up()?;
+        self.inner.record_fetch(fetch).await
+    }
+    async fn recent_fetches(&self, limit: usize) -> StoreResult<Vec<FetchRecord>> {
+        self.check_up()?;
+        self.inner.recent_fetches(limit).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.check_up()?;
+        self.inner.ping().await
+    }
+}
+
+fn sqlite(dir: &tempfile::TempDir) -> SharedStore {
+    Arc::new(SqliteStore::open(&dir.path().join("plans.db")).unwrap())
+}
+
+fn cache(ttl: Duration) -> SearchSettings {
+    SearchSettings { cache_bytes: 64 << 20, cache_ttl: ttl }
+}
+
+/// Plan `id` of base plan 1 on `date` from `from` to `to` (HH:MM:SS), titled `title`.
+fn at(id: u64, title: &str, date: &str, from: &str, to: &str, version: u64) -> StoredPlan {
+    stored(plan("fever", 1, id, title, &format!("{date}T{from}"), &format!("{date}T{to}")), version)
+}
+
+/// The whole day `date` (UTC) as a search range.
+fn whole(date: &str) -> planfeed::domain::TimeRange {
+    parse_range(&format!("starts_at={date}T00:00:00Z&ends_at={date}T23:59:59Z")).unwrap()
+}
+
+fn titles(body: &Bytes) -> Vec<String> {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["error"], Value::Null, "{v}");
+    v["data"]["events"].as_array().unwrap().iter().map(|e| e["title"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_searches_of_a_cold_day_read_the_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    real.write_plans(&[
+        at(1, "morning", "2021-07-01", "09:00:00", "10:00:00", 1),
+        at(2, "evening", "2021-07-01", "20:00:00", "21:00:00", 1),
+    ])
+    .await
+    .unwrap();
+    let store = Counting::new(real, Duration::from_millis(100));
+    let searcher = Arc::new(Searcher::new(store.clone(), &cache(Duration::from_secs(3600))));
+
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let s = searcher.clone();
+            tokio::spawn(async move { s.search(whole("2021-07-01")).await.unwrap() })
+        })
+        .collect();
+    let bodies: Vec<Bytes> = futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+
+    assert_eq!(store.calls(), 1, "32 concurrent searches of one cold day load it once");
+    assert!(bodies.iter().all(|b| b == &bodies[0]), "every caller gets the same answer");
+    assert_eq!(titles(&bodies[0]), ["morning", "evening"]);
+    // Warm now: more searches read nothing.
+    searcher.search(whole("2021-07-01")).await.unwrap();
+    assert_eq!(store.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_writers_invalidation_makes_a_write_visible_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir);
+    store.write_plans(&[at(1, "old title", "2021-07-01", "09:00:00", "10:00:00", 1)]).await.unwrap();
+    // An hour of TTL: only the invalidation can explain a fresh answer.
+    let searcher = Searcher::new(store.clone(), &cache(Duration::from_secs(3600)));
+    let july = parse_range("starts_at=2021-07-01T00:00:00Z&ends_at=2021-07-31T00:00:00Z").unwrap();
+    assert_eq!(titles(&searcher.search(july).await.unwrap()), ["old title"]);
+
+    // What the batch writer does after a flush: write, then invalidate the days it touched. The
+    // second plan lies on a day past the cached day bounds.
+    store
+        .write_plans(&[
+            at(1, "new title", "2021-07-01", "09:00:00", "10:00:00", 2),
+            at(2, "added later", "2021-07-20", "09:00:00", "10:00:00", 2),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(titles(&searcher.search(july).await.unwrap()), ["old title"], "cached until invalidated");
+    searcher.invalidate(&[day("2021-07-01"), day("2021-07-20")]).await;
+    assert_eq!(titles(&searcher.search(july).await.unwrap()), ["new title", "added later"]);
+    // Open-ended searches see the widened day bounds too.
+    let open = parse_range("starts_at=2021-07-15T00:00:00Z").unwrap();
+    assert_eq!(titles(&searcher.search(open).await.unwrap()), ["added later"]);
+}
+
+#[tokio::test]
+async fn ttl_refresh_picks_up_writes_made_through_another_store_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = sqlite(&dir);
+    ours.write_plans(&[at(1, "before", "2021-07-01", "09:00:00", "10:00:00", 1)]).await.unwrap();
+    let ttl = Duration::from_millis(200);
+    let searcher = Searcher::new(ours, &cache(ttl));
+    assert_eq!(titles(&searcher.search(whole("2021-07-01")).await.unwrap()), ["before"]);
+
+    // Another process: its own handle on the same file, and no invalidation reaches us.
+    let other = sqlite(&dir);
+    other.write_plans(&[at(1, "after", "2021-07-01", "09:00:00", "10:00:00", 2)]).await.unwrap();
+    assert_eq!(titles(&searcher.search(whole("2021-07-01")).await.unwrap()), ["before"], "within the TTL");
+
+    // Past the TTL the next searches see the write (a hot entry may be refreshed in the background,
+    // so allow a few searches for the refresh to land).
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = titles(&searcher.search(whole("2021-07-01")).await.unwrap());
+        if seen == ["after"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, ["after"]);
+}
+
+#[tokio::test]
+async fn store_down_serves_the_last_cached_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    real.write_plans(&[
+        at(1, "cached", "2021-07-01", "09:00:00", "10:00:00", 1),
+        at(2, "never read", "2021-07-02", "09:00:00", "10:00:00", 1),
+    ])
+    .await
+    .unwrap();
+    let store = Counting::new(real, Duration::ZERO);
+    let ttl = Duration::from_millis(100);
+    let searcher = Searcher::new(store.clone(), &cache(ttl));
+    let warm = searcher.search(whole("2021-07-01")).await.unwrap();
+    assert_eq!(titles(&warm), ["cached"]);
+
+    store.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    // Expired and invalidated alike: both must fall back to the last copy.
+    searcher.invalidate(&[day("2021-07-01")]).await;
+    for _ in 0..3 {
+        assert_eq!(searcher.search(whole("2021-07-01")).await.unwrap(), warm, "same bytes as before");
+    }
+    assert!(searcher.counters.stale_served.load(Ordering::Relaxed) >= 1);
+    assert!(searcher.counters.store_errors.load(Ordering::Relaxed) >= 1);
+    // A day never loaded has no copy to fall back to.
+    let err = searcher.search(whole("2021-07-02")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+
+    // Back up: fresh answers again.
+    store.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(titles(&searcher.search(whole("2021-07-02")).await.unwrap()), ["never read"]);
+}
+
+fn api_settings(extra: &[(&str, &str)]) -> Settings {
+    let mut env = vec![
+        ("PLANFEED__ROLE".to_string(), "api".to_string()),
+        ("PLANFEED__SEARCH__CACHE_TTL".to_string(), "100ms".to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load_with(Path::new("/nonexistent"), env).unwrap()
+}
+
+async fn serve(settings: Settings, store: SharedStore) -> (Service, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service = Service::start_with(settings, store, Some(listener)).await.unwrap();
+    let base = format!("http://{}", service.addr.unwrap());
+    (service, base)
+}
+
+/// Status, `Retry-After` and body of `GET {base}{path}` with optional `X-Forwarded-For`.
+async fn get(base: &str, path: &str, forwarded_for: Option<&str>) -> (u16, Option<String>, Bytes) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(format!("{base}{path}"));
+    if let Some(ip) = forwarded_for {
+        req = req.header("x-forwarded-for", ip);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let retry = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    (res.status().as_u16(), retry, res.bytes().await.unwrap())
+}
+
+fn error_of(body: &Bytes) -> (String, String) {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["data"], Value::Null, "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 2, "only data and error: {v}");
+    (v["error"]["code"].as_str().unwrap().to_owned(), v["error"]["message"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn over_http_a_down_store_serves_cached_days_and_500s_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    real.write_plans(&[at(1, "cached", "2021-07-01", "09:00:00", "10:00:00", 1)]).await.unwrap();
+    let store = Counting::new(real.clone(), Duration::ZERO);
+    let (service, base) = serve(api_settings(&[]), store.clone()).await;
+    let q1 = "/search?starts_at=2021-07-01T00:00:00Z&ends_at=2021-07-01T23:59:59Z";
+    let (status, _, warm) = get(&base, q1, None).await;
+    assert_eq!((status, titles(&warm)), (200, vec!["cached".to_string()]));
+    // The service warms every day it knows at start; a day the writer adds afterwards is never read.
+    real.write_plans(&[at(2, "never read", "2021-07-02", "09:00:00", "10:00:00", 1)]).await.unwrap();
+    service.searcher.invalidate(&[day("2021-07-02")]).await;
+
+    store.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, _, body) = get(&base, q1, None).await;
+    assert_eq!((status, body), (200, warm));
+    assert!(service.searcher.counters.stale_served.load(Ordering::Relaxed) >= 1);
+
+    let (status, _, body) =
+        get(&base, "/search?starts_at=2021-07-02T00:00:00Z&ends_at=2021-07-02T23:59:59Z", None).await;
+    assert_eq!(status, 500);
+    let (code, message) = error_of(&body);
+    assert_eq!(code, "internal_error");
+    assert!(!message.contains("refused"), "no internals leak: {message}");
+    service.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limits_over_http_answer_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = [
+        ("PLANFEED__SERVER__RATE_LIMIT__PER_CLIENT_PER_SECOND", "1"),
+        ("PLANFEED__SERVER__RATE_LIMIT__PER_CLIENT_BURST", "2"),
+    ];
+    let (service, base) = serve(api_settings(&limits), sqlite(&dir)).await;
+    let q = "/search?starts_at=2021-07-01T00:00:00Z";
+    assert_eq!(get(&base, q, None).await.0, 200);
+    // Not trusted: a forged X-Forwarded-For does not buy another quota.
+    assert_eq!(get(&base, q, Some("203.0.113.7")).await.0, 200);
+    let (status, retry_after, body) = get(&base, q, Some("203.0.113.8")).await;
+    assert_eq!(status, 429);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let (code, message) = error_of(&body);
+    assert_eq!(code, "rate_limited");
+    assert_eq!(message, "too many requests, retry in 1 s");
+    service.shutdown().await;
+
+    // Trusted (behind a proxy): each forwarded client has its own quota.
+    let trusted = [limits[0], limits[1], ("PLANFEED__SERVER__RATE_LIMIT__TRUST_FORWARDED_FOR", "true")];
+    let (service, base) = serve(api_settings(&trusted), sqlite(&dir)).await;
+    for _ in 0..2 {
+        assert_eq!(get(&base, q, Some("203.0.113.7")).await.0, 200);
+    }
+    assert_eq!(get(&base, q, Some("203.0.113.7")).await.0, 429);
+    assert_eq!(get(&base, q, Some("203.0.113.8, 10.0.0.1")).await.0, 200, "another client");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_down_still_serves_cached_days_with_the_same_bytes() {
+    let Some(mut server) = ClickHouseServer::start() else { return };
+    let settings = ClickHouseSettings {
+        url: server.url(),
+        database: "planfeed_search".into(),
+        ..ClickHouseSettings::default()
+    };
+    let store = ClickHouseStore::connect(settings).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .write_plans(&[
+            at(1, "first", "2021-07-01", "09:00:00", "10:00:00", 1),
+            at(2, "second", "2021-07-02", "20:00:00", "21:00:00", 1),
+            at(3, "third", "2021-08-15", "20:00:00", "21:00:00", 1),
+        ])
+        .await
+        .unwrap();
+    let (service, base) = serve(api_settings(&[]), Arc::new(store)).await;
+    let queries = [
+        "/search?starts_at=2021-07-01T00:00:00Z&ends_at=2021-07-01T23:59:59Z",
+        "/search?starts_at=2021-07-01T00:00:00Z&ends_at=2021-07-31T00:00:00Z",
+        "/search",
+    ];
+    let mut warm = Vec::new();
+    for q in queries {
+        let (status, _, body) = get(&base, q, None).await;
+        assert_eq!(status, 200, "{q}");
+        warm.push(body);
+    }
+    assert_eq!(titles(&warm[1]), ["first", "second"]);
+    assert_eq!(titles(&warm[2]), ["first", "second", "third"]);
+
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for (q, before) in queries.iter().zip(&warm) {
+        let (status, _, body) = get(&base, q, None).await;
+        assert_eq!((status, &body), (200, before), "{q}");
+    }
+    assert!(service.searcher.counters.stale_served.load(Ordering::Relaxed) >= 1);
+    assert!(service.searcher.counters.store_errors.load(Ordering::Relaxed) >= 1);
+    service.shutdown().await;
+}
