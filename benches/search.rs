@@ -64,6 +64,7 @@ fn bench_search(c: &mut Criterion) {
         }
     });
     let settings = SearchSettings { cache_bytes: 1 << 30, cache_ttl: Duration::from_secs(3600) };
+    let readiness_store = store.clone();
     let searcher = Arc::new(Searcher::new(store, &settings));
     let limits = RateLimitSettings {
         per_client_per_second: u32::MAX / 2,
@@ -76,6 +77,7 @@ fn bench_search(c: &mut Criterion) {
         searcher: searcher.clone(),
         limiter: Limiter::new(&limits),
         metrics: MetricsSource { searcher: searcher.clone(), writer: None, permits: None },
+        readiness: Arc::new(planfeed::readiness::Readiness::new(searcher.clone(), readiness_store)),
     };
     // Warm every day once.
     rt.block_on(searcher.search(Default::default())).unwrap();
