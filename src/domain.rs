@@ -288,6 +288,42 @@ mod tests {
     }
 
     #[test]
+    fn content_hash_keeps_price_scale_and_sees_every_field() {
+        let zone = |price: &str| Zone {
+            zone_id: 1,
+            name: "Platea".into(),
+            capacity: 10,
+            price: price.parse().unwrap(),
+            numbered: true,
+        };
+        let plan = Plan {
+            key: PlanKey::new("fever", 1, 2),
+            title: "T".into(),
+            online: true,
+            organizer_company_id: None,
+            start: dt("2021-06-30T21:00:00"),
+            end: dt("2021-06-30T22:00:00"),
+            sell_from: None,
+            sell_to: None,
+            sold_out: false,
+            zones: vec![zone("20.00")],
+        };
+        let h = plan.content_hash();
+        assert_eq!(h, plan.clone().content_hash());
+        let other = |f: &dyn Fn(&mut Plan)| {
+            let mut p = plan.clone();
+            f(&mut p);
+            p.content_hash()
+        };
+        assert_ne!(h, other(&|p| p.zones = vec![zone("20.0")]), "scale is significant");
+        assert_ne!(h, other(&|p| p.zones[0].name = "Platea ".into()));
+        assert_ne!(h, other(&|p| p.organizer_company_id = Some(0)));
+        assert_ne!(h, other(&|p| p.sell_to = Some(p.end)));
+        assert_ne!(h, other(&|p| p.title = String::new()));
+        assert_ne!(h, other(&|p| p.key.plan_id = 3));
+    }
+
+    #[test]
     fn local_times_follow_the_provider_zone() {
         let madrid: Tz = "Europe/Madrid".parse().unwrap();
         assert_eq!(local_to_utc(dt("2021-06-30T21:00:00"), madrid).to_rfc3339(), "2021-06-30T19:00:00+00:00");
