@@ -1,7 +1,7 @@
 //! Ingestion throughput and memory: `make bench` (or `cargo bench --bench pipeline`).
 //!
 //! Measures, over one generated feed (5,000 base plans × 4 plans × 200 zones by default; set
-//! `PLANFEED_BENCH_BASE_PLANS` for another size):
+//! `PLANFEED_BENCH_BASE_PLANS` for another size; `PLANFEED_BENCH_ONLY_1X=1` skips the 4× run):
 //! (a) quick-xml alone: a loop over reader events doing nothing, the ceiling for any parser;
 //! (b) `parse_chunk` single-threaded over the chunks the fetcher would cut;
 //! (c) the whole pipeline: the simulator on 127.0.0.1 serving the feed → a service with role
@@ -80,9 +80,10 @@ fn main() {
         plans += std::hint::black_box(parse_chunk(&provider, c)).plans.len();
     }
     let parse_secs = started.elapsed().as_secs_f64();
+    let parse_mbs = mb / parse_secs;
     println!(
         "(b) parse_chunk, 1 thread:      {:8.1} MB/s, {:9.0} plans/s ({plans} plans, {} chunks, {parse_secs:.2} s)",
-        mb / parse_secs,
+        parse_mbs,
         plans as f64 / parse_secs,
         chunks.len()
     );
@@ -91,7 +92,9 @@ fn main() {
     // (c) the whole pipeline, each size in its own process.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let mut body = Some(body);
-    for mult in [1usize, 4] {
+    let only_1x = std::env::var("PLANFEED_BENCH_ONLY_1X").is_ok_and(|v| !v.is_empty() && v != "0");
+    let sizes: &[usize] = if only_1x { &[1] } else { &[1, 4] };
+    for &mult in sizes {
         let feed = body.take().unwrap_or_else(|| generate(&spec(mult), 0));
         let bytes = feed.len() as f64;
         let sim = Simulator::with_bodies(vec![feed.into()]);
@@ -111,10 +114,11 @@ fn main() {
         let mbs = bytes / 1e6 / secs;
         println!(
             "(c) pipeline {mult}x ({:6.1} MB):  {mbs:8.1} MB/s, {:9.0} plans/s ({seen} plans in {secs:.2} s), \
-             pipeline/raw {:.0} %, peak RSS {:.0} MB",
+             pipeline/raw {:.0} %, pipeline/parse_chunk {:.0} %, peak RSS {:.0} MB",
             bytes / 1e6,
             seen / secs,
             100.0 * mbs / raw_mbs,
+            100.0 * mbs / parse_mbs,
             hwm_kb / 1024.0
         );
     }

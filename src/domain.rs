@@ -75,29 +75,61 @@ impl Plan {
         self.zones.iter().map(|z| z.price).max()
     }
 
-    /// Stable 64-bit digest of everything observable about the plan (xxh3 over a canonical
-    /// encoding). Persisted by the stores, so the encoding must never change silently.
+    /// Stable 64-bit digest of everything observable about the plan: xxh3 over a canonical binary
+    /// encoding. Persisted by the stores, so this encoding is frozen from now on: changing it makes
+    /// every stored plan look changed once (a full rewrite) and must be a deliberate, noted change.
+    ///
+    /// Encoding, all integers little-endian: strings as `u32` byte length + UTF-8 bytes; the key as
+    /// provider string, `base_plan_id` `u64`, `plan_id` `u64`; title string; online `u8`;
+    /// organizer as `u8` tag (0 none, 1 some) + `u64`; each date-time as `i64` seconds of the
+    /// local time read as UTC + `u32` nanoseconds, optional ones behind a `u8` tag; sold-out `u8`;
+    /// zone count `u32`, then per zone `zone_id` `u64`, name string, capacity `u32`, price as
+    /// [`Decimal::serialize`] of the value as fed (not normalized: the scale is shown to users,
+    /// so `20.00` and `20.0` differ), numbered `u8`.
     pub fn content_hash(&self) -> u64 {
-        let mut buf = Vec::with_capacity(128 + self.zones.len() * 48);
-        let mut put = |s: &str| {
+        let mut buf = Vec::with_capacity(96 + self.title.len() + self.zones.len() * 48);
+        fn put_str(buf: &mut Vec<u8>, s: &str) {
             buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
             buf.extend_from_slice(s.as_bytes());
-        };
-        put(&self.key.to_string());
-        put(&self.title);
-        put(if self.online { "online" } else { "offline" });
-        put(&self.organizer_company_id.map(|o| o.to_string()).unwrap_or_default());
-        put(&self.start.to_string());
-        put(&self.end.to_string());
-        put(&self.sell_from.map(|d| d.to_string()).unwrap_or_default());
-        put(&self.sell_to.map(|d| d.to_string()).unwrap_or_default());
-        put(if self.sold_out { "1" } else { "0" });
+        }
+        fn put_dt(buf: &mut Vec<u8>, t: &NaiveDateTime) {
+            let utc = t.and_utc();
+            buf.extend_from_slice(&utc.timestamp().to_le_bytes());
+            buf.extend_from_slice(&utc.timestamp_subsec_nanos().to_le_bytes());
+        }
+        fn put_opt_dt(buf: &mut Vec<u8>, t: &Option<NaiveDateTime>) {
+            match t {
+                Some(t) => {
+                    buf.push(1);
+                    put_dt(buf, t);
+                }
+                None => buf.push(0),
+            }
+        }
+        put_str(&mut buf, &self.key.provider);
+        buf.extend_from_slice(&self.key.base_plan_id.to_le_bytes());
+        buf.extend_from_slice(&self.key.plan_id.to_le_bytes());
+        put_str(&mut buf, &self.title);
+        buf.push(u8::from(self.online));
+        match self.organizer_company_id {
+            Some(o) => {
+                buf.push(1);
+                buf.extend_from_slice(&o.to_le_bytes());
+            }
+            None => buf.push(0),
+        }
+        put_dt(&mut buf, &self.start);
+        put_dt(&mut buf, &self.end);
+        put_opt_dt(&mut buf, &self.sell_from);
+        put_opt_dt(&mut buf, &self.sell_to);
+        buf.push(u8::from(self.sold_out));
+        buf.extend_from_slice(&(self.zones.len() as u32).to_le_bytes());
         for z in &self.zones {
-            put(&z.zone_id.to_string());
-            put(&z.name);
-            put(&z.capacity.to_string());
-            put(&z.price.normalize().to_string());
-            put(if z.numbered { "1" } else { "0" });
+            buf.extend_from_slice(&z.zone_id.to_le_bytes());
+            put_str(&mut buf, &z.name);
+            buf.extend_from_slice(&z.capacity.to_le_bytes());
+            buf.extend_from_slice(&z.price.serialize());
+            buf.push(u8::from(z.numbered));
         }
         xxhash_rust::xxh3::xxh3_64(&buf)
     }
@@ -144,9 +176,15 @@ pub struct StoredPlan {
 
 impl StoredPlan {
     pub fn new(plan: Plan, tz: Tz, ever_online: bool, version: u64) -> Self {
+        let hash = plan.content_hash();
+        Self::with_hash(plan, tz, ever_online, version, hash)
+    }
+
+    /// As [`StoredPlan::new`], with `hash` already computed (it must be `plan.content_hash()`).
+    pub fn with_hash(plan: Plan, tz: Tz, ever_online: bool, version: u64, hash: u64) -> Self {
+        debug_assert_eq!(hash, plan.content_hash());
         let start_utc = local_to_utc(plan.start, tz);
         let end_utc = local_to_utc(plan.end, tz);
-        let hash = plan.content_hash();
         Self {
             start_utc,
             end_utc,
@@ -247,6 +285,42 @@ mod tests {
         assert_eq!(a.id().get_version_num(), 5);
         assert_ne!(a.id(), b.id());
         assert_ne!(a.id(), c.id());
+    }
+
+    #[test]
+    fn content_hash_keeps_price_scale_and_sees_every_field() {
+        let zone = |price: &str| Zone {
+            zone_id: 1,
+            name: "Platea".into(),
+            capacity: 10,
+            price: price.parse().unwrap(),
+            numbered: true,
+        };
+        let plan = Plan {
+            key: PlanKey::new("fever", 1, 2),
+            title: "T".into(),
+            online: true,
+            organizer_company_id: None,
+            start: dt("2021-06-30T21:00:00"),
+            end: dt("2021-06-30T22:00:00"),
+            sell_from: None,
+            sell_to: None,
+            sold_out: false,
+            zones: vec![zone("20.00")],
+        };
+        let h = plan.content_hash();
+        assert_eq!(h, plan.clone().content_hash());
+        let other = |f: &dyn Fn(&mut Plan)| {
+            let mut p = plan.clone();
+            f(&mut p);
+            p.content_hash()
+        };
+        assert_ne!(h, other(&|p| p.zones = vec![zone("20.0")]), "scale is significant");
+        assert_ne!(h, other(&|p| p.zones[0].name = "Platea ".into()));
+        assert_ne!(h, other(&|p| p.organizer_company_id = Some(0)));
+        assert_ne!(h, other(&|p| p.sell_to = Some(p.end)));
+        assert_ne!(h, other(&|p| p.title = String::new()));
+        assert_ne!(h, other(&|p| p.key.plan_id = 3));
     }
 
     #[test]

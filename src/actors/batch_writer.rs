@@ -6,6 +6,12 @@
 //! timer message carries the batch id so a stale timer flushes nothing), or when a fetch ends.
 //! Transient store errors are retried with capped, jittered backoff; a permanent error drops the
 //! batch (the plans stay unknown to the writer, so the next fetch offers them again).
+//!
+//! A flushed batch is written by a spawned task while the writer keeps absorbing plans into the
+//! next batch, so parsing and writing overlap. At most one write is in flight: the next flush
+//! first awaits it. Its plans count as stored for the unchanged/moved checks at once; `persisted`,
+//! the counters and the search cache are updated when the write completes (the task reports back
+//! with [`WriterMsg::WriteDone`]). A fetch end, a `Flush` request and stopping await every write.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +33,8 @@ pub struct ChunkPlans {
     pub fetch: Arc<FetchContext>,
     pub seq: u32,
     pub plans: Vec<Plan>,
+    /// `plans[i].content_hash()`, computed by the parser; empty means "compute them here".
+    pub hashes: Vec<u64>,
     pub skipped: u64,
     pub error: Option<String>,
     /// Released once the plans are in the batch: the pipeline's backpressure.
@@ -51,6 +59,10 @@ pub enum WriterMsg {
     },
     /// Flush now and answer when done (shutdown, tests).
     Flush(RpcReplyPort<()>),
+    /// The in-flight batch write `write_id` completed (sent by the write task itself).
+    WriteDone {
+        write_id: u64,
+    },
     /// Configuration reload: new flush thresholds, from the next plan on.
     SetBatching {
         batch_size: usize,
@@ -120,6 +132,21 @@ pub struct BatchWriterState {
     batch_id: u64,
     batch_started: Option<Instant>,
     fetches: HashMap<u64, FetchTally>,
+    /// The batch being written, if any (at most one).
+    in_flight: Option<InFlight>,
+    write_seq: u64,
+}
+
+/// A batch handed to the store, not yet known to be written.
+struct InFlight {
+    write_id: u64,
+    batch: Arc<Vec<StoredPlan>>,
+    /// Position of each key in `batch`.
+    index: HashMap<PlanKey, usize>,
+    trigger: FlushTrigger,
+    started: Instant,
+    /// True when the batch was written, false when it was dropped.
+    handle: tokio::task::JoinHandle<bool>,
 }
 
 pub struct BatchWriter;
@@ -150,6 +177,8 @@ impl Actor for BatchWriter {
             batch_id: 0,
             batch_started: None,
             fetches: HashMap::new(),
+            in_flight: None,
+            write_seq: 0,
         })
     }
 
@@ -164,31 +193,36 @@ impl Actor for BatchWriter {
                 let fetch_id = chunk.fetch.fetch_id;
                 state.absorb(&me, chunk);
                 if state.batch.len() >= state.args.batch_size {
-                    state.flush(FlushTrigger::Size).await;
+                    state.flush(&me, FlushTrigger::Size).await;
                 } else if state.batch_bytes >= BATCH_BYTES {
-                    state.flush(FlushTrigger::Bytes).await;
+                    state.flush(&me, FlushTrigger::Bytes).await;
                 }
-                state.maybe_finish_fetch(fetch_id).await;
+                state.maybe_finish_fetch(&me, fetch_id).await;
             }
             WriterMsg::FetchEnd(end) => {
                 let fetch_id = end.fetch_id;
                 state.fetches.entry(fetch_id).or_default().end = Some(end);
-                state.maybe_finish_fetch(fetch_id).await;
+                state.maybe_finish_fetch(&me, fetch_id).await;
             }
             WriterMsg::FlushTimer { batch_id } => {
                 if batch_id == state.batch_id && !state.batch.is_empty() {
-                    state.flush(FlushTrigger::Age).await;
+                    state.flush(&me, FlushTrigger::Age).await;
                 }
             }
             WriterMsg::Flush(reply) => {
-                state.flush(FlushTrigger::Requested).await;
+                state.flush_all(&me, FlushTrigger::Requested).await;
                 let _ = reply.send(());
+            }
+            WriterMsg::WriteDone { write_id } => {
+                if state.in_flight.as_ref().is_some_and(|f| f.write_id == write_id) {
+                    state.finish_write().await;
+                }
             }
             WriterMsg::SetBatching { batch_size, flush_age } => {
                 state.args.batch_size = batch_size;
                 state.args.flush_age = flush_age;
                 if state.batch.len() >= batch_size {
-                    state.flush(FlushTrigger::Size).await;
+                    state.flush(&me, FlushTrigger::Size).await;
                 }
             }
         }
@@ -197,10 +231,10 @@ impl Actor for BatchWriter {
 
     async fn post_stop(
         &self,
-        _me: ActorRef<WriterMsg>,
+        me: ActorRef<WriterMsg>,
         state: &mut BatchWriterState,
     ) -> Result<(), ActorProcessingErr> {
-        state.flush(FlushTrigger::Stop).await;
+        state.flush_all(&me, FlushTrigger::Stop).await;
         Ok(())
     }
 }
@@ -208,7 +242,7 @@ impl Actor for BatchWriter {
 impl BatchWriterState {
     /// Takes a chunk's plans into the batch, skipping unchanged and out-of-date observations.
     fn absorb(&mut self, me: &ActorRef<WriterMsg>, chunk: ChunkPlans) {
-        let ChunkPlans { fetch, seq, plans, skipped, error, permit } = chunk;
+        let ChunkPlans { fetch, seq, plans, hashes, skipped, error, permit } = chunk;
         let version = (fetch.fetch_id << 20) | u64::from(seq.min((1 << 20) - 1));
         let counters = &self.args.counters;
         let tally = self.fetches.entry(fetch.fetch_id).or_default();
@@ -218,14 +252,19 @@ impl BatchWriterState {
         if let Some(e) = error {
             tally.errors.push(e);
         }
-        for plan in plans {
+        let hashes_given = hashes.len() == plans.len();
+        for (i, plan) in plans.into_iter().enumerate() {
             tally.seen += 1;
             counters.plans_seen.fetch_add(1, Ordering::Relaxed);
-            let hash = plan.content_hash();
-            let pending = self.in_batch.get(&plan.key).map(|&i| &self.batch[i]);
+            let hash = if hashes_given { hashes[i] } else { plan.content_hash() };
+            let writing = self.in_flight.as_ref().and_then(|f| f.index.get(&plan.key).map(|&i| &f.batch[i]));
+            let pending = self.in_batch.get(&plan.key).map(|&i| &self.batch[i]).or(writing);
             let latest = pending
                 .map(|p| (p.hash, p.version, p.ever_online))
                 .or_else(|| self.persisted.get(&plan.key).map(|s| (s.hash, s.version, s.ever_online)));
+            // The day of the row the store holds once the in-flight write lands.
+            let stored_day =
+                writing.map(|p| p.event_date).or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
             let ever_online = match latest {
                 Some((h, _, _)) if h == hash => {
                     tally.unchanged += 1;
@@ -241,12 +280,8 @@ impl BatchWriterState {
                 Some((_, _, ever)) => ever,
                 None => false,
             };
-            let mut stored = StoredPlan::new(plan, fetch.tz, ever_online, version);
-            stored.previous_event_date = self
-                .persisted
-                .get(&stored.plan.key)
-                .map(|s| s.event_date)
-                .filter(|d| *d != stored.event_date);
+            let mut stored = StoredPlan::with_hash(plan, fetch.tz, ever_online, version, hash);
+            stored.previous_event_date = stored_day.filter(|d| *d != stored.event_date);
             tally.written += 1;
             counters.plans_written.fetch_add(1, Ordering::Relaxed);
             self.batch_bytes += estimated_bytes(&stored.plan);
@@ -266,40 +301,54 @@ impl BatchWriterState {
         }
     }
 
-    /// Writes the batch, retrying transient errors with capped, jittered backoff.
-    async fn flush(&mut self, trigger: FlushTrigger) {
+    /// Hands the batch to a write task (after awaiting the one in flight, if any).
+    async fn flush(&mut self, me: &ActorRef<WriterMsg>, trigger: FlushTrigger) {
         self.batch_id += 1;
         self.batch_started = None;
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        self.finish_write().await;
+        let batch = Arc::new(std::mem::take(&mut self.batch));
+        let index = std::mem::take(&mut self.in_batch);
         self.batch_bytes = 0;
-        self.in_batch.clear();
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            match self.args.store.write_plans(&batch).await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() && attempt < 8 => {
-                    attempt += 1;
-                    self.args.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    let base =
-                        Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
-                    let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
-                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, plans = batch.len(), "store write failed, retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => {
-                    self.args.counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, plans = batch.len(), ?trigger, "store write failed for good: batch dropped, its plans will be offered again by the next fetch");
-                    return;
-                }
+        self.write_seq += 1;
+        let write_id = self.write_seq;
+        let store = self.args.store.clone();
+        let counters = self.args.counters.clone();
+        let me = me.clone();
+        let task_batch = batch.clone();
+        let handle = tokio::spawn(async move {
+            let written = write_with_retries(store, counters, task_batch, trigger).await;
+            let _ = me.cast(WriterMsg::WriteDone { write_id });
+            written
+        });
+        self.in_flight = Some(InFlight { write_id, batch, index, trigger, started: Instant::now(), handle });
+    }
+
+    /// Flushes the batch and awaits every write.
+    async fn flush_all(&mut self, me: &ActorRef<WriterMsg>, trigger: FlushTrigger) {
+        self.flush(me, trigger).await;
+        self.finish_write().await;
+    }
+
+    /// Awaits the write in flight, if any, and records its outcome.
+    async fn finish_write(&mut self) {
+        let Some(f) = self.in_flight.take() else { return };
+        let written = match f.handle.await {
+            Ok(w) => w,
+            Err(e) => {
+                self.args.counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, plans = f.batch.len(), "store write task failed: batch dropped");
+                false
             }
+        };
+        if !written {
+            return;
         }
         self.args.counters.batches.fetch_add(1, Ordering::Relaxed);
         let mut days = HashSet::<NaiveDate>::new();
-        for p in &batch {
+        for p in f.batch.iter() {
             days.insert(p.event_date);
             days.extend(p.previous_event_date);
             self.persisted.insert(
@@ -313,9 +362,9 @@ impl BatchWriterState {
             );
         }
         tracing::debug!(
-            plans = batch.len(),
-            ?trigger,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            plans = f.batch.len(),
+            trigger = ?f.trigger,
+            elapsed_ms = f.started.elapsed().as_millis() as u64,
             "batch written"
         );
         if let Some(searcher) = &self.args.searcher {
@@ -325,7 +374,7 @@ impl BatchWriterState {
     }
 
     /// Once every chunk of an ended fetch is in, flushes and records the fetch in the store's log.
-    async fn maybe_finish_fetch(&mut self, fetch_id: u64) {
+    async fn maybe_finish_fetch(&mut self, me: &ActorRef<WriterMsg>, fetch_id: u64) {
         let done = self
             .fetches
             .get(&fetch_id)
@@ -333,7 +382,7 @@ impl BatchWriterState {
         if !done {
             return;
         }
-        self.flush(FlushTrigger::FetchEnd).await;
+        self.flush_all(me, FlushTrigger::FetchEnd).await;
         let tally = self.fetches.remove(&fetch_id).unwrap_or_default();
         let Some(end) = tally.end else { return };
         let retries = end.retries;
@@ -367,6 +416,35 @@ impl BatchWriterState {
         if self.fetches.len() > 64 {
             let oldest = *self.fetches.keys().min().unwrap_or(&0);
             self.fetches.remove(&oldest);
+        }
+    }
+}
+
+/// Writes a batch, retrying transient errors with capped, jittered backoff. False when the batch
+/// was dropped after a permanent error or too many attempts.
+async fn write_with_retries(
+    store: SharedStore,
+    counters: Arc<WriterCounters>,
+    batch: Arc<Vec<StoredPlan>>,
+    trigger: FlushTrigger,
+) -> bool {
+    let mut attempt = 0u32;
+    loop {
+        match store.write_plans_shared(batch.clone()).await {
+            Ok(()) => return true,
+            Err(e) if e.is_transient() && attempt < 8 => {
+                attempt += 1;
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                let base = Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
+                let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, plans = batch.len(), "store write failed, retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, plans = batch.len(), ?trigger, "store write failed for good: batch dropped, its plans will be offered again by the next fetch");
+                return false;
+            }
         }
     }
 }

@@ -59,9 +59,15 @@ impl Actor for Parser {
         let ParserMsg::Parse(job) = msg;
         let provider = job.fetch.provider.clone();
         let bytes = job.bytes.clone();
-        let parsed = tokio::task::spawn_blocking(move || feed::parse_chunk(&provider, &bytes)).await;
+        // Content hashes are computed here, on the parsers' threads, so the single writer does not.
+        let parsed = tokio::task::spawn_blocking(move || {
+            let p = feed::parse_chunk(&provider, &bytes);
+            let hashes: Vec<u64> = p.plans.iter().map(|plan| plan.content_hash()).collect();
+            (p, hashes)
+        })
+        .await;
         let out = match parsed {
-            Ok(p) => {
+            Ok((p, hashes)) => {
                 for s in &p.skipped {
                     tracing::warn!(
                         provider = %job.fetch.provider,
@@ -75,6 +81,7 @@ impl Actor for Parser {
                     fetch: job.fetch,
                     seq: job.seq,
                     plans: p.plans,
+                    hashes,
                     skipped: p.skipped.len() as u64,
                     error: p.error.map(|e| e.to_string()),
                     permit: job.permit,
@@ -86,6 +93,7 @@ impl Actor for Parser {
                     fetch: job.fetch,
                     seq: job.seq,
                     plans: Vec::new(),
+                    hashes: Vec::new(),
                     skipped: 0,
                     error: Some(format!("parser failed on chunk {}: {e}", job.seq)),
                     permit: job.permit,

@@ -46,6 +46,13 @@ pub trait Store: Send + Sync + 'static {
     /// per batch where the backend allows it; always idempotent, so a failed batch can be retried.
     async fn write_plans(&self, plans: &[StoredPlan]) -> StoreResult<()>;
 
+    /// [`Store::write_plans`] for a batch the caller shares (the writer keeps it for retries and
+    /// its bookkeeping): a store that must move the rows to another thread overrides this to skip
+    /// copying them.
+    async fn write_plans_shared(&self, plans: Arc<Vec<StoredPlan>>) -> StoreResult<()> {
+        self.write_plans(&plans).await
+    }
+
     /// The writer's bookkeeping for every stored plan (hash, event day, version, ever-online).
     async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>>;
 

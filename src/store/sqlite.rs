@@ -316,61 +316,15 @@ impl Store for SqliteStore {
         if plans.is_empty() {
             return Ok(());
         }
+        self.write_plans_shared(Arc::new(plans.to_vec())).await
+    }
+
+    async fn write_plans_shared(&self, plans: Arc<Vec<StoredPlan>>) -> StoreResult<()> {
+        if plans.is_empty() {
+            return Ok(());
+        }
         // Rows are encoded (zones to JSON, dates to text) on the blocking thread, not here.
-        let plans = plans.to_vec();
-        self.write(move |conn| {
-            let n = plans.len();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .ctx(|| format!("starting a batch of {n} plans"))?;
-            {
-                let now = Utc::now().timestamp_millis();
-                let mut upsert = tx.prepare_cached(UPSERT_PLAN).ctx(|| "preparing the plan upsert")?;
-                let mut stick =
-                    tx.prepare_cached(STICK_EVER_ONLINE).ctx(|| "preparing the ever-online update")?;
-                for p in &plans {
-                    let key = &p.plan.key;
-                    let base_plan_id = to_i64(key.base_plan_id, "base_plan_id", key)?;
-                    let plan_id = to_i64(key.plan_id, "plan_id", key)?;
-                    let changed = upsert
-                        .execute(params![
-                            &*key.provider,
-                            base_plan_id,
-                            plan_id,
-                            key.id().hyphenated().to_string(),
-                            p.plan.title,
-                            p.plan.online,
-                            p.ever_online,
-                            p.plan
-                                .organizer_company_id
-                                .map(|o| to_i64(o, "organizer_company_id", key))
-                                .transpose()?,
-                            local_text(p.plan.start),
-                            local_text(p.plan.end),
-                            p.start_utc.timestamp_millis(),
-                            p.end_utc.timestamp_millis(),
-                            date_text(p.event_date),
-                            p.plan.sell_from.map(local_text),
-                            p.plan.sell_to.map(local_text),
-                            p.plan.sold_out,
-                            p.plan.min_price().map(|d| d.to_string()),
-                            p.plan.max_price().map(|d| d.to_string()),
-                            zones_json(&p.plan.zones),
-                            to_i64(p.version, "version", key)?,
-                            p.hash as i64,
-                            now,
-                        ])
-                        .ctx(|| format!("writing plan {key}"))?;
-                    if changed == 0 && p.ever_online {
-                        stick
-                            .execute(params![&*key.provider, base_plan_id, plan_id])
-                            .ctx(|| format!("marking plan {key} ever online"))?;
-                    }
-                }
-            }
-            tx.commit().ctx(|| format!("committing a batch of {n} plans"))
-        })
-        .await
+        self.write(move |conn| write_batch(conn, &plans)).await
     }
 
     async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
@@ -510,6 +464,65 @@ impl Store for SqliteStore {
     }
 }
 
+/// One batch in one transaction; the statements are prepared (cached) once per batch and the
+/// zones' JSON is built in one reused buffer.
+fn write_batch(conn: &mut Connection, plans: &[StoredPlan]) -> StoreResult<()> {
+    let n = plans.len();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .ctx(|| format!("starting a batch of {n} plans"))?;
+    {
+        let now = Utc::now().timestamp_millis();
+        let mut upsert = tx.prepare_cached(UPSERT_PLAN).ctx(|| "preparing the plan upsert")?;
+        let mut stick = tx.prepare_cached(STICK_EVER_ONLINE).ctx(|| "preparing the ever-online update")?;
+        let mut zones = String::with_capacity(16 * 1024);
+        let mut id_buf = Uuid::encode_buffer();
+        for p in plans {
+            let key = &p.plan.key;
+            let base_plan_id = to_i64(key.base_plan_id, "base_plan_id", key)?;
+            let plan_id = to_i64(key.plan_id, "plan_id", key)?;
+            zones.clear();
+            write_zones_json(&mut zones, &p.plan.zones);
+            let id = key.id().hyphenated().encode_lower(&mut id_buf);
+            let changed = upsert
+                .execute(params![
+                    &*key.provider,
+                    base_plan_id,
+                    plan_id,
+                    &*id,
+                    p.plan.title,
+                    p.plan.online,
+                    p.ever_online,
+                    p.plan
+                        .organizer_company_id
+                        .map(|o| to_i64(o, "organizer_company_id", key))
+                        .transpose()?,
+                    local_text(p.plan.start),
+                    local_text(p.plan.end),
+                    p.start_utc.timestamp_millis(),
+                    p.end_utc.timestamp_millis(),
+                    date_text(p.event_date),
+                    p.plan.sell_from.map(local_text),
+                    p.plan.sell_to.map(local_text),
+                    p.plan.sold_out,
+                    p.plan.min_price().map(|d| d.to_string()),
+                    p.plan.max_price().map(|d| d.to_string()),
+                    zones.as_str(),
+                    to_i64(p.version, "version", key)?,
+                    p.hash as i64,
+                    now,
+                ])
+                .ctx(|| format!("writing plan {key}"))?;
+            if changed == 0 && p.ever_online {
+                stick
+                    .execute(params![&*key.provider, base_plan_id, plan_id])
+                    .ctx(|| format!("marking plan {key} ever online"))?;
+            }
+        }
+    }
+    tx.commit().ctx(|| format!("committing a batch of {n} plans"))
+}
+
 fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     let millis = |ms| DateTime::<Utc>::from_timestamp_millis(ms).ok_or("out of range");
     Ok(EventRow {
@@ -585,20 +598,50 @@ fn parse_date(s: &str) -> chrono::ParseResult<NaiveDate> {
 }
 
 /// Zones for ad-hoc SQL (`json_each`); prices as exact decimal strings.
-fn zones_json(zones: &[Zone]) -> String {
-    let zones: Vec<_> = zones
-        .iter()
-        .map(|z| {
-            serde_json::json!({
-                "zone_id": z.zone_id,
-                "name": z.name,
-                "capacity": z.capacity,
-                "price": z.price.to_string(),
-                "numbered": z.numbered,
-            })
-        })
-        .collect();
-    serde_json::Value::Array(zones).to_string()
+/// The zones as a JSON array, appended to `out`: keys in the order `serde_json` maps give them
+/// (sorted), prices as exact decimal strings (scale kept), names escaped as JSON strings.
+fn write_zones_json(out: &mut String, zones: &[Zone]) {
+    use std::fmt::Write as _;
+    out.push('[');
+    for (i, z) in zones.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{{\"capacity\":{},\"name\":", z.capacity);
+        push_json_str(out, &z.name);
+        let _ =
+            write!(out, ",\"numbered\":{},\"price\":\"{}\",\"zone_id\":{}}}", z.numbered, z.price, z.zone_id);
+    }
+    out.push(']');
+}
+
+/// `s` as a JSON string literal, escaped as `serde_json` escapes it.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// Attaches what the store was doing to a rusqlite error and sorts it into transient or permanent.
@@ -640,6 +683,48 @@ fn is_transient(e: &rusqlite::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn zones_json(zones: &[Zone]) -> String {
+        let mut out = String::new();
+        write_zones_json(&mut out, zones);
+        out
+    }
+
+    /// The previous encoder, through `serde_json::Value`: the fast one must match it byte for byte.
+    fn zones_json_via_value(zones: &[Zone]) -> String {
+        let zones: Vec<_> = zones
+            .iter()
+            .map(|z| {
+                serde_json::json!({
+                    "zone_id": z.zone_id,
+                    "name": z.name,
+                    "capacity": z.capacity,
+                    "price": z.price.to_string(),
+                    "numbered": z.numbered,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(zones).to_string()
+    }
+
+    #[test]
+    fn zones_json_matches_serde_json_byte_for_byte() {
+        let names =
+            ["Platea", "", "a\"b\\c", "line\nbreak\ttab\r", "ctl\u{1}\u{8}\u{c}\u{1f}", "ñandú €", "\u{7f}"];
+        let zones: Vec<Zone> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Zone {
+                zone_id: u64::MAX - i as u64,
+                name: (*n).into(),
+                capacity: u32::MAX - i as u32,
+                price: ["20.00", "7.5", "0", "-1.250", "123456789.123456789", "0.0", "1"][i].parse().unwrap(),
+                numbered: i % 2 == 0,
+            })
+            .collect();
+        assert_eq!(zones_json(&zones), zones_json_via_value(&zones));
+        assert_eq!(zones_json(&zones[..1]), zones_json_via_value(&zones[..1]));
+    }
 
     fn failure(code: std::os::raw::c_int) -> rusqlite::Result<()> {
         Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None))
