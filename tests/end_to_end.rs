@@ -69,23 +69,6 @@ fn id(base_plan: u64, plan: u64) -> String {
     planfeed::domain::PlanKey::new("fever", base_plan, plan).id().to_string()
 }
 
-fn summary(e: &Value) -> String {
-    format!(
-        "{} {} {} {} {} {} {}",
-        e["title"].as_str().unwrap(),
-        e["start_date"].as_str().unwrap(),
-        e["start_time"].as_str().unwrap(),
-        e["end_date"].as_str().unwrap(),
-        e["end_time"].as_str().unwrap(),
-        price(&e["min_price"]),
-        price(&e["max_price"])
-    )
-}
-
-fn price(v: &Value) -> String {
-    v.as_f64().map_or_else(|| v.to_string(), |p| format!("{p:.2}"))
-}
-
 const WIDE: &str = "?starts_at=2000-01-01T00:00:00Z&ends_at=2100-01-01T00:00:00Z";
 
 /// Runs the three fixture snapshots through a service on `store` and checks every answer.
@@ -103,18 +86,25 @@ pub async fn fixture_scenario(store: SharedStore) {
     let ev = events(&base, WIDE).await;
     let ids: Vec<_> = ev.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids, vec![id(322, 1642), id(322, 1643), id(291, 291), id(1591, 1642)]);
-    assert_eq!(summary(&ev[3]), "Los Morancos 2021-07-31 20:00:00 2021-07-31 21:00:00 65.00 75.00");
+    assert_eq!(
+        common::event_summary(&ev[3]),
+        "Los Morancos 2021-07-31 20:00:00 2021-07-31 21:00:00 65.00 75.00"
+    );
 
     service.fetch_now();
     wait_for_fetches(&store, 2).await;
     let ev = events(&base, WIDE).await;
     assert_eq!(ev.len(), 4, "plans absent from a fetch stay searchable: {ev:?}");
-    assert_eq!(summary(&ev[3]), "Los Morancos 2021-07-31 20:00:00 2021-07-31 21:20:00 65.00 75.00");
+    assert_eq!(
+        common::event_summary(&ev[3]),
+        "Los Morancos 2021-07-31 20:00:00 2021-07-31 21:20:00 65.00 75.00"
+    );
 
     service.fetch_now();
     wait_for_fetches(&store, 3).await;
     let ev = events(&base, WIDE).await;
-    let got: Vec<_> = ev.iter().map(|e| (e["id"].as_str().unwrap().to_string(), summary(e))).collect();
+    let got: Vec<_> =
+        ev.iter().map(|e| (e["id"].as_str().unwrap().to_string(), common::event_summary(e))).collect();
     assert_eq!(
         got,
         vec![

@@ -2,6 +2,8 @@
 //! pipeline and embedded store. Every fault mode must leave `/search` answering what is stored, fast,
 //! lose nothing, and the first good fetch after the fault must bring the new data.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -118,24 +120,6 @@ fn by_id(events: &[Value]) -> BTreeMap<String, Value> {
     events.iter().map(|e| (e["id"].as_str().unwrap().to_string(), e.clone())).collect()
 }
 
-fn price(v: &Value) -> String {
-    v.as_f64().map_or_else(|| v.to_string(), |p| format!("{p:.2}"))
-}
-
-/// What `/search` shows of a plan, comparable between the API and a parsed feed.
-fn summary(e: &Value) -> String {
-    format!(
-        "{} {} {} {} {} {} {}",
-        e["title"].as_str().unwrap(),
-        e["start_date"].as_str().unwrap(),
-        e["start_time"].as_str().unwrap(),
-        e["end_date"].as_str().unwrap(),
-        e["end_time"].as_str().unwrap(),
-        price(&e["min_price"]),
-        price(&e["max_price"])
-    )
-}
-
 fn plan_summary(p: &Plan) -> String {
     let price = |d: Option<rust_decimal::Decimal>| {
         d.map_or("null".to_string(), |d| format!("{:.2}", d.to_f64().unwrap()))
@@ -172,7 +156,7 @@ fn apply(
 }
 
 fn summaries(events: &[Value]) -> BTreeMap<String, String> {
-    by_id(events).into_iter().map(|(id, e)| (id, summary(&e))).collect()
+    by_id(events).into_iter().map(|(id, e)| (id, common::event_summary(&e))).collect()
 }
 
 /// One fault mode, start to end: a good fetch (round 0), a fetch under `faults`, then a good fetch.

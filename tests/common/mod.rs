@@ -78,3 +78,19 @@ pub fn moved(plan: Plan, version: u64, previous: NaiveDate) -> StoredPlan {
     s.previous_event_date = Some(previous);
     s
 }
+
+/// What `/search` shows of an event, as one comparable line: title, local start and end, min and
+/// max price (two decimals; JSON parsers read `65.00` as `65.0`).
+pub fn event_summary(e: &serde_json::Value) -> String {
+    let price = |v: &serde_json::Value| v.as_f64().map_or_else(|| v.to_string(), |p| format!("{p:.2}"));
+    format!(
+        "{} {} {} {} {} {} {}",
+        e["title"].as_str().unwrap(),
+        e["start_date"].as_str().unwrap(),
+        e["start_time"].as_str().unwrap(),
+        e["end_date"].as_str().unwrap(),
+        e["end_time"].as_str().unwrap(),
+        price(&e["min_price"]),
+        price(&e["max_price"])
+    )
+}
