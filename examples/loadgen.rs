@@ -2,15 +2,18 @@
 //! scheduled at a constant rate and each latency is measured from the request's *scheduled* time,
 //! so a stalled server is charged for the requests it delayed (no coordinated omission).
 //!
+//! One OS thread per keep-alive connection, blocking sockets, and `std::thread::sleep` with the
+//! timer slack set to 1 µs: the send times are kept to a few tens of µs. (An async runtime's timer
+//! wheel has a 1 ms tick, which would charge up to 1 ms of the generator's own lateness to every
+//! request.)
+//!
 //! `loadgen ADDR RATE SECONDS CONNECTIONS PATH_OR_@FILE` (a `@FILE` holds one path per line, used
 //! in turn). Prints `RESULT requests/s p50_ms p99_ms p99.9_ms errors`.
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 struct Outcome {
     latencies_us: Vec<u64>,
@@ -18,7 +21,7 @@ struct Outcome {
 }
 
 /// One keep-alive connection sending requests `k, k + n, k + 2n, …` at their scheduled times.
-async fn connection(
+fn connection(
     addr: SocketAddr,
     paths: Arc<Vec<String>>,
     k: usize,
@@ -29,18 +32,24 @@ async fn connection(
 ) -> Outcome {
     let mut out = Outcome { latencies_us: Vec::new(), errors: 0 };
     let mut stream: Option<BufReader<TcpStream>> = None;
+    let mut line = String::new();
+    let mut body = Vec::new();
     let mut i = k;
     loop {
-        let scheduled = start + interval * i as u32;
+        let scheduled = start + interval.mul_f64(i as f64);
         if scheduled >= end {
             break;
         }
-        tokio::time::sleep_until(scheduled.into()).await;
+        let now = Instant::now();
+        if scheduled > now {
+            std::thread::sleep(scheduled - now);
+        }
         if stream.is_none() {
-            match TcpStream::connect(addr).await {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    stream = Some(BufReader::new(s));
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    stream = Some(BufReader::with_capacity(64 * 1024, s));
                 }
                 Err(_) => {
                     out.errors += 1;
@@ -51,7 +60,7 @@ async fn connection(
         }
         let s = stream.as_mut().expect("connected above");
         let path = &paths[i % paths.len()];
-        match request(s, path).await {
+        match request(s, path, &mut line, &mut body) {
             Ok(200) => out.latencies_us.push(scheduled.elapsed().as_micros() as u64),
             Ok(_) => out.errors += 1,
             Err(_) => {
@@ -64,16 +73,21 @@ async fn connection(
     out
 }
 
-async fn request(s: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<u16> {
+fn request(
+    s: &mut BufReader<TcpStream>,
+    path: &str,
+    line: &mut String,
+    body: &mut Vec<u8>,
+) -> std::io::Result<u16> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    s.get_mut().write_all(req.as_bytes()).await?;
-    let mut line = String::new();
-    s.read_line(&mut line).await?;
+    s.get_mut().write_all(req.as_bytes())?;
+    line.clear();
+    s.read_line(line)?;
     let status: u16 = line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let mut length = 0usize;
     loop {
         line.clear();
-        if s.read_line(&mut line).await? == 0 {
+        if s.read_line(line)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         if line == "\r\n" {
@@ -85,8 +99,8 @@ async fn request(s: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<u1
             }
         }
     }
-    let mut body = vec![0; length];
-    s.read_exact(&mut body).await?;
+    body.resize(length, 0);
+    s.read_exact(body)?;
     Ok(status)
 }
 
@@ -98,8 +112,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[idx.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [addr, rate, secs, conns, target] = args.as_slice() else {
         return Err("usage: loadgen ADDR RATE SECONDS CONNECTIONS PATH_OR_@FILE".into());
@@ -114,17 +127,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => vec![target.clone()],
     };
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this process's timer slack (default 50 µs).
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong);
+    }
     let paths = Arc::new(paths);
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now() + Duration::from_millis(50);
     let end = start + duration;
-    let tasks: Vec<_> = (0..conns)
-        .map(|k| tokio::spawn(connection(addr, paths.clone(), k, conns, interval, start, end)))
+    let threads: Vec<_> = (0..conns)
+        .map(|k| {
+            let paths = paths.clone();
+            std::thread::spawn(move || connection(addr, paths, k, conns, interval, start, end))
+        })
         .collect();
     let mut all = Vec::new();
     let mut errors = 0;
-    for t in tasks {
-        let o = t.await?;
+    for t in threads {
+        let o = t.join().map_err(|_| "connection thread panicked")?;
         all.extend(o.latencies_us);
         errors += o.errors;
     }

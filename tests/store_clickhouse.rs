@@ -182,7 +182,7 @@ async fn migrations_run_once() {
 
 #[tokio::test]
 async fn round_trip_keeps_local_times_and_exact_prices() {
-    let (_server, store) = setup!();
+    let (server, store) = setup!();
     let madrid: Tz = "Europe/Madrid".parse().unwrap();
     let a = StoredPlan::new(
         plan(
@@ -227,6 +227,19 @@ async fn round_trip_keeps_local_times_and_exact_prices() {
     assert_eq!(rows[0], planfeed::domain::EventRow::from_stored(&sticky));
     assert_eq!(rows[0].min_price.unwrap().to_string(), "1.10");
     assert_eq!((rows[1].min_price, rows[1].max_price), (None, None));
+
+    // The zones rows carry the exact decimal text, in feed order.
+    let sql = "SELECT provider, idx, zone_id, name, capacity, price, numbered, version FROM zones \
+               WHERE base_plan_id = 322 AND plan_id = 1642 ORDER BY idx FORMAT TSV";
+    let sql = percent_encoding::utf8_percent_encode(sql, percent_encoding::NON_ALPHANUMERIC);
+    let url = format!("{}/?database=planfeed_test&query={sql}", server.url());
+    let zones = reqwest::get(url).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        zones,
+        "fever\t0\t1\tZone 1\t100\t20.00\t1\t1\n\
+         fever\t1\t2\tZone 2\t100\t7.5\t1\t1\n\
+         fever\t2\t3\tZone 3\t100\t100\t1\t1\n"
+    );
 
     assert!(store.plans_by_day(day("2021-07-01"), day("2021-07-31")).await.unwrap().is_empty());
     assert!(store.plans_by_day(day("2021-06-29"), day("2021-06-29")).await.unwrap().is_empty());

@@ -374,33 +374,24 @@ impl ChunkParser<'_> {
                 _ => {}
             }
         }
-        let zone_label = match &zone_id {
-            Field::Ok(id) => format!("zone {id}"),
-            _ => format!("zone #{}", plan.zones.len() + 1),
-        };
-        let zone_id = match zone_id {
-            Field::Ok(id) => id,
-            Field::Bad(why) => {
-                plan.invalid = Some(format!("{zone_label}: {why}"));
-                return Ok(());
+        match (zone_id, price) {
+            (Field::Ok(zone_id), Field::Ok(price)) => {
+                plan.zones.push(Zone { zone_id, name, capacity, price, numbered });
             }
-            Field::Missing => {
-                plan.invalid = Some(format!("{zone_label}: missing zone_id"));
-                return Ok(());
+            (zone_id, price) => {
+                let label = match &zone_id {
+                    Field::Ok(id) => format!("zone {id}"),
+                    _ => format!("zone #{}", plan.zones.len() + 1),
+                };
+                let why = match (zone_id, price) {
+                    (Field::Bad(why), _) => why,
+                    (Field::Missing, _) => "missing zone_id".to_owned(),
+                    (_, Field::Bad(why)) => why,
+                    (_, _) => "missing price".to_owned(),
+                };
+                plan.invalid = Some(format!("{label}: {why}"));
             }
-        };
-        let price = match price {
-            Field::Ok(p) => p,
-            Field::Bad(why) => {
-                plan.invalid = Some(format!("{zone_label}: {why}"));
-                return Ok(());
-            }
-            Field::Missing => {
-                plan.invalid = Some(format!("{zone_label}: missing price"));
-                return Ok(());
-            }
-        };
-        plan.zones.push(Zone { zone_id, name, capacity, price, numbered });
+        }
         Ok(())
     }
 

@@ -186,19 +186,49 @@ impl ClickHouseStore {
         timed(QUERY_TIMEOUT, work).await
     }
 
+    /// One `INSERT` with the zones of every plan of the batch. The rows borrow from the plans and
+    /// are serialized straight into the request body: no row is built on the heap.
+    async fn insert_zones(&self, plans: &[StoredPlan]) -> StoreResult<()> {
+        if plans.iter().all(|p| p.plan.zones.is_empty()) {
+            return Ok(());
+        }
+        let work = async {
+            let mut insert = self.client.insert::<ZoneRow<'_>>("zones").await?;
+            for p in plans {
+                let key = &p.plan.key;
+                for (idx, z) in p.plan.zones.iter().enumerate() {
+                    let row = ZoneRow {
+                        provider: &key.provider,
+                        base_plan_id: key.base_plan_id,
+                        plan_id: key.plan_id,
+                        version: p.version,
+                        event_date: p.event_date,
+                        idx: idx as u32,
+                        zone_id: z.zone_id,
+                        name: &z.name,
+                        capacity: z.capacity,
+                        price: &z.price,
+                        numbered: z.numbered.into(),
+                    };
+                    insert.write(&row).await?;
+                }
+            }
+            insert.end().await
+        };
+        timed(QUERY_TIMEOUT, work).await
+    }
+
     /// One attempt at a batch: the sticky-flag lookup, then one `INSERT` into `zones` and one into
     /// `plans` (zones first: a visible plan row always has its zones).
     async fn write_batch(&self, plans: &[StoredPlan]) -> StoreResult<()> {
         let sticky = self.ever_online_among(plans).await?;
         let written_at = Utc::now();
         let mut plan_batch = Vec::with_capacity(plans.len());
-        let mut zone_batch = Vec::with_capacity(plans.iter().map(|p| p.plan.zones.len()).sum());
         for p in plans {
             let ever_online = p.ever_online || sticky.contains(&p.plan.key.id());
             plan_rows(p, ever_online, written_at, &mut plan_batch);
-            zone_rows(p, &mut zone_batch);
         }
-        self.insert_rows("zones", &zone_batch).await?;
+        self.insert_zones(plans).await?;
         self.insert_rows("plans", &plan_batch).await
     }
 
@@ -364,9 +394,10 @@ struct PlanRow {
     written_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
-struct ZoneRow {
-    provider: String,
+/// A `zones` row borrowed from its plan (see [`ClickHouseStore::insert_zones`]).
+#[derive(Debug, Row, Serialize)]
+struct ZoneRow<'a> {
+    provider: &'a str,
     base_plan_id: u64,
     plan_id: u64,
     version: u64,
@@ -374,10 +405,24 @@ struct ZoneRow {
     event_date: NaiveDate,
     idx: u32,
     zone_id: u64,
-    name: String,
+    name: &'a str,
     capacity: u32,
-    price: String,
+    /// Exact decimal text, written without a heap allocation.
+    #[serde(serialize_with = "price_text")]
+    price: &'a Decimal,
     numbered: u8,
+}
+
+/// Serializes a price as its decimal text ("20.00", "7.5"), formatted on the stack.
+fn price_text<S: serde::Serializer>(price: &&Decimal, serializer: S) -> Result<S::Ok, S::Error> {
+    use std::io::Write;
+    // A Decimal's text is at most 31 digits, a sign and a point.
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{price}").map_err(serde::ser::Error::custom)?;
+    let len = cursor.position() as usize;
+    let text = std::str::from_utf8(&buf[..len]).map_err(serde::ser::Error::custom)?;
+    serializer.serialize_str(text)
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -512,24 +557,6 @@ fn plan_rows(p: &StoredPlan, ever_online: bool, written_at: DateTime<Utc>, out: 
         out.push(PlanRow { event_date: previous, superseded: 1, ..row.clone() });
     }
     out.push(row);
-}
-
-fn zone_rows(p: &StoredPlan, out: &mut Vec<ZoneRow>) {
-    for (idx, z) in p.plan.zones.iter().enumerate() {
-        out.push(ZoneRow {
-            provider: p.plan.key.provider.to_string(),
-            base_plan_id: p.plan.key.base_plan_id,
-            plan_id: p.plan.key.plan_id,
-            version: p.version,
-            event_date: p.event_date,
-            idx: idx as u32,
-            zone_id: z.zone_id,
-            name: z.name.clone(),
-            capacity: z.capacity,
-            price: z.price.to_string(),
-            numbered: z.numbered.into(),
-        });
-    }
 }
 
 #[async_trait]
