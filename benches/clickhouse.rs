@@ -39,6 +39,10 @@ async fn main() {
         offline_share: 0.1,
         invalid_share: 0.0,
     };
+    println!(
+        "clickhouse-server data under {} (PLANFEED_CH_TEST_DIR picks another volume)",
+        clickhouse_server::ClickHouseServer::data_parent_label()
+    );
     let feed = generate(&spec, 0);
     let provider: Arc<str> = Arc::from("bench");
     let parsed = parse_document(&provider, &feed).expect("generated feed parses");

@@ -6,11 +6,15 @@
 #   LOADTEST_SECONDS=3 scripts/loadtest.sh
 #
 # Runs: wrk closed loop (requests/s) against planfeed and against a bare warp baseline serving the
-# same bytes; a fixed LOADTEST_RATE (default 10000) requests/s with latency measured from each
-# request's scheduled time (coordinated omission corrected, like oha --latency-correction or wrk2;
-# `examples/loadgen.rs`) for 1-day, 1-month, 1-year and random ranges; p99 on a store of 10k plans vs
-# 1 M plans; and a fixed-rate run against a ClickHouse-backed planfeed while the ClickHouse server is
-# stopped (cached days only), when clickhouse-server is installed.
+# same bytes; a fixed LOADTEST_RATE (default 10000) requests/s with `oha --latency-correction`
+# (latency measured from each request's scheduled time: coordinated omission corrected) for 1-day,
+# 1-month, 1-year and random ranges, cross-checked on the 1-day runs by `examples/loadgen.rs` (the
+# same method, one blocking thread per connection); p99 on a store of 10k plans vs 1 M plans; and a
+# fixed-rate run against a ClickHouse-backed planfeed while the ClickHouse server is stopped (cached
+# days only), when clickhouse-server is installed.
+#
+# oha comes from crates.io: `oha` on PATH, or $OHA, or else it is installed once into target/tools
+# (`cargo install oha`, a few minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +31,12 @@ trap cleanup EXIT
 
 if ! command -v wrk >/dev/null; then
     apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+fi
+OHA=${OHA:-$(command -v oha || echo target/tools/bin/oha)}
+if [ ! -x "$OHA" ]; then
+    echo "installing oha into target/tools (once; takes a few minutes)" >&2
+    cargo install oha --locked --root target/tools >/dev/null
+    OHA=target/tools/bin/oha
 fi
 cargo build --release --bin planfeed --example gen_store --example baseline_server --example loadgen
 BIN=target/release/planfeed
@@ -85,7 +95,9 @@ done = function(summary, latency, requests)
 end
 LUA
 
-report() { # LABEL RPS P50 P99 P999 ERRORS
+report() { # LABEL RPS P50 P99 P999 ERRORS; keeps requests/s and p99 in LAST_RPS / LAST_P99
+    LAST_RPS=$2
+    LAST_P99=$4
     printf '%-44s %9s req/s  p50 %7s ms  p99 %7s ms  p99.9 %7s ms  errors %s\n' "$@" | tee -a "$RESULTS"
 }
 
@@ -96,11 +108,38 @@ closed() { # LABEL URL
     report "$1" ${line#RESULT }
 }
 
+# oha's JSON summary as a RESULT line. Errors are non-200 answers and failed requests; the requests
+# still in flight when the run's time is up ("aborted due to deadline") are not errors.
+OHA_SUMMARY='
+import json, sys
+d = json.load(sys.stdin)
+p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+errors = sum(n for c, n in codes.items() if c != "200")
+errors += sum(n for e, n in d.get("errorDistribution", {}).items() if "deadline" not in e)
+print("RESULT %.0f %.3f %.3f %.3f %d" % (codes.get("200", 0) / d["summary"]["total"],
+      p["p50"] * 1e3, p["p99"] * 1e3, p["p99.9"] * 1e3, errors))
+'
+
 fixed() { # LABEL PORT PATH_OR_@FILE
+    local line target=$3 args=()
+    if [[ $target == @* ]]; then
+        sed "s|^|http://127.0.0.1:$2|" "${target#@}" >"$WORK/urls-$2.txt"
+        args=(--urls-from-file "$WORK/urls-$2.txt")
+    else
+        args=("http://127.0.0.1:$2$target")
+    fi
+    line=$("$OHA" -z "${SECS}s" -q "$RATE" -c "$CONNS" --latency-correction --no-tui --output-format json \
+        "${args[@]}" | python3 -c "$OHA_SUMMARY")
+    # shellcheck disable=SC2086
+    report "$1" ${line#RESULT }
+}
+
+fixed_loadgen() { # LABEL PORT PATH
     local line
     line=$(target/release/examples/loadgen "127.0.0.1:$2" "$RATE" "$SECS" "$CONNS" "$3" | grep '^RESULT')
     # shellcheck disable=SC2086
-    report "$1" ${line#RESULT }
+    report "$1 (loadgen)" ${line#RESULT }
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS"
@@ -117,9 +156,12 @@ for r in DAY HOURS MONTH YEAR; do
     echo "# $r on 1 M plans: $(curl -s "http://127.0.0.1:18081/search?$q" | wc -c) bytes" | tee -a "$RESULTS"
 done
 closed "closed loop, baseline (1-day bytes, 1M)" "http://127.0.0.1:18080/search?$DAY"
+BASE_1M=$LAST_RPS
 closed "closed loop, 1-day, 1M plans" "http://127.0.0.1:18081/search?$DAY"
+SHARE_1M=$(python3 -c "print(round(100 * $LAST_RPS / $BASE_1M))")
 fixed "fixed ${RATE}/s, 1-day, 1M plans" 18081 "/search?$DAY"
 fixed "fixed ${RATE}/s, 2-hour, 1M plans" 18081 "/search?$HOURS"
+P99_1M=$LAST_P99
 closed "closed loop, 1-month, 1M plans" "http://127.0.0.1:18081/search?$MONTH"
 closed "closed loop, 1-year, 1M plans" "http://127.0.0.1:18081/search?$YEAR"
 kill "${PIDS[@]}" 2>/dev/null || true
@@ -138,9 +180,14 @@ for r in DAY MONTH YEAR; do
     echo "# $r on 10k plans: $(curl -s "http://127.0.0.1:18082/search?$q" | wc -c) bytes" | tee -a "$RESULTS"
 done
 closed "closed loop, baseline (1-day bytes, 10k)" "http://127.0.0.1:18080/search?$DAY"
+BASE_10K=$LAST_RPS
 closed "closed loop, 1-day, 10k plans" "http://127.0.0.1:18082/search?$DAY"
+SHARE_10K=$(python3 -c "print(round(100 * $LAST_RPS / $BASE_10K))")
 fixed "fixed ${RATE}/s, baseline (1-day bytes, 10k)" 18080 "/search?$DAY"
 fixed "fixed ${RATE}/s, 1-day, 10k plans" 18082 "/search?$DAY"
+P99_10K=$LAST_P99
+fixed_loadgen "fixed ${RATE}/s, baseline (1-day bytes, 10k)" 18080 "/search?$DAY"
+fixed_loadgen "fixed ${RATE}/s, 1-day, 10k plans" 18082 "/search?$DAY"
 fixed "fixed ${RATE}/s, 1-month, 10k plans" 18082 "/search?$MONTH"
 fixed "fixed ${RATE}/s, 1-year, 10k plans" 18082 "/search?$YEAR"
 fixed "fixed ${RATE}/s, random 3-58 days, 10k plans" 18082 "@$RANDOM_PATHS"
@@ -195,4 +242,9 @@ XML
     curl -s http://127.0.0.1:18083/metrics | { grep -E '^planfeed_search_(stale_served|store_errors)_total' || true; } | tee -a "$RESULTS"
     rm -rf "$CH"
 fi
+{
+    echo "closed loop 1-day vs bare warp: ${SHARE_1M} % (1M plans), ${SHARE_10K} % (10k plans) (target >= 70 %)"
+    echo "p99 at 1M plans (2-hour range) / p99 at 10k plans (1-day range), same answer size:" \
+        "$(python3 -c "print(round($P99_1M / $P99_10K, 2))")x (target < 2x)"
+} | tee -a "$RESULTS"
 echo "results in $RESULTS"

@@ -2,6 +2,11 @@
 //! `scripts/install-clickhouse.sh`) started as a child process on free loopback ports, with its data
 //! in a temporary directory. Killed and removed on drop.
 //!
+//! The directory is made under `PLANFEED_CH_TEST_DIR` when set, else in `/dev/shm` (RAM) when there
+//! is one, else in the system's temp dir. RAM keeps the servers independent of the disk's state: on
+//! an ext4 volume that has seen many files created and deleted (every throwaway server leaves
+//! thousands), creating a part's files can cost more than writing its rows.
+//!
 //! When the binary is missing, [`ClickHouseServer::start`] returns `None` on a developer machine (the
 //! test returns early with a message) and panics under CI (`CI` set): CI never skips.
 #![allow(dead_code)]
@@ -43,8 +48,16 @@ impl ClickHouseServer {
         panic!("clickhouse-server did not start: {last_error}");
     }
 
+    /// Where the data lives (see the module docs).
+    pub fn data_parent_label() -> String {
+        data_parent().display().to_string()
+    }
+
     fn try_start(binary: &Path) -> Result<Self, String> {
-        let dir = tempfile::Builder::new().prefix("planfeed-ch-").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("planfeed-ch-")
+            .tempdir_in(data_parent())
+            .map_err(|e| e.to_string())?;
         let (http_port, tcp_port) = (free_port(), free_port());
         write_config(dir.path(), http_port, tcp_port).map_err(|e| e.to_string())?;
         let log = fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
@@ -193,4 +206,15 @@ fn write_config(dir: &Path, http_port: u16, tcp_port: u16) -> std::io::Result<()
 </yandex>
 "#,
     )
+}
+
+fn data_parent() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PLANFEED_CH_TEST_DIR") {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
+        return shm.to_path_buf();
+    }
+    std::env::temp_dir()
 }
