@@ -25,6 +25,7 @@ contract-test:
 ## (a few seconds per run, on 127.0.0.1; installs wrk when missing). See docs/performance.md.
 bench:
 	$(CARGO) bench --bench clickhouse
+	$(CARGO) bench --bench parser
 	$(CARGO) bench --bench pipeline
 	$(CARGO) bench --bench search
 	scripts/loadtest.sh

@@ -1,6 +1,6 @@
 //! `cargo bench --bench search`: the `/search` handler over a warm cache (1-day, 1-month and
 //! 1-year ranges on a store of 50k plans over 5 years, about 27 per day) and `params::parse_range`.
-//! The parser of the feed is benched elsewhere.
+//! The feed's parser is benched by `benches/parser.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -50,6 +50,71 @@ pub struct Zone {
     pub numbered: bool,
 }
 
+/// A decimal's exact text ("20.00", "7.5", "100"), as `Decimal`'s `Display` writes it, built on the
+/// stack without the formatting machinery: the stores write one per zone, millions per feed.
+pub struct DecimalText {
+    buf: [u8; 48],
+    start: usize,
+}
+
+impl DecimalText {
+    pub fn new(d: &Decimal) -> Self {
+        let mut buf = [0u8; 48];
+        let mut at = buf.len();
+        let mut put = |c: u8| {
+            at -= 1;
+            buf[at] = c;
+        };
+        let scale = d.scale() as usize;
+        let mantissa = d.mantissa().unsigned_abs();
+        // Prices fit in 64 bits: keep the 128-bit division for the rest.
+        match u64::try_from(mantissa) {
+            Ok(mut m) => {
+                for _ in 0..scale {
+                    put(b'0' + (m % 10) as u8);
+                    m /= 10;
+                }
+                if scale > 0 {
+                    put(b'.');
+                }
+                loop {
+                    put(b'0' + (m % 10) as u8);
+                    m /= 10;
+                    if m == 0 {
+                        break;
+                    }
+                }
+            }
+            Err(_) => {
+                let mut m = mantissa;
+                for _ in 0..scale {
+                    put(b'0' + (m % 10) as u8);
+                    m /= 10;
+                }
+                if scale > 0 {
+                    put(b'.');
+                }
+                loop {
+                    put(b'0' + (m % 10) as u8);
+                    m /= 10;
+                    if m == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        if d.is_sign_negative() {
+            put(b'-');
+        }
+        Self { buf, start: at }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, '.' and '-' were written.
+        std::str::from_utf8(&self.buf[self.start..]).expect("ASCII")
+    }
+}
+
 /// One observation of a plan as the provider sent it. Date-times are provider-local, as in the feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -285,6 +350,35 @@ mod tests {
         assert_eq!(a.id().get_version_num(), 5);
         assert_ne!(a.id(), b.id());
         assert_ne!(a.id(), c.id());
+    }
+
+    #[test]
+    fn decimal_text_is_display() {
+        for text in ["20.00", "7.5", "100", "0", "0.00", "0.05", "-3.10", "-0.5", "123456789.123456789"] {
+            let d: Decimal = text.parse().unwrap();
+            assert_eq!(DecimalText::new(&d).as_str(), text);
+            assert_eq!(DecimalText::new(&d).as_str(), d.to_string());
+        }
+        for d in [Decimal::MAX, Decimal::MIN, Decimal::from_i128_with_scale(1, 28), Decimal::new(-1, 28)] {
+            assert_eq!(DecimalText::new(&d).as_str(), d.to_string());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decimal_text_matches_display(m in proptest::num::i128::ANY, scale in 0u32..=28) {
+            let m = m % (1i128 << 96);
+            let d = Decimal::from_i128_with_scale(m, scale);
+            let text = DecimalText::new(&d);
+            proptest::prop_assert_eq!(text.as_str(), d.to_string());
+        }
+
+        #[test]
+        fn small_decimal_text_matches_display(m in -10_000_000i64..10_000_000, scale in 0u32..=6) {
+            let d = Decimal::new(m, scale);
+            let text = DecimalText::new(&d);
+            proptest::prop_assert_eq!(text.as_str(), d.to_string());
+        }
     }
 
     #[test]

@@ -179,7 +179,11 @@ impl Simulator {
             let _ = enc.write_all(&body);
             body = enc.finish().unwrap_or_default().into();
         }
-        let mut res = stream_body(body, faults.stall).into_response();
+        let mut res = match faults.stall {
+            // One piece with its length: hyper hands the whole buffer to the socket.
+            None => Response::new(body.into()),
+            Some(stall) => stream_body(body, stall).into_response(),
+        };
         let headers = res.headers_mut();
         match faults.content_type {
             ContentType::ApplicationXml => {
@@ -200,8 +204,9 @@ impl Simulator {
     }
 }
 
-/// Streams `body` in 64 KiB pieces, pausing `stall` half-way.
-fn stream_body(body: Bytes, stall: Option<Duration>) -> impl Reply {
+/// Streams `body` in 64 KiB pieces (chunked), pausing `stall` half-way.
+fn stream_body(body: Bytes, stall: Duration) -> impl Reply {
+    let stall = Some(stall);
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
         const PIECE: usize = 64 * 1024;

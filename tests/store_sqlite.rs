@@ -94,6 +94,8 @@ async fn open_creates_folders_file_and_schema_in_wal_mode() {
     assert_eq!(version, 1);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    assert_eq!(page_size, 16384, "new files get 16 KiB pages");
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' ORDER BY name")
         .unwrap()

@@ -485,6 +485,28 @@ fn parse_bool(s: &str) -> bool {
 /// A decimal price string (`20.00`, `7.5`, `100`); the scale is kept.
 fn parse_price(s: &str) -> Option<Decimal> {
     let s = s.trim();
+    // The usual shape (digits, maybe one point between digits, at most 18 digits) in one pass;
+    // anything else goes through the checks and `Decimal`'s own parser below.
+    let b = s.as_bytes();
+    if !b.is_empty() && b.len() <= 19 && b[0].is_ascii_digit() && b[b.len() - 1].is_ascii_digit() {
+        let mut mantissa = 0i64;
+        let mut point = None;
+        let mut plain = true;
+        for (i, &c) in b.iter().enumerate() {
+            if c.is_ascii_digit() {
+                mantissa = mantissa * 10 + i64::from(c - b'0');
+            } else if c == b'.' && point.is_none() {
+                point = Some(i);
+            } else {
+                plain = false;
+                break;
+            }
+        }
+        if plain && b.len() - usize::from(point.is_some()) <= 18 {
+            let scale = point.map_or(0, |p| b.len() - p - 1) as u32;
+            return Some(Decimal::new(mantissa, scale));
+        }
+    }
     let digits = s.strip_prefix('-').unwrap_or(s);
     let ok = !digits.is_empty()
         && digits.bytes().all(|c| c.is_ascii_digit() || c == b'.')
@@ -842,6 +864,32 @@ pub(crate) mod tests {
         assert_eq!(keys(&p), vec![(291, 291)]);
         let Some(FeedError::Malformed(what)) = &p.error else { panic!("{:?}", p.error) };
         assert!(what.starts_with("chunk ended at byte") && what.ends_with("inside base plan 322"), "{what}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn price_fast_path_matches_decimal_parsing(text in "-?[0-9]{0,22}(\\.[0-9]{0,12})?") {
+            let slow = {
+                let digits = text.strip_prefix('-').unwrap_or(&text);
+                let ok = !digits.is_empty()
+                    && digits.bytes().any(|c| c.is_ascii_digit());
+                if ok { text.parse::<Decimal>().ok() } else { None }
+            };
+            let fast = parse_price(&text);
+            proptest::prop_assert_eq!(fast.map(|d| (d, d.scale())), slow.map(|d| (d, d.scale())));
+        }
+    }
+
+    #[test]
+    fn prices_keep_their_scale() {
+        for text in ["20.00", "7.5", "100", "0.01", "000.10", "999999999999999999", "1234567890.12345678"] {
+            let d = parse_price(text).unwrap();
+            assert_eq!(d, text.parse::<Decimal>().unwrap());
+            assert_eq!(d.to_string(), text.parse::<Decimal>().unwrap().to_string());
+        }
+        for bad in ["", ".", "-", "1.2.3", "1,5", "abc", "1e5", "+5"] {
+            assert_eq!(parse_price(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Store, StoreError, StoreResult};
-use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
+use crate::domain::{DecimalText, EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
 
 /// Embedded migrations, applied in order; a name is never reused or edited once released.
 const MIGRATIONS: &[(&str, &str)] = &[("001_init", include_str!("../../clickhouse/001_init.sql"))];
@@ -415,14 +415,7 @@ struct ZoneRow<'a> {
 
 /// Serializes a price as its decimal text ("20.00", "7.5"), formatted on the stack.
 fn price_text<S: serde::Serializer>(price: &&Decimal, serializer: S) -> Result<S::Ok, S::Error> {
-    use std::io::Write;
-    // A Decimal's text is at most 31 digits, a sign and a point.
-    let mut buf = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    write!(cursor, "{price}").map_err(serde::ser::Error::custom)?;
-    let len = cursor.position() as usize;
-    let text = std::str::from_utf8(&buf[..len]).map_err(serde::ser::Error::custom)?;
-    serializer.serialize_str(text)
+    serializer.serialize_str(DecimalText::new(price).as_str())
 }
 
 #[derive(Debug, Row, Deserialize)]
