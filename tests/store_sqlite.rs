@@ -232,3 +232,34 @@ async fn twenty_thousand_plans_in_batches_of_five_thousand() {
     store.write_plans(&plans[..5_000]).await.unwrap();
     assert_eq!(store.load_plan_states().await.unwrap().len(), 20_000);
 }
+
+#[tokio::test]
+async fn writes_reach_the_database_file_in_the_background_and_close_removes_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let wal = dir.path().join("planfeed.db-wal");
+    let store = SqliteStore::open(&path).unwrap();
+    let empty = std::fs::metadata(&path).unwrap().len();
+    let plans: Vec<_> = (0..2_000u64)
+        .map(|i| {
+            let mut p = plan("wal", i, i, &format!("plan {i}"), "2030-05-01T10:00:00", "2030-05-01T11:00:00");
+            p.zones = common::zones(&["10.00"; 50]);
+            stored(p, 1)
+        })
+        .collect();
+    store.write_plans(&plans).await.unwrap();
+    assert!(wal.is_file(), "writes go to the WAL first");
+    // The writer itself only checkpoints past 256 MiB of WAL: the pages reach the file through the
+    // background checkpointer.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&path).unwrap().len() < empty + 1_000_000 {
+        assert!(Instant::now() < deadline, "the database file did not grow within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.plans_by_day(day("2030-05-01"), day("2030-05-01")).await.unwrap().len(), 2_000);
+
+    drop(store);
+    assert!(!wal.exists(), "closing folds the WAL into the file and removes it");
+    let reopened = SqliteStore::open(&path).unwrap();
+    assert_eq!(reopened.load_plan_states().await.unwrap().len(), 2_000);
+}

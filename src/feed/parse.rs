@@ -45,7 +45,14 @@ pub struct Skipped {
 /// and is reported in [`ParsedChunk::error`] with its position in the chunk.
 pub fn parse_chunk(provider: &Arc<str>, chunk: &[u8]) -> ParsedChunk {
     let chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
-    let mut p = ChunkParser { provider, out: ParsedChunk::default(), base: None, plan: None, skip_depth: 0 };
+    let mut p = ChunkParser {
+        provider,
+        out: ParsedChunk::default(),
+        base: None,
+        plan: None,
+        skip_depth: 0,
+        zones_hint: 0,
+    };
     // After malformed XML the parse resumes behind the next base plan close tag, with a fresh
     // reader: the broken base plan is lost, the later ones are not. `from` is where this reader
     // started in the chunk.
@@ -179,6 +186,9 @@ struct ChunkParser<'p> {
     plan: Option<PlanDraft>,
     /// Depth inside an element whose content is ignored (unknown elements, zone children).
     skip_depth: usize,
+    /// Zones of the last plan read: plans of a feed tend to have alike counts, so a plan's zones
+    /// are allocated once rather than grown by doubling.
+    zones_hint: usize,
 }
 
 impl ChunkParser<'_> {
@@ -335,7 +345,7 @@ impl ChunkParser<'_> {
             sell_from,
             sell_to,
             sold_out,
-            zones: Vec::new(),
+            zones: Vec::with_capacity(self.zones_hint),
             invalid,
         });
         Ok(())
@@ -368,7 +378,7 @@ impl ChunkParser<'_> {
                         None => Field::Bad(format!("invalid price {v:?}")),
                     };
                 }
-                "capacity" => capacity = value(&a).trim().parse().unwrap_or(0),
+                "capacity" => capacity = trim(&value(&a)).parse().unwrap_or(0),
                 "numbered" => numbered = parse_bool(&value(&a)),
                 "name" => name = value(&a).into_owned(),
                 _ => {}
@@ -399,6 +409,7 @@ impl ChunkParser<'_> {
         let (Some(p), Some(base)) = (self.plan.take(), self.base.as_mut()) else {
             return;
         };
+        self.zones_hint = p.zones.len();
         match (p.invalid, &base.id) {
             (None, Ok(base_id)) => base.plans.push(Plan {
                 key: PlanKey { provider: self.provider.clone(), base_plan_id: *base_id, plan_id: p.id },
@@ -453,7 +464,9 @@ fn base_label(b: &Base) -> String {
 /// entities) are kept raw rather than losing the plan.
 fn value<'v>(a: &'v Attribute<'_>) -> Cow<'v, str> {
     let raw: &str = &a.value;
-    if !raw.as_bytes().iter().any(|&c| matches!(c, b'&' | b'\t' | b'\r' | b'\n')) {
+    // Without an early exit the loop is vectorized: values are short and almost never special.
+    let special = raw.bytes().fold(false, |any, c| any | matches!(c, b'&' | b'\t' | b'\r' | b'\n'));
+    if !special {
         return Cow::Borrowed(raw);
     }
     match a.normalized_value(XmlVersion::Implicit1_0) {
@@ -470,8 +483,17 @@ fn date_field(key: &str, a: &Attribute<'_>) -> Field<NaiveDateTime> {
     }
 }
 
+/// `s` without surrounding whitespace; the common case (nothing to trim) is checked on two bytes.
+fn trim(s: &str) -> &str {
+    match s.as_bytes() {
+        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
+        [only] if only.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
+
 fn parse_u64(s: &str) -> Option<u64> {
-    let s = s.trim();
+    let s = trim(s);
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }
@@ -479,12 +501,12 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 fn parse_bool(s: &str) -> bool {
-    matches!(s.trim(), "true" | "1")
+    matches!(trim(s), "true" | "1")
 }
 
 /// A decimal price string (`20.00`, `7.5`, `100`); the scale is kept.
 fn parse_price(s: &str) -> Option<Decimal> {
-    let s = s.trim();
+    let s = trim(s);
     // The usual shape (digits, maybe one point between digits, at most 18 digits) in one pass;
     // anything else goes through the checks and `Decimal`'s own parser below.
     let b = s.as_bytes();

@@ -157,10 +157,67 @@ pub struct SqliteStore {
 }
 
 struct Inner {
+    /// First: fields drop in order, and it must close before the other connections.
+    checkpointer: Checkpointer,
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+}
+
+/// The background checkpoint thread (see [`Checkpointer::spawn`]).
+struct Checkpointer {
+    /// Wakes the thread after a write; holds at most one wake-up. `None` once stopping.
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread that copies the WAL into the database file after writes, with its own
+    /// connection, so a batch's commit never waits for a checkpoint (SQLite's automatic one runs in
+    /// the committing connection). Passive: it never blocks the writer or the readers.
+    fn spawn(path: &Path) -> StoreResult<Self> {
+        let conn = open_connection(path, false)?;
+        let (wake, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    });
+                    match result {
+                        Ok((wal_pages, copied)) => {
+                            tracing::trace!(db = %shown, wal_pages, copied, "wal checkpoint")
+                        }
+                        Err(e) => tracing::warn!(db = %shown, error = %e, "wal checkpoint failed"),
+                    }
+                }
+            })
+            .map_err(|e| {
+                StoreError::Unavailable(format!("starting the checkpoint thread of {}: {e}", path.display()))
+            })?;
+        Ok(Self { wake: Some(wake), thread: Some(thread) })
+    }
+
+    /// Asks for a checkpoint; a no-op when one is already pending.
+    fn nudge(&self) {
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Stops the thread and closes its connection before the writer's and readers' close, so the
+    /// last of those still folds the WAL into the file and removes it, as SQLite does on close.
+    fn drop(&mut self) {
+        self.wake = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -182,12 +239,14 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| open_connection(path, true).map(Mutex::new))
             .collect::<StoreResult<Vec<_>>>()?;
+        let checkpointer = Checkpointer::spawn(path)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
+                checkpointer,
             }),
         })
     }
@@ -259,6 +318,11 @@ where
 
 /// Page size of new database files, in bytes.
 const PAGE_SIZE: i64 = 16 * 1024;
+/// WAL pages (256 MiB) past which the writer checkpoints by itself: only when the background
+/// checkpointer falls that far behind.
+const WRITER_CHECKPOINT_PAGES: i64 = 16 * 1024;
+/// Size the WAL file is cut back to after a checkpoint emptied it.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 fn open_connection(path: &Path, reader: bool) -> StoreResult<Connection> {
     let what = || format!("opening {}", path.display());
@@ -274,6 +338,8 @@ fn open_connection(path: &Path, reader: bool) -> StoreResult<Connection> {
         // without overflow chains, which writes a feed of such plans a quarter faster than the
         // default 4 KiB. Only takes effect when the file is new (before the first table).
         conn.pragma_update(None, "page_size", PAGE_SIZE).ctx(what)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).ctx(what)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT).ctx(what)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).ctx(what)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Permanent(format!(
@@ -331,7 +397,9 @@ impl Store for SqliteStore {
             return Ok(());
         }
         // Rows are encoded (zones to JSON, dates to text) on the blocking thread, not here.
-        self.write(move |conn| write_batch(conn, &plans)).await
+        self.write(move |conn| write_batch(conn, &plans)).await?;
+        self.inner.checkpointer.nudge();
+        Ok(())
     }
 
     async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
