@@ -2,7 +2,8 @@
 //!
 //! Measures, over one generated feed (5,000 base plans × 4 plans × 200 zones by default; set
 //! `PLANFEED_BENCH_BASE_PLANS` for another size; `PLANFEED_BENCH_ONLY_1X=1` skips the 4× run):
-//! (a) quick-xml alone: a loop over reader events doing nothing, the ceiling for any parser;
+//! (a) quick-xml alone: a loop over reader events doing nothing, the ceiling for any parser (the
+//!     target's reference); (a2) the same loop reading every attribute, for context;
 //! (b) `parse_chunk` single-threaded over the chunks the fetcher would cut;
 //! (c) the whole pipeline: the simulator on 127.0.0.1 serving the feed → a service with role
 //!     `ingest` on an embedded store in a temp dir → until the fetch is recorded, for a 1× and a 4×
@@ -67,6 +68,32 @@ fn main() {
     let raw_secs = started.elapsed().as_secs_f64();
     let raw_mbs = mb / raw_secs;
     println!("(a) raw quick-xml events:      {raw_mbs:8.1} MB/s ({events} events in {raw_secs:.2} s)");
+
+    // (a2) quick-xml with every attribute read (no conversion): what any parser of this feed pays.
+    let started = Instant::now();
+    let mut attributes = 0u64;
+    let mut reader = quick_xml::Reader::from_reader(body.as_slice());
+    reader.config_mut().trim_text(true);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)) => {
+                for a in e.attributes().with_checks(false) {
+                    std::hint::black_box(&a.expect("well-formed attribute").value);
+                    attributes += 1;
+                }
+            }
+            Ok(e) => {
+                std::hint::black_box(&e);
+            }
+            Err(e) => panic!("generated feed is not XML: {e}"),
+        }
+    }
+    let attr_secs = started.elapsed().as_secs_f64();
+    println!(
+        "(a2) quick-xml + attributes:    {:8.1} MB/s ({attributes} attributes in {attr_secs:.2} s)",
+        mb / attr_secs
+    );
 
     // (b) parse_chunk, one thread, over the fetcher's chunks.
     let mut chunker = Chunker::new(chunk_bytes, settings.pipeline.max_base_plan_bytes);
