@@ -1,6 +1,6 @@
 //! `cargo bench --bench parser`: criterion figures (MB/s) for the feed's hot code over a generated
 //! feed of 200 base plans × 4 plans × 200 zones (about 16 MB, the pipeline bench's shape):
-//! quick-xml's bare event loop (the ceiling), the chunker cutting the body at base plan ends, and
+//! quick-xml's bare event loop (the ceiling) and with every attribute read, the chunker cutting the body at base plan ends, and
 //! `parse_chunk` (validation and domain types) over the chunks the fetcher would hand out.
 //! The whole pipeline is measured by `cargo bench --bench pipeline`.
 
@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use planfeed::feed::{generate, parse_chunk, Chunker, GenSpec};
+
+mod support;
 
 fn feed() -> Vec<u8> {
     let spec = GenSpec {
@@ -37,24 +39,8 @@ fn bench_parser(c: &mut Criterion) {
     let provider: Arc<str> = Arc::from("bench");
     let mut group = c.benchmark_group("feed");
     group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("quick_xml_events", |b| {
-        b.iter(|| {
-            let mut reader = quick_xml::Reader::from_reader(body.as_slice());
-            reader.config_mut().trim_text(true);
-            let mut events = 0u64;
-            loop {
-                match reader.read_event() {
-                    Ok(quick_xml::events::Event::Eof) => break,
-                    Ok(e) => {
-                        std::hint::black_box(&e);
-                        events += 1;
-                    }
-                    Err(e) => panic!("generated feed is not XML: {e}"),
-                }
-            }
-            events
-        })
-    });
+    group.bench_function("quick_xml_events", |b| b.iter(|| support::raw_events(&body)));
+    group.bench_function("quick_xml_attributes", |b| b.iter(|| support::events_with_attributes(&body)));
     group.bench_function("chunker", |b| b.iter(|| chunks(std::hint::black_box(&body)).len()));
     group.bench_function("parse_chunk", |b| {
         b.iter(|| pieces.iter().map(|c| parse_chunk(&provider, c).plans.len()).sum::<usize>())

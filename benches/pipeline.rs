@@ -22,6 +22,8 @@ use planfeed::config::Settings;
 use planfeed::feed::{generate, parse_chunk, Chunker, GenSpec};
 use planfeed::simulator::{self, Simulator};
 
+mod support;
+
 const CHILD_ARG: &str = "--pipeline-child";
 
 fn main() {
@@ -52,43 +54,14 @@ fn main() {
 
     // (a) quick-xml alone.
     let started = Instant::now();
-    let mut events = 0u64;
-    let mut reader = quick_xml::Reader::from_reader(body.as_slice());
-    reader.config_mut().trim_text(true);
-    loop {
-        match reader.read_event() {
-            Ok(quick_xml::events::Event::Eof) => break,
-            Ok(e) => {
-                std::hint::black_box(&e);
-                events += 1;
-            }
-            Err(e) => panic!("generated feed is not XML: {e}"),
-        }
-    }
+    let events = support::raw_events(&body);
     let raw_secs = started.elapsed().as_secs_f64();
     let raw_mbs = mb / raw_secs;
     println!("(a) raw quick-xml events:      {raw_mbs:8.1} MB/s ({events} events in {raw_secs:.2} s)");
 
     // (a2) quick-xml with every attribute read (no conversion): what any parser of this feed pays.
     let started = Instant::now();
-    let mut attributes = 0u64;
-    let mut reader = quick_xml::Reader::from_reader(body.as_slice());
-    reader.config_mut().trim_text(true);
-    loop {
-        match reader.read_event() {
-            Ok(quick_xml::events::Event::Eof) => break,
-            Ok(quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)) => {
-                for a in e.attributes().with_checks(false) {
-                    std::hint::black_box(&a.expect("well-formed attribute").value);
-                    attributes += 1;
-                }
-            }
-            Ok(e) => {
-                std::hint::black_box(&e);
-            }
-            Err(e) => panic!("generated feed is not XML: {e}"),
-        }
-    }
+    let attributes = support::events_with_attributes(&body);
     let attr_secs = started.elapsed().as_secs_f64();
     println!(
         "(a2) quick-xml + attributes:    {:8.1} MB/s ({attributes} attributes in {attr_secs:.2} s)",

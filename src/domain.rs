@@ -67,41 +67,30 @@ impl DecimalText {
         };
         let scale = d.scale() as usize;
         let mantissa = d.mantissa().unsigned_abs();
-        // Prices fit in 64 bits: keep the 128-bit division for the rest.
+        // Fraction digits, the point, then the integer digits (at least one), from the right.
+        macro_rules! digits {
+            ($m:expr) => {{
+                let mut m = $m;
+                for _ in 0..scale {
+                    put(b'0' + (m % 10) as u8);
+                    m /= 10;
+                }
+                if scale > 0 {
+                    put(b'.');
+                }
+                loop {
+                    put(b'0' + (m % 10) as u8);
+                    m /= 10;
+                    if m == 0 {
+                        break;
+                    }
+                }
+            }};
+        }
+        // Prices fit in 64 bits: keep the (slow) 128-bit division for the rest.
         match u64::try_from(mantissa) {
-            Ok(mut m) => {
-                for _ in 0..scale {
-                    put(b'0' + (m % 10) as u8);
-                    m /= 10;
-                }
-                if scale > 0 {
-                    put(b'.');
-                }
-                loop {
-                    put(b'0' + (m % 10) as u8);
-                    m /= 10;
-                    if m == 0 {
-                        break;
-                    }
-                }
-            }
-            Err(_) => {
-                let mut m = mantissa;
-                for _ in 0..scale {
-                    put(b'0' + (m % 10) as u8);
-                    m /= 10;
-                }
-                if scale > 0 {
-                    put(b'.');
-                }
-                loop {
-                    put(b'0' + (m % 10) as u8);
-                    m /= 10;
-                    if m == 0 {
-                        break;
-                    }
-                }
-            }
+            Ok(m) => digits!(m),
+            Err(_) => digits!(mantissa),
         }
         if d.is_sign_negative() {
             put(b'-');
