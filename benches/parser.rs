@@ -1,7 +1,8 @@
 //! `cargo bench --bench parser`: criterion figures (MB/s) for the feed's hot code over a generated
 //! feed of 200 base plans × 4 plans × 200 zones (about 16 MB, the pipeline bench's shape):
-//! quick-xml's bare event loop (the ceiling) and with every attribute read, the chunker cutting the body at base plan ends, and
-//! `parse_chunk` (validation and domain types) over the chunks the fetcher would hand out.
+//! quick-xml's bare event loop (the ceiling) and the same loop reading every attribute, the
+//! chunker cutting the body at base plan ends, and `parse_chunk` (validation and domain types) over
+//! the chunks the fetcher would hand out.
 //! The whole pipeline is measured by `cargo bench --bench pipeline`.
 
 use std::sync::Arc;
