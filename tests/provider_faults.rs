@@ -412,6 +412,52 @@ async fn circuit_breaker_stops_requests_while_open_and_recovers_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_stays_open_when_the_fetcher_is_restarted() {
+    let _serial = SERIAL.lock().await;
+    let sim = Simulator::new(
+        FeedSource::Generated(spec(3)),
+        Faults { error_rate: 1.0, error_statuses: vec![503], ..Faults::default() },
+    );
+    let url = simulator::spawn_local(sim.clone()).await.unwrap();
+    let settings = Settings::load_with(
+        Path::new("/nonexistent"),
+        env(
+            &url,
+            &[
+                ("PLANFEED__PROVIDER__INTERVAL", "50ms"),
+                ("PLANFEED__PROVIDER__RETRIES", "0"),
+                ("PLANFEED__PROVIDER__BREAKER_FAILURES", "2"),
+                ("PLANFEED__PROVIDER__BREAKER_COOLDOWN", "30s"),
+            ],
+        ),
+    )
+    .unwrap();
+    let (service, _base, _store, _dir) = start(settings).await;
+    let requests = || sim.requests.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while requests() < 2 {
+        assert!(Instant::now() < deadline, "two fetches within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(requests(), 2, "the circuit is open");
+
+    let handles = service.pipeline().unwrap().clone();
+    let old = handles.fetchers[0].get().unwrap();
+    let old_id = old.get_id();
+    old.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handles.fetchers[0].get().is_none_or(|f| f.get_id() == old_id) {
+        assert!(Instant::now() < deadline, "the fetcher is replaced within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A dozen scheduled fetches later, the replacement still sends nothing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(requests(), 2, "a restarted fetcher keeps its provider's open circuit");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_providers_one_failing_the_healthy_one_keeps_flowing() {
     let _serial = SERIAL.lock().await;
     let spec = spec(5);

@@ -49,13 +49,15 @@ pub struct FetcherArgs {
     pub writer: Slot<WriterMsg>,
     /// Chunks in flight between download and writer.
     pub permits: Arc<Semaphore>,
+    /// This provider's breaker. The supervisor keeps it, so a restarted fetcher goes on with the
+    /// state its predecessor left (an open circuit stays open).
+    pub breaker: SharedBreaker,
 }
 
 pub struct FetcherState {
     args: FetcherArgs,
     client: reqwest::Client,
     last_fetch_id: u64,
-    breaker: Breaker,
 }
 
 /// What the breaker allows for the next fetch.
@@ -69,8 +71,8 @@ pub enum Admission {
     Skip { remaining: Duration },
 }
 
-/// Circuit breaker over consecutive failed fetches of one provider. It lives in the fetcher's
-/// state: a restarted fetcher starts closed, which costs at most one more failed fetch.
+/// Circuit breaker over consecutive failed fetches of one provider. Shared ([`SharedBreaker`])
+/// between the supervisor and the provider's fetcher, so it outlives a fetcher's restart.
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
@@ -111,6 +113,25 @@ impl Breaker {
     pub fn failures(&self) -> u32 {
         self.failures
     }
+
+    /// New thresholds (configuration reload); the count and an open circuit are kept.
+    pub fn configure(&mut self, threshold: u32, cooldown: Duration) {
+        self.threshold = threshold;
+        self.cooldown = cooldown;
+    }
+
+    /// Whether the circuit is open at `now` (no request would be sent).
+    pub fn is_open(&self, now: Instant) -> bool {
+        matches!(self.admit(now), Admission::Skip { .. })
+    }
+}
+
+/// A provider's breaker, as the supervisor and the fetcher hold it.
+pub type SharedBreaker = Arc<parking_lot::Mutex<Breaker>>;
+
+/// A closed breaker for a provider's settings.
+pub fn shared_breaker(provider: &ProviderSettings) -> SharedBreaker {
+    Arc::new(parking_lot::Mutex::new(Breaker::new(provider.breaker_failures, provider.breaker_cooldown)))
 }
 
 pub struct Fetcher;
@@ -126,8 +147,7 @@ impl Actor for Fetcher {
         args: FetcherArgs,
     ) -> Result<FetcherState, ActorProcessingErr> {
         let client = build_client(&args.provider)?;
-        let breaker = Breaker::new(args.provider.breaker_failures, args.provider.breaker_cooldown);
-        Ok(FetcherState { args, client, last_fetch_id: 0, breaker })
+        Ok(FetcherState { args, client, last_fetch_id: 0 })
     }
 
     async fn handle(
@@ -140,6 +160,7 @@ impl Actor for Fetcher {
             FetcherMsg::Fetch { reply_to } => reply_to,
             FetcherMsg::SetProvider(provider) => {
                 state.client = build_client(&provider)?;
+                state.args.breaker.lock().configure(provider.breaker_failures, provider.breaker_cooldown);
                 state.args.provider = provider;
                 return Ok(());
             }
@@ -152,11 +173,12 @@ impl Actor for Fetcher {
         let mut record = FetchRecord { provider: provider.name.clone(), started_at, ..Default::default() };
         let mut chunks = 0u32;
         let mut retries = 0u32;
-        let max_retries = match state.breaker.admit(Instant::now()) {
+        let admission = state.args.breaker.lock().admit(Instant::now());
+        let max_retries = match admission {
             Admission::Skip { remaining } => {
                 record.error = Some(format!(
                     "circuit open: {} consecutive failed fetches, no request sent; next probe in {} ms",
-                    state.breaker.failures(),
+                    state.args.breaker.lock().failures(),
                     remaining.as_millis()
                 ));
                 state.end_fetch(fetch_id, 0, 0, record);
@@ -164,7 +186,7 @@ impl Actor for Fetcher {
                 return Ok(());
             }
             Admission::Probe => {
-                tracing::info!(provider = %provider.name, failures = state.breaker.failures(), "circuit half-open: probing the provider");
+                tracing::info!(provider = %provider.name, failures = state.args.breaker.lock().failures(), "circuit half-open: probing the provider");
                 0
             }
             Admission::Fetch => provider.retries,
@@ -179,10 +201,11 @@ impl Actor for Fetcher {
             state.download(&ctx, deadline, max_retries, &mut record, &mut chunks, &mut retries).await;
         record.error = outcome.err();
         let failed = record.error.is_some();
-        if state.breaker.record(!failed, Instant::now()) {
+        let opened = state.args.breaker.lock().record(!failed, Instant::now());
+        if opened {
             tracing::warn!(
                 provider = %state.args.provider.name,
-                failures = state.breaker.failures(),
+                failures = state.args.breaker.lock().failures(),
                 cooldown_ms = state.args.provider.breaker_cooldown.as_millis() as u64,
                 "circuit opened: no request will be sent until the cooldown ends"
             );

@@ -12,7 +12,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use tokio::sync::Semaphore;
 
 use super::batch_writer::{BatchWriter, BatchWriterArgs, WriterMsg};
-use super::fetcher::{Fetcher, FetcherArgs, FetcherMsg};
+use super::fetcher::{shared_breaker, Fetcher, FetcherArgs, FetcherMsg, SharedBreaker};
 use super::parser::Parser;
 use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use super::{ParserPool, Slot};
@@ -86,6 +86,8 @@ impl PipelineHandles {
 pub struct SupervisorState {
     args: PipelineArgs,
     handles: PipelineHandles,
+    /// Per provider: kept across fetcher restarts.
+    breakers: Vec<SharedBreaker>,
     children: HashMap<ActorId, Child>,
     restarts: HashMap<Child, (u32, Instant)>,
     stopping: bool,
@@ -103,9 +105,11 @@ impl Actor for Supervisor {
         me: ActorRef<SupervisorMsg>,
         (args, handles): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        let breakers = args.providers.iter().map(shared_breaker).collect();
         let mut state = SupervisorState {
             args,
             handles,
+            breakers,
             children: HashMap::new(),
             restarts: HashMap::new(),
             stopping: false,
@@ -265,6 +269,7 @@ impl SupervisorState {
                     parsers: h.parsers.clone(),
                     writer: h.writer.clone(),
                     permits: h.permits.clone(),
+                    breaker: self.breakers[i].clone(),
                 };
                 let (a, _) = Actor::spawn_linked(None, Fetcher, args, sup).await?;
                 h.fetchers[i].set(a.clone());
