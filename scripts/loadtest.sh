@@ -101,9 +101,28 @@ report() { # LABEL RPS P50 P99 P999 ERRORS; keeps requests/s and p99 in LAST_RPS
     printf '%-44s %9s req/s  p50 %7s ms  p99 %7s ms  p99.9 %7s ms  errors %s\n' "$@" | tee -a "$RESULTS"
 }
 
-closed() { # LABEL URL
+# The same report, with each request's path taken in turn from the file in $WRK_PATHS.
+WRK_PATHS_LUA=$WORK/paths.lua
+{
+    cat <<'LUA'
+paths = {}
+for line in io.lines(os.getenv("WRK_PATHS")) do paths[#paths + 1] = line end
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, paths[(counter % #paths) + 1])
+end
+LUA
+    cat "$WRK_LUA"
+} >"$WRK_PATHS_LUA"
+
+closed() { # LABEL URL [PATHS_FILE]
     local line
-    line=$(wrk -t2 -c"$CONNS" -d"${SECS}s" -s "$WRK_LUA" "$2" | grep '^RESULT')
+    if [ -n "${3:-}" ]; then
+        line=$(WRK_PATHS=$3 wrk -t2 -c"$CONNS" -d"${SECS}s" -s "$WRK_PATHS_LUA" "$2" | grep '^RESULT')
+    else
+        line=$(wrk -t2 -c"$CONNS" -d"${SECS}s" -s "$WRK_LUA" "$2" | grep '^RESULT')
+    fi
     # shellcheck disable=SC2086
     report "$1" ${line#RESULT }
 }
@@ -183,6 +202,9 @@ closed "closed loop, baseline (1-day bytes, 10k)" "http://127.0.0.1:18080/search
 BASE_10K=$LAST_RPS
 closed "closed loop, 1-day, 10k plans" "http://127.0.0.1:18082/search?$DAY"
 SHARE_10K=$(python3 -c "print(round(100 * $LAST_RPS / $BASE_10K))")
+closed "closed loop, 1-month, 10k plans" "http://127.0.0.1:18082/search?$MONTH"
+closed "closed loop, 1-year, 10k plans" "http://127.0.0.1:18082/search?$YEAR"
+closed "closed loop, random 3-58 days, 10k plans" "http://127.0.0.1:18082" "$RANDOM_PATHS"
 fixed "fixed ${RATE}/s, baseline (1-day bytes, 10k)" 18080 "/search?$DAY"
 fixed "fixed ${RATE}/s, 1-day, 10k plans" 18082 "/search?$DAY"
 P99_10K=$LAST_P99
