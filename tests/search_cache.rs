@@ -61,6 +61,10 @@ impl Store for Counting {
         self.check_up()?;
         self.inner.write_plans(plans).await
     }
+    async fn mark_ever_online(&self, keys: &[(PlanKey, NaiveDate)]) -> StoreResult<()> {
+        self.check_up()?;
+        self.inner.mark_ever_online(keys).await
+    }
     async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
         self.check_up()?;
         self.inner.load_plan_states().await

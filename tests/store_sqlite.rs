@@ -55,6 +55,7 @@ mod conformance_case {
         fresh_store_is_empty,
         latest_version_wins,
         ever_online_is_sticky,
+        marking_ever_online_keeps_the_latest_values,
         moved_start_date_shows_once_on_its_new_day,
         day_boundaries_and_order,
         prices_are_exact,

@@ -135,12 +135,17 @@ pub struct BatchWriterState {
     /// The batch being written, if any (at most one).
     in_flight: Option<InFlight>,
     write_seq: u64,
+    /// Keys whose latest version is written or being written, to be marked ever-online because an
+    /// older observation of them, arriving late, was online; with the day of that version.
+    marks: Vec<(PlanKey, NaiveDate)>,
 }
 
 /// A batch handed to the store, not yet known to be written.
 struct InFlight {
     write_id: u64,
     batch: Arc<Vec<StoredPlan>>,
+    /// Ever-online marks written after the batch.
+    marks: Vec<(PlanKey, NaiveDate)>,
     /// Position of each key in `batch`.
     index: HashMap<PlanKey, usize>,
     trigger: FlushTrigger,
@@ -179,6 +184,7 @@ impl Actor for BatchWriter {
             fetches: HashMap::new(),
             in_flight: None,
             write_seq: 0,
+            marks: Vec::new(),
         })
     }
 
@@ -271,8 +277,24 @@ impl BatchWriterState {
                     counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                Some((_, v, _)) if v > version => {
-                    // A newer observation was already taken; this one arrived late.
+                Some((_, v, ever)) if v > version => {
+                    // A newer observation was already taken; this one arrived late. Its values are
+                    // stale, but if it was on sale online, the plan was: that must stick.
+                    if plan.online && !ever {
+                        match self.in_batch.get(&plan.key) {
+                            Some(&i) => self.batch[i].ever_online = true,
+                            None => {
+                                let day = self
+                                    .in_flight
+                                    .as_ref()
+                                    .and_then(|f| f.index.get(&plan.key).map(|&i| f.batch[i].event_date))
+                                    .or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
+                                if let Some(day) = day {
+                                    self.marks.push((plan.key.clone(), day));
+                                }
+                            }
+                        }
+                    }
                     tally.unchanged += 1;
                     counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -305,12 +327,14 @@ impl BatchWriterState {
     async fn flush(&mut self, me: &ActorRef<WriterMsg>, trigger: FlushTrigger) {
         self.batch_id += 1;
         self.batch_started = None;
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.marks.is_empty() {
             return;
         }
         self.finish_write().await;
         let batch = Arc::new(std::mem::take(&mut self.batch));
         let index = std::mem::take(&mut self.in_batch);
+        let marks = std::mem::take(&mut self.marks);
+        let task_marks = marks.clone();
         self.batch_bytes = 0;
         self.write_seq += 1;
         let write_id = self.write_seq;
@@ -319,11 +343,14 @@ impl BatchWriterState {
         let me = me.clone();
         let task_batch = batch.clone();
         let handle = tokio::spawn(async move {
-            let written = write_with_retries(store, counters, task_batch, trigger).await;
+            // Marks after the batch: each is for a version written before it (maybe by the write
+            // this one waited for).
+            let written = write_with_retries(store, counters, task_batch, task_marks, trigger).await;
             let _ = me.cast(WriterMsg::WriteDone { write_id });
             written
         });
-        self.in_flight = Some(InFlight { write_id, batch, index, trigger, started: Instant::now(), handle });
+        self.in_flight =
+            Some(InFlight { write_id, batch, marks, index, trigger, started: Instant::now(), handle });
     }
 
     /// Flushes the batch and awaits every write.
@@ -360,6 +387,12 @@ impl BatchWriterState {
                     ever_online: p.ever_online,
                 },
             );
+        }
+        for (key, day) in &f.marks {
+            if let Some(state) = self.persisted.get_mut(key) {
+                state.ever_online = true;
+            }
+            days.insert(*day);
         }
         tracing::debug!(
             plans = f.batch.len(),
@@ -426,11 +459,24 @@ async fn write_with_retries(
     store: SharedStore,
     counters: Arc<WriterCounters>,
     batch: Arc<Vec<StoredPlan>>,
+    marks: Vec<(PlanKey, NaiveDate)>,
     trigger: FlushTrigger,
 ) -> bool {
     let mut attempt = 0u32;
+    let mut batch_written = false;
     loop {
-        match store.write_plans_shared(batch.clone()).await {
+        let result = match batch_written {
+            true => Ok(()),
+            false => store.write_plans_shared(batch.clone()).await,
+        };
+        let result = match result {
+            Ok(()) => {
+                batch_written = true;
+                store.mark_ever_online(&marks).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(()) => return true,
             Err(e) if e.is_transient() && attempt < 8 => {
                 attempt += 1;

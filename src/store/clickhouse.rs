@@ -30,6 +30,11 @@ use crate::domain::{DecimalText, EventRow, FetchRecord, PlanKey, PlanState, Stor
 /// Embedded migrations, applied in order; a name is never reused or edited once released.
 const MIGRATIONS: &[(&str, &str)] = &[("001_init", include_str!("../../clickhouse/001_init.sql"))];
 
+/// The columns of `plans`, in table order.
+const PLAN_COLUMNS: &str = "provider, base_plan_id, plan_id, id, title, online, ever_online, \
+    organizer_company_id, start_local, end_local, start_utc, end_utc, event_date, sell_from, sell_to, \
+    sold_out, min_price, max_price, zone_count, version, hash, superseded, written_at";
+
 /// Attempts per batch inside the store; the batch writer retries further on `Unavailable`.
 const WRITE_ATTEMPTS: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -577,6 +582,39 @@ impl Store for ClickHouseStore {
                         "clickhouse write failed, retrying the batch"
                     );
                     tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Re-inserts each key's latest row with the flag set: the same version, so the replacing
+    /// engine keeps the row inserted last, i.e. this one.
+    async fn mark_ever_online(&self, keys: &[(PlanKey, NaiveDate)]) -> StoreResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let days: BTreeSet<String> = keys.iter().map(|(_, d)| format!("'{d}'")).collect();
+        let ids: BTreeSet<String> = keys.iter().map(|(k, _)| format!("'{}'", k.id())).collect();
+        // Dates and UUIDs are formatted by us, never user text: safe to inline.
+        let sql = format!(
+            "INSERT INTO plans ({PLAN_COLUMNS}) \
+             SELECT provider, base_plan_id, plan_id, id, title, online, toUInt8(1), organizer_company_id, \
+                    start_local, end_local, start_utc, end_utc, event_date, sell_from, sell_to, sold_out, \
+                    min_price, max_price, zone_count, version, hash, superseded, now() \
+             FROM plans FINAL \
+             WHERE event_date IN ({}) AND id IN ({}) AND superseded = 0 AND ever_online = 0",
+            days.iter().cloned().collect::<Vec<_>>().join(", "),
+            ids.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        let mut attempt = 0;
+        loop {
+            let run = self.client.query(&sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).execute();
+            match timed(QUERY_TIMEOUT, run).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && attempt + 1 < WRITE_ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),

@@ -53,6 +53,11 @@ pub trait Store: Send + Sync + 'static {
         self.write_plans(&plans).await
     }
 
+    /// Marks the latest stored version of each key ever-online, keeping its values: an older
+    /// observation that arrived after a newer one was on sale online, so the plan was. Each key
+    /// comes with the event day of its latest stored version. Unknown keys are ignored; idempotent.
+    async fn mark_ever_online(&self, keys: &[(PlanKey, NaiveDate)]) -> StoreResult<()>;
+
     /// The writer's bookkeeping for every stored plan (hash, event day, version, ever-online).
     async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>>;
 

@@ -402,6 +402,32 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn mark_ever_online(&self, keys: &[(PlanKey, NaiveDate)]) -> StoreResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<PlanKey> = keys.iter().map(|(k, _)| k.clone()).collect();
+        self.write(move |conn| {
+            let n = keys.len();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .ctx(|| format!("starting to mark {n} plans ever online"))?;
+            {
+                let mut stick =
+                    tx.prepare_cached(STICK_EVER_ONLINE).ctx(|| "preparing the ever-online update")?;
+                for key in &keys {
+                    let base_plan_id = to_i64(key.base_plan_id, "base_plan_id", key)?;
+                    let plan_id = to_i64(key.plan_id, "plan_id", key)?;
+                    stick
+                        .execute(params![&*key.provider, base_plan_id, plan_id])
+                        .ctx(|| format!("marking plan {key} ever online"))?;
+                }
+            }
+            tx.commit().ctx(|| format!("committing {n} ever-online marks"))
+        })
+        .await
+    }
+
     async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
         self.read(|conn| {
             let what = || "loading plan states";

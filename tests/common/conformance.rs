@@ -57,6 +57,8 @@ where
     named("fresh_store_is_empty", fresh_store_is_empty(&store)).await;
     named("latest_version_wins", latest_version_wins(&store)).await;
     named("ever_online_is_sticky", ever_online_is_sticky(&store)).await;
+    named("marking_ever_online_keeps_the_latest_values", marking_ever_online_keeps_the_latest_values(&store))
+        .await;
     named("moved_start_date_shows_once_on_its_new_day", moved_start_date_shows_once_on_its_new_day(&store))
         .await;
     named("day_boundaries_and_order", day_boundaries_and_order(&store)).await;
@@ -162,6 +164,34 @@ pub async fn latest_version_wins(store: &SharedStore) {
     assert_eq!(states[&v2.plan.key].version, 20);
     assert_eq!(states[&v2.plan.key].hash, v2.hash);
     assert_eq!(states[&newest.plan.key].version, 50);
+}
+
+/// A late older observation that was online makes the writer mark the key: the latest (offline)
+/// version becomes searchable with its own values, once, whatever the repetitions.
+pub async fn marking_ever_online_keeps_the_latest_values(store: &SharedStore) {
+    let p = "conf-mark";
+    let d = day("2033-03-03");
+    let latest =
+        stored(offline(plan(p, 1, 1, "latest, offline", "2033-03-03T20:00:00", "2033-03-03T22:00:00")), 7);
+    let other =
+        stored(offline(plan(p, 1, 2, "never online", "2033-03-03T18:00:00", "2033-03-03T19:00:00")), 7);
+    assert!(!latest.ever_online);
+    write(store, &[latest.clone(), other.clone()]).await;
+    assert!(by_day(store, d, d).await.is_empty(), "nothing was online yet");
+
+    store.mark_ever_online(&[(latest.plan.key.clone(), d)]).await.expect("mark_ever_online");
+    assert_eq!(by_day(store, d, d).await, vec![row(&latest)], "the latest values, now searchable");
+    // Idempotent, and unknown keys are ignored.
+    let unknown = (PlanKey::new(p, 9, 9), d);
+    store.mark_ever_online(&[(latest.plan.key.clone(), d), unknown]).await.expect("mark_ever_online again");
+    store.mark_ever_online(&[]).await.expect("nothing to mark");
+    assert_eq!(by_day(store, d, d).await, vec![row(&latest)]);
+
+    let states = states_of(store, p).await;
+    assert!(states[&latest.plan.key].ever_online);
+    assert_eq!((states[&latest.plan.key].version, states[&latest.plan.key].hash), (7, latest.hash));
+    assert!(!states[&other.plan.key].ever_online);
+    assert_eq!(store.day_bounds().await.unwrap().map(|(_, hi)| hi >= d), Some(true));
 }
 
 /// Once online, always searchable, showing the latest (possibly offline) observation; a plan only
