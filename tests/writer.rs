@@ -15,7 +15,9 @@ use planfeed::store::SharedStore;
 use ractor::{Actor, ActorRef};
 use tokio::sync::Semaphore;
 
+use common::clickhouse::ClickHouseServer;
 use common::{day, offline, plan};
+use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
 
 async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
     let args = BatchWriterArgs {
@@ -28,11 +30,22 @@ async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
     Actor::spawn(None, BatchWriter, args).await.expect("writer starts").0
 }
 
+fn fetch(fetch_id: u64) -> Arc<FetchContext> {
+    Arc::new(FetchContext { fetch_id, provider: Arc::from("late"), tz: chrono_tz::UTC })
+}
+
+fn unwrap_plans(msg: WriterMsg) -> ChunkPlans {
+    match msg {
+        WriterMsg::Plans(c) => c,
+        _ => unreachable!("chunk() builds Plans"),
+    }
+}
+
 /// Chunk `seq` of fetch 1, as a parser hands it on.
 fn chunk(seq: u32, plans: Vec<Plan>) -> WriterMsg {
     let permits = Arc::new(Semaphore::new(1));
     WriterMsg::Plans(ChunkPlans {
-        fetch: Arc::new(FetchContext { fetch_id: 1, provider: Arc::from("late"), tz: chrono_tz::UTC }),
+        fetch: fetch(1),
         seq,
         plans,
         hashes: Vec::new(),
@@ -54,6 +67,19 @@ fn at(id: u64, title: &str) -> Plan {
 async fn a_late_older_online_observation_makes_the_newer_offline_one_searchable() {
     let dir = tempfile::tempdir().unwrap();
     let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("w.db")).unwrap());
+    late_online_observations(store).await;
+}
+
+#[tokio::test]
+async fn a_late_older_online_observation_makes_the_newer_offline_one_searchable_on_clickhouse() {
+    let Some(server) = ClickHouseServer::start() else { return };
+    let settings = ClickHouseSettings { url: server.url(), database: "writer".into(), ..Default::default() };
+    let store = ClickHouseStore::connect(settings).await.unwrap();
+    store.migrate().await.unwrap();
+    late_online_observations(Arc::new(store)).await;
+}
+
+async fn late_online_observations(store: SharedStore) {
     let w = writer(store.clone()).await;
 
     // Plan 1: both in one batch, the newer (offline) first.
@@ -76,6 +102,23 @@ async fn a_late_older_online_observation_makes_the_newer_offline_one_searchable(
     shown.sort();
     assert_eq!(shown, ["one, newer, offline", "two, newer, offline"], "latest values, ever online");
 
+    // Plan 4: the late online observation comes while the plan's newer version is written, and
+    // a still newer one moves it to another day before the mark is applied: the moved row carries
+    // the flag itself (a mark on the old day would only find the old day's tombstone).
+    w.cast(chunk(8, vec![offline(at(4, "four, v8, offline"))])).unwrap();
+    flush(&w).await;
+    w.cast(chunk(7, vec![at(4, "four, v7, online")])).unwrap();
+    let mut moved = offline(at(4, "four, v9, offline, moved"));
+    moved.start = common::dt("2034-02-03T20:00:00");
+    moved.end = common::dt("2034-02-03T22:00:00");
+    w.cast(WriterMsg::Plans(ChunkPlans { fetch: fetch(2), ..unwrap_plans(chunk(1, vec![moved])) })).unwrap();
+    flush(&w).await;
+    let next = day("2034-02-03");
+    assert_eq!(titles(store.plans_by_day(next, next).await.unwrap()), ["four, v9, offline, moved"]);
+    let mut shown = titles(store.plans_by_day(d, d).await.unwrap());
+    shown.sort();
+    assert_eq!(shown, ["one, newer, offline", "two, newer, offline"], "plan 4 left this day");
+
     // The writer's own bookkeeping took the flag too: a restarted writer agrees with the store.
     let states = store.load_plan_states().await.unwrap();
     let ever: Vec<bool> = {
@@ -83,6 +126,6 @@ async fn a_late_older_online_observation_makes_the_newer_offline_one_searchable(
         s.sort();
         s.into_iter().map(|(_, e)| e).collect()
     };
-    assert_eq!(ever, [true, true, false]);
+    assert_eq!(ever, [true, true, false, true]);
     w.stop(None);
 }

@@ -26,7 +26,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::parser::FetchContext;
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
 use crate::search::Searcher;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreResult};
 
 /// The plans of one parsed chunk.
 pub struct ChunkPlans {
@@ -136,22 +136,22 @@ pub struct BatchWriterState {
     in_flight: Option<InFlight>,
     write_seq: u64,
     /// Keys whose latest version is written or being written, to be marked ever-online because an
-    /// older observation of them, arriving late, was online; with the day of that version.
-    marks: Vec<(PlanKey, NaiveDate)>,
+    /// older observation of them, arriving late, was online; with the day of that version. Kept
+    /// until a write applies them (a failed one hands them back).
+    marks: HashMap<PlanKey, NaiveDate>,
 }
 
 /// A batch handed to the store, not yet known to be written.
 struct InFlight {
     write_id: u64,
     batch: Arc<Vec<StoredPlan>>,
-    /// Ever-online marks written after the batch.
-    marks: Vec<(PlanKey, NaiveDate)>,
+    /// Ever-online marks applied after the batch.
+    marks: HashMap<PlanKey, NaiveDate>,
     /// Position of each key in `batch`.
     index: HashMap<PlanKey, usize>,
     trigger: FlushTrigger,
     started: Instant,
-    /// True when the batch was written, false when it was dropped.
-    handle: tokio::task::JoinHandle<bool>,
+    handle: tokio::task::JoinHandle<WriteOutcome>,
 }
 
 pub struct BatchWriter;
@@ -184,7 +184,7 @@ impl Actor for BatchWriter {
             fetches: HashMap::new(),
             in_flight: None,
             write_seq: 0,
-            marks: Vec::new(),
+            marks: HashMap::new(),
         })
     }
 
@@ -211,7 +211,7 @@ impl Actor for BatchWriter {
                 state.maybe_finish_fetch(&me, fetch_id).await;
             }
             WriterMsg::FlushTimer { batch_id } => {
-                if batch_id == state.batch_id && !state.batch.is_empty() {
+                if batch_id == state.batch_id && !(state.batch.is_empty() && state.marks.is_empty()) {
                     state.flush(&me, FlushTrigger::Age).await;
                 }
             }
@@ -280,7 +280,7 @@ impl BatchWriterState {
                 Some((_, v, ever)) if v > version => {
                     // A newer observation was already taken; this one arrived late. Its values are
                     // stale, but if it was on sale online, the plan was: that must stick.
-                    if plan.online && !ever {
+                    if plan.online && !ever && !is_marked(&self.marks, &self.in_flight, &plan.key) {
                         match self.in_batch.get(&plan.key) {
                             Some(&i) => self.batch[i].ever_online = true,
                             None => {
@@ -290,7 +290,7 @@ impl BatchWriterState {
                                     .and_then(|f| f.index.get(&plan.key).map(|&i| f.batch[i].event_date))
                                     .or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
                                 if let Some(day) = day {
-                                    self.marks.push((plan.key.clone(), day));
+                                    self.marks.insert(plan.key.clone(), day);
                                 }
                             }
                         }
@@ -299,7 +299,9 @@ impl BatchWriterState {
                     counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                Some((_, _, ever)) => ever,
+                // A newer observation of a marked key carries the flag itself: the mark may find
+                // nothing to mark once this version moved the plan to another day.
+                Some((_, _, ever)) => ever || is_marked(&self.marks, &self.in_flight, &plan.key),
                 None => false,
             };
             let mut stored = StoredPlan::with_hash(plan, fetch.tz, ever_online, version, hash);
@@ -316,7 +318,7 @@ impl BatchWriterState {
             }
         }
         drop(permit);
-        if !self.batch.is_empty() && self.batch_started.is_none() {
+        if !(self.batch.is_empty() && self.marks.is_empty()) && self.batch_started.is_none() {
             self.batch_started = Some(Instant::now());
             let batch_id = self.batch_id;
             me.send_after(self.args.flush_age, move || WriterMsg::FlushTimer { batch_id });
@@ -333,8 +335,10 @@ impl BatchWriterState {
         self.finish_write().await;
         let batch = Arc::new(std::mem::take(&mut self.batch));
         let index = std::mem::take(&mut self.in_batch);
-        let marks = std::mem::take(&mut self.marks);
-        let task_marks = marks.clone();
+        let mut marks = std::mem::take(&mut self.marks);
+        // A key in the batch carries the flag in its row (see `absorb`): no mark needed.
+        marks.retain(|key, _| !index.contains_key(key));
+        let task_marks: Vec<(PlanKey, NaiveDate)> = marks.iter().map(|(k, d)| (k.clone(), *d)).collect();
         self.batch_bytes = 0;
         self.write_seq += 1;
         let write_id = self.write_seq;
@@ -345,9 +349,9 @@ impl BatchWriterState {
         let handle = tokio::spawn(async move {
             // Marks after the batch: each is for a version written before it (maybe by the write
             // this one waited for).
-            let written = write_with_retries(store, counters, task_batch, task_marks, trigger).await;
+            let outcome = write_with_retries(store, counters, task_batch, task_marks, trigger).await;
             let _ = me.cast(WriterMsg::WriteDone { write_id });
-            written
+            outcome
         });
         self.in_flight =
             Some(InFlight { write_id, batch, marks, index, trigger, started: Instant::now(), handle });
@@ -362,45 +366,60 @@ impl BatchWriterState {
     /// Awaits the write in flight, if any, and records its outcome.
     async fn finish_write(&mut self) {
         let Some(f) = self.in_flight.take() else { return };
-        let written = match f.handle.await {
-            Ok(w) => w,
+        let outcome = match f.handle.await {
+            Ok(outcome) => outcome,
             Err(e) => {
                 self.args.counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, plans = f.batch.len(), "store write task failed: batch dropped");
-                false
+                WriteOutcome { written: false, marked: false }
             }
         };
-        if !written {
-            return;
-        }
-        self.args.counters.batches.fetch_add(1, Ordering::Relaxed);
         let mut days = HashSet::<NaiveDate>::new();
-        for p in f.batch.iter() {
-            days.insert(p.event_date);
-            days.extend(p.previous_event_date);
-            self.persisted.insert(
-                p.plan.key.clone(),
-                PlanState {
-                    hash: p.hash,
-                    event_date: p.event_date,
-                    version: p.version,
-                    ever_online: p.ever_online,
-                },
+        if outcome.written && !f.batch.is_empty() {
+            self.args.counters.batches.fetch_add(1, Ordering::Relaxed);
+            for p in f.batch.iter() {
+                days.insert(p.event_date);
+                days.extend(p.previous_event_date);
+                self.persisted.insert(
+                    p.plan.key.clone(),
+                    PlanState {
+                        hash: p.hash,
+                        event_date: p.event_date,
+                        version: p.version,
+                        ever_online: p.ever_online,
+                    },
+                );
+            }
+            tracing::debug!(
+                plans = f.batch.len(),
+                trigger = ?f.trigger,
+                elapsed_ms = f.started.elapsed().as_millis() as u64,
+                "batch written"
             );
         }
-        for (key, day) in &f.marks {
-            if let Some(state) = self.persisted.get_mut(key) {
-                state.ever_online = true;
+        if outcome.marked {
+            for (key, day) in &f.marks {
+                if let Some(state) = self.persisted.get_mut(key) {
+                    state.ever_online = true;
+                }
+                days.insert(*day);
             }
-            days.insert(*day);
+        } else if !f.marks.is_empty() {
+            // Not applied: back in line for the next write (or into the row of a newer version).
+            tracing::warn!(
+                marks = f.marks.len(),
+                "ever-online marks not applied; retrying with the next write"
+            );
+            for (key, day) in f.marks {
+                match self.in_batch.get(&key) {
+                    Some(&i) => self.batch[i].ever_online = true,
+                    None => {
+                        self.marks.entry(key).or_insert(day);
+                    }
+                }
+            }
         }
-        tracing::debug!(
-            plans = f.batch.len(),
-            trigger = ?f.trigger,
-            elapsed_ms = f.started.elapsed().as_millis() as u64,
-            "batch written"
-        );
-        if let Some(searcher) = &self.args.searcher {
+        if let Some(searcher) = self.args.searcher.as_ref().filter(|_| !days.is_empty()) {
             let days: Vec<_> = days.into_iter().collect();
             searcher.invalidate(&days).await;
         }
@@ -453,44 +472,63 @@ impl BatchWriterState {
     }
 }
 
-/// Writes a batch, retrying transient errors with capped, jittered backoff. False when the batch
-/// was dropped after a permanent error or too many attempts.
+/// Whether an ever-online mark of `key` waits (`marks`) or is being applied (`in_flight`).
+fn is_marked(marks: &HashMap<PlanKey, NaiveDate>, in_flight: &Option<InFlight>, key: &PlanKey) -> bool {
+    marks.contains_key(key) || in_flight.as_ref().is_some_and(|f| f.marks.contains_key(key))
+}
+
+/// What a write task did.
+struct WriteOutcome {
+    /// The batch is stored (false: dropped after a permanent error or too many attempts).
+    written: bool,
+    /// The ever-online marks are applied (only tried once the batch is written).
+    marked: bool,
+}
+
+/// Writes a batch, then applies the marks, each retried on transient errors with capped,
+/// jittered backoff.
 async fn write_with_retries(
     store: SharedStore,
     counters: Arc<WriterCounters>,
     batch: Arc<Vec<StoredPlan>>,
     marks: Vec<(PlanKey, NaiveDate)>,
     trigger: FlushTrigger,
-) -> bool {
+) -> WriteOutcome {
+    let plans = batch.len();
+    let written = retrying(&counters, "store write", || store.write_plans_shared(batch.clone())).await;
+    if let Err(e) = written {
+        counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, plans, ?trigger, "store write failed for good: batch dropped, its plans will be offered again by the next fetch");
+        return WriteOutcome { written: false, marked: false };
+    }
+    if marks.is_empty() {
+        return WriteOutcome { written: true, marked: true };
+    }
+    let marked = retrying(&counters, "ever-online marks", || store.mark_ever_online(&marks)).await;
+    if let Err(e) = &marked {
+        tracing::warn!(error = %e, marks = marks.len(), "could not mark plans ever-online");
+    }
+    WriteOutcome { written: true, marked: marked.is_ok() }
+}
+
+/// Runs `op` until it succeeds, fails permanently or has failed transiently 9 times.
+async fn retrying<F, Fut>(counters: &WriterCounters, what: &str, mut op: F) -> StoreResult<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<()>>,
+{
     let mut attempt = 0u32;
-    let mut batch_written = false;
     loop {
-        let result = match batch_written {
-            true => Ok(()),
-            false => store.write_plans_shared(batch.clone()).await,
-        };
-        let result = match result {
-            Ok(()) => {
-                batch_written = true;
-                store.mark_ever_online(&marks).await
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => return true,
+        match op().await {
             Err(e) if e.is_transient() && attempt < 8 => {
                 attempt += 1;
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 let base = Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
                 let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
-                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, plans = batch.len(), "store write failed, retrying");
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
                 tokio::time::sleep(delay).await;
             }
-            Err(e) => {
-                counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, plans = batch.len(), ?trigger, "store write failed for good: batch dropped, its plans will be offered again by the next fetch");
-                return false;
-            }
+            result => return result,
         }
     }
 }

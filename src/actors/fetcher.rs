@@ -147,6 +147,8 @@ impl Actor for Fetcher {
         args: FetcherArgs,
     ) -> Result<FetcherState, ActorProcessingErr> {
         let client = build_client(&args.provider)?;
+        // The settings may have changed while no fetcher was running.
+        args.breaker.lock().configure(args.provider.breaker_failures, args.provider.breaker_cooldown);
         Ok(FetcherState { args, client, last_fetch_id: 0 })
     }
 
@@ -159,8 +161,8 @@ impl Actor for Fetcher {
         let reply_to = match msg {
             FetcherMsg::Fetch { reply_to } => reply_to,
             FetcherMsg::SetProvider(provider) => {
+                // The supervisor reconfigures the breaker it keeps.
                 state.client = build_client(&provider)?;
-                state.args.breaker.lock().configure(provider.breaker_failures, provider.breaker_cooldown);
                 state.args.provider = provider;
                 return Ok(());
             }

@@ -153,6 +153,8 @@ impl Actor for Supervisor {
                     return Ok(());
                 };
                 *slot = settings.clone();
+                // Here, not (only) in the fetcher: a fetcher being restarted would miss the message.
+                state.breakers[index].lock().configure(settings.breaker_failures, settings.breaker_cooldown);
                 let (interval, jitter) = (settings.interval, settings.jitter);
                 let _ = state.handles.fetchers[index].cast(FetcherMsg::SetProvider(settings));
                 let _ = state.handles.schedulers[index].cast(SchedulerMsg::SetInterval { interval, jitter });

@@ -516,7 +516,8 @@ fn parse_price(s: &str) -> Option<Decimal> {
         let mut plain = true;
         for (i, &c) in b.iter().enumerate() {
             if c.is_ascii_digit() {
-                mantissa = mantissa * 10 + i64::from(c - b'0');
+                // 19 digits may not fit: such a value is thrown away by the digit count below.
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(i64::from(c - b'0'));
             } else if c == b'.' && point.is_none() {
                 point = Some(i);
             } else {
@@ -904,7 +905,17 @@ pub(crate) mod tests {
 
     #[test]
     fn prices_keep_their_scale() {
-        for text in ["20.00", "7.5", "100", "0.01", "000.10", "999999999999999999", "1234567890.12345678"] {
+        for text in [
+            "20.00",
+            "7.5",
+            "100",
+            "0.01",
+            "000.10",
+            "999999999999999999",
+            "9311356865208938017",
+            "9999999999999999999",
+            "1234567890.12345678",
+        ] {
             let d = parse_price(text).unwrap();
             assert_eq!(d, text.parse::<Decimal>().unwrap());
             assert_eq!(d.to_string(), text.parse::<Decimal>().unwrap().to_string());
