@@ -21,7 +21,8 @@ contract-test:
 	CARGO=$(CARGO) ./scripts/contract-test.sh
 
 ## Benchmarks (release build), one command per line; each prints its figures: ClickHouse writes and
-## reads, the ingestion pipeline, criterion micro-benchmarks of search, then the bounded load test
+## reads, criterion figures of the feed parser, the ingestion pipeline, criterion micro-benchmarks of
+## search, then the bounded load test
 ## (a few seconds per run, on 127.0.0.1; installs wrk when missing). See docs/performance.md.
 bench:
 	$(CARGO) bench --bench clickhouse
@@ -29,6 +30,13 @@ bench:
 	$(CARGO) bench --bench pipeline
 	$(CARGO) bench --bench search
 	scripts/loadtest.sh
+
+## planfeed on ClickHouse with the provider simulator (docker-compose.yml; needs a Docker engine).
+up:
+	docker compose up --build -d
+
+down:
+	docker compose down
 
 fmt:
 	$(CARGO) fmt

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load test of GET /search (issue 5), bounded: every run lasts LOADTEST_SECONDS (default 5 s), all on
+# Load test of GET /search, bounded: every run lasts LOADTEST_SECONDS (default 5 s), all on
 # 127.0.0.1. Prints one line per run and writes them to target/loadtest/results.txt.
 #
 #   scripts/loadtest.sh             # everything (builds release, generates the stores once)
