@@ -206,7 +206,6 @@ impl Simulator {
 
 /// Streams `body` in 64 KiB pieces (chunked), pausing `stall` half-way.
 fn stream_body(body: Bytes, stall: Duration) -> impl Reply {
-    let stall = Some(stall);
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
         const PIECE: usize = 64 * 1024;
@@ -215,16 +214,14 @@ fn stream_body(body: Bytes, stall: Duration) -> impl Reply {
         let mut stalled = false;
         while at < body.len() {
             let end = (at + PIECE).min(body.len());
-            let end = if !stalled && stall.is_some() && at < half && end > half { half } else { end };
+            let end = if !stalled && at < half && end > half { half } else { end };
             if tx.send(Ok(body.slice(at..end))).await.is_err() {
                 return;
             }
             at = end;
-            if let (Some(d), false) = (stall, stalled) {
-                if at >= half {
-                    stalled = true;
-                    tokio::time::sleep(d).await;
-                }
+            if !stalled && at >= half {
+                stalled = true;
+                tokio::time::sleep(stall).await;
             }
         }
     });

@@ -346,14 +346,15 @@ async fn truncation_keeps_whole_base_plans_and_never_half_a_base_plan() {
     service.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn circuit_breaker_stops_requests_while_open_and_recovers_by_itself() {
-    let _serial = SERIAL.lock().await;
+/// A simulator answering every request with 503, and settings that fetch it every 50 ms without
+/// retries, the breaker opening after `failures` failed fetches for `cooldown`.
+async fn failing_provider_with_breaker(failures: u32, cooldown: &str) -> (Arc<Simulator>, Settings) {
     let sim = Simulator::new(
         FeedSource::Generated(spec(3)),
         Faults { error_rate: 1.0, error_statuses: vec![503], ..Faults::default() },
     );
     let url = simulator::spawn_local(sim.clone()).await.unwrap();
+    let failures = failures.to_string();
     let settings = Settings::load_with(
         Path::new("/nonexistent"),
         env(
@@ -361,12 +362,19 @@ async fn circuit_breaker_stops_requests_while_open_and_recovers_by_itself() {
             &[
                 ("PLANFEED__PROVIDER__INTERVAL", "50ms"),
                 ("PLANFEED__PROVIDER__RETRIES", "0"),
-                ("PLANFEED__PROVIDER__BREAKER_FAILURES", "3"),
-                ("PLANFEED__PROVIDER__BREAKER_COOLDOWN", "600ms"),
+                ("PLANFEED__PROVIDER__BREAKER_FAILURES", &failures),
+                ("PLANFEED__PROVIDER__BREAKER_COOLDOWN", cooldown),
             ],
         ),
     )
     .unwrap();
+    (sim, settings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_stops_requests_while_open_and_recovers_by_itself() {
+    let _serial = SERIAL.lock().await;
+    let (sim, settings) = failing_provider_with_breaker(3, "600ms").await;
     let (service, base, store, _dir) = start(settings).await;
     let requests = || sim.requests.load(Ordering::Relaxed);
 
@@ -414,24 +422,7 @@ async fn circuit_breaker_stops_requests_while_open_and_recovers_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_circuit_stays_open_when_the_fetcher_is_restarted() {
     let _serial = SERIAL.lock().await;
-    let sim = Simulator::new(
-        FeedSource::Generated(spec(3)),
-        Faults { error_rate: 1.0, error_statuses: vec![503], ..Faults::default() },
-    );
-    let url = simulator::spawn_local(sim.clone()).await.unwrap();
-    let settings = Settings::load_with(
-        Path::new("/nonexistent"),
-        env(
-            &url,
-            &[
-                ("PLANFEED__PROVIDER__INTERVAL", "50ms"),
-                ("PLANFEED__PROVIDER__RETRIES", "0"),
-                ("PLANFEED__PROVIDER__BREAKER_FAILURES", "2"),
-                ("PLANFEED__PROVIDER__BREAKER_COOLDOWN", "30s"),
-            ],
-        ),
-    )
-    .unwrap();
+    let (sim, settings) = failing_provider_with_breaker(2, "30s").await;
     let (service, _base, _store, _dir) = start(settings).await;
     let requests = || sim.requests.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(5);

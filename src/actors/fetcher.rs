@@ -175,12 +175,14 @@ impl Actor for Fetcher {
         let mut record = FetchRecord { provider: provider.name.clone(), started_at, ..Default::default() };
         let mut chunks = 0u32;
         let mut retries = 0u32;
-        let admission = state.args.breaker.lock().admit(Instant::now());
+        let (admission, failures) = {
+            let breaker = state.args.breaker.lock();
+            (breaker.admit(Instant::now()), breaker.failures())
+        };
         let max_retries = match admission {
             Admission::Skip { remaining } => {
                 record.error = Some(format!(
-                    "circuit open: {} consecutive failed fetches, no request sent; next probe in {} ms",
-                    state.args.breaker.lock().failures(),
+                    "circuit open: {failures} consecutive failed fetches, no request sent; next probe in {} ms",
                     remaining.as_millis()
                 ));
                 state.end_fetch(fetch_id, 0, 0, record);
@@ -188,7 +190,7 @@ impl Actor for Fetcher {
                 return Ok(());
             }
             Admission::Probe => {
-                tracing::info!(provider = %provider.name, failures = state.args.breaker.lock().failures(), "circuit half-open: probing the provider");
+                tracing::info!(provider = %provider.name, failures, "circuit half-open: probing the provider");
                 0
             }
             Admission::Fetch => provider.retries,
@@ -203,11 +205,14 @@ impl Actor for Fetcher {
             state.download(&ctx, deadline, max_retries, &mut record, &mut chunks, &mut retries).await;
         record.error = outcome.err();
         let failed = record.error.is_some();
-        let opened = state.args.breaker.lock().record(!failed, Instant::now());
+        let (opened, failures) = {
+            let mut breaker = state.args.breaker.lock();
+            (breaker.record(!failed, Instant::now()), breaker.failures())
+        };
         if opened {
             tracing::warn!(
                 provider = %state.args.provider.name,
-                failures = state.args.breaker.lock().failures(),
+                failures,
                 cooldown_ms = state.args.provider.breaker_cooldown.as_millis() as u64,
                 "circuit opened: no request will be sent until the cooldown ends"
             );

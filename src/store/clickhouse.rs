@@ -349,6 +349,32 @@ fn server_code(body: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// Runs `op` up to [`WRITE_ATTEMPTS`] times while it fails transiently, each time with a fresh
+/// statement (the crate's insert cannot be reused after an error), waiting [`backoff`] between.
+async fn with_attempts<F, Fut>(what: &str, mut op: F) -> StoreResult<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<()>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && attempt + 1 < WRITE_ATTEMPTS => {
+                let wait = backoff(attempt);
+                tracing::warn!(
+                    error = %e,
+                    attempt = attempt + 1,
+                    wait_ms = wait.as_millis() as u64,
+                    "{what} failed, retrying"
+                );
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 fn backoff(attempt: u32) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1 << attempt.min(8)).min(BACKOFF_CAP);
     // Full jitter in [exp/2, exp].
@@ -568,25 +594,8 @@ impl Store for ClickHouseStore {
             return Ok(());
         }
         plans.iter().try_for_each(check_ranges)?;
-        let mut attempt = 0;
-        loop {
-            match self.write_batch(plans).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() && attempt + 1 < WRITE_ATTEMPTS => {
-                    let wait = backoff(attempt);
-                    tracing::warn!(
-                        error = %e,
-                        attempt = attempt + 1,
-                        plans = plans.len(),
-                        wait_ms = wait.as_millis() as u64,
-                        "clickhouse write failed, retrying the batch"
-                    );
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let what = format!("clickhouse write of {} plans", plans.len());
+        with_attempts(&what, || self.write_batch(plans)).await
     }
 
     /// Re-inserts each key's latest row with the flag set: the same version, so the replacing
@@ -608,18 +617,12 @@ impl Store for ClickHouseStore {
             days.iter().cloned().collect::<Vec<_>>().join(", "),
             ids.iter().cloned().collect::<Vec<_>>().join(", ")
         );
-        let mut attempt = 0;
-        loop {
+        let what = format!("clickhouse ever-online marks of {} plans", keys.len());
+        with_attempts(&what, || {
             let run = self.client.query(&sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).execute();
-            match timed(QUERY_TIMEOUT, run).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() && attempt + 1 < WRITE_ATTEMPTS => {
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            timed(QUERY_TIMEOUT, run)
+        })
+        .await
     }
 
     async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
