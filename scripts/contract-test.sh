@@ -16,8 +16,7 @@ SCHEMATHESIS_VERSION=4.32.5
 MAX_EXAMPLES=${MAX_EXAMPLES:-200}
 MAX_TIME=${MAX_TIME:-30}
 VENV=$ROOT/target/contract/venv
-FIXTURE=${FIXTURE:-$ROOT/../shared/fixtures/provider/response_1.xml}
-[ -f "$FIXTURE" ] || FIXTURE=$ROOT/tests/fixtures/provider/response_1.xml
+FIXTURE=${FIXTURE:-$ROOT/tests/fixtures/provider/response_1.xml}
 
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     echo "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"

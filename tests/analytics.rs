@@ -50,7 +50,7 @@ async fn every_documented_query_runs_and_answers_from_ingested_data() {
             ("PLANFEED__PIPELINE__FLUSH_AGE".to_string(), "20ms".to_string()),
         ]
     };
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/provider");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provider");
     for file in ["response_1.xml", "response_2.xml", "response_3.derived.xml"] {
         let settings = Settings::load_with(Path::new("/nonexistent"), env(&server.url())).unwrap();
         let url = format!("file://{}", fixtures.join(file).canonicalize().unwrap().display());

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/provider").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provider").join(name)
 }
 
 fn settings(provider_url: &str, extra: &[(&str, &str)]) -> Settings {

@@ -12,7 +12,7 @@ use planfeed::store::SharedStore;
 use tokio::net::TcpListener;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/provider").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provider").join(name)
 }
 
 /// The value of the sample `name{labels}` (labels exactly as rendered), 0 when absent.

@@ -12,7 +12,7 @@ use common::binary::{free_port, Planfeed};
 use planfeed::simulator::{self, Simulator};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/provider").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provider").join(name)
 }
 
 fn local_toml(dir: &Path, port: u16, url: &str, per_client: u32, interval: &str, extra: &str) -> String {
