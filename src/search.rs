@@ -2,78 +2,128 @@
 //!
 //! A plan lives on the day bucket of its start instant (UTC date). Since a matching plan starts
 //! inside the searched range, a search reads only the buckets from `date(starts_at)` to
-//! `date(ends_at)`, clamped to the days that hold any plan. Each bucket keeps every plan's
-//! `EventSummary` JSON rendered once, so a cached answer is a concatenation of ready-made bytes.
-//! The finished body of a range is cached too (keyed by the exact instants), so a hot query costs
-//! one cache lookup however many days it spans.
+//! `date(ends_at)`. Which of those days hold plans at all comes from the *day directory*, an ordered
+//! map of the non-empty event days (with their plan counts and sizes) loaded from the store once and
+//! kept current by invalidations: a search costs the days that hold plans plus the plans it returns,
+//! never the calendar days of its range (a plan in year 9999 costs what any other plan costs).
+//!
+//! Each bucket keeps every plan's `EventSummary` JSON rendered once, joined in answer order, so an
+//! answer is a concatenation of ready-made bytes (a day wholly inside the range is one copy). The
+//! days of a range missing from the cache are read with one store query per run of consecutive
+//! missing days (bounded in bytes, a few in flight at once), and the search keeps every bucket it
+//! uses until its answer is built, so a range never expires while it is being assembled. The
+//! finished body of a range is cached too (keyed by the exact instants) unless it is large, so a hot
+//! query costs one cache lookup however many days it spans.
 //!
 //! Freshness: the batch writer calls [`Searcher::invalidate`] for the days it changed (the next
-//! search reloads them, and every cached body is dropped); entries older than the TTL are reloaded
-//! too, which covers writes made by another process. A day used in the second half of its TTL is
-//! reloaded in the background while the current copy is served, so hot days never make a request
-//! wait for the store. When the store fails, the last loaded copy of a day is served instead, and
-//! for a short while ([`STORE_DOWN_BACKOFF`]) cached days stop asking it at all: a down store costs
-//! one failing call per second, not one per request.
+//! search reloads them, and every cached body is dropped); processes that do not write poll the
+//! store's change feed ([`Searcher::spawn_change_feed`]) and invalidate exactly the days changed
+//! since their last poll. Entries older than the TTL are reloaded too, as a safety net. A day used in
+//! the second half of its TTL is reloaded in the background while the current copy is served. When
+//! the store fails, the last loaded copy of a day is served instead, and for a short while
+//! ([`STORE_DOWN_BACKOFF`]) cached days stop asking it at all: a down store costs one failing call
+//! per second, not one per request.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::NaiveDate;
-use moka::ops::compute::Op;
-use parking_lot::RwLock;
-use uuid::Uuid;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::{self, StreamExt};
+use parking_lot::{Mutex, RwLock};
 
 use crate::config::SearchSettings;
 use crate::domain::{EventRow, TimeRange};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{DaySize, SharedStore, StoreError};
 
 /// After a store failure, how long cached days are served without asking the store again.
 pub const STORE_DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
-/// One plan ready to be served.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub start_utc: i64,
-    pub end_utc: i64,
-    pub id: Uuid,
-    pub json: Bytes,
-}
-
-impl Prepared {
-    pub fn from_row(row: &EventRow) -> Self {
-        Self {
-            start_utc: row.start_utc.timestamp_micros(),
-            end_utc: row.end_utc.timestamp_micros(),
-            id: row.id,
-            json: Bytes::from(render_event(row)),
-        }
-    }
-}
+/// Upper bound of the estimated JSON bytes one store query of a run of days may bring: a wide cold
+/// range is read in several queries of about this size, [`RUNS_IN_FLIGHT`] at once, so no single
+/// query holds the whole range in flight and the first parts are rendered while the rest arrive.
+pub const RUN_BYTES: u64 = 8 << 20;
+/// Store queries of one search (or background refresh) in flight at once.
+pub const RUNS_IN_FLIGHT: usize = 4;
+/// A finished body larger than the cache budget divided by this is not kept (it would evict many
+/// days to save one concatenation).
+const BODY_FRACTION: u64 = 64;
+/// Estimated JSON bytes of one `EventSummary` besides its title, for the directory's sizes.
+const EVENT_OVERHEAD: u64 = 200;
 
 /// The contract's `EventSummary`. Prices are written as exact decimal literals (`20.00`), which
 /// are valid JSON numbers.
 pub fn render_event(row: &EventRow) -> String {
-    let price = |p: Option<rust_decimal::Decimal>| p.map_or_else(|| "null".to_string(), |d| d.to_string());
-    format!(
-        r#"{{"id":"{}","title":{},"start_date":"{}","start_time":"{}","end_date":"{}","end_time":"{}","min_price":{},"max_price":{}}}"#,
-        row.id,
-        serde_json::to_string(&row.title).unwrap_or_else(|_| "\"\"".into()),
+    let mut out = String::with_capacity(EVENT_OVERHEAD as usize + row.title.len());
+    write_event(&mut out, row);
+    out
+}
+
+fn write_event(out: &mut String, row: &EventRow) {
+    let _ = write!(out, r#"{{"id":"{}","title":"#, row.id);
+    let _ = serde_json::to_writer(StringWriter(out), &row.title);
+    let _ = write!(
+        out,
+        r#","start_date":"{}","start_time":"{}","end_date":"{}","end_time":"{}","min_price":"#,
         row.start_local.format("%Y-%m-%d"),
         row.start_local.format("%H:%M:%S"),
         row.end_local.format("%Y-%m-%d"),
         row.end_local.format("%H:%M:%S"),
-        price(row.min_price),
-        price(row.max_price),
-    )
+    );
+    write_price(out, row.min_price);
+    out.push_str(r#","max_price":"#);
+    write_price(out, row.max_price);
+    out.push('}');
 }
 
+fn write_price(out: &mut String, p: Option<rust_decimal::Decimal>) {
+    match p {
+        Some(d) => out.push_str(crate::domain::DecimalText::new(&d).as_str()),
+        None => out.push_str("null"),
+    }
+}
+
+/// `serde_json` writes to an `io::Write`; this one appends to a `String` (serde_json writes whole
+/// characters, so every piece is valid UTF-8).
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let s =
+            std::str::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.0.push_str(s);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where one plan's JSON sits in its day's joined bytes, with its instants (unix microseconds).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start_utc: i64,
+    end_utc: i64,
+    at: u32,
+    len: u32,
+}
+
+/// One day's plans, ready to be served.
 #[derive(Debug)]
 struct DayEntry {
-    events: Vec<Prepared>,
+    /// Every plan's JSON in answer order, separated by commas.
+    joined: Bytes,
+    spans: Vec<Span>,
+    /// Earliest start and latest end of the day's plans: a range covering both takes `joined` whole.
+    min_start: i64,
+    max_end: i64,
     loaded_at: Instant,
-    /// Set by the writer's invalidation: reload before serving, fall back to this copy on error.
+    /// Set by an invalidation: reload before serving, fall back to this copy on error.
     dirty: AtomicBool,
     /// A background reload of this copy is under way (at most one).
     refreshing: AtomicBool,
@@ -81,14 +131,58 @@ struct DayEntry {
 }
 
 impl DayEntry {
-    fn new(events: Vec<Prepared>) -> Self {
-        let bytes = events.iter().map(|e| e.json.len() + 64).sum::<usize>() + 64;
+    /// `rows` must be one day's plans in answer order.
+    fn new(rows: &[EventRow]) -> Self {
+        let mut text =
+            String::with_capacity(rows.iter().map(|r| EVENT_OVERHEAD as usize + r.title.len()).sum());
+        let mut spans = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            let at = text.len();
+            write_event(&mut text, row);
+            spans.push(Span {
+                start_utc: row.start_utc.timestamp_micros(),
+                end_utc: row.end_utc.timestamp_micros(),
+                at: at as u32,
+                len: (text.len() - at) as u32,
+            });
+        }
+        let joined = Bytes::from(text);
+        let bytes = joined.len() + spans.len() * std::mem::size_of::<Span>() + 128;
         Self {
-            events,
+            min_start: spans.iter().map(|s| s.start_utc).min().unwrap_or(i64::MAX),
+            max_end: spans.iter().map(|s| s.end_utc).max().unwrap_or(i64::MIN),
+            joined,
+            spans,
             loaded_at: Instant::now(),
             dirty: AtomicBool::new(false),
             refreshing: AtomicBool::new(false),
             bytes: bytes.min(u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Appends the plans inside `[starts, ends]` to `out`; `first` tracks whether a comma is due.
+    fn write_matching(&self, starts: i64, ends: i64, out: &mut BytesMut, first: &mut bool) {
+        if self.spans.is_empty() {
+            return;
+        }
+        let mut put = |slice: &[u8], out: &mut BytesMut| {
+            if !*first {
+                out.put_u8(b',');
+            }
+            *first = false;
+            out.put_slice(slice);
+        };
+        if starts <= self.min_start && self.max_end <= ends {
+            put(&self.joined, out);
+            return;
+        }
+        for s in &self.spans {
+            if s.start_utc >= starts && s.end_utc <= ends {
+                put(&self.joined[s.at as usize..(s.at + s.len) as usize], out);
+            }
         }
     }
 }
@@ -108,29 +202,60 @@ struct CachedBody {
 pub struct SearchCounters {
     /// Day lookups answered from the cache.
     pub hits: AtomicU64,
+    /// Days read from the store because the cache had no fresh copy.
     pub misses: AtomicU64,
     pub stale_served: AtomicU64,
     pub store_errors: AtomicU64,
     /// Searches answered with a finished body from the cache.
     pub body_hits: AtomicU64,
+    /// Store queries of runs of days (each reads one or more days).
+    pub run_queries: AtomicU64,
+    /// Polls of the store's change feed, and the days they invalidated.
+    pub change_polls: AtomicU64,
+    pub changed_days: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bounds {
-    days: Option<(NaiveDate, NaiveDate)>,
-    loaded_at: Instant,
-    /// False when an invalidation raced with the load: reload at next use.
-    valid: bool,
+/// What the directory knows of one non-empty day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DayInfo {
+    plans: u64,
+    /// Estimated JSON bytes of the day's plans.
+    bytes: u64,
 }
+
+impl DayInfo {
+    /// A day an invalidation reported: it may hold plans now, its size is unknown until read.
+    const UNKNOWN: DayInfo = DayInfo { plans: 0, bytes: EVENT_OVERHEAD };
+
+    fn of(size: &DaySize) -> Self {
+        Self { plans: size.plans, bytes: size.plans * EVENT_OVERHEAD + size.text_bytes }
+    }
+}
+
+/// The non-empty event days, in order.
+#[derive(Debug)]
+struct Directory {
+    days: BTreeMap<NaiveDate, DayInfo>,
+    loaded_at: Instant,
+}
+
+/// The result of one store query over a run of days: the entries of every day it read.
+type RunResult = Result<Arc<BTreeMap<NaiveDate, Arc<DayEntry>>>, StoreError>;
+type RunLoad = Shared<BoxFuture<'static, RunResult>>;
 
 struct Inner {
     store: SharedStore,
     days: moka::future::Cache<NaiveDate, Arc<DayEntry>>,
     bodies: moka::future::Cache<(i64, i64), Arc<CachedBody>>,
-    bounds: RwLock<Option<Bounds>>,
-    /// One bounds load at a time (the others wait for it and use its result).
-    bounds_load: tokio::sync::Mutex<()>,
-    bounds_refreshing: AtomicBool,
+    /// Bodies up to this size are cached.
+    body_limit: usize,
+    directory: RwLock<Option<Directory>>,
+    /// One directory load at a time (the others wait for it and use its result).
+    directory_load: tokio::sync::Mutex<()>,
+    directory_refreshing: AtomicBool,
+    /// Days being read from the store, with the shared load that reads them (single flight).
+    in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad)>>,
+    next_run: AtomicU64,
     ttl_nanos: AtomicU64,
     /// Bumped by every invalidation; a load that saw it move may hold pre-write data.
     epoch: AtomicU64,
@@ -151,13 +276,6 @@ const PREFIX: &[u8] = br#"{"data":{"events":["#;
 const SUFFIX: &[u8] = br#"]},"error":null}"#;
 const EMPTY: &[u8] = br#"{"data":{"events":[]},"error":null}"#;
 
-/// How a day was answered, for the body cache's bookkeeping.
-struct DayAnswer {
-    entry: Arc<DayEntry>,
-    /// Served past its freshness (store down): the body built from it must not be cached.
-    stale: bool,
-}
-
 impl Searcher {
     pub fn new(store: SharedStore, settings: &SearchSettings) -> Self {
         let days = moka::future::Cache::builder()
@@ -174,9 +292,12 @@ impl Searcher {
             store,
             days,
             bodies,
-            bounds: RwLock::new(None),
-            bounds_load: tokio::sync::Mutex::new(()),
-            bounds_refreshing: AtomicBool::new(false),
+            body_limit: (settings.cache_bytes / BODY_FRACTION) as usize,
+            directory: RwLock::new(None),
+            directory_load: tokio::sync::Mutex::new(()),
+            directory_refreshing: AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
+            next_run: AtomicU64::new(0),
             ttl_nanos: AtomicU64::new(nanos(settings.cache_ttl)),
             epoch: AtomicU64::new(0),
             origin: Instant::now(),
@@ -190,19 +311,11 @@ impl Searcher {
         self.inner.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
     }
 
-    /// Called by the batch writer after a successful flush with the days it touched.
+    /// Called by the batch writer after a successful flush with the days it touched (and by the
+    /// change feed with the days another process changed): the next search reads them again, and
+    /// the directory lists them until a read shows them empty.
     pub async fn invalidate(&self, days: &[NaiveDate]) {
-        let inner = &self.inner;
-        inner.epoch.fetch_add(1, Ordering::AcqRel);
-        for day in days {
-            if let Some(entry) = inner.days.get(day).await {
-                entry.dirty.store(true, Ordering::Release);
-            }
-        }
-        let mut bounds = inner.bounds.write();
-        if let Some(b) = bounds.as_mut() {
-            b.days = widen(b.days, days);
-        }
+        self.inner.invalidate(days).await
     }
 
     /// The full response body of `GET /search` for `range`.
@@ -210,9 +323,19 @@ impl Searcher {
         self.inner.search(range).await
     }
 
-    /// For `/ready`: true once the day bounds were read from the store at least once.
+    /// Reads the day directory from the store unless a fresh one is loaded (start-up warming).
+    pub async fn load_directory(&self) -> Result<(), StoreError> {
+        self.inner.directory_days().await.map(|_| ())
+    }
+
+    /// For `/ready`: true once the day directory was read from the store at least once.
     pub fn warmed(&self) -> bool {
-        self.inner.bounds.read().is_some()
+        self.inner.directory.read().is_some()
+    }
+
+    /// The number of non-empty days the directory lists (for tests and metrics).
+    pub fn directory_len(&self) -> usize {
+        self.inner.directory.read().as_ref().map_or(0, |d| d.days.len())
     }
 }
 
@@ -240,6 +363,20 @@ impl Inner {
         }
     }
 
+    async fn invalidate(&self, days: &[NaiveDate]) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for day in days {
+            if let Some(entry) = self.days.get(day).await {
+                entry.dirty.store(true, Ordering::Release);
+            }
+        }
+        if let Some(dir) = self.directory.write().as_mut() {
+            for day in days {
+                dir.days.entry(*day).or_insert(DayInfo::UNKNOWN);
+            }
+        }
+    }
+
     async fn search(self: &Arc<Self>, range: TimeRange) -> Result<Bytes, StoreError> {
         let starts = range.starts_at.map_or(i64::MIN, |t| t.timestamp_micros());
         let ends = range.ends_at.map_or(i64::MAX, |t| t.timestamp_micros());
@@ -258,215 +395,419 @@ impl Inner {
             }
         }
 
-        let (span, bounds_loaded_at, mut stale) = self.day_span(range).await?;
-        let Some((first, last)) = span else {
+        let first = range.starts_at.map(|t| t.date_naive());
+        let last = range.ends_at.map(|t| t.date_naive());
+        if first.zip(last).is_some_and(|(f, l)| f > l) {
             return Ok(Bytes::from_static(EMPTY));
-        };
-        let mut oldest = bounds_loaded_at;
-        let mut out = BytesMut::with_capacity(4096);
+        }
+        let (days, directory_at, mut stale) = self.days_in(first, last).await?;
+        if days.is_empty() {
+            return Ok(Bytes::from_static(EMPTY));
+        }
+        let (entries, entries_stale) = self.entries(&days, first, last).await?;
+        stale |= entries_stale;
+        let oldest = entries.values().map(|e| e.loaded_at).min().unwrap_or(directory_at).min(directory_at);
+
+        // Sized from the entries themselves: one allocation, never a regrowth copy.
+        let capacity =
+            PREFIX.len() + SUFFIX.len() + entries.values().map(|e| e.joined.len() + 1).sum::<usize>();
+        let mut out = BytesMut::with_capacity(capacity);
         out.put_slice(PREFIX);
         let mut first_event = true;
-        let mut hits = 0;
-        let mut day = first;
-        while day <= last {
-            let answer = self.day(day, &mut hits).await?;
-            stale |= answer.stale;
-            oldest = oldest.min(answer.entry.loaded_at);
-            for e in &answer.entry.events {
-                if e.start_utc >= starts && e.end_utc <= ends {
-                    if !first_event {
-                        out.put_u8(b',');
-                    }
-                    first_event = false;
-                    out.put_slice(&e.json);
-                }
-            }
-            day = match day.succ_opt() {
-                Some(d) => d,
-                None => break,
-            };
+        for entry in entries.values() {
+            entry.write_matching(starts, ends, &mut out, &mut first_event);
         }
-        self.counters.hits.fetch_add(hits, Ordering::Relaxed);
+        drop(entries);
         out.put_slice(SUFFIX);
         let body = out.freeze();
         let fresh_until = oldest + self.ttl() / 2;
-        if !stale && Instant::now() < fresh_until {
+        if !stale && body.len() <= self.body_limit && Instant::now() < fresh_until {
             self.bodies.insert(key, Arc::new(CachedBody { body: body.clone(), epoch, fresh_until })).await;
         }
         Ok(body)
     }
 
-    /// Days to read for `range`, clamped to the days that hold any plan, with when the bounds were
-    /// read and whether they are a stale copy.
-    async fn day_span(
+    /// The directory's non-empty days between `first` and `last` (open ends: every day), with when
+    /// the directory was read and whether it is a stale copy.
+    async fn days_in(
         self: &Arc<Self>,
-        range: TimeRange,
-    ) -> Result<(Option<(NaiveDate, NaiveDate)>, Instant, bool), StoreError> {
-        let (bounds, stale) = self.bounds().await?;
-        let Some((lo, hi)) = bounds.days else { return Ok((None, bounds.loaded_at, stale)) };
-        let first = range.starts_at.map_or(lo, |t| t.date_naive().max(lo));
-        let last = range.ends_at.map_or(hi, |t| t.date_naive().min(hi));
-        Ok(((first <= last).then_some((first, last)), bounds.loaded_at, stale))
+        first: Option<NaiveDate>,
+        last: Option<NaiveDate>,
+    ) -> Result<(Vec<(NaiveDate, DayInfo)>, Instant, bool), StoreError> {
+        let stale = self.directory_days().await?;
+        let lo = first.map_or(Bound::Unbounded, Bound::Included);
+        let hi = last.map_or(Bound::Unbounded, Bound::Included);
+        let guard = self.directory.read();
+        let dir = guard.as_ref().ok_or_else(|| StoreError::Unavailable("day directory vanished".into()))?;
+        let days = dir.days.range((lo, hi)).map(|(d, i)| (*d, *i)).collect();
+        Ok((days, dir.loaded_at, stale))
     }
 
-    async fn bounds(self: &Arc<Self>) -> Result<(Bounds, bool), StoreError> {
+    /// Makes sure a directory is loaded: a fresh one is used as is (refreshed in the background past
+    /// half its TTL); an expired one is read again, or served stale when the store is down. Returns
+    /// whether the directory in place is a stale copy.
+    async fn directory_days(self: &Arc<Self>) -> Result<bool, StoreError> {
         let ttl = self.ttl();
-        let cached = *self.bounds.read();
-        if let Some(b) = cached {
-            let age = b.loaded_at.elapsed();
-            if b.valid && age < ttl {
-                if age >= ttl / 2 && !self.bounds_refreshing.swap(true, Ordering::AcqRel) {
+        let loaded_at = self.directory.read().as_ref().map(|d| d.loaded_at);
+        if let Some(at) = loaded_at {
+            let age = at.elapsed();
+            if age < ttl {
+                if age >= ttl / 2 && !self.directory_refreshing.swap(true, Ordering::AcqRel) {
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let _ = me.load_bounds(Some(b.loaded_at)).await;
-                        me.bounds_refreshing.store(false, Ordering::Release);
+                        let _ = me.load_directory(Some(at)).await;
+                        me.directory_refreshing.store(false, Ordering::Release);
                     });
                 }
-                return Ok((b, false));
+                return Ok(false);
             }
             if self.store_down() {
                 self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                return Ok((b, true));
+                return Ok(true);
             }
         }
-        self.load_bounds(None).await
+        self.load_directory(None).await
     }
 
-    /// Reads the day bounds unless another caller did meanwhile (a load newer than `older_than`, or
+    /// Reads the directory unless another caller did meanwhile (a load newer than `older_than`, or
     /// any fresh one). On failure the last copy is served when there is one.
-    async fn load_bounds(&self, older_than: Option<Instant>) -> Result<(Bounds, bool), StoreError> {
-        let _single = self.bounds_load.lock().await;
-        let current = *self.bounds.read();
-        if let Some(b) = current {
-            let replaced = older_than.is_some_and(|t| b.loaded_at > t);
-            if b.valid && (replaced || (older_than.is_none() && b.loaded_at.elapsed() < self.ttl())) {
-                return Ok((b, false));
+    async fn load_directory(&self, older_than: Option<Instant>) -> Result<bool, StoreError> {
+        let _single = self.directory_load.lock().await;
+        if let Some(at) = self.directory.read().as_ref().map(|d| d.loaded_at) {
+            let replaced = older_than.is_some_and(|t| at > t);
+            if replaced || (older_than.is_none() && at.elapsed() < self.ttl()) {
+                return Ok(false);
             }
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        match self.store.day_bounds().await {
-            Ok(days) => {
+        match self.store.day_directory().await {
+            Ok(sizes) => {
                 self.store_answered();
-                let mut guard = self.bounds.write();
-                let raced = self.epoch.load(Ordering::Acquire) != epoch;
-                // A racing invalidation may have widened the bounds past what this read saw.
-                let days = match (raced, guard.as_ref()) {
-                    (true, Some(b)) => merge(days, b.days),
-                    _ => days,
-                };
-                let b = Bounds { days, loaded_at: Instant::now(), valid: !raced };
-                *guard = Some(b);
-                Ok((b, false))
+                let mut days: BTreeMap<NaiveDate, DayInfo> =
+                    sizes.iter().map(|s| (s.day, DayInfo::of(s))).collect();
+                let mut guard = self.directory.write();
+                if self.epoch.load(Ordering::Acquire) != epoch {
+                    // An invalidation raced with the read: keep every day the old copy knew (a day
+                    // listed in excess costs one empty read, a day missing would hide plans).
+                    if let Some(old) = guard.as_ref() {
+                        for (d, i) in &old.days {
+                            days.entry(*d).or_insert(*i);
+                        }
+                    }
+                }
+                tracing::debug!(days = days.len(), "day directory loaded");
+                *guard = Some(Directory { days, loaded_at: Instant::now() });
+                Ok(false)
             }
             Err(e) => {
                 self.store_failed(&e);
-                match current {
-                    Some(b) => {
-                        self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                        Ok((b, true))
-                    }
-                    None => Err(e),
+                if self.directory.read().is_some() {
+                    self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+                    Ok(true)
+                } else {
+                    Err(e)
                 }
             }
         }
     }
 
-    /// One day's plans: from the cache when fresh (reloaded in the background when past half its
-    /// TTL), else loaded once (concurrent callers of the same day wait for the same load); the last
-    /// copy when the store fails or is known to be down.
-    async fn day(self: &Arc<Self>, day: NaiveDate, hits: &mut u64) -> Result<DayAnswer, StoreError> {
-        if let Some(entry) = self.days.get(&day).await {
-            let ttl = self.ttl();
-            let age = entry.loaded_at.elapsed();
-            if !entry.dirty.load(Ordering::Acquire) && age < ttl {
-                *hits += 1;
-                if age >= ttl / 2 && !self.store_down() && !entry.refreshing.swap(true, Ordering::AcqRel) {
-                    let me = self.clone();
-                    let seen = entry.loaded_at;
-                    let old = entry.clone();
-                    tokio::spawn(async move {
-                        let _ = me.load_day(day, Some(seen)).await;
-                        old.refreshing.store(false, Ordering::Release);
-                    });
-                }
-                return Ok(DayAnswer { entry, stale: false });
-            }
-            if self.store_down() {
-                self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                return Ok(DayAnswer { entry, stale: true });
-            }
-        }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        self.load_day(day, None).await
-    }
-
-    /// Loads `day` through the cache's single flight. `older_than`: a background refresh of the copy
-    /// loaded then (skipped when another load replaced it); `None`: whatever is fresh will do.
-    async fn load_day(&self, day: NaiveDate, older_than: Option<Instant>) -> Result<DayAnswer, StoreError> {
-        let store = &self.store;
+    /// The entries of `days` (plus any day inside `[first, last]` a run read found non-empty),
+    /// from the cache when fresh, else read in runs. Returns whether a stale copy was used.
+    async fn entries(
+        self: &Arc<Self>,
+        days: &[(NaiveDate, DayInfo)],
+        first: Option<NaiveDate>,
+        last: Option<NaiveDate>,
+    ) -> Result<(BTreeMap<NaiveDate, Arc<DayEntry>>, bool), StoreError> {
+        let ttl = self.ttl();
+        let down = self.store_down();
+        let mut found = BTreeMap::new();
+        let mut old: HashMap<NaiveDate, Arc<DayEntry>> = HashMap::new();
+        // Each day with whether it continues a run (the previous listed day is in the same list).
+        let mut missing: Vec<(NaiveDate, DayInfo, bool)> = Vec::new();
+        let mut refresh: Vec<(NaiveDate, DayInfo, bool)> = Vec::new();
         let mut stale = false;
-        let stale_flag = &mut stale;
-        let result = self
-            .days
-            .entry(day)
-            .and_try_compute_with(|current| async move {
-                if let Some(cur) = &current {
-                    let cur = cur.value();
-                    let fresh = !cur.dirty.load(Ordering::Acquire) && cur.loaded_at.elapsed() < self.ttl();
-                    let replaced = older_than.is_some_and(|t| cur.loaded_at > t);
-                    if fresh && (older_than.is_none() || replaced) {
-                        return Ok(Op::Nop);
+        let mut hits = 0;
+        let (mut prev_missing, mut prev_refresh) = (false, false);
+        for &(day, info) in days {
+            let (mut is_missing, mut is_refresh) = (false, false);
+            match self.days.get(&day).await {
+                Some(entry) => {
+                    let age = entry.loaded_at.elapsed();
+                    if !entry.dirty.load(Ordering::Acquire) && age < ttl {
+                        hits += 1;
+                        if age >= ttl / 2 && !down && !entry.refreshing.swap(true, Ordering::AcqRel) {
+                            refresh.push((day, info, prev_refresh));
+                            is_refresh = true;
+                        }
+                        found.insert(day, entry);
+                    } else if down {
+                        self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+                        stale = true;
+                        found.insert(day, entry);
+                    } else {
+                        old.insert(day, entry);
+                        missing.push((day, info, prev_missing));
+                        is_missing = true;
                     }
                 }
-                let epoch = self.epoch.load(Ordering::Acquire);
-                match store.plans_by_day(day, day).await {
-                    Ok(rows) => {
-                        self.store_answered();
-                        let entry = DayEntry::new(rows.iter().map(Prepared::from_row).collect());
-                        if self.epoch.load(Ordering::Acquire) != epoch {
-                            // A write landed while reading: serve this, but read again next time.
-                            entry.dirty.store(true, Ordering::Release);
-                        }
-                        Ok(Op::Put(Arc::new(entry)))
-                    }
-                    Err(e) => {
-                        self.store_failed(&e);
-                        if current.is_some() {
-                            if older_than.is_none() {
-                                self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                            }
-                            *stale_flag = true;
-                            Ok(Op::Nop)
-                        } else {
-                            Err(e)
-                        }
+                None => {
+                    missing.push((day, info, prev_missing));
+                    is_missing = true;
+                }
+            }
+            (prev_missing, prev_refresh) = (is_missing, is_refresh);
+        }
+        self.counters.hits.fetch_add(hits, Ordering::Relaxed);
+        if !refresh.is_empty() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let loads = me.start_runs(&refresh);
+                let _ = stream::iter(loads).buffer_unordered(RUNS_IN_FLIGHT).collect::<Vec<_>>().await;
+            });
+        }
+        if missing.is_empty() {
+            return Ok((found, stale));
+        }
+        self.counters.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+        let loads = self.start_runs(&missing);
+        let results: Vec<RunResult> = stream::iter(loads).buffer_unordered(RUNS_IN_FLIGHT).collect().await;
+        let in_range = |d: &NaiveDate| first.is_none_or(|f| *d >= f) && last.is_none_or(|l| *d <= l);
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok(run) => {
+                    for (day, entry) in run.iter().filter(|(d, _)| in_range(d)) {
+                        found.entry(*day).or_insert_with(|| entry.clone());
                     }
                 }
-            })
-            .await;
-        let entry = result?
-            .into_entry()
-            .map(|e| e.into_value())
-            .ok_or_else(|| StoreError::Unavailable("day vanished from cache".into()))?;
-        Ok(DayAnswer { entry, stale })
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            // Whatever the failed runs should have brought: the last copies, if every one has one.
+            for (day, _, _) in &missing {
+                if found.contains_key(day) {
+                    continue;
+                }
+                match old.remove(day) {
+                    Some(entry) => {
+                        self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+                        stale = true;
+                        found.insert(*day, entry);
+                    }
+                    None => return Err(e),
+                }
+            }
+        }
+        Ok((found, stale))
     }
+
+    /// Loads for `days` (ascending, each with whether it continues the previous one's run): the
+    /// in-flight loads that already cover some of them, and new runs of consecutive days for the
+    /// rest, each under [`RUN_BYTES`].
+    fn start_runs(self: &Arc<Self>, days: &[(NaiveDate, DayInfo, bool)]) -> Vec<RunLoad> {
+        let mut loads: Vec<(u64, RunLoad)> = Vec::new();
+        let mut runs: Vec<Vec<NaiveDate>> = Vec::new();
+        let mut in_flight = self.in_flight.lock();
+        let mut run_bytes = 0;
+        let mut extend = false;
+        for &(day, info, continues) in days {
+            if let Some((id, load)) = in_flight.get(&day) {
+                if !loads.iter().any(|(l, _)| l == id) {
+                    loads.push((*id, load.clone()));
+                }
+                extend = false;
+                continue;
+            }
+            match runs.last_mut() {
+                Some(run) if extend && continues && run_bytes + info.bytes <= RUN_BYTES => run.push(day),
+                _ => {
+                    runs.push(vec![day]);
+                    run_bytes = 0;
+                }
+            }
+            run_bytes += info.bytes;
+            extend = true;
+        }
+        for run in runs {
+            let id = self.next_run.fetch_add(1, Ordering::Relaxed);
+            let (from, to) = (run[0], run[run.len() - 1]);
+            let me = self.clone();
+            let task = tokio::spawn(async move { me.load_run(id, from, to).await });
+            let load: RunLoad = async move {
+                task.await
+                    .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("day load task failed: {e}"))))
+            }
+            .boxed()
+            .shared();
+            for day in &run {
+                in_flight.insert(*day, (id, load.clone()));
+            }
+            loads.push((id, load));
+        }
+        loads.into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// One store query for the days `from..=to`: caches each day's entry, brings the directory up
+    /// to date for those days, and releases them from `in_flight`.
+    async fn load_run(self: Arc<Self>, id: u64, from: NaiveDate, to: NaiveDate) -> RunResult {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        self.counters.run_queries.fetch_add(1, Ordering::Relaxed);
+        let result = self.store.plans_by_day(from, to).await;
+        let outcome = match result {
+            Ok(rows) => {
+                self.store_answered();
+                let raced = self.epoch.load(Ordering::Acquire) != epoch;
+                let entries = by_day(&rows, from, to);
+                drop(rows);
+                for entry in entries.values() {
+                    if raced {
+                        // A write landed while reading: serve this, but read again next time.
+                        entry.dirty.store(true, Ordering::Release);
+                    }
+                }
+                for (day, entry) in &entries {
+                    self.days.insert(*day, entry.clone()).await;
+                }
+                self.update_directory(from, to, &entries, raced);
+                Ok(Arc::new(entries))
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                Err(e)
+            }
+        };
+        self.in_flight.lock().retain(|_, (run, _)| *run != id);
+        tracing::trace!(%from, %to, ok = outcome.is_ok(), "day run loaded");
+        outcome
+    }
+
+    /// What a read of `from..=to` showed: exact sizes of the days it found, and (unless a write
+    /// raced with it) no listing for the days it found empty.
+    fn update_directory(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        entries: &BTreeMap<NaiveDate, Arc<DayEntry>>,
+        raced: bool,
+    ) {
+        let mut guard = self.directory.write();
+        let Some(dir) = guard.as_mut() else { return };
+        if !raced {
+            let empty: Vec<NaiveDate> =
+                dir.days.range(from..=to).map(|(d, _)| *d).filter(|d| !entries.contains_key(d)).collect();
+            for d in empty {
+                dir.days.remove(&d);
+            }
+        }
+        for (day, entry) in entries {
+            dir.days.insert(
+                *day,
+                DayInfo { plans: entry.spans.len() as u64, bytes: entry.joined.len() as u64 + 1 },
+            );
+        }
+    }
+}
+
+/// Rows of `from..=to` (in answer order) grouped into one entry per day.
+fn by_day(rows: &[EventRow], from: NaiveDate, to: NaiveDate) -> BTreeMap<NaiveDate, Arc<DayEntry>> {
+    let mut out = BTreeMap::new();
+    let mut begin = 0;
+    // Rows come ordered by start instant, so each day's rows are contiguous.
+    while begin < rows.len() {
+        let day = rows[begin].start_utc.date_naive();
+        let end = begin + rows[begin..].iter().take_while(|r| r.start_utc.date_naive() == day).count();
+        if (from..=to).contains(&day) {
+            out.insert(day, Arc::new(DayEntry::new(&rows[begin..end])));
+        }
+        begin = end;
+    }
+    out
 }
 
 fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
 
-/// `bounds` widened to include every day of `days`.
-fn widen(bounds: Option<(NaiveDate, NaiveDate)>, days: &[NaiveDate]) -> Option<(NaiveDate, NaiveDate)> {
-    days.iter().fold(bounds, |b, &d| merge(b, Some((d, d))))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, NaiveDateTime, Utc};
 
-fn merge(
-    a: Option<(NaiveDate, NaiveDate)>,
-    b: Option<(NaiveDate, NaiveDate)>,
-) -> Option<(NaiveDate, NaiveDate)> {
-    match (a, b) {
-        (Some((alo, ahi)), Some((blo, bhi))) => Some((alo.min(blo), ahi.max(bhi))),
-        (x, None) | (None, x) => x,
+    fn row(id: u128, title: &str, start: &str, end: &str, price: Option<&str>) -> EventRow {
+        let local = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap();
+        EventRow {
+            id: uuid::Uuid::from_u128(id),
+            title: title.into(),
+            start_local: local(start),
+            end_local: local(end),
+            start_utc: local(start).and_utc(),
+            end_utc: local(end).and_utc(),
+            min_price: price.map(|p| p.parse().unwrap()),
+            max_price: price.map(|p| p.parse().unwrap()),
+        }
+    }
+
+    fn micros(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc).timestamp_micros()
+    }
+
+    #[test]
+    fn events_render_as_the_contract_says() {
+        let json = render_event(&row(
+            1,
+            "a \"quoted\"\n title ñ",
+            "0001-01-01T00:00:00",
+            "9999-12-31T23:59:59",
+            Some("20.00"),
+        ));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["title"], "a \"quoted\"\n title ñ");
+        assert_eq!(
+            (v["start_date"].as_str(), v["start_time"].as_str()),
+            (Some("0001-01-01"), Some("00:00:00"))
+        );
+        assert_eq!((v["end_date"].as_str(), v["end_time"].as_str()), (Some("9999-12-31"), Some("23:59:59")));
+        assert!(json.contains(r#""min_price":20.00,"max_price":20.00}"#), "{json}");
+        let none = render_event(&row(2, "", "2021-01-01T00:00:00", "2021-01-01T01:00:00", None));
+        assert!(none.ends_with(r#""min_price":null,"max_price":null}"#), "{none}");
+    }
+
+    #[test]
+    fn a_day_inside_the_range_is_copied_whole_and_a_cut_day_plan_by_plan() {
+        let rows = [
+            row(1, "a", "2021-07-01T09:00:00", "2021-07-01T10:00:00", Some("1")),
+            row(2, "b", "2021-07-01T12:00:00", "2021-07-02T01:00:00", Some("2")),
+            row(3, "c", "2021-07-01T20:00:00", "2021-07-01T21:00:00", Some("3")),
+        ];
+        let entry = DayEntry::new(&rows);
+        let render = |starts: i64, ends: i64| {
+            let mut out = BytesMut::new();
+            let mut first = true;
+            entry.write_matching(starts, ends, &mut out, &mut first);
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        let all: Vec<String> = rows.iter().map(render_event).collect();
+        assert_eq!(render(i64::MIN, i64::MAX), all.join(","));
+        assert_eq!(render(micros("2021-07-01T09:00:01Z"), i64::MAX), all[1..].join(","));
+        assert_eq!(
+            render(i64::MIN, micros("2021-07-01T23:00:00Z")),
+            [all[0].clone(), all[2].clone()].join(",")
+        );
+        assert_eq!(render(micros("2021-07-02T00:00:00Z"), i64::MAX), "");
+    }
+
+    #[test]
+    fn rows_of_a_run_are_grouped_by_utc_day() {
+        let rows = [
+            row(1, "a", "2021-07-01T09:00:00", "2021-07-01T10:00:00", None),
+            row(2, "b", "2021-07-01T23:59:59", "2021-07-02T01:00:00", None),
+            row(3, "c", "2021-07-09T00:00:00", "2021-07-09T01:00:00", None),
+        ];
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let days = by_day(&rows, d("2021-07-01"), d("2021-07-31"));
+        let counts: Vec<(NaiveDate, usize)> = days.iter().map(|(k, v)| (*k, v.spans.len())).collect();
+        assert_eq!(counts, vec![(d("2021-07-01"), 2), (d("2021-07-09"), 1)]);
     }
 }

@@ -154,11 +154,11 @@ impl Service {
             searcher.clone(),
             pipeline.as_ref().map(|(sup, _)| sup.clone()),
         ));
-        // Warm the day bounds so /ready turns true without waiting for the first search.
+        // Warm the day directory so /ready turns true without waiting for the first search.
         {
             let searcher = searcher.clone();
             tokio::spawn(async move {
-                let _ = searcher.search(Default::default()).await;
+                let _ = searcher.load_directory().await;
             });
         }
         Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server, reloader })

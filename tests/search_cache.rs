@@ -19,7 +19,7 @@ use planfeed::search::Searcher;
 use planfeed::service::Service;
 use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
 use planfeed::store::sqlite::SqliteStore;
-use planfeed::store::{SharedStore, Store, StoreError, StoreResult};
+use planfeed::store::{DaySize, SharedStore, Store, StoreError, StoreResult};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -78,6 +78,10 @@ impl Store for Counting {
     async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>> {
         self.check_up()?;
         self.inner.day_bounds().await
+    }
+    async fn day_directory(&self) -> StoreResult<Vec<DaySize>> {
+        self.check_up()?;
+        self.inner.day_directory().await
     }
     async fn record_fetch(&self, fetch: &FetchRecord) -> StoreResult<()> {
         self.check_up()?;
@@ -234,6 +238,91 @@ async fn store_down_serves_the_last_cached_answer() {
     store.down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(titles(&searcher.search(whole("2021-07-02")).await.unwrap()), ["never read"]);
+}
+
+/// Plans on every third day of 2021 (122 days, two plans each), written in one batch.
+async fn a_sparse_year(store: &SharedStore) {
+    let mut plans = Vec::new();
+    let mut d = day("2021-01-01");
+    let mut id = 0;
+    while d.format("%Y").to_string() == "2021" {
+        for (from, to) in [("09:00:00", "10:00:00"), ("20:00:00", "21:00:00")] {
+            id += 1;
+            plans.push(at(id, &format!("plan {id}"), &d.to_string(), from, to, 1));
+        }
+        d += chrono::Duration::days(3);
+    }
+    store.write_plans(&plans).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cold_year_is_one_store_query_and_every_later_ask_is_served_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    a_sparse_year(&real).await;
+    let store = Counting::new(real, Duration::ZERO);
+    let searcher = Searcher::new(store.clone(), &cache(Duration::from_secs(3600)));
+    let year = parse_range("starts_at=2021-01-01T00:00:00Z&ends_at=2021-12-31T23:59:59Z").unwrap();
+
+    let body = searcher.search(year).await.unwrap();
+    assert_eq!(titles(&body).len(), 244);
+    assert_eq!(titles(&body)[..3], ["plan 1", "plan 2", "plan 3"]);
+    assert_eq!(store.calls(), 1, "122 non-empty days over 365 calendar days: one query");
+    assert_eq!(searcher.directory_len(), 122);
+
+    // The same range again, and any range inside it: no store query.
+    assert_eq!(searcher.search(year).await.unwrap(), body);
+    let june = parse_range("starts_at=2021-06-01T00:00:00Z&ends_at=2021-06-30T23:59:59Z").unwrap();
+    let june_titles = titles(&searcher.search(june).await.unwrap());
+    assert_eq!(june_titles.len(), 20);
+    assert_eq!(store.calls(), 1);
+    assert_eq!(searcher.counters.run_queries.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn cached_days_split_runs_and_empty_days_are_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    a_sparse_year(&real).await;
+    let store = Counting::new(real, Duration::ZERO);
+    let searcher = Searcher::new(store.clone(), &cache(Duration::from_secs(3600)));
+
+    // An empty day, and a year without plans: no query at all.
+    assert_eq!(titles(&searcher.search(whole("2021-01-02")).await.unwrap()), Vec::<String>::new());
+    let empty_year = parse_range("starts_at=2023-01-01T00:00:00Z&ends_at=2023-12-31T23:59:59Z").unwrap();
+    assert_eq!(titles(&searcher.search(empty_year).await.unwrap()), Vec::<String>::new());
+    assert_eq!(store.calls(), 0, "days the directory lists as empty are never queried");
+
+    // A day in the middle first: the year then needs the runs before and after it.
+    assert_eq!(titles(&searcher.search(whole("2021-06-30")).await.unwrap()).len(), 2);
+    assert_eq!(store.calls(), 1);
+    let open = parse_range("starts_at=2021-01-01T00:00:00Z").unwrap();
+    assert_eq!(titles(&searcher.search(open).await.unwrap()).len(), 244);
+    assert_eq!(store.calls(), 3, "one query per run of consecutive missing days");
+}
+
+#[tokio::test]
+async fn plans_at_the_first_and_last_valid_days_cost_what_any_day_costs() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    real.write_plans(&[
+        at(1, "first day", "0001-01-01", "00:00:00", "01:00:00", 1),
+        at(2, "normal", "2021-07-01", "09:00:00", "10:00:00", 1),
+        at(3, "last day", "9999-12-31", "20:00:00", "23:59:59", 1),
+    ])
+    .await
+    .unwrap();
+    let store = Counting::new(real, Duration::ZERO);
+    let searcher = Searcher::new(store.clone(), &cache(Duration::from_secs(3600)));
+    let started = std::time::Instant::now();
+    let all = searcher.search(Default::default()).await.unwrap();
+    assert_eq!(titles(&all), ["first day", "normal", "last day"]);
+    let to_the_end = parse_range("starts_at=2021-07-01T00:00:00Z").unwrap();
+    assert_eq!(titles(&searcher.search(to_the_end).await.unwrap()), ["normal", "last day"]);
+    let from_the_start = parse_range("ends_at=2021-07-01T10:00:00Z").unwrap();
+    assert_eq!(titles(&searcher.search(from_the_start).await.unwrap()), ["first day", "normal"]);
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert_eq!(store.calls(), 1, "three non-empty days in one run");
 }
 
 fn api_settings(extra: &[(&str, &str)]) -> Settings {

@@ -85,6 +85,7 @@ mod conformance_case {
         prices_are_exact,
         plan_states_round_trip,
         day_bounds_cover_ever_online_days,
+        day_directory_lists_ever_online_days_with_sizes,
         fetch_log_round_trip,
     );
 

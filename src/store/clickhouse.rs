@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Store, StoreError, StoreResult};
+use super::{DaySize, Store, StoreError, StoreResult};
 use crate::domain::{DecimalText, EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
 
 /// Embedded migrations, applied in order; a name is never reused or edited once released.
@@ -493,6 +493,14 @@ struct DayBoundsRow {
     last: NaiveDate,
 }
 
+#[derive(Debug, Row, Deserialize)]
+struct DaySizeRow {
+    #[serde(with = "clickhouse::serde::chrono::date")]
+    day: NaiveDate,
+    plans: u64,
+    text_bytes: u64,
+}
+
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
 struct FetchRow {
     provider: String,
@@ -705,6 +713,24 @@ impl Store for ClickHouseStore {
         )
         .await?;
         Ok((row.count > 0).then_some((row.first, row.last)))
+    }
+
+    async fn day_directory(&self) -> StoreResult<Vec<DaySize>> {
+        let rows: Vec<DaySizeRow> = timed(
+            QUERY_TIMEOUT,
+            self.client
+                .query(
+                    "SELECT event_date AS day, count() AS plans, sum(length(title)) AS text_bytes \
+                     FROM plans FINAL WHERE ever_online = 1 AND superseded = 0 \
+                     GROUP BY event_date ORDER BY event_date",
+                )
+                .fetch_all(),
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DaySize { day: r.day, plans: r.plans, text_bytes: r.text_bytes })
+            .collect())
     }
 
     async fn record_fetch(&self, fetch: &FetchRecord) -> StoreResult<()> {

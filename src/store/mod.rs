@@ -18,7 +18,7 @@ use chrono::NaiveDate;
 
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Worth retrying: connection refused, timeout, server overloaded.
     #[error("store unavailable: {0}")]
@@ -35,6 +35,16 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One non-empty event day of the store: what the search's day directory keeps in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaySize {
+    pub day: NaiveDate,
+    /// Ever-online plans whose latest version lies on the day.
+    pub plans: u64,
+    /// Bytes of their titles (the variable part of their JSON), to size reads and answers.
+    pub text_bytes: u64,
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -67,6 +77,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// First and last event day holding an ever-online plan, for open-ended searches.
     async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>>;
+
+    /// Every event day holding an ever-online plan, ascending, with its size: the search reads it
+    /// once at start so it never visits an empty day. Stores answer from an index or one grouped
+    /// scan of the day column; this default reads every plan, so a store overrides it.
+    async fn day_directory(&self) -> StoreResult<Vec<DaySize>> {
+        let Some((from, to)) = self.day_bounds().await? else { return Ok(Vec::new()) };
+        let mut out: Vec<DaySize> = Vec::new();
+        for row in self.plans_by_day(from, to).await? {
+            let day = row.start_utc.date_naive();
+            match out.last_mut() {
+                Some(last) if last.day == day => {
+                    last.plans += 1;
+                    last.text_bytes += row.title.len() as u64;
+                }
+                _ => out.push(DaySize { day, plans: 1, text_bytes: row.title.len() as u64 }),
+            }
+        }
+        Ok(out)
+    }
 
     /// Appends one fetch attempt to the fetch log.
     async fn record_fetch(&self, fetch: &FetchRecord) -> StoreResult<()>;

@@ -26,7 +26,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row, TransactionBehavio
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::{Store, StoreError, StoreResult};
+use super::{DaySize, Store, StoreError, StoreResult};
 use crate::domain::{DecimalText, EventRow, FetchRecord, PlanKey, PlanState, StoredPlan, Zone};
 
 /// Reader connections: searches of different days run in parallel up to this many.
@@ -136,6 +136,12 @@ ORDER BY start_utc, id";
 const DAY_BOUNDS: &str = "
 SELECT (SELECT min(event_date) FROM plans WHERE ever_online = 1),
        (SELECT max(event_date) FROM plans WHERE ever_online = 1)";
+
+/// The search's day directory: one pass over the partial covering index, already grouped by day.
+const DAY_DIRECTORY: &str = "
+SELECT event_date, count(*), sum(length(title))
+FROM plans WHERE ever_online = 1
+GROUP BY event_date ORDER BY event_date";
 
 const PLAN_STATES: &str =
     "SELECT provider, base_plan_id, plan_id, hash, event_date, version, ever_online FROM plans";
@@ -497,6 +503,25 @@ impl Store for SqliteStore {
                 })
                 .ctx(what)?;
             Ok(bounds)
+        })
+        .await
+    }
+
+    async fn day_directory(&self) -> StoreResult<Vec<DaySize>> {
+        self.read(|conn| {
+            let what = || "reading the day directory";
+            let mut stmt = conn.prepare_cached(DAY_DIRECTORY).ctx(what)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(DaySize {
+                        day: text_col(r, 0, parse_date)?,
+                        plans: from_i64(r, 1)?,
+                        text_bytes: from_i64(r, 2)?,
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .ctx(what)?;
+            Ok(rows)
         })
         .await
     }

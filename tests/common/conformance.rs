@@ -29,7 +29,7 @@
 //!   `reopen` factory and returns the reopened store), so a test binary can give each its own test.
 //! - Cases share one store in any order: each uses its own provider name (`conf-<case>`) **and**
 //!   its own event days, so each can assert the exact, unfiltered answer of `plans_by_day`.
-//!   Days used: 2031..=2037 (one year per case), 1971-01-01 and 2099-12-31 (the extremes reserved for
+//!   Days used: 2031..=2038 (one year per case), 1971-01-01 and 2099-12-31 (the extremes reserved for
 //!   `day_bounds_cover_ever_online_days`), 1970-06-01 and 2100-06-01 (offline only). Fetch records use
 //!   `started_at` in 2090 (restart) and 2100 (the newest: fetch log case).
 //! - Instants have whole seconds: a store must keep at least second precision (ClickHouse
@@ -65,6 +65,11 @@ where
     named("prices_are_exact", prices_are_exact(&store)).await;
     named("plan_states_round_trip", plan_states_round_trip(&store)).await;
     named("day_bounds_cover_ever_online_days", day_bounds_cover_ever_online_days(&store)).await;
+    named(
+        "day_directory_lists_ever_online_days_with_sizes",
+        day_directory_lists_ever_online_days_with_sizes(&store),
+    )
+    .await;
     named("fetch_log_round_trip", fetch_log_round_trip(&store)).await;
     let store = named("restart_keeps_everything", restart_keeps_everything(store, &reopen)).await;
     // Everything written by the earlier cases survived the restart too.
@@ -401,6 +406,32 @@ pub async fn day_bounds_cover_ever_online_days(store: &SharedStore) {
     assert_eq!(store.day_bounds().await.expect("day_bounds"), Some((day("1971-01-01"), day("2099-12-31"))));
     assert_eq!(by_day(store, day("1971-01-01"), day("1971-01-01")).await, vec![row(&first)]);
     assert_eq!(by_day(store, day("2099-12-31"), day("2099-12-31")).await, vec![row(&last)]);
+}
+
+/// The search's day directory: every day holding an ever-online plan's latest version, ascending,
+/// with its plan count and title bytes; offline-only days and the old day of a moved plan are not
+/// listed.
+pub async fn day_directory_lists_ever_online_days_with_sizes(store: &SharedStore) {
+    let p = "conf-directory";
+    let a = stored(plan(p, 1, 1, "ab", "2038-01-05T10:00:00", "2038-01-05T11:00:00"), 1);
+    let b = stored(plan(p, 1, 2, "cde", "2038-01-05T23:00:00", "2038-01-06T01:00:00"), 1);
+    let off = stored(offline(plan(p, 1, 3, "offline", "2038-01-06T10:00:00", "2038-01-06T11:00:00")), 1);
+    let before = stored(plan(p, 1, 4, "moving", "2038-02-01T10:00:00", "2038-02-01T11:00:00"), 1);
+    write(store, &[a, b, off, before]).await;
+    let after =
+        moved(plan(p, 1, 4, "moved!", "2038-02-03T10:00:00", "2038-02-03T11:00:00"), 2, day("2038-02-01"));
+    write(store, &[after]).await;
+    let directory: Vec<(NaiveDate, u64, u64)> = store
+        .day_directory()
+        .await
+        .expect("day_directory")
+        .into_iter()
+        .filter(|d| d.day.format("%Y").to_string() == "2038")
+        .map(|d| (d.day, d.plans, d.text_bytes))
+        .collect();
+    assert_eq!(directory, vec![(day("2038-01-05"), 2, 5), (day("2038-02-03"), 1, 6)]);
+    let all = store.day_directory().await.expect("day_directory");
+    assert!(all.windows(2).all(|w| w[0].day < w[1].day), "ascending, one entry per day");
 }
 
 /// The fetch log keeps every field and lists the newest first.
