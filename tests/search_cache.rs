@@ -464,3 +464,51 @@ async fn clickhouse_down_still_serves_cached_days_with_the_same_bytes() {
     assert!(service.searcher.counters.store_errors.load(Ordering::Relaxed) >= 1);
     service.shutdown().await;
 }
+
+/// Plans on the first and last valid days, in UTC and in New York (whose evening of 9999-12-31 is
+/// UTC day 10000-01-01), beside a normal one: every search right, answered warm in milliseconds.
+async fn far_dates_are_searched_right(store: SharedStore) {
+    let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
+    let in_ny = |p, v| StoredPlan::new(p, ny, false, v);
+    store
+        .write_plans(&[
+            at(1, "utc first", "0001-01-01", "00:00:00", "01:00:00", 1),
+            in_ny(plan("fever", 1, 2, "ny first", "0001-01-01T10:00:00", "0001-01-01T11:00:00"), 1),
+            at(3, "normal", "2021-07-01", "09:00:00", "10:00:00", 1),
+            at(4, "utc last", "9999-12-31", "20:00:00", "23:59:59", 1),
+            in_ny(plan("fever", 1, 5, "ny last", "9999-12-31T20:00:00", "9999-12-31T23:00:00"), 1),
+        ])
+        .await
+        .unwrap();
+    let searcher = Searcher::new(store, &cache(Duration::from_secs(3600)));
+    let cases: [(&str, &[&str]); 6] = [
+        ("", &["utc first", "ny first", "normal", "utc last", "ny last"]),
+        ("starts_at=9999-12-31T00:00:00Z", &["utc last", "ny last"]),
+        ("ends_at=9999-12-31T23:59:59Z", &["utc first", "ny first", "normal", "utc last"]),
+        ("starts_at=0001-01-01T00:00:00Z&ends_at=0001-01-01T23:59:59Z", &["utc first", "ny first"]),
+        ("starts_at=9999-12-31T20:00:00-05:00", &["ny last"]),
+        ("starts_at=2021-01-01T00:00:00Z&ends_at=2021-12-31T00:00:00Z", &["normal"]),
+    ];
+    for (query, expected) in cases {
+        let range = parse_range(query).unwrap();
+        assert_eq!(titles(&searcher.search(range).await.unwrap()), expected, "cold {query:?}");
+        let started = std::time::Instant::now();
+        assert_eq!(titles(&searcher.search(range).await.unwrap()), expected, "warm {query:?}");
+        assert!(started.elapsed() < Duration::from_millis(10), "warm {query:?} took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn far_dates_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    far_dates_are_searched_right(sqlite(&dir)).await;
+}
+
+#[tokio::test]
+async fn far_dates_on_clickhouse() {
+    let Some(server) = ClickHouseServer::start() else { return };
+    let settings = ClickHouseSettings { url: server.url(), database: "far".into(), ..Default::default() };
+    let store = ClickHouseStore::connect(settings).await.unwrap();
+    store.migrate().await.unwrap();
+    far_dates_are_searched_right(Arc::new(store)).await;
+}

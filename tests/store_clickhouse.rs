@@ -86,6 +86,7 @@ mod conformance_case {
         plan_states_round_trip,
         day_bounds_cover_ever_online_days,
         day_directory_lists_ever_online_days_with_sizes,
+        extreme_days_are_stored_ordered_and_searched,
         fetch_log_round_trip,
     );
 
@@ -159,7 +160,10 @@ async fn migrations_run_once() {
     assert_eq!(store.migrate().await.unwrap(), Vec::<String>::new());
     let again = store_on(&server).await;
     assert_eq!(again.migrate().await.unwrap(), Vec::<String>::new());
-    assert_eq!(raw_rows(&server, "SELECT name FROM schema_migrations ORDER BY name").await, "001_init\n");
+    assert_eq!(
+        raw_rows(&server, "SELECT name FROM schema_migrations ORDER BY name").await,
+        "001_init\n002_exact_days\n"
+    );
     let tables = raw_rows(
         &server,
         "SELECT name, engine FROM system.tables WHERE database = 'planfeed_test' ORDER BY name",
@@ -167,7 +171,8 @@ async fn migrations_run_once() {
     .await;
     assert_eq!(
         tables,
-        "fetches\tMergeTree\nplans\tReplacingMergeTree\nschema_migrations\tMergeTree\nzones\tReplacingMergeTree\n"
+        "fetches\tMergeTree\nplans\tReplacingMergeTree\nplans_v1\tReplacingMergeTree\n\
+         schema_migrations\tMergeTree\nzones\tReplacingMergeTree\n"
     );
 
     // A fresh database reports what it applied.
@@ -178,8 +183,79 @@ async fn migrations_run_once() {
     })
     .await
     .unwrap();
-    assert_eq!(fresh.migrate().await.unwrap(), vec!["001_init".to_string()]);
+    assert_eq!(fresh.migrate().await.unwrap(), vec!["001_init".to_string(), "002_exact_days".to_string()]);
     assert_eq!(fresh.migrate().await.unwrap(), Vec::<String>::new());
+}
+
+/// A database on the first schema (Date/DateTime columns only) keeps its plans through migration 002,
+/// which keys `plans` by exact integer days; far dates are written and read exactly afterwards.
+#[tokio::test]
+async fn the_exact_days_migration_keeps_existing_plans() {
+    let Some(server) = ClickHouseServer::start() else { return };
+    // Creates the database, migrates nothing.
+    let store = ClickHouseStore::connect(settings_for(&server)).await.unwrap();
+    let first =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/clickhouse/001_init.sql")).unwrap();
+    for statement in first
+        .split(";\n")
+        .map(|s| s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n"))
+    {
+        if !statement.trim().is_empty() {
+            raw_exec(&server, statement.trim().trim_end_matches(';')).await;
+        }
+    }
+    raw_exec(
+        &server,
+        "CREATE TABLE schema_migrations (name String, applied_at DateTime('UTC')) ENGINE = MergeTree ORDER BY name",
+    )
+    .await;
+    raw_exec(&server, "INSERT INTO schema_migrations VALUES ('001_init', now())").await;
+    let old = stored(
+        plan(1, 1, "written before", "2021-06-30T21:00:00", "2021-06-30T23:00:00", true, &["20.00"]),
+        7,
+    );
+    raw_exec(
+        &server,
+        &format!(
+            "INSERT INTO plans (provider, base_plan_id, plan_id, id, title, online, ever_online, \
+                 organizer_company_id, start_local, end_local, start_utc, end_utc, event_date, sell_from, \
+                 sell_to, sold_out, min_price, max_price, zone_count, version, hash, superseded, written_at) \
+             VALUES ('fever', 1, 1, '{}', 'written before', 1, 1, NULL, '2021-06-30 21:00:00', \
+                 '2021-06-30 23:00:00', '2021-06-30 21:00:00', '2021-06-30 23:00:00', '2021-06-30', NULL, \
+                 NULL, 0, '20.00', '20.00', 1, 7, {}, 0, '2021-07-01 00:00:00')",
+            old.plan.key.id(),
+            old.hash
+        ),
+    )
+    .await;
+
+    assert_eq!(store.migrate().await.unwrap(), vec!["002_exact_days".to_string()]);
+    let rows = store.plans_by_day(day("2021-06-30"), day("2021-06-30")).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].title.as_str(), rows[0].start_local, rows[0].end_utc),
+        ("written before", old.plan.start, old.end_utc)
+    );
+    let states = store.load_plan_states().await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(
+        (states[0].1.event_date, states[0].1.version, states[0].1.hash),
+        (day("2021-06-30"), 7, old.hash)
+    );
+    assert_eq!(raw_rows(&server, "SELECT count() FROM plans_v1").await, "1\n", "the old table is kept");
+
+    // A newer version after the upgrade replaces it; far days sit beside it.
+    let newer = stored(
+        plan(1, 1, "written after", "2021-06-30T21:00:00", "2021-06-30T23:00:00", true, &["20.00"]),
+        8,
+    );
+    let far = stored(plan(1, 2, "far", "9999-12-31T22:00:00", "9999-12-31T23:00:00", true, &["1"]), 1);
+    store.write_plans(&[newer.clone(), far.clone()]).await.unwrap();
+    let all = store.plans_by_day(day("2021-06-30"), day("9999-12-31")).await.unwrap();
+    assert_eq!(
+        all,
+        vec![planfeed::domain::EventRow::from_stored(&newer), planfeed::domain::EventRow::from_stored(&far)]
+    );
 }
 
 #[tokio::test]
@@ -488,14 +564,6 @@ async fn a_broken_schema_is_a_permanent_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
-
-    // A date ClickHouse cannot hold is refused before anything is sent.
-    let old = stored(plan(1, 2, "Old", "1960-06-30T21:00:00", "1960-06-30T22:00:00", true, &["1"]), 1);
-    let err = store.write_plans(&[old]).await.unwrap_err();
-    match err {
-        StoreError::Permanent(msg) => assert!(msg.contains("fever/1/2") && msg.contains("1960"), "{msg}"),
-        other => panic!("expected a permanent error, got {other:?}"),
-    }
 }
 
 #[tokio::test]

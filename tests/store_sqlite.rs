@@ -62,6 +62,7 @@ mod conformance_case {
         plan_states_round_trip,
         day_bounds_cover_ever_online_days,
         day_directory_lists_ever_online_days_with_sizes,
+        extreme_days_are_stored_ordered_and_searched,
         fetch_log_round_trip,
     );
 
@@ -93,7 +94,7 @@ async fn open_creates_folders_file_and_schema_in_wal_mode() {
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
@@ -110,6 +111,89 @@ async fn open_creates_folders_file_and_schema_in_wal_mode() {
     // Opening again is a no-op for the schema.
     drop(store);
     SqliteStore::open(&path).unwrap();
+}
+
+/// The first schema, as files written before event days became integers hold it.
+const SCHEMA_V1: &str = "
+CREATE TABLE plans (
+    provider TEXT NOT NULL, base_plan_id INTEGER NOT NULL, plan_id INTEGER NOT NULL, id TEXT NOT NULL,
+    title TEXT NOT NULL, online INTEGER NOT NULL, ever_online INTEGER NOT NULL,
+    organizer_company_id INTEGER, start_local TEXT NOT NULL, end_local TEXT NOT NULL,
+    start_utc INTEGER NOT NULL, end_utc INTEGER NOT NULL, event_date TEXT NOT NULL, sell_from TEXT,
+    sell_to TEXT, sold_out INTEGER NOT NULL, min_price TEXT, max_price TEXT, zones TEXT NOT NULL,
+    version INTEGER NOT NULL, hash INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    PRIMARY KEY (provider, base_plan_id, plan_id)
+);
+CREATE INDEX plans_by_day
+    ON plans (event_date, start_utc, id, end_utc, start_local, end_local, min_price, max_price, title)
+    WHERE ever_online = 1;
+CREATE TABLE fetches (
+    seq INTEGER PRIMARY KEY, provider TEXT NOT NULL, started_at INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL, http_status INTEGER, bytes INTEGER NOT NULL,
+    plans_seen INTEGER NOT NULL, plans_written INTEGER NOT NULL, plans_unchanged INTEGER NOT NULL,
+    plans_skipped INTEGER NOT NULL, error TEXT
+);
+CREATE INDEX fetches_by_start ON fetches (started_at);
+PRAGMA user_version = 1;";
+
+/// A file of the first schema, with the plan whose New York evening of 9999-12-31 is UTC day
+/// `+10000-01-01` (as text, it sorted above every real day and hid every plan), upgrades in place:
+/// every plan keeps its values and is found on its day.
+#[tokio::test]
+async fn a_file_with_text_event_days_upgrades_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
+    let far = planfeed::domain::StoredPlan::new(
+        plan("fever", 1, 1, "new year's eve", "9999-12-31T20:00:00", "9999-12-31T23:00:00"),
+        ny,
+        false,
+        1,
+    );
+    let first = stored(plan("fever", 1, 2, "first day", "0001-01-01T00:00:00", "0001-01-01T01:00:00"), 1);
+    let normal = stored(plan("fever", 1, 3, "normal", "2021-07-01T09:00:00", "2021-07-01T10:00:00"), 1);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        for (p, text_day) in [(&far, "+10000-01-01"), (&first, "0001-01-01"), (&normal, "2021-07-01")] {
+            conn.execute(
+                "INSERT INTO plans VALUES (?1, 1, ?2, ?3, ?4, 1, 1, NULL, ?5, ?6, ?7, ?8, ?9, NULL, NULL, 0,
+                                           '20.00', '20.00', '[]', 1, 0, 0)",
+                rusqlite::params![
+                    "fever",
+                    p.plan.key.plan_id as i64,
+                    p.plan.key.id().to_string(),
+                    p.plan.title,
+                    p.plan.start.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                    p.plan.end.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                    p.start_utc.timestamp_millis(),
+                    p.end_utc.timestamp_millis(),
+                    text_day,
+                ],
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(far.event_date, day("+10000-01-01"));
+
+    let store = open(&path);
+    let days: Vec<_> = store.day_directory().await.unwrap().into_iter().map(|d| (d.day, d.plans)).collect();
+    assert_eq!(days, vec![(day("0001-01-01"), 1), (day("2021-07-01"), 1), (far.event_date, 1)]);
+    assert_eq!(store.day_bounds().await.unwrap(), Some((day("0001-01-01"), far.event_date)));
+    let all = store.plans_by_day(day("0001-01-01"), far.event_date).await.unwrap();
+    let titles: Vec<&str> = all.iter().map(|r| r.title.as_str()).collect();
+    assert_eq!(titles, ["first day", "normal", "new year's eve"]);
+    assert_eq!(all[2].start_utc, far.start_utc);
+    assert_eq!(all[2].start_local, far.plan.start);
+    let states = store.load_plan_states().await.unwrap();
+    assert!(states.iter().any(|(k, s)| k == &far.plan.key && s.event_date == far.event_date));
+
+    // Written again after the upgrade: still one row per plan, on the same days.
+    store.write_plans(&[far.clone(), first, normal]).await.unwrap();
+    assert_eq!(store.plans_by_day(day("0001-01-01"), far.event_date).await.unwrap().len(), 3);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert!(version >= 2);
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@
 //! client-side `?` binds, `wait_end_of_query=1` so a failing query never looks like a 200.
 //!
 //! `plans` is a `ReplacingMergeTree(version)` partitioned by event month and ordered by event day:
-//! [`Store::plans_by_day`] reads `FINAL` over the requested days only. Each batch is one `INSERT` per
+//! [`Store::plans_by_day`] reads `FINAL` over the requested days only. Days and instants are kept
+//! exactly as integers (`event_day`, `*_us`: every date from year 1 to 10000 fits), because `Date`
+//! and `DateTime` stop at 1970..2105; those columns stay for ad-hoc SQL, clamped to that span. Each batch is one `INSERT` per
 //! table, retried whole on transient errors; zones go first, so a visible plan row always has its
 //! zones.
 
@@ -24,16 +26,25 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{DaySize, Store, StoreError, StoreResult};
+use super::{day_number, day_of_number, DaySize, Store, StoreError, StoreResult};
 use crate::domain::{DecimalText, EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
 
 /// Embedded migrations, applied in order; a name is never reused or edited once released.
-const MIGRATIONS: &[(&str, &str)] = &[("001_init", include_str!("../../clickhouse/001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_init", include_str!("../../clickhouse/001_init.sql")),
+    ("002_exact_days", include_str!("../../clickhouse/002_exact_days.sql")),
+];
 
 /// The columns of `plans`, in table order.
 const PLAN_COLUMNS: &str = "provider, base_plan_id, plan_id, id, title, online, ever_online, \
     organizer_company_id, start_local, end_local, start_utc, end_utc, event_date, sell_from, sell_to, \
-    sold_out, min_price, max_price, zone_count, version, hash, superseded, written_at";
+    sold_out, min_price, max_price, zone_count, version, hash, superseded, written_at, event_day, \
+    start_us, end_us, start_local_us, end_local_us, sell_from_us, sell_to_us, written_us";
+
+/// What `Date` and `DateTime` hold on every server version: their columns keep values clamped to
+/// this span, the exact values live in the integer columns (`clickhouse/002_exact_days.sql`).
+const CLAMP_FIRST_DAY: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid");
+const CLAMP_LAST_DAY: NaiveDate = NaiveDate::from_ymd_opt(2105, 12, 31).expect("valid");
 
 /// Attempts per batch inside the store; the batch writer retries further on `Unavailable`.
 const WRITE_ATTEMPTS: u32 = 3;
@@ -207,7 +218,7 @@ impl ClickHouseStore {
                         base_plan_id: key.base_plan_id,
                         plan_id: key.plan_id,
                         version: p.version,
-                        event_date: p.event_date,
+                        event_date: clamp_day(p.event_date),
                         idx: idx as u32,
                         zone_id: z.zone_id,
                         name: &z.name,
@@ -252,12 +263,12 @@ impl ClickHouseStore {
         if ids.is_empty() {
             return Ok(HashSet::new());
         }
-        let days: Vec<String> = days.iter().map(|d| format!("'{d}'")).collect();
+        let days: Vec<String> = days.iter().map(|d| day_number(*d).to_string()).collect();
         let ids_sql: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
-        // Dates and UUIDs are formatted by us, never user text: safe to inline.
+        // Day numbers and UUIDs are formatted by us, never user text: safe to inline.
         let sql = format!(
             "SELECT DISTINCT id FROM plans \
-             WHERE event_date IN ({}) AND ever_online = 1 AND id IN ({})",
+             WHERE event_day IN ({}) AND ever_online = 1 AND id IN ({})",
             days.join(", "),
             ids_sql.join(", ")
         );
@@ -423,6 +434,14 @@ struct PlanRow {
     superseded: u8,
     #[serde(with = "clickhouse::serde::chrono::datetime")]
     written_at: DateTime<Utc>,
+    event_day: i32,
+    start_us: i64,
+    end_us: i64,
+    start_local_us: i64,
+    end_local_us: i64,
+    sell_from_us: Option<i64>,
+    sell_to_us: Option<i64>,
+    written_us: i64,
 }
 
 /// A `zones` row borrowed from its plan (see [`ClickHouseStore::insert_zones`]).
@@ -454,14 +473,10 @@ struct EventRowCh {
     #[serde(with = "clickhouse::serde::uuid")]
     id: Uuid,
     title: String,
-    #[serde(with = "clickhouse::serde::chrono::datetime")]
-    start_local: DateTime<Utc>,
-    #[serde(with = "clickhouse::serde::chrono::datetime")]
-    end_local: DateTime<Utc>,
-    #[serde(with = "clickhouse::serde::chrono::datetime")]
-    start_utc: DateTime<Utc>,
-    #[serde(with = "clickhouse::serde::chrono::datetime")]
-    end_utc: DateTime<Utc>,
+    start_local_us: i64,
+    end_local_us: i64,
+    start_us: i64,
+    end_us: i64,
     min_price: Option<String>,
     max_price: Option<String>,
 }
@@ -478,8 +493,7 @@ struct PlanStateRow {
     base_plan_id: u64,
     plan_id: u64,
     hash: u64,
-    #[serde(with = "clickhouse::serde::chrono::date")]
-    event_date: NaiveDate,
+    event_day: i32,
     version: u64,
     ever_online: u8,
 }
@@ -487,16 +501,13 @@ struct PlanStateRow {
 #[derive(Debug, Row, Deserialize)]
 struct DayBoundsRow {
     count: u64,
-    #[serde(with = "clickhouse::serde::chrono::date")]
-    first: NaiveDate,
-    #[serde(with = "clickhouse::serde::chrono::date")]
-    last: NaiveDate,
+    first: i32,
+    last: i32,
 }
 
 #[derive(Debug, Row, Deserialize)]
 struct DaySizeRow {
-    #[serde(with = "clickhouse::serde::chrono::date")]
-    day: NaiveDate,
+    day: i32,
     plans: u64,
     text_bytes: u64,
 }
@@ -531,29 +542,35 @@ fn wall(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
 }
 
-/// ClickHouse `DateTime` is seconds since 1970 in a `UInt32`, `Date` days since 1970 in a `UInt16`.
-/// Checked up front so the error names the plan instead of failing deep inside the insert.
-fn check_ranges(p: &StoredPlan) -> StoreResult<()> {
-    let datetime_ok = |t: DateTime<Utc>| u32::try_from(t.timestamp()).is_ok();
-    let plan = &p.plan;
-    let instants = [
-        ("start", wall(plan.start)),
-        ("end", wall(plan.end)),
-        ("start instant", p.start_utc),
-        ("end instant", p.end_utc),
-    ]
-    .into_iter()
-    .chain(plan.sell_from.map(|t| ("sell_from", wall(t))))
-    .chain(plan.sell_to.map(|t| ("sell_to", wall(t))));
-    for (what, t) in instants {
-        if !datetime_ok(t) {
-            return Err(StoreError::Permanent(format!(
-                "plan {}: {what} {t} is outside what ClickHouse DateTime holds (1970..2106)",
-                plan.key
-            )));
-        }
-    }
-    Ok(())
+/// `day` inside what `Date` holds (see [`CLAMP_FIRST_DAY`]).
+fn clamp_day(day: NaiveDate) -> NaiveDate {
+    day.clamp(CLAMP_FIRST_DAY, CLAMP_LAST_DAY)
+}
+
+/// `t` inside what `DateTime` holds, to the second (see [`CLAMP_FIRST_DAY`]).
+fn clamp_instant(t: DateTime<Utc>) -> DateTime<Utc> {
+    let first = CLAMP_FIRST_DAY.and_hms_opt(0, 0, 0).expect("valid").and_utc();
+    let last = CLAMP_LAST_DAY.and_hms_opt(23, 59, 59).expect("valid").and_utc();
+    t.clamp(first, last)
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn instant_of(us: i64, id: Uuid) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| StoreError::Permanent(format!("stored instant {us} of plan {id} is out of range")))
+}
+
+fn day_of(n: i32) -> StoreResult<NaiveDate> {
+    day_of_number(n.into())
+        .ok_or_else(|| StoreError::Permanent(format!("stored event day {n} is out of range")))
+}
+
+/// The plan's day as `event_day` holds it; every day a plan can have fits (year 1 to 10000).
+fn day_int(day: NaiveDate) -> i32 {
+    i32::try_from(day_number(day)).unwrap_or(if day_number(day) < 0 { i32::MIN } else { i32::MAX })
 }
 
 /// The plan row (and the tombstone of its previous day, if it moved). `ever_online` is the sticky
@@ -569,13 +586,13 @@ fn plan_rows(p: &StoredPlan, ever_online: bool, written_at: DateTime<Utc>, out: 
         online: plan.online.into(),
         ever_online: ever_online.into(),
         organizer_company_id: plan.organizer_company_id,
-        start_local: wall(plan.start),
-        end_local: wall(plan.end),
-        start_utc: p.start_utc,
-        end_utc: p.end_utc,
-        event_date: p.event_date,
-        sell_from: plan.sell_from.map(wall),
-        sell_to: plan.sell_to.map(wall),
+        start_local: clamp_instant(wall(plan.start)),
+        end_local: clamp_instant(wall(plan.end)),
+        start_utc: clamp_instant(p.start_utc),
+        end_utc: clamp_instant(p.end_utc),
+        event_date: clamp_day(p.event_date),
+        sell_from: plan.sell_from.map(|t| clamp_instant(wall(t))),
+        sell_to: plan.sell_to.map(|t| clamp_instant(wall(t))),
         sold_out: plan.sold_out.into(),
         min_price: plan.min_price().map(|d| d.to_string()),
         max_price: plan.max_price().map(|d| d.to_string()),
@@ -583,10 +600,23 @@ fn plan_rows(p: &StoredPlan, ever_online: bool, written_at: DateTime<Utc>, out: 
         version: p.version,
         hash: p.hash,
         superseded: 0,
-        written_at,
+        written_at: clamp_instant(written_at),
+        event_day: day_int(p.event_date),
+        start_us: micros(p.start_utc),
+        end_us: micros(p.end_utc),
+        start_local_us: micros(wall(plan.start)),
+        end_local_us: micros(wall(plan.end)),
+        sell_from_us: plan.sell_from.map(|t| micros(wall(t))),
+        sell_to_us: plan.sell_to.map(|t| micros(wall(t))),
+        written_us: micros(written_at),
     };
     if let Some(previous) = p.previous_event_date.filter(|d| *d != p.event_date) {
-        out.push(PlanRow { event_date: previous, superseded: 1, ..row.clone() });
+        out.push(PlanRow {
+            event_date: clamp_day(previous),
+            event_day: day_int(previous),
+            superseded: 1,
+            ..row.clone()
+        });
     }
     out.push(row);
 }
@@ -601,7 +631,6 @@ impl Store for ClickHouseStore {
         if plans.is_empty() {
             return Ok(());
         }
-        plans.iter().try_for_each(check_ranges)?;
         let what = format!("clickhouse write of {} plans", plans.len());
         with_attempts(&what, || self.write_batch(plans)).await
     }
@@ -612,16 +641,20 @@ impl Store for ClickHouseStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let days: BTreeSet<String> = keys.iter().map(|(_, d)| format!("'{d}'")).collect();
+        let days: BTreeSet<String> = keys.iter().map(|(_, d)| day_number(*d).to_string()).collect();
         let ids: BTreeSet<String> = keys.iter().map(|(k, _)| format!("'{}'", k.id())).collect();
-        // Dates and UUIDs are formatted by us, never user text: safe to inline.
+        let now = Utc::now();
+        // Day numbers, instants and UUIDs are formatted by us, never user text: safe to inline.
         let sql = format!(
             "INSERT INTO plans ({PLAN_COLUMNS}) \
              SELECT provider, base_plan_id, plan_id, id, title, online, toUInt8(1), organizer_company_id, \
                     start_local, end_local, start_utc, end_utc, event_date, sell_from, sell_to, sold_out, \
-                    min_price, max_price, zone_count, version, hash, superseded, now() \
+                    min_price, max_price, zone_count, version, hash, superseded, toDateTime({}), event_day, \
+                    start_us, end_us, start_local_us, end_local_us, sell_from_us, sell_to_us, toInt64({}) \
              FROM plans FINAL \
-             WHERE event_date IN ({}) AND id IN ({}) AND superseded = 0 AND ever_online = 0",
+             WHERE event_day IN ({}) AND id IN ({}) AND superseded = 0 AND ever_online = 0",
+            clamp_instant(now).timestamp(),
+            micros(now),
             days.iter().cloned().collect::<Vec<_>>().join(", "),
             ids.iter().cloned().collect::<Vec<_>>().join(", ")
         );
@@ -639,7 +672,7 @@ impl Store for ClickHouseStore {
             self.client
                 .query(
                     "SELECT provider, base_plan_id, plan_id, argMax(hash, version) AS last_hash, \
-                            argMax(event_date, version) AS last_event_date, \
+                            argMax(event_day, version) AS last_event_day, \
                             max(version) AS last_version, max(ever_online) AS any_online \
                      FROM plans WHERE superseded = 0 \
                      GROUP BY provider, base_plan_id, plan_id",
@@ -647,22 +680,23 @@ impl Store for ClickHouseStore {
                 .fetch_all(),
         )
         .await?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|r| {
-                (
+                Ok((
                     PlanKey::new(r.provider, r.base_plan_id, r.plan_id),
                     PlanState {
                         hash: r.hash,
-                        event_date: r.event_date,
+                        event_date: day_of(r.event_day)?,
                         version: r.version,
                         ever_online: r.ever_online != 0,
                     },
-                )
+                ))
             })
-            .collect())
+            .collect()
     }
 
+    /// Reads `event_day` over exactly the partitions of the days (`event_date` is their clamped
+    /// partition key, so far days share the first or last partition).
     async fn plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<EventRow>> {
         if from > to {
             return Ok(Vec::new());
@@ -671,15 +705,18 @@ impl Store for ClickHouseStore {
             QUERY_TIMEOUT,
             self.client
                 .query(
-                    "SELECT id, title, start_local, end_local, start_utc, end_utc, \
+                    "SELECT id, title, start_local_us, end_local_us, start_us, end_us, \
                             min_price, max_price \
                      FROM plans FINAL \
-                     WHERE event_date BETWEEN toDate(?) AND toDate(?) \
+                     WHERE event_day BETWEEN ? AND ? \
+                       AND event_date BETWEEN toDate(?) AND toDate(?) \
                        AND ever_online = 1 AND superseded = 0 \
-                     ORDER BY start_utc, id",
+                     ORDER BY start_us, id",
                 )
-                .bind(from.to_string())
-                .bind(to.to_string())
+                .bind(day_int(from))
+                .bind(day_int(to))
+                .bind(clamp_day(from).to_string())
+                .bind(clamp_day(to).to_string())
                 .fetch_all(),
         )
         .await?;
@@ -688,12 +725,12 @@ impl Store for ClickHouseStore {
             events.push(EventRow {
                 min_price: decode_price(r.min_price, r.id)?,
                 max_price: decode_price(r.max_price, r.id)?,
+                start_local: instant_of(r.start_local_us, r.id)?.naive_utc(),
+                end_local: instant_of(r.end_local_us, r.id)?.naive_utc(),
+                start_utc: instant_of(r.start_us, r.id)?,
+                end_utc: instant_of(r.end_us, r.id)?,
                 id: r.id,
                 title: r.title,
-                start_local: r.start_local.naive_utc(),
-                end_local: r.end_local.naive_utc(),
-                start_utc: r.start_utc,
-                end_utc: r.end_utc,
             });
         }
         // ClickHouse orders UUIDs by their two 64-bit halves, not bytewise: settle ties like Rust does.
@@ -706,13 +743,16 @@ impl Store for ClickHouseStore {
             QUERY_TIMEOUT,
             self.client
                 .query(
-                    "SELECT count() AS count, min(event_date) AS first, max(event_date) AS last \
+                    "SELECT count() AS count, min(event_day) AS first, max(event_day) AS last \
                      FROM plans FINAL WHERE ever_online = 1 AND superseded = 0",
                 )
                 .fetch_one(),
         )
         .await?;
-        Ok((row.count > 0).then_some((row.first, row.last)))
+        if row.count == 0 {
+            return Ok(None);
+        }
+        Ok(Some((day_of(row.first)?, day_of(row.last)?)))
     }
 
     async fn day_directory(&self) -> StoreResult<Vec<DaySize>> {
@@ -720,17 +760,16 @@ impl Store for ClickHouseStore {
             QUERY_TIMEOUT,
             self.client
                 .query(
-                    "SELECT event_date AS day, count() AS plans, sum(length(title)) AS text_bytes \
+                    "SELECT event_day AS day, count() AS plans, sum(length(title)) AS text_bytes \
                      FROM plans FINAL WHERE ever_online = 1 AND superseded = 0 \
-                     GROUP BY event_date ORDER BY event_date",
+                     GROUP BY event_day ORDER BY event_day",
                 )
                 .fetch_all(),
         )
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| DaySize { day: r.day, plans: r.plans, text_bytes: r.text_bytes })
-            .collect())
+        rows.into_iter()
+            .map(|r| Ok(DaySize { day: day_of(r.day)?, plans: r.plans, text_bytes: r.text_bytes }))
+            .collect()
     }
 
     async fn record_fetch(&self, fetch: &FetchRecord) -> StoreResult<()> {

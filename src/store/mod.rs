@@ -36,6 +36,18 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Days since 1970-01-01 (negative before): how both stores keep event days, so every valid day
+/// (0001-01-01 ..= 9999-12-31, and the UTC day after it a provider zone may reach) sorts and
+/// compares as a number. Text dates sorted `+10000-01-01` above every real day.
+pub fn day_number(day: NaiveDate) -> i64 {
+    (day - NaiveDate::default()).num_days()
+}
+
+/// The day [`day_number`] gave `n`; `None` outside what `chrono` holds.
+pub fn day_of_number(n: i64) -> Option<NaiveDate> {
+    NaiveDate::default().checked_add_signed(chrono::Duration::try_days(n)?)
+}
+
 /// One non-empty event day of the store: what the search's day directory keeps in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DaySize {
@@ -108,3 +120,22 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_numbers_count_from_1970_and_order_every_valid_day() {
+        let d = |y, m, dd| NaiveDate::from_ymd_opt(y, m, dd).unwrap();
+        assert_eq!(day_number(d(1970, 1, 1)), 0);
+        assert_eq!(day_number(d(1969, 12, 31)), -1);
+        assert_eq!(day_number(d(1, 1, 1)), -719_162);
+        assert_eq!(day_number(d(9999, 12, 31)), 2_932_896);
+        assert_eq!(day_number(d(10000, 1, 1)), 2_932_897);
+        for day in [d(1, 1, 1), d(1970, 1, 1), d(2021, 7, 1), d(9999, 12, 31), d(10000, 1, 1)] {
+            assert_eq!(day_of_number(day_number(day)), Some(day));
+        }
+        assert_eq!(day_of_number(i64::MAX), None);
+    }
+}

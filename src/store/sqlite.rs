@@ -8,7 +8,9 @@
 //! The store keeps one row per plan key holding its latest version, so a plan whose start date moved
 //! simply changes its `event_date` and is found only on its new day. Searches read the partial,
 //! covering index `plans_by_day`, which holds only ever-online rows, in `(event_date, start_utc, id)`
-//! order: a one-day search is a single index range read, already in the answer's order.
+//! order: a one-day search is a single index range read, already in the answer's order. Event days
+//! are integers (days since 1970-01-01), so every valid day from year 1 to the UTC day after
+//! 9999-12-31 orders as a number.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -26,7 +28,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row, TransactionBehavio
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::{DaySize, Store, StoreError, StoreResult};
+use super::{day_number, day_of_number, DaySize, Store, StoreError, StoreResult};
 use crate::domain::{DecimalText, EventRow, FetchRecord, PlanKey, PlanState, StoredPlan, Zone};
 
 /// Reader connections: searches of different days run in parallel up to this many.
@@ -36,10 +38,10 @@ const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Provider-local date-times as text: `YYYY-MM-DDTHH:MM:SS` (a fraction only if the feed had one).
 const LOCAL_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.f";
-const DATE_FORMAT: &str = "%Y-%m-%d";
 
 /// Schema migrations; `PRAGMA user_version` is the number applied. Append only, never edit one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE plans (
     provider             TEXT    NOT NULL,
     base_plan_id         INTEGER NOT NULL,
@@ -53,7 +55,7 @@ CREATE TABLE plans (
     end_local            TEXT    NOT NULL,
     start_utc            INTEGER NOT NULL,             -- unix milliseconds
     end_utc              INTEGER NOT NULL,
-    event_date           TEXT    NOT NULL,             -- UTC date of start_utc, YYYY-MM-DD
+    event_date           TEXT    NOT NULL,             -- UTC date of start_utc (an integer from migration 2)
     sell_from            TEXT,
     sell_to              TEXT,
     sold_out             INTEGER NOT NULL,
@@ -86,7 +88,21 @@ CREATE TABLE fetches (
 );
 
 CREATE INDEX fetches_by_start ON fetches (started_at);
-"#];
+"#,
+    // Event days as integers (days since 1970-01-01, see `store::day_number`) instead of text: text
+    // sorted a UTC day past 9999-12-31 (`+10000-01-01`) above every real day. Recomputed from
+    // `start_utc` (the UTC day is its floor division), so rows of any year convert.
+    r#"
+ALTER TABLE plans ADD COLUMN event_day INTEGER NOT NULL DEFAULT 0;
+UPDATE plans SET event_day = (start_utc - ((start_utc % 86400000) + 86400000) % 86400000) / 86400000;
+DROP INDEX plans_by_day;
+ALTER TABLE plans DROP COLUMN event_date;
+ALTER TABLE plans RENAME COLUMN event_day TO event_date;
+CREATE INDEX plans_by_day
+    ON plans (event_date, start_utc, id, end_utc, start_local, end_local, min_price, max_price, title)
+    WHERE ever_online = 1;
+"#,
+];
 
 const UPSERT_PLAN: &str = "
 INSERT INTO plans (provider, base_plan_id, plan_id, id, title, online, ever_online,
@@ -377,11 +393,11 @@ fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
 }
 
 /// The search statement for a day range, with its arguments.
-fn search_statement(from: NaiveDate, to: NaiveDate) -> (&'static str, Vec<String>) {
+fn search_statement(from: NaiveDate, to: NaiveDate) -> (&'static str, Vec<i64>) {
     if from == to {
-        (PLANS_OF_DAY, vec![date_text(from)])
+        (PLANS_OF_DAY, vec![day_number(from)])
     } else {
-        (PLANS_OF_DAYS, vec![date_text(from), date_text(to)])
+        (PLANS_OF_DAYS, vec![day_number(from), day_number(to)])
     }
 }
 
@@ -458,7 +474,7 @@ impl Store for SqliteStore {
                 };
                 let state = PlanState {
                     hash: r.get::<_, i64>(3).ctx(what)? as u64,
-                    event_date: text_col(r, 4, parse_date).ctx(what)?,
+                    event_date: int_col(r, 4, parse_day).ctx(what)?,
                     version: from_i64(r, 5).ctx(what)?,
                     ever_online: r.get(6).ctx(what)?,
                 };
@@ -492,11 +508,11 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(DAY_BOUNDS).ctx(what)?;
             let bounds = stmt
                 .query_row([], |r| {
-                    let first: Option<String> = r.get(0)?;
-                    let last: Option<String> = r.get(1)?;
+                    let first: Option<i64> = r.get(0)?;
+                    let last: Option<i64> = r.get(1)?;
                     match (first, last) {
                         (Some(_), Some(_)) => {
-                            Ok(Some((text_col(r, 0, parse_date)?, text_col(r, 1, parse_date)?)))
+                            Ok(Some((int_col(r, 0, parse_day)?, int_col(r, 1, parse_day)?)))
                         }
                         _ => Ok(None),
                     }
@@ -514,7 +530,7 @@ impl Store for SqliteStore {
             let rows = stmt
                 .query_map([], |r| {
                     Ok(DaySize {
-                        day: text_col(r, 0, parse_date)?,
+                        day: int_col(r, 0, parse_day)?,
                         plans: from_i64(r, 1)?,
                         text_bytes: from_i64(r, 2)?,
                     })
@@ -627,7 +643,7 @@ fn write_batch(conn: &mut Connection, plans: &[StoredPlan]) -> StoreResult<()> {
                     local_text(p.plan.end),
                     p.start_utc.timestamp_millis(),
                     p.end_utc.timestamp_millis(),
-                    date_text(p.event_date),
+                    day_number(p.event_date),
                     p.plan.sell_from.map(local_text),
                     p.plan.sell_to.map(local_text),
                     p.plan.sold_out,
@@ -715,12 +731,8 @@ fn parse_local(s: &str) -> chrono::ParseResult<NaiveDateTime> {
     NaiveDateTime::parse_from_str(s, LOCAL_FORMAT)
 }
 
-fn date_text(d: NaiveDate) -> String {
-    d.format(DATE_FORMAT).to_string()
-}
-
-fn parse_date(s: &str) -> chrono::ParseResult<NaiveDate> {
-    NaiveDate::parse_from_str(s, DATE_FORMAT)
+fn parse_day(n: i64) -> Result<NaiveDate, String> {
+    day_of_number(n).ok_or_else(|| format!("event day {n} is out of range"))
 }
 
 /// Zones for ad-hoc SQL (`json_each`); prices as exact decimal strings.
@@ -894,7 +906,6 @@ mod tests {
         let frac = t + chrono::Duration::milliseconds(250);
         assert_eq!(local_text(frac), "2021-09-30T21:05:07.250");
         assert_eq!(parse_local(&local_text(frac)).unwrap(), frac);
-        assert_eq!(date_text(t.date()), "2021-09-30");
     }
 
     #[test]

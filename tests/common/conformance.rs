@@ -29,8 +29,9 @@
 //!   `reopen` factory and returns the reopened store), so a test binary can give each its own test.
 //! - Cases share one store in any order: each uses its own provider name (`conf-<case>`) **and**
 //!   its own event days, so each can assert the exact, unfiltered answer of `plans_by_day`.
-//!   Days used: 2031..=2038 (one year per case), 1971-01-01 and 2099-12-31 (the extremes reserved for
-//!   `day_bounds_cover_ever_online_days`), 1970-06-01 and 2100-06-01 (offline only). Fetch records use
+//!   Days used: 2031..=2039 (one year per case), 1971-01-01 and 2099-12-31 (reserved for
+//!   `day_bounds_cover_ever_online_days`), 1970-06-01 and 2100-06-01 (offline only), and the extremes
+//!   0001-01-01, 0001-01-02, 9999-12-31 and 10000-01-01 (`extreme_days_are_stored_ordered_and_searched`). Fetch records use
 //!   `started_at` in 2090 (restart) and 2100 (the newest: fetch log case).
 //! - Instants have whole seconds: a store must keep at least second precision (ClickHouse
 //!   `DateTime`). Prices must come back exact, with their scale (`20.00`, `7.5`): store them as
@@ -65,6 +66,11 @@ where
     named("prices_are_exact", prices_are_exact(&store)).await;
     named("plan_states_round_trip", plan_states_round_trip(&store)).await;
     named("day_bounds_cover_ever_online_days", day_bounds_cover_ever_online_days(&store)).await;
+    named(
+        "extreme_days_are_stored_ordered_and_searched",
+        extreme_days_are_stored_ordered_and_searched(&store),
+    )
+    .await;
     named(
         "day_directory_lists_ever_online_days_with_sizes",
         day_directory_lists_ever_online_days_with_sizes(&store),
@@ -408,6 +414,66 @@ pub async fn day_bounds_cover_ever_online_days(store: &SharedStore) {
     assert_eq!(by_day(store, day("2099-12-31"), day("2099-12-31")).await, vec![row(&last)]);
 }
 
+/// Every valid feed date is stored, ordered and searched exactly: year 1 and year 9999 in UTC and in
+/// New York, where the evening of 9999-12-31 is UTC day 10000-01-01 (accepted with its real
+/// instant, on its real UTC day) and 0001-01-01 runs on local mean time (-4:56:02).
+pub async fn extreme_days_are_stored_ordered_and_searched(store: &SharedStore) {
+    let p = "conf-extremes";
+    let ny: chrono_tz::Tz = "America/New_York".parse().expect("zone");
+    let in_ny = |plan, version| StoredPlan::new(plan, ny, false, version);
+    let first = stored(plan(p, 1, 1, "utc first day", "0001-01-01T00:00:00", "0001-01-01T01:00:00"), 1);
+    let ny_first =
+        in_ny(plan(p, 1, 2, "new york first day", "0001-01-01T10:00:00", "0001-01-01T11:00:00"), 1);
+    let normal = stored(plan(p, 1, 3, "normal", "2039-03-03T10:00:00", "2039-03-03T11:00:00"), 1);
+    let last = stored(plan(p, 1, 4, "utc last day", "9999-12-31T22:00:00", "9999-12-31T23:59:59"), 1);
+    let ny_last =
+        in_ny(plan(p, 1, 5, "new york new year's eve", "9999-12-31T20:00:00", "9999-12-31T23:00:00"), 1);
+    assert_eq!(ny_last.start_utc, utc("+10000-01-01T01:00:00"));
+    assert_eq!(ny_last.event_date, day("+10000-01-01"));
+    assert_eq!(ny_first.start_utc, utc("0001-01-01T14:56:02"));
+    let all = [first.clone(), ny_first.clone(), normal.clone(), last.clone(), ny_last.clone()];
+    write(store, &all).await;
+    write(store, &all).await;
+
+    assert_eq!(by_day(store, day("0001-01-01"), day("0001-01-01")).await, vec![row(&first), row(&ny_first)]);
+    assert_eq!(by_day(store, day("9999-12-31"), day("9999-12-31")).await, vec![row(&last)]);
+    assert_eq!(by_day(store, day("+10000-01-01"), day("+10000-01-01")).await, vec![row(&ny_last)]);
+    let everything: Vec<EventRow> = by_day(store, day("0001-01-01"), day("+10000-01-01"))
+        .await
+        .into_iter()
+        .filter(|r| all.iter().any(|a| a.plan.key.id() == r.id))
+        .collect();
+    assert_eq!(everything, all.iter().map(row).collect::<Vec<_>>(), "ordered by instant, nothing hidden");
+    let bounds = store.day_bounds().await.expect("day_bounds").expect("non-empty");
+    assert_eq!(bounds, (day("0001-01-01"), day("+10000-01-01")));
+    let directory: Vec<(NaiveDate, u64)> = store
+        .day_directory()
+        .await
+        .expect("day_directory")
+        .into_iter()
+        .filter(|d| d.day < day("1970-01-01") || d.day > day("2105-12-31"))
+        .map(|d| (d.day, d.plans))
+        .collect();
+    assert_eq!(directory, vec![(day("0001-01-01"), 2), (day("9999-12-31"), 1), (day("+10000-01-01"), 1)]);
+    let states = states_of(store, p).await;
+    assert_eq!(states[&ny_last.plan.key].event_date, day("+10000-01-01"));
+    assert_eq!(states[&ny_first.plan.key].event_date, day("0001-01-01"));
+
+    // Moving between the extremes leaves the plan on its new day only, both ways.
+    let there = moved(
+        plan(p, 1, 5, "moved to year one", "0001-01-02T00:00:00", "0001-01-02T01:00:00"),
+        2,
+        day("+10000-01-01"),
+    );
+    write(store, std::slice::from_ref(&there)).await;
+    assert!(by_day(store, day("+10000-01-01"), day("+10000-01-01")).await.is_empty());
+    assert_eq!(by_day(store, day("0001-01-02"), day("0001-01-02")).await, vec![row(&there)]);
+    let back = StoredPlan { version: 3, previous_event_date: Some(day("0001-01-02")), ..ny_last.clone() };
+    write(store, std::slice::from_ref(&back)).await;
+    assert!(by_day(store, day("0001-01-02"), day("0001-01-02")).await.is_empty());
+    assert_eq!(by_day(store, day("+10000-01-01"), day("+10000-01-01")).await, vec![row(&ny_last)]);
+}
+
 /// The search's day directory: every day holding an ever-online plan's latest version, ascending,
 /// with its plan count and title bytes; offline-only days and the old day of a moved plan are not
 /// listed.
@@ -531,7 +597,9 @@ where
 /// After `restart_keeps_everything`, the data of the earlier cases is still there (run by
 /// `run_all` only).
 pub async fn earlier_cases_survive_restart(store: &SharedStore) {
-    assert_eq!(store.day_bounds().await.expect("day_bounds"), Some((day("1971-01-01"), day("2099-12-31"))));
+    assert_eq!(store.day_bounds().await.expect("day_bounds"), Some((day("0001-01-01"), day("+10000-01-01"))));
+    let far = by_day(store, day("9999-12-31"), day("+10000-01-01")).await;
+    assert_eq!(titles(&far), vec!["utc last day", "new york new year's eve"]);
     let prices = by_day(store, day("2035-09-09"), day("2035-09-09")).await;
     assert_eq!(prices.len(), 4);
     assert_eq!(prices[1].min_price.map(|m| m.to_string()).as_deref(), Some("0.01"));
