@@ -63,7 +63,11 @@ fn bench_search(c: &mut Criterion) {
             store.write_plans(batch).await.unwrap();
         }
     });
-    let settings = SearchSettings { cache_bytes: 1 << 30, cache_ttl: Duration::from_secs(3600) };
+    let settings = SearchSettings {
+        cache_bytes: 1 << 30,
+        cache_ttl: Duration::from_secs(3600),
+        change_poll: Duration::from_secs(1),
+    };
     let readiness_store = store.clone();
     let searcher = Arc::new(Searcher::new(store, &settings));
     let limits = RateLimitSettings {

@@ -87,6 +87,13 @@ pub struct SearchSettings {
     pub cache_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// How often an `api` process polls the store's change feed for days written by another process.
+    #[serde(with = "humantime_serde", default = "default_change_poll")]
+    pub change_poll: Duration,
+}
+
+fn default_change_poll() -> Duration {
+    Duration::from_secs(1)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -372,6 +379,9 @@ impl Settings {
         }
         if self.search.cache_ttl.is_zero() {
             return bad("search.cache_ttl must be positive".into());
+        }
+        if self.search.change_poll.is_zero() {
+            return bad("search.change_poll must be positive".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(format!("log.level is not a valid filter: {:?}", self.log.level));

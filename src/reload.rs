@@ -70,6 +70,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
     );
     restart("pipeline.queue_chunks", old.pipeline.queue_chunks != new.pipeline.queue_chunks);
     restart("search.cache_bytes", old.search.cache_bytes != new.search.cache_bytes);
+    restart("search.change_poll", old.search.change_poll != new.search.change_poll);
     restart("log.format", old.log.format != new.log.format);
 
     let (op, np) = (old.effective_providers(), new.effective_providers());

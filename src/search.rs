@@ -36,6 +36,8 @@ use chrono::NaiveDate;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::SearchSettings;
 use crate::domain::{EventRow, TimeRange};
@@ -328,6 +330,15 @@ impl Searcher {
         self.inner.directory_days().await.map(|_| ())
     }
 
+    /// Follows the store's change feed: every `interval`, reads the days written since the last
+    /// poll and invalidates exactly those (for processes whose own writer does not: role `api`).
+    /// A poll costs one small query however much is cached; a write becomes visible here within
+    /// about one interval plus one day reload. Ends when `shutdown` turns true, or at once when the
+    /// store keeps no change feed (the TTL alone then bounds staleness).
+    pub fn spawn_change_feed(&self, interval: Duration, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(self.inner.clone().follow_changes(interval, shutdown))
+    }
+
     /// For `/ready`: true once the day directory was read from the store at least once.
     pub fn warmed(&self) -> bool {
         self.inner.directory.read().is_some()
@@ -360,6 +371,71 @@ impl Inner {
     fn store_answered(&self) {
         if self.store_down_until.swap(0, Ordering::Relaxed) != 0 {
             tracing::info!("store answers again");
+        }
+    }
+
+    async fn follow_changes(self: Arc<Self>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut marker: Option<i64> = None;
+        // The days of the last poll with their markers: a store that returns an overlap window
+        // before the marker returns them again, and they are not invalidated twice.
+        let mut seen: HashMap<NaiveDate, i64> = HashMap::new();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            self.counters.change_polls.fetch_add(1, Ordering::Relaxed);
+            let result = match marker {
+                None => {
+                    let asked = Instant::now();
+                    match self.store.change_marker().await {
+                        Ok(m) => {
+                            marker = Some(m);
+                            // A directory read before the marker may miss a write made in between.
+                            let _ = self.load_directory(Some(asked)).await;
+                            Ok(Vec::new())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Some(since) => self.store.days_changed_since(since).await,
+            };
+            let changes = match result {
+                Ok(changes) => changes,
+                Err(e) if !e.is_transient() && marker.is_none() => {
+                    tracing::warn!(error = %e, "no change feed: cached days follow other processes' writes by TTL only");
+                    return;
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "change feed poll failed; retrying every interval");
+                    }
+                    continue;
+                }
+            };
+            if std::mem::replace(&mut failing, false) {
+                tracing::info!("change feed polls answer again");
+            }
+            let Some(since) = marker else { continue };
+            let days: Vec<NaiveDate> = changes
+                .iter()
+                .filter(|c| c.marker > since || seen.get(&c.day) != Some(&c.marker))
+                .map(|c| c.day)
+                .collect();
+            marker = Some(changes.iter().map(|c| c.marker).max().unwrap_or(since).max(since));
+            seen = changes.iter().map(|c| (c.day, c.marker)).collect();
+            if !days.is_empty() {
+                self.counters.changed_days.fetch_add(days.len() as u64, Ordering::Relaxed);
+                tracing::debug!(
+                    days = days.len(),
+                    marker = marker.unwrap_or(since),
+                    "days changed by another process"
+                );
+                self.invalidate(&days).await;
+            }
         }
     }
 

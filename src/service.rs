@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::actors::batch_writer::WriterCounters;
 use crate::actors::supervisor::PipelineHandles;
 use crate::actors::{BatchWriterArgs, PipelineArgs, SchedulerMsg, Supervisor, SupervisorMsg};
-use crate::config::{Backend, Settings};
+use crate::config::{Backend, Role, Settings};
 use crate::http::rate_limit::Limiter;
 use crate::http::{self, ApiState};
 use crate::metrics::MetricsSource;
@@ -160,6 +160,10 @@ impl Service {
             tokio::spawn(async move {
                 let _ = searcher.load_directory().await;
             });
+        }
+        // An api replica learns the days another process (the ingest) wrote from the store.
+        if settings.role == Role::Api {
+            searcher.spawn_change_feed(settings.search.change_poll, shutdown_rx.clone());
         }
         Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server, reloader })
     }

@@ -102,7 +102,7 @@ fn sqlite(dir: &tempfile::TempDir) -> SharedStore {
 }
 
 fn cache(ttl: Duration) -> SearchSettings {
-    SearchSettings { cache_bytes: 64 << 20, cache_ttl: ttl }
+    SearchSettings { cache_bytes: 64 << 20, cache_ttl: ttl, change_poll: Duration::from_secs(1) }
 }
 
 /// Plan `id` of base plan 1 on `date` from `from` to `to` (HH:MM:SS), titled `title`.
@@ -511,4 +511,64 @@ async fn far_dates_on_clickhouse() {
     let store = ClickHouseStore::connect(settings).await.unwrap();
     store.migrate().await.unwrap();
     far_dates_are_searched_right(Arc::new(store)).await;
+}
+
+/// An `api` process with an hour of TTL sees what another process wrote (a changed day and a new
+/// day) through the store's change feed, within a few polls.
+async fn api_follows_the_writes_of_another_process(ours: SharedStore, theirs: SharedStore) {
+    theirs.write_plans(&[at(1, "before", "2021-07-01", "09:00:00", "10:00:00", 1)]).await.unwrap();
+    let env = [
+        ("PLANFEED__ROLE", "api"),
+        ("PLANFEED__SEARCH__CACHE_TTL", "1h"),
+        ("PLANFEED__SEARCH__CHANGE_POLL", "100ms"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let settings = Settings::load_with(Path::new("/nonexistent"), env.to_vec()).unwrap();
+    let (service, base) = serve(settings, ours).await;
+    let day_query = "/search?starts_at=2021-07-01T00:00:00Z&ends_at=2021-07-01T23:59:59Z";
+    let open_query = "/search?starts_at=2021-06-01T00:00:00Z";
+    assert_eq!(titles(&get(&base, day_query, None).await.2), ["before"]);
+    assert_eq!(titles(&get(&base, open_query, None).await.2), ["before"]);
+
+    theirs
+        .write_plans(&[
+            at(1, "after", "2021-07-01", "09:00:00", "10:00:00", 2),
+            at(2, "new day", "2021-07-05", "09:00:00", "10:00:00", 2),
+        ])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut day, mut open) = (Vec::new(), Vec::new());
+    while std::time::Instant::now() < deadline {
+        day = titles(&get(&base, day_query, None).await.2);
+        open = titles(&get(&base, open_query, None).await.2);
+        if day == ["after"] && open == ["after", "new day"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((day, open), (vec!["after".to_string()], vec!["after".to_string(), "new day".to_string()]));
+    assert!(service.searcher.counters.changed_days.load(Ordering::Relaxed) >= 2);
+    assert!(service.searcher.counters.change_polls.load(Ordering::Relaxed) >= 2);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_process_follows_the_change_feed_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    api_follows_the_writes_of_another_process(sqlite(&dir), sqlite(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_process_follows_the_change_feed_on_clickhouse() {
+    let Some(server) = ClickHouseServer::start() else { return };
+    let open = || async {
+        let settings =
+            ClickHouseSettings { url: server.url(), database: "feed".into(), ..Default::default() };
+        let store = ClickHouseStore::connect(settings).await.unwrap();
+        store.migrate().await.unwrap();
+        Arc::new(store) as SharedStore
+    };
+    let (ours, theirs) = (open().await, open().await);
+    api_follows_the_writes_of_another_process(ours, theirs).await;
 }

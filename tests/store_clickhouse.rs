@@ -87,6 +87,7 @@ mod conformance_case {
         day_bounds_cover_ever_online_days,
         day_directory_lists_ever_online_days_with_sizes,
         extreme_days_are_stored_ordered_and_searched,
+        change_feed_lists_the_days_written_since_a_marker,
         fetch_log_round_trip,
     );
 
@@ -162,7 +163,7 @@ async fn migrations_run_once() {
     assert_eq!(again.migrate().await.unwrap(), Vec::<String>::new());
     assert_eq!(
         raw_rows(&server, "SELECT name FROM schema_migrations ORDER BY name").await,
-        "001_init\n002_exact_days\n"
+        "001_init\n002_exact_days\n003_day_changes\n"
     );
     let tables = raw_rows(
         &server,
@@ -171,7 +172,7 @@ async fn migrations_run_once() {
     .await;
     assert_eq!(
         tables,
-        "fetches\tMergeTree\nplans\tReplacingMergeTree\nplans_v1\tReplacingMergeTree\n\
+        "day_changes\tReplacingMergeTree\nfetches\tMergeTree\nplans\tReplacingMergeTree\nplans_v1\tReplacingMergeTree\n\
          schema_migrations\tMergeTree\nzones\tReplacingMergeTree\n"
     );
 
@@ -183,7 +184,10 @@ async fn migrations_run_once() {
     })
     .await
     .unwrap();
-    assert_eq!(fresh.migrate().await.unwrap(), vec!["001_init".to_string(), "002_exact_days".to_string()]);
+    assert_eq!(
+        fresh.migrate().await.unwrap(),
+        vec!["001_init".to_string(), "002_exact_days".to_string(), "003_day_changes".to_string()]
+    );
     assert_eq!(fresh.migrate().await.unwrap(), Vec::<String>::new());
 }
 
@@ -229,7 +233,10 @@ async fn the_exact_days_migration_keeps_existing_plans() {
     )
     .await;
 
-    assert_eq!(store.migrate().await.unwrap(), vec!["002_exact_days".to_string()]);
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        vec!["002_exact_days".to_string(), "003_day_changes".to_string()]
+    );
     let rows = store.plans_by_day(day("2021-06-30"), day("2021-06-30")).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(

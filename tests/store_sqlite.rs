@@ -63,6 +63,7 @@ mod conformance_case {
         day_bounds_cover_ever_online_days,
         day_directory_lists_ever_online_days_with_sizes,
         extreme_days_are_stored_ordered_and_searched,
+        change_feed_lists_the_days_written_since_a_marker,
         fetch_log_round_trip,
     );
 
@@ -94,7 +95,7 @@ async fn open_creates_folders_file_and_schema_in_wal_mode() {
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
@@ -106,7 +107,10 @@ async fn open_creates_folders_file_and_schema_in_wal_mode() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(tables, vec!["fetches", "fetches_by_start", "plans", "plans_by_day"]);
+    assert_eq!(
+        tables,
+        vec!["day_changes", "day_changes_by_seq", "fetches", "fetches_by_start", "plans", "plans_by_day"]
+    );
 
     // Opening again is a no-op for the schema.
     drop(store);

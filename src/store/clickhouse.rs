@@ -26,14 +26,20 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{day_number, day_of_number, DaySize, Store, StoreError, StoreResult};
+use super::{day_number, day_of_number, DayChange, DaySize, Store, StoreError, StoreResult};
 use crate::domain::{DecimalText, EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
 
 /// Embedded migrations, applied in order; a name is never reused or edited once released.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("../../clickhouse/001_init.sql")),
     ("002_exact_days", include_str!("../../clickhouse/002_exact_days.sql")),
+    ("003_day_changes", include_str!("../../clickhouse/003_day_changes.sql")),
 ];
+
+/// How far back a change-feed read looks before its marker: a write becomes visible on the server a
+/// poll reads from after it was stamped (a slow insert, a replica catching up), so the window
+/// covers late arrivals; the reader skips the days it already saw with the same marker.
+const CHANGE_OVERLAP_US: i64 = 10_000_000;
 
 /// The columns of `plans`, in table order.
 const PLAN_COLUMNS: &str = "provider, base_plan_id, plan_id, id, title, online, ever_online, \
@@ -245,7 +251,21 @@ impl ClickHouseStore {
             plan_rows(p, ever_online, written_at, &mut plan_batch);
         }
         self.insert_zones(plans).await?;
-        self.insert_rows("plans", &plan_batch).await
+        self.insert_rows("plans", &plan_batch).await?;
+        let days = plans.iter().flat_map(|p| std::iter::once(p.event_date).chain(p.previous_event_date));
+        self.record_changes(days, written_at).await
+    }
+
+    /// Stamps `days` in the change feed, after the rows they announce were written.
+    async fn record_changes(
+        &self,
+        days: impl Iterator<Item = NaiveDate>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let days: BTreeSet<i32> = days.map(day_int).collect();
+        let rows: Vec<DayChangeRow> =
+            days.into_iter().map(|event_day| DayChangeRow { event_day, written_us: micros(at) }).collect();
+        self.insert_rows("day_changes", &rows).await
     }
 
     /// Ids of the batch's not-yet-ever-online plans that a stored row marks ever-online, so the new
@@ -505,6 +525,12 @@ struct DayBoundsRow {
     last: i32,
 }
 
+#[derive(Debug, Row, Serialize, Deserialize)]
+struct DayChangeRow {
+    event_day: i32,
+    written_us: i64,
+}
+
 #[derive(Debug, Row, Deserialize)]
 struct DaySizeRow {
     day: i32,
@@ -659,9 +685,10 @@ impl Store for ClickHouseStore {
             ids.iter().cloned().collect::<Vec<_>>().join(", ")
         );
         let what = format!("clickhouse ever-online marks of {} plans", keys.len());
-        with_attempts(&what, || {
+        with_attempts(&what, || async {
             let run = self.client.query(&sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).execute();
-            timed(QUERY_TIMEOUT, run)
+            timed(QUERY_TIMEOUT, run).await?;
+            self.record_changes(keys.iter().map(|(_, d)| *d), now).await
         })
         .await
     }
@@ -770,6 +797,25 @@ impl Store for ClickHouseStore {
         rows.into_iter()
             .map(|r| Ok(DaySize { day: day_of(r.day)?, plans: r.plans, text_bytes: r.text_bytes }))
             .collect()
+    }
+
+    async fn change_marker(&self) -> StoreResult<i64> {
+        timed(QUERY_TIMEOUT, self.client.query("SELECT max(written_us) FROM day_changes").fetch_one()).await
+    }
+
+    async fn days_changed_since(&self, since: i64) -> StoreResult<Vec<DayChange>> {
+        let rows: Vec<DayChangeRow> = timed(
+            QUERY_TIMEOUT,
+            self.client
+                .query(
+                    "SELECT event_day, max(written_us) AS last_written FROM day_changes \
+                     WHERE written_us > ? GROUP BY event_day ORDER BY last_written",
+                )
+                .bind(since.saturating_sub(CHANGE_OVERLAP_US))
+                .fetch_all(),
+        )
+        .await?;
+        rows.into_iter().map(|r| Ok(DayChange { day: day_of(r.event_day)?, marker: r.written_us })).collect()
     }
 
     async fn record_fetch(&self, fetch: &FetchRecord) -> StoreResult<()> {

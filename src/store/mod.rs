@@ -48,6 +48,13 @@ pub fn day_of_number(n: i64) -> Option<NaiveDate> {
     NaiveDate::default().checked_add_signed(chrono::Duration::try_days(n)?)
 }
 
+/// One entry of the change feed: a day and the marker of its latest write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayChange {
+    pub day: NaiveDate,
+    pub marker: i64,
+}
+
 /// One non-empty event day of the store: what the search's day directory keeps in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DaySize {
@@ -107,6 +114,23 @@ pub trait Store: Send + Sync + 'static {
             }
         }
         Ok(out)
+    }
+
+    /// The store's change marker: the position of its latest write in its change feed (0 before
+    /// any). Processes that do not write poll it, then ask [`Store::days_changed_since`]. One index
+    /// lookup (SQLite) or one aggregate over a table of one row per day (ClickHouse). The default
+    /// is a store without a change feed: its readers rely on the search cache's TTL alone.
+    async fn change_marker(&self) -> StoreResult<i64> {
+        Err(StoreError::Permanent(format!("the {} store keeps no change feed", self.name())))
+    }
+
+    /// The event days written after marker `since`, each with the marker of its latest write. Its
+    /// cost follows the days changed, not the store or any cache. A store whose writes may become
+    /// visible out of marker order (replicas) also returns days a little older than `since`; the
+    /// caller skips those it has already seen with the same marker.
+    async fn days_changed_since(&self, since: i64) -> StoreResult<Vec<DayChange>> {
+        let _ = since;
+        Err(StoreError::Permanent(format!("the {} store keeps no change feed", self.name())))
     }
 
     /// Appends one fetch attempt to the fetch log.

@@ -28,7 +28,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row, TransactionBehavio
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::{day_number, day_of_number, DaySize, Store, StoreError, StoreResult};
+use super::{day_number, day_of_number, DayChange, DaySize, Store, StoreError, StoreResult};
 use crate::domain::{DecimalText, EventRow, FetchRecord, PlanKey, PlanState, StoredPlan, Zone};
 
 /// Reader connections: searches of different days run in parallel up to this many.
@@ -102,6 +102,15 @@ CREATE INDEX plans_by_day
     ON plans (event_date, start_utc, id, end_utc, start_local, end_local, min_price, max_price, title)
     WHERE ever_online = 1;
 "#,
+    // The change feed: one row per event day holding the sequence number of the last transaction
+    // that wrote it. Readers in other processes poll max(seq) and read the days past their marker.
+    r#"
+CREATE TABLE day_changes (
+    day INTEGER PRIMARY KEY,                           -- days since 1970-01-01
+    seq INTEGER NOT NULL                               -- write transaction number, increasing
+);
+CREATE INDEX day_changes_by_seq ON day_changes (seq);
+"#,
 ];
 
 const UPSERT_PLAN: &str = "
@@ -158,6 +167,17 @@ const DAY_DIRECTORY: &str = "
 SELECT event_date, count(*), sum(length(title))
 FROM plans WHERE ever_online = 1
 GROUP BY event_date ORDER BY event_date";
+
+/// The next change number, taken inside the writing transaction (writes are serialized).
+const NEXT_CHANGE: &str = "SELECT coalesce(max(seq), 0) + 1 FROM day_changes";
+
+const RECORD_CHANGE: &str = "
+INSERT INTO day_changes (day, seq) VALUES (?1, ?2)
+ON CONFLICT (day) DO UPDATE SET seq = excluded.seq";
+
+const CHANGE_MARKER: &str = "SELECT coalesce(max(seq), 0) FROM day_changes";
+
+const CHANGED_SINCE: &str = "SELECT day, seq FROM day_changes WHERE seq > ?1 ORDER BY seq";
 
 const PLAN_STATES: &str =
     "SELECT provider, base_plan_id, plan_id, hash, event_date, version, ever_online FROM plans";
@@ -428,6 +448,7 @@ impl Store for SqliteStore {
         if keys.is_empty() {
             return Ok(());
         }
+        let days: Vec<NaiveDate> = keys.iter().map(|(_, d)| *d).collect();
         let keys: Vec<PlanKey> = keys.iter().map(|(k, _)| k.clone()).collect();
         self.write(move |conn| {
             let n = keys.len();
@@ -445,6 +466,7 @@ impl Store for SqliteStore {
                         .ctx(|| format!("marking plan {key} ever online"))?;
                 }
             }
+            record_changes(&tx, days)?;
             tx.commit().ctx(|| format!("committing {n} ever-online marks"))
         })
         .await
@@ -535,6 +557,24 @@ impl Store for SqliteStore {
                         text_bytes: from_i64(r, 2)?,
                     })
                 })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .ctx(what)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn change_marker(&self) -> StoreResult<i64> {
+        self.read(|conn| conn.query_row(CHANGE_MARKER, [], |r| r.get(0)).ctx(|| "reading the change marker"))
+            .await
+    }
+
+    async fn days_changed_since(&self, since: i64) -> StoreResult<Vec<DayChange>> {
+        self.read(move |conn| {
+            let what = || format!("reading the days changed since {since}");
+            let mut stmt = conn.prepare_cached(CHANGED_SINCE).ctx(what)?;
+            let rows = stmt
+                .query_map([since], |r| Ok(DayChange { day: int_col(r, 0, parse_day)?, marker: r.get(1)? }))
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .ctx(what)?;
             Ok(rows)
@@ -662,7 +702,29 @@ fn write_batch(conn: &mut Connection, plans: &[StoredPlan]) -> StoreResult<()> {
             }
         }
     }
+    record_changes(
+        &tx,
+        plans.iter().flat_map(|p| std::iter::once(p.event_date).chain(p.previous_event_date)),
+    )?;
     tx.commit().ctx(|| format!("committing a batch of {n} plans"))
+}
+
+/// Records `days` in the change feed under the transaction's change number.
+fn record_changes(
+    tx: &rusqlite::Transaction<'_>,
+    days: impl IntoIterator<Item = NaiveDate>,
+) -> StoreResult<()> {
+    let days: std::collections::BTreeSet<i64> = days.into_iter().map(day_number).collect();
+    if days.is_empty() {
+        return Ok(());
+    }
+    let what = || "recording the changed days";
+    let seq: i64 = tx.query_row(NEXT_CHANGE, [], |r| r.get(0)).ctx(what)?;
+    let mut record = tx.prepare_cached(RECORD_CHANGE).ctx(what)?;
+    for day in days {
+        record.execute(params![day, seq]).ctx(what)?;
+    }
+    Ok(())
 }
 
 fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {

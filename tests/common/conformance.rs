@@ -29,7 +29,7 @@
 //!   `reopen` factory and returns the reopened store), so a test binary can give each its own test.
 //! - Cases share one store in any order: each uses its own provider name (`conf-<case>`) **and**
 //!   its own event days, so each can assert the exact, unfiltered answer of `plans_by_day`.
-//!   Days used: 2031..=2039 (one year per case), 1971-01-01 and 2099-12-31 (reserved for
+//!   Days used: 2031..=2040 (one year per case), 1971-01-01 and 2099-12-31 (reserved for
 //!   `day_bounds_cover_ever_online_days`), 1970-06-01 and 2100-06-01 (offline only), and the extremes
 //!   0001-01-01, 0001-01-02, 9999-12-31 and 10000-01-01 (`extreme_days_are_stored_ordered_and_searched`). Fetch records use
 //!   `started_at` in 2090 (restart) and 2100 (the newest: fetch log case).
@@ -66,6 +66,11 @@ where
     named("prices_are_exact", prices_are_exact(&store)).await;
     named("plan_states_round_trip", plan_states_round_trip(&store)).await;
     named("day_bounds_cover_ever_online_days", day_bounds_cover_ever_online_days(&store)).await;
+    named(
+        "change_feed_lists_the_days_written_since_a_marker",
+        change_feed_lists_the_days_written_since_a_marker(&store),
+    )
+    .await;
     named(
         "extreme_days_are_stored_ordered_and_searched",
         extreme_days_are_stored_ordered_and_searched(&store),
@@ -134,6 +139,8 @@ pub async fn fresh_store_is_empty(store: &SharedStore) {
     assert!(!store.name().is_empty());
     store.ping().await.expect("ping of a fresh store");
     assert_eq!(store.day_bounds().await.expect("day_bounds"), None);
+    assert_eq!(store.change_marker().await.expect("change_marker"), 0);
+    assert!(store.days_changed_since(0).await.expect("days_changed_since").is_empty());
     assert!(store.load_plan_states().await.expect("load_plan_states").is_empty());
     assert!(store.recent_fetches(10).await.expect("recent_fetches").is_empty());
     write(store, &[]).await;
@@ -472,6 +479,47 @@ pub async fn extreme_days_are_stored_ordered_and_searched(store: &SharedStore) {
     write(store, std::slice::from_ref(&back)).await;
     assert!(by_day(store, day("0001-01-02"), day("0001-01-02")).await.is_empty());
     assert_eq!(by_day(store, day("+10000-01-01"), day("+10000-01-01")).await, vec![row(&ny_last)]);
+}
+
+/// The change feed: every write (a plan's day, the day it moved away from, an ever-online mark)
+/// moves the marker past the one read before it and lists its days after that marker; nothing is
+/// listed after the newest marker.
+pub async fn change_feed_lists_the_days_written_since_a_marker(store: &SharedStore) {
+    let p = "conf-changes";
+    let changed_after = |since: i64| async move {
+        let mut days: Vec<NaiveDate> = store
+            .days_changed_since(since)
+            .await
+            .expect("days_changed_since")
+            .into_iter()
+            .filter(|c| c.marker > since && c.day.format("%Y").to_string() == "2040")
+            .map(|c| c.day)
+            .collect();
+        days.sort();
+        days
+    };
+    let m0 = store.change_marker().await.expect("change_marker");
+    let a = stored(offline(plan(p, 1, 1, "a", "2040-01-01T10:00:00", "2040-01-01T11:00:00")), 1);
+    let b = stored(plan(p, 1, 2, "b", "2040-01-02T10:00:00", "2040-01-02T11:00:00"), 1);
+    write(store, &[a.clone(), b]).await;
+    let m1 = store.change_marker().await.expect("change_marker");
+    assert!(m1 > m0, "a write moves the marker: {m0} -> {m1}");
+    assert_eq!(changed_after(m0).await, vec![day("2040-01-01"), day("2040-01-02")]);
+    assert!(changed_after(m1).await.is_empty(), "nothing after the newest marker");
+
+    let moved_b =
+        moved(plan(p, 1, 2, "b moved", "2040-01-05T10:00:00", "2040-01-05T11:00:00"), 2, day("2040-01-02"));
+    write(store, &[moved_b]).await;
+    let m2 = store.change_marker().await.expect("change_marker");
+    assert!(m2 > m1);
+    assert_eq!(changed_after(m1).await, vec![day("2040-01-02"), day("2040-01-05")]);
+
+    store.mark_ever_online(&[(a.plan.key.clone(), day("2040-01-01"))]).await.expect("mark_ever_online");
+    let m3 = store.change_marker().await.expect("change_marker");
+    assert!(m3 > m2);
+    assert_eq!(changed_after(m2).await, vec![day("2040-01-01")]);
+    let all = store.days_changed_since(m0).await.expect("days_changed_since");
+    assert!(all.iter().all(|c| c.marker <= m3));
 }
 
 /// The search's day directory: every day holding an ever-online plan's latest version, ascending,
