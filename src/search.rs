@@ -245,6 +245,27 @@ struct Directory {
 type RunResult = Result<Arc<BTreeMap<NaiveDate, Arc<DayEntry>>>, StoreError>;
 type RunLoad = Shared<BoxFuture<'static, RunResult>>;
 
+/// A day of a search as classified before anything is awaited.
+enum Slot {
+    /// Cached; `true` when it is a stale copy served because the store is down.
+    Ready(Arc<DayEntry>, bool),
+    /// To read, with the expired or invalidated copy to fall back on.
+    Missing(NaiveDate, Option<Arc<DayEntry>>),
+}
+
+/// A piece of a search's answer, resolved in day order.
+enum Part {
+    Ready(Arc<DayEntry>, bool),
+    /// Consecutive days `from..=to` read by one load (`id`), with their last copies.
+    Load {
+        id: u64,
+        load: RunLoad,
+        from: NaiveDate,
+        to: NaiveDate,
+        olds: Vec<(NaiveDate, Option<Arc<DayEntry>>)>,
+    },
+}
+
 struct Inner {
     store: SharedStore,
     days: moka::future::Cache<NaiveDate, Arc<DayEntry>>,
@@ -258,6 +279,8 @@ struct Inner {
     /// Days being read from the store, with the shared load that reads them (single flight).
     in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad)>>,
     next_run: AtomicU64,
+    /// Estimated bytes one run query may bring ([`RUN_BYTES`] unless set).
+    run_bytes: AtomicU64,
     ttl_nanos: AtomicU64,
     /// Bumped by every invalidation; a load that saw it move may hold pre-write data.
     epoch: AtomicU64,
@@ -300,6 +323,7 @@ impl Searcher {
             directory_refreshing: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             next_run: AtomicU64::new(0),
+            run_bytes: AtomicU64::new(RUN_BYTES),
             ttl_nanos: AtomicU64::new(nanos(settings.cache_ttl)),
             epoch: AtomicU64::new(0),
             origin: Instant::now(),
@@ -307,6 +331,12 @@ impl Searcher {
             counters: counters.clone(),
         };
         Self { inner: Arc::new(inner), counters }
+    }
+
+    /// Bounds the estimated bytes of one run query (default [`RUN_BYTES`]); small values let tests
+    /// and benches exercise the splitting of wide ranges.
+    pub fn set_run_bytes(&self, bytes: u64) {
+        self.inner.run_bytes.store(bytes.max(1), Ordering::Relaxed);
     }
 
     pub fn set_ttl(&self, ttl: Duration) {
@@ -480,20 +510,27 @@ impl Inner {
         if days.is_empty() {
             return Ok(Bytes::from_static(EMPTY));
         }
-        let (entries, entries_stale) = self.entries(&days, first, last).await?;
-        stale |= entries_stale;
-        let oldest = entries.values().map(|e| e.loaded_at).min().unwrap_or(directory_at).min(directory_at);
-
-        // Sized from the entries themselves: one allocation, never a regrowth copy.
-        let capacity =
-            PREFIX.len() + SUFFIX.len() + entries.values().map(|e| e.joined.len() + 1).sum::<usize>();
-        let mut out = BytesMut::with_capacity(capacity);
+        // Sized from the directory (exact for every day read before): one allocation for the body.
+        let estimate = days.iter().map(|(_, i)| i.bytes as usize + 1).sum::<usize>();
+        let mut out = BytesMut::with_capacity(PREFIX.len() + SUFFIX.len() + estimate);
         out.put_slice(PREFIX);
         let mut first_event = true;
-        for entry in entries.values() {
-            entry.write_matching(starts, ends, &mut out, &mut first_event);
+        let mut oldest = directory_at;
+        // Parts resolve in day order, a few runs ahead; each is written out and dropped at once, so
+        // a wide answer holds the cache, the runs in flight and the body, never a second copy.
+        let in_range = move |d: &NaiveDate| first.is_none_or(|f| *d >= f) && last.is_none_or(|l| *d <= l);
+        let parts = self.parts(&days).await;
+        let mut resolved =
+            stream::iter(parts).map(|part| self.resolve(part, in_range)).buffered(RUNS_IN_FLIGHT);
+        while let Some(result) = resolved.next().await {
+            let (entries, part_stale) = result?;
+            stale |= part_stale;
+            for entry in entries {
+                oldest = oldest.min(entry.loaded_at);
+                entry.write_matching(starts, ends, &mut out, &mut first_event);
+            }
         }
-        drop(entries);
+        drop(resolved);
         out.put_slice(SUFFIX);
         let body = out.freeze();
         let fresh_until = oldest + self.ttl() / 2;
@@ -587,48 +624,39 @@ impl Inner {
         }
     }
 
-    /// The entries of `days` (plus any day inside `[first, last]` a run read found non-empty),
-    /// from the cache when fresh, else read in runs. Returns whether a stale copy was used.
-    async fn entries(
-        self: &Arc<Self>,
-        days: &[(NaiveDate, DayInfo)],
-        first: Option<NaiveDate>,
-        last: Option<NaiveDate>,
-    ) -> Result<(BTreeMap<NaiveDate, Arc<DayEntry>>, bool), StoreError> {
+    /// How each of `days` (ascending) will be answered, in day order: fresh cached days as they are
+    /// (past half their TTL they are also reloaded in the background), days another search is
+    /// reading from that load, the other missing days from new runs of consecutive days.
+    async fn parts(self: &Arc<Self>, days: &[(NaiveDate, DayInfo)]) -> Vec<Part> {
         let ttl = self.ttl();
         let down = self.store_down();
-        let mut found = BTreeMap::new();
-        let mut old: HashMap<NaiveDate, Arc<DayEntry>> = HashMap::new();
+        let mut slots: Vec<Slot> = Vec::with_capacity(days.len());
         // Each day with whether it continues a run (the previous listed day is in the same list).
         let mut missing: Vec<(NaiveDate, DayInfo, bool)> = Vec::new();
         let mut refresh: Vec<(NaiveDate, DayInfo, bool)> = Vec::new();
-        let mut stale = false;
         let mut hits = 0;
         let (mut prev_missing, mut prev_refresh) = (false, false);
         for &(day, info) in days {
             let (mut is_missing, mut is_refresh) = (false, false);
             match self.days.get(&day).await {
-                Some(entry) => {
-                    let age = entry.loaded_at.elapsed();
-                    if !entry.dirty.load(Ordering::Acquire) && age < ttl {
-                        hits += 1;
-                        if age >= ttl / 2 && !down && !entry.refreshing.swap(true, Ordering::AcqRel) {
-                            refresh.push((day, info, prev_refresh));
-                            is_refresh = true;
-                        }
-                        found.insert(day, entry);
-                    } else if down {
-                        self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                        stale = true;
-                        found.insert(day, entry);
-                    } else {
-                        old.insert(day, entry);
-                        missing.push((day, info, prev_missing));
-                        is_missing = true;
+                Some(entry) if !entry.dirty.load(Ordering::Acquire) && entry.loaded_at.elapsed() < ttl => {
+                    hits += 1;
+                    if entry.loaded_at.elapsed() >= ttl / 2
+                        && !down
+                        && !entry.refreshing.swap(true, Ordering::AcqRel)
+                    {
+                        refresh.push((day, info, prev_refresh));
+                        is_refresh = true;
                     }
+                    slots.push(Slot::Ready(entry, false));
                 }
-                None => {
+                Some(entry) if down => {
+                    self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+                    slots.push(Slot::Ready(entry, true));
+                }
+                old => {
                     missing.push((day, info, prev_missing));
+                    slots.push(Slot::Missing(day, old));
                     is_missing = true;
                 }
             }
@@ -638,66 +666,91 @@ impl Inner {
         if !refresh.is_empty() {
             let me = self.clone();
             tokio::spawn(async move {
-                let loads = me.start_runs(&refresh);
-                let _ = stream::iter(loads).buffer_unordered(RUNS_IN_FLIGHT).collect::<Vec<_>>().await;
+                let mut loads: Vec<(u64, RunLoad)> = me.start_runs(&refresh).into_values().collect();
+                loads.sort_by_key(|(id, _)| *id);
+                loads.dedup_by_key(|(id, _)| *id);
+                futures::future::join_all(loads.into_iter().map(|(_, l)| l)).await;
             });
         }
-        if missing.is_empty() {
-            return Ok((found, stale));
-        }
         self.counters.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
-        let loads = self.start_runs(&missing);
-        let results: Vec<RunResult> = stream::iter(loads).buffer_unordered(RUNS_IN_FLIGHT).collect().await;
-        let in_range = |d: &NaiveDate| first.is_none_or(|f| *d >= f) && last.is_none_or(|l| *d <= l);
-        let mut failure = None;
-        for result in results {
-            match result {
-                Ok(run) => {
-                    for (day, entry) in run.iter().filter(|(d, _)| in_range(d)) {
-                        found.entry(*day).or_insert_with(|| entry.clone());
+        let loads = if missing.is_empty() { HashMap::new() } else { self.start_runs(&missing) };
+        // Consecutive missing days of one load become one part (a run's new days come with it).
+        let mut parts: Vec<Part> = Vec::new();
+        for slot in slots {
+            match slot {
+                Slot::Ready(entry, stale) => parts.push(Part::Ready(entry, stale)),
+                Slot::Missing(day, old) => {
+                    let (id, load) = loads.get(&day).cloned().expect("every missing day has a load");
+                    match parts.last_mut() {
+                        Some(Part::Load { id: last_id, to, olds, .. }) if *last_id == id => {
+                            *to = day;
+                            olds.push((day, old));
+                        }
+                        _ => parts.push(Part::Load { id, load, from: day, to: day, olds: vec![(day, old)] }),
                     }
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if let Some(e) = failure {
-            // Whatever the failed runs should have brought: the last copies, if every one has one.
-            for (day, _, _) in &missing {
-                if found.contains_key(day) {
-                    continue;
-                }
-                match old.remove(day) {
-                    Some(entry) => {
-                        self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                        stale = true;
-                        found.insert(*day, entry);
-                    }
-                    None => return Err(e),
                 }
             }
         }
-        Ok((found, stale))
+        parts
+    }
+
+    /// The entries of one part, in day order, and whether a stale copy stands in for a failed read.
+    async fn resolve(
+        &self,
+        part: Part,
+        in_range: impl Fn(&NaiveDate) -> bool,
+    ) -> Result<(Vec<Arc<DayEntry>>, bool), StoreError> {
+        let (load, from, to, olds) = match part {
+            Part::Ready(entry, stale) => return Ok((vec![entry], stale)),
+            Part::Load { load, from, to, olds, .. } => (load, from, to, olds),
+        };
+        match load.await {
+            // A run this search started may bring days the directory did not list yet: every day of
+            // it inside the range counts. A day borrowed from another search's run counts alone.
+            Ok(run) => Ok((
+                run.range(from..=to)
+                    .filter(|(d, _)| in_range(d))
+                    .filter(|(d, _)| *d >= &from && *d <= &to)
+                    .map(|(_, e)| e.clone())
+                    .collect(),
+                false,
+            )),
+            Err(e) => {
+                // The last copies of the part's days, if every one has one.
+                let mut copies = Vec::with_capacity(olds.len());
+                for (_, old) in olds {
+                    match old {
+                        Some(entry) => copies.push(entry),
+                        None => return Err(e),
+                    }
+                }
+                self.counters.stale_served.fetch_add(copies.len() as u64, Ordering::Relaxed);
+                Ok((copies, true))
+            }
+        }
     }
 
     /// Loads for `days` (ascending, each with whether it continues the previous one's run): the
     /// in-flight loads that already cover some of them, and new runs of consecutive days for the
     /// rest, each under [`RUN_BYTES`].
-    fn start_runs(self: &Arc<Self>, days: &[(NaiveDate, DayInfo, bool)]) -> Vec<RunLoad> {
-        let mut loads: Vec<(u64, RunLoad)> = Vec::new();
+    fn start_runs(
+        self: &Arc<Self>,
+        days: &[(NaiveDate, DayInfo, bool)],
+    ) -> HashMap<NaiveDate, (u64, RunLoad)> {
+        let mut loads: HashMap<NaiveDate, (u64, RunLoad)> = HashMap::with_capacity(days.len());
         let mut runs: Vec<Vec<NaiveDate>> = Vec::new();
         let mut in_flight = self.in_flight.lock();
+        let budget = self.run_bytes.load(Ordering::Relaxed);
         let mut run_bytes = 0;
         let mut extend = false;
         for &(day, info, continues) in days {
-            if let Some((id, load)) = in_flight.get(&day) {
-                if !loads.iter().any(|(l, _)| l == id) {
-                    loads.push((*id, load.clone()));
-                }
+            if let Some(load) = in_flight.get(&day) {
+                loads.insert(day, load.clone());
                 extend = false;
                 continue;
             }
             match runs.last_mut() {
-                Some(run) if extend && continues && run_bytes + info.bytes <= RUN_BYTES => run.push(day),
+                Some(run) if extend && continues && run_bytes + info.bytes <= budget => run.push(day),
                 _ => {
                     runs.push(vec![day]);
                     run_bytes = 0;
@@ -706,11 +759,17 @@ impl Inner {
             run_bytes += info.bytes;
             extend = true;
         }
+        // This call's runs query the store a few at a time, in day order (the semaphore is fair).
+        let permits = Arc::new(tokio::sync::Semaphore::new(RUNS_IN_FLIGHT));
         for run in runs {
             let id = self.next_run.fetch_add(1, Ordering::Relaxed);
             let (from, to) = (run[0], run[run.len() - 1]);
             let me = self.clone();
-            let task = tokio::spawn(async move { me.load_run(id, from, to).await });
+            let permits = permits.clone();
+            let task = tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                me.load_run(id, from, to).await
+            });
             let load: RunLoad = async move {
                 task.await
                     .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("day load task failed: {e}"))))
@@ -719,10 +778,10 @@ impl Inner {
             .shared();
             for day in &run {
                 in_flight.insert(*day, (id, load.clone()));
+                loads.insert(*day, (id, load.clone()));
             }
-            loads.push((id, load));
         }
-        loads.into_iter().map(|(_, l)| l).collect()
+        loads
     }
 
     /// One store query for the days `from..=to`: caches each day's entry, brings the directory up

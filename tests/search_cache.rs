@@ -572,3 +572,53 @@ async fn an_api_process_follows_the_change_feed_on_clickhouse() {
     let (ours, theirs) = (open().await, open().await);
     api_follows_the_writes_of_another_process(ours, theirs).await;
 }
+
+/// A wide cold range is read in several bounded runs (in day order, a few at a time) and comes out
+/// whole and ordered; an answer larger than the body limit is not kept as a body, but its days are,
+/// so asking again reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_answer_is_read_in_bounded_runs_and_not_kept_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    let mut plans = Vec::new();
+    let mut d = day("2021-01-01");
+    for i in 0..300u64 {
+        for (j, hour) in ["09", "18"].iter().enumerate() {
+            let id = i * 2 + j as u64 + 1;
+            plans.push(at(
+                id,
+                &format!("plan {id:04}"),
+                &d.to_string(),
+                &format!("{hour}:00:00"),
+                &format!("{hour}:30:00"),
+                1,
+            ));
+        }
+        d += chrono::Duration::days(1);
+    }
+    real.write_plans(&plans).await.unwrap();
+    let store = Counting::new(real, Duration::ZERO);
+    // 1 MiB of cache: bodies above 16 KiB are not kept.
+    let settings = SearchSettings {
+        cache_bytes: 1 << 20,
+        cache_ttl: Duration::from_secs(3600),
+        change_poll: Duration::from_secs(1),
+    };
+    let searcher = Searcher::new(store.clone(), &settings);
+    searcher.set_run_bytes(16 * 1024);
+
+    let body = searcher.search(Default::default()).await.unwrap();
+    let all = titles(&body);
+    assert_eq!(all.len(), 600);
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted, "ordered by start across runs");
+    assert!(body.len() > 16 * 1024, "{}", body.len());
+    let queries = store.calls();
+    // About 230 bytes per plan, two plans a day: 35 days per 16 KiB run.
+    assert!((6..=12).contains(&queries), "{queries} run queries for 600 plans");
+
+    assert_eq!(searcher.search(Default::default()).await.unwrap(), body);
+    assert_eq!(store.calls(), queries, "the second ask is served from the cached days");
+    assert_eq!(searcher.counters.body_hits.load(Ordering::Relaxed), 0, "too large to keep as a body");
+}
