@@ -22,13 +22,15 @@ contract-test:
 
 ## Benchmarks (release build), one command per line; each prints its figures: ClickHouse writes and
 ## reads, criterion figures of the feed parser, the ingestion pipeline, criterion micro-benchmarks of
-## search, then the bounded load test
+## search, ClickHouse search (cold, warm and direct reads side by side, far dates, a random replay),
+## then the bounded load test
 ## (a few seconds per run, on 127.0.0.1; installs wrk when missing). See docs/performance.md.
 bench:
 	$(CARGO) bench --bench clickhouse
 	$(CARGO) bench --bench parser
 	$(CARGO) bench --bench pipeline
 	$(CARGO) bench --bench search
+	$(CARGO) bench --bench search_clickhouse
 	scripts/loadtest.sh
 
 ## planfeed on ClickHouse with the provider simulator (docker-compose.yml; needs a Docker engine).

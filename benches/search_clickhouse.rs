@@ -1,0 +1,353 @@
+//! Search on ClickHouse (`make bench`): a throwaway server filled with 300,000 plans over 5 years
+//! (as `examples/gen_store.rs` generates them) plus plans on the first and last valid days (UTC and
+//! New York), then, side by side:
+//! - for 1 day, 1 month, 1 year and the open range: the direct `SELECT … FROM plans FINAL` of the
+//!   same days, the cold search through `Searcher` (a fresh cache whose day directory is loaded, as a
+//!   started process has it), the warm search (same range again) and a warm neighbour (the range
+//!   moved by one second: assembled from cached days, not a cached body);
+//! - far dates: warm searches at years 1 and 9999, with the process RSS before and after;
+//! - a fixed-rate replay of random ranges on a fresh cache: every search's latency from its
+//!   scheduled start, p50/p99/max, and the searches over 100 ms.
+//!
+//! Needs `clickhouse-server` (scripts/install-clickhouse.sh); starts its own on free loopback ports.
+
+#[path = "../tests/common/clickhouse.rs"]
+mod clickhouse_server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use planfeed::config::SearchSettings;
+use planfeed::domain::{Plan, PlanKey, StoredPlan, TimeRange, Zone};
+use planfeed::search::Searcher;
+use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
+use planfeed::store::SharedStore;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+
+const PLANS: u64 = 300_000;
+const YEARS: i64 = 5;
+const BATCH: usize = 10_000;
+const REPLAY_SEARCHES: usize = 1000;
+const REPLAY_RATE: f64 = 100.0;
+
+fn origin() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(2021, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc()
+}
+
+/// One generated plan, as `examples/gen_store.rs` makes them.
+fn plan(rng: &mut StdRng, i: u64, span_minutes: i64) -> StoredPlan {
+    let origin = origin().naive_utc();
+    let start = origin + chrono::Duration::minutes(rng.random_range(0..span_minutes));
+    let end = start + chrono::Duration::minutes(rng.random_range(30..240));
+    let zones = (0..rng.random_range(1..4u64))
+        .map(|z| Zone {
+            zone_id: z + 1,
+            name: format!("zone {}", z + 1),
+            capacity: 100,
+            price: Decimal::new(rng.random_range(500..15_000), 2),
+            numbered: z % 2 == 0,
+        })
+        .collect();
+    let plan = Plan {
+        key: PlanKey::new("fever", i / 8, i),
+        title: format!("Generated plan {i}"),
+        online: true,
+        organizer_company_id: Some(1),
+        start,
+        end,
+        sell_from: Some(origin),
+        sell_to: Some(end),
+        sold_out: false,
+        zones,
+    };
+    StoredPlan::new(plan, chrono_tz::UTC, true, 1)
+}
+
+/// Plans on the first and last valid days, in UTC and in New York.
+fn far_plans() -> Vec<StoredPlan> {
+    let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
+    let local = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap();
+    [("0001-01-01T10:00:00", "0001-01-01T11:00:00"), ("9999-12-31T20:00:00", "9999-12-31T23:00:00")]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (s, e))| {
+            [(chrono_tz::UTC, 0u64), (ny, 1u64)].map(|(tz, z)| {
+                let p = Plan {
+                    key: PlanKey::new("far", 1, i as u64 * 2 + z),
+                    title: format!("far plan {i}/{z}"),
+                    online: true,
+                    organizer_company_id: None,
+                    start: local(s),
+                    end: local(e),
+                    sell_from: None,
+                    sell_to: None,
+                    sold_out: false,
+                    zones: vec![],
+                };
+                StoredPlan::new(p, tz, true, 1)
+            })
+        })
+        .collect()
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> TimeRange {
+    TimeRange { starts_at: from, ends_at: to }
+}
+
+/// The direct read of the days of `r` (bounded by the data's first and last day), all rows
+/// transferred as TSV: what a search must not cost much more than.
+async fn direct(
+    client: &clickhouse::Client,
+    r: TimeRange,
+    lo: NaiveDate,
+    hi: NaiveDate,
+) -> (Duration, usize) {
+    let first = r.starts_at.map_or(lo, |t| t.date_naive());
+    let last = r.ends_at.map_or(hi, |t| t.date_naive());
+    let day = |d: NaiveDate| planfeed::store::day_number(d);
+    let clamp = |d: NaiveDate| {
+        d.clamp(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap(), NaiveDate::from_ymd_opt(2105, 12, 31).unwrap())
+    };
+    let sql = format!(
+        "SELECT id, title, start_local_us, end_local_us, start_us, end_us, min_price, max_price \
+         FROM plans FINAL WHERE event_day BETWEEN {} AND {} AND event_date BETWEEN '{}' AND '{}' \
+         AND ever_online = 1 AND superseded = 0 ORDER BY start_us, id",
+        day(first),
+        day(last),
+        clamp(first),
+        clamp(last)
+    );
+    let started = Instant::now();
+    let mut cursor = client.query(&sql).fetch_bytes("TSV").unwrap();
+    let bytes = cursor.collect().await.unwrap();
+    (started.elapsed(), bytes.iter().filter(|b| **b == b'\n').count())
+}
+
+fn settings() -> SearchSettings {
+    SearchSettings {
+        cache_bytes: 512 << 20,
+        cache_ttl: Duration::from_secs(600),
+        change_poll: Duration::from_secs(1),
+    }
+}
+
+/// A searcher as a started process has it: day directory loaded, no day cached.
+async fn fresh(store: &SharedStore) -> Searcher {
+    let searcher = Searcher::new(store.clone(), &settings());
+    searcher.load_directory().await.unwrap();
+    searcher
+}
+
+fn count_events(body: &[u8]) -> usize {
+    memchr::memmem::find_iter(body, br#"{"id":"#).count()
+}
+
+#[tokio::main]
+async fn main() {
+    let Some(server) = clickhouse_server::ClickHouseServer::start() else {
+        eprintln!("search_clickhouse bench skipped: clickhouse-server is not installed");
+        return;
+    };
+    let ch = ClickHouseSettings { url: server.url(), database: "bench_search".into(), ..Default::default() };
+    let store = ClickHouseStore::connect(ch).await.unwrap();
+    store.migrate().await.unwrap();
+    let store: SharedStore = Arc::new(store);
+    let client = clickhouse::Client::default()
+        .with_url(server.url())
+        .with_database("bench_search")
+        .with_validation(false)
+        .with_setting("wait_end_of_query", "1");
+
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(PLANS);
+    let span_minutes = YEARS * 365 * 24 * 60;
+    let mut batch = Vec::with_capacity(BATCH);
+    for i in 0..PLANS {
+        batch.push(plan(&mut rng, i, span_minutes));
+        if batch.len() == BATCH || i + 1 == PLANS {
+            store.write_plans(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    store.write_plans(&far_plans()).await.unwrap();
+    let _ = client.query("OPTIMIZE TABLE plans FINAL").execute().await;
+    let directory_started = Instant::now();
+    let directory = store.day_directory().await.unwrap();
+    let directory_time = directory_started.elapsed();
+    let (lo, hi) = (directory[0].day, directory[directory.len() - 1].day);
+    println!(
+        "search on clickhouse: {PLANS} plans over {YEARS} years + 4 far plans written in {:.1} s; \
+         day directory of {} days read in {:.1} ms; data under {}",
+        started.elapsed().as_secs_f64(),
+        directory.len(),
+        ms(directory_time),
+        clickhouse_server::ClickHouseServer::data_parent_label()
+    );
+    println!("(figures taken on a shared machine: other builds may have run meanwhile)");
+
+    let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let cases = [
+        ("1 day", range(Some(t("2023-03-15T00:00:00Z")), Some(t("2023-03-15T23:59:59Z")))),
+        ("1 month", range(Some(t("2023-03-01T00:00:00Z")), Some(t("2023-03-31T23:59:59Z")))),
+        ("1 year", range(Some(t("2023-01-01T00:00:00Z")), Some(t("2023-12-31T23:59:59Z")))),
+        ("open", range(None, None)),
+    ];
+    println!(
+        "{:<8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
+        "range", "plans", "direct ms", "cold ms", "cold/dir", "warm ms", "neighbour", "body MB"
+    );
+    for (name, r) in cases {
+        let mut directs = Vec::new();
+        let mut colds = Vec::new();
+        let mut rows = 0;
+        let mut body = bytes::Bytes::new();
+        let mut warm = Duration::ZERO;
+        let mut neighbour = Duration::ZERO;
+        for _ in 0..3 {
+            let (d, n) = direct(&client, r, lo, hi).await;
+            directs.push(d);
+            rows = n;
+            let searcher = fresh(&store).await;
+            let started = Instant::now();
+            body = searcher.search(r).await.unwrap();
+            colds.push(started.elapsed());
+            let started = Instant::now();
+            let again = searcher.search(r).await.unwrap();
+            warm = started.elapsed();
+            assert_eq!(again, body);
+            let moved = range(r.starts_at.map(|s| s + chrono::Duration::seconds(1)), r.ends_at);
+            let started = Instant::now();
+            searcher.search(moved).await.unwrap();
+            neighbour = started.elapsed();
+        }
+        directs.sort();
+        colds.sort();
+        let (d, c) = (directs[1], colds[1]);
+        assert_eq!(count_events(&body), rows, "{name}: the search returns the rows the direct read does");
+        println!(
+            "{:<8} {:>8} {:>10.1} {:>10.1} {:>9.2} {:>9.2} {:>10.2} {:>10.1}",
+            name,
+            rows,
+            ms(d),
+            ms(c),
+            c.as_secs_f64() / d.as_secs_f64(),
+            ms(warm),
+            ms(neighbour),
+            body.len() as f64 / 1e6
+        );
+    }
+    println!(
+        "(median of 3; cold = fresh cache with its directory loaded; neighbour = starts_at + 1 s, warm days)"
+    );
+
+    // Far dates: warm searches and RSS.
+    let searcher = fresh(&store).await;
+    let far = [
+        ("year 1", range(Some(t("0001-01-01T00:00:00Z")), Some(t("0001-01-02T00:00:00Z")))),
+        ("year 9999", range(Some(t("9999-12-31T00:00:00Z")), None)),
+        ("to 9999", range(Some(t("9999-12-01T00:00:00Z")), Some(t("9999-12-31T23:59:59Z")))),
+    ];
+    for (_, r) in far {
+        searcher.search(r).await.unwrap();
+    }
+    let rss_before = rss_mb();
+    for (name, r) in far {
+        let mut samples = Vec::with_capacity(200);
+        for i in 0..200 {
+            // Two neighbouring ranges: one a cached body, the other assembled from cached days.
+            let r = range(r.starts_at.map(|s| s + chrono::Duration::microseconds(i % 2)), r.ends_at);
+            let started = Instant::now();
+            let body = searcher.search(r).await.unwrap();
+            samples.push(started.elapsed());
+            assert!(count_events(&body) >= 1, "{name}");
+        }
+        samples.sort();
+        println!(
+            "far dates {name:<9}: warm p50 {:.3} ms, max {:.3} ms ({} plans)",
+            ms(percentile(&samples, 0.5)),
+            ms(samples[samples.len() - 1]),
+            count_events(&searcher.search(r).await.unwrap())
+        );
+    }
+    println!("far dates RSS: {:.1} MB before 600 warm searches, {:.1} MB after", rss_before, rss_mb());
+
+    // A fixed-rate replay of random ranges on a fresh cache.
+    let searcher = Arc::new(fresh(&store).await);
+    let mut rng = StdRng::seed_from_u64(42);
+    let total_days = YEARS * 365;
+    let ranges: Vec<(TimeRange, i64)> = (0..REPLAY_SEARCHES)
+        .map(|_| {
+            let start = origin() + chrono::Duration::minutes(rng.random_range(0..total_days * 1440));
+            let days = match rng.random_range(0..100) {
+                0..50 => 1,
+                50..75 => 7,
+                75..90 => 31,
+                90..97 => 365,
+                _ => -1,
+            };
+            let r = if days < 0 {
+                range(Some(start), None)
+            } else {
+                range(Some(start), Some(start + chrono::Duration::days(days)))
+            };
+            (r, days)
+        })
+        .collect();
+    let period = Duration::from_secs_f64(1.0 / REPLAY_RATE);
+    let began = Instant::now();
+    let mut tasks = Vec::with_capacity(ranges.len());
+    for (i, (r, days)) in ranges.into_iter().enumerate() {
+        let due = began + period * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let searcher = searcher.clone();
+        tasks.push(tokio::spawn(async move {
+            searcher.search(r).await.unwrap();
+            (due.elapsed(), days)
+        }));
+    }
+    let results: Vec<(Duration, i64)> =
+        futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    let mut latencies: Vec<Duration> = results.iter().map(|(d, _)| *d).collect();
+    latencies.sort();
+    let slow: Vec<&(Duration, i64)> =
+        results.iter().filter(|(d, _)| *d > Duration::from_millis(100)).collect();
+    let slow_narrow = slow.iter().filter(|(_, days)| (0..=31).contains(days)).count();
+    println!(
+        "replay: {} random ranges at {:.0}/s (50% 1 day, 25% 1 week, 15% 1 month, 7% 1 year, 3% open): \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} over 100 ms ({} of them a month or less)",
+        results.len(),
+        REPLAY_RATE,
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies[latencies.len() - 1]),
+        slow.len(),
+        slow_narrow
+    );
+    println!(
+        "replay store queries: {} runs for {} day misses",
+        searcher.counters.run_queries.load(std::sync::atomic::Ordering::Relaxed),
+        searcher.counters.misses.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
