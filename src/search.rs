@@ -66,21 +66,57 @@ pub fn render_event(row: &EventRow) -> String {
     out
 }
 
+/// Renders without the formatting machinery: a cold year renders tens of thousands of plans, and
+/// this runs while the search waits.
 fn write_event(out: &mut String, row: &EventRow) {
-    let _ = write!(out, r#"{{"id":"{}","title":"#, row.id);
+    out.push_str(r#"{"id":""#);
+    out.push_str(row.id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    out.push_str(r#"","title":"#);
     let _ = serde_json::to_writer(StringWriter(out), &row.title);
-    let _ = write!(
-        out,
-        r#","start_date":"{}","start_time":"{}","end_date":"{}","end_time":"{}","min_price":"#,
-        row.start_local.format("%Y-%m-%d"),
-        row.start_local.format("%H:%M:%S"),
-        row.end_local.format("%Y-%m-%d"),
-        row.end_local.format("%H:%M:%S"),
-    );
+    out.push_str(r#","start_date":""#);
+    push_date(out, row.start_local.date());
+    out.push_str(r#"","start_time":""#);
+    push_time(out, row.start_local.time());
+    out.push_str(r#"","end_date":""#);
+    push_date(out, row.end_local.date());
+    out.push_str(r#"","end_time":""#);
+    push_time(out, row.end_local.time());
+    out.push_str(r#"","min_price":"#);
     write_price(out, row.min_price);
     out.push_str(r#","max_price":"#);
     write_price(out, row.max_price);
     out.push('}');
+}
+
+/// `YYYY-MM-DD`, as `%Y-%m-%d` writes it (feed dates are years 1 to 9999).
+fn push_date(out: &mut String, d: NaiveDate) {
+    use chrono::Datelike;
+    if !(0..=9999).contains(&d.year()) {
+        let _ = write!(out, "{}", d.format("%Y-%m-%d"));
+        return;
+    }
+    push_digits(out, d.year() as u32, 4);
+    out.push('-');
+    push_digits(out, d.month(), 2);
+    out.push('-');
+    push_digits(out, d.day(), 2);
+}
+
+/// `HH:MM:SS`, as `%H:%M:%S` writes it (a fraction is not shown).
+fn push_time(out: &mut String, t: chrono::NaiveTime) {
+    use chrono::Timelike;
+    push_digits(out, t.hour(), 2);
+    out.push(':');
+    push_digits(out, t.minute(), 2);
+    out.push(':');
+    // A leap second reads as second 60, as chrono's %S writes it.
+    push_digits(out, t.second() + t.nanosecond() / 1_000_000_000, 2);
+}
+
+fn push_digits(out: &mut String, v: u32, width: u32) {
+    for i in (0..width).rev() {
+        out.push(char::from(b'0' + (v / 10u32.pow(i) % 10) as u8));
+    }
 }
 
 fn write_price(out: &mut String, p: Option<rust_decimal::Decimal>) {
@@ -886,6 +922,24 @@ mod tests {
 
     fn micros(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc).timestamp_micros()
+    }
+
+    #[test]
+    fn fast_dates_and_times_match_chrono() {
+        let cases =
+            ["0001-01-01T00:00:00", "0999-02-03T04:05:06", "2021-12-31T23:59:59", "9999-12-31T12:00:00"];
+        for c in cases {
+            let t = NaiveDateTime::parse_from_str(c, "%Y-%m-%dT%H:%M:%S").unwrap();
+            let mut out = String::new();
+            push_date(&mut out, t.date());
+            out.push(' ');
+            push_time(&mut out, t.time() + chrono::Duration::milliseconds(250));
+            assert_eq!(out, t.format("%Y-%m-%d %H:%M:%S").to_string());
+        }
+        let far = NaiveDate::from_ymd_opt(10000, 1, 1).unwrap();
+        let mut out = String::new();
+        push_date(&mut out, far);
+        assert_eq!(out, far.format("%Y-%m-%d").to_string());
     }
 
     #[test]
