@@ -157,6 +157,9 @@ fn settings() -> SearchSettings {
 /// A searcher as a started process has it: day directory loaded, no day cached.
 async fn fresh(store: &SharedStore) -> Searcher {
     let searcher = Searcher::new(store.clone(), &settings());
+    if let Some(bytes) = std::env::var("PLANFEED_BENCH_RUN_BYTES").ok().and_then(|v| v.parse().ok()) {
+        searcher.set_run_bytes(bytes);
+    }
     searcher.load_directory().await.unwrap();
     searcher
 }

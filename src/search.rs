@@ -55,6 +55,8 @@ pub const RUNS_IN_FLIGHT: usize = 4;
 /// A finished body larger than the cache budget divided by this is not kept (it would evict many
 /// days to save one concatenation).
 const BODY_FRACTION: u64 = 64;
+/// A part of an answer at least this large is copied with the runtime told it blocks.
+const BLOCKING_COPY_BYTES: usize = 1 << 20;
 /// Estimated JSON bytes of one `EventSummary` besides its title, for the directory's sizes.
 const EVENT_OVERHEAD: u64 = 200;
 
@@ -561,9 +563,18 @@ impl Inner {
         while let Some(result) = resolved.next().await {
             let (entries, part_stale) = result?;
             stale |= part_stale;
-            for entry in entries {
-                oldest = oldest.min(entry.loaded_at);
-                entry.write_matching(starts, ends, &mut out, &mut first_event);
+            let bytes: usize = entries.iter().map(|e| e.joined.len()).sum();
+            let mut copy = || {
+                for entry in &entries {
+                    oldest = oldest.min(entry.loaded_at);
+                    entry.write_matching(starts, ends, &mut out, &mut first_event);
+                }
+            };
+            // Copying megabytes takes milliseconds: let the runtime move its other tasks elsewhere.
+            if bytes >= BLOCKING_COPY_BYTES && multi_threaded() {
+                tokio::task::block_in_place(copy);
+            } else {
+                copy();
             }
         }
         drop(resolved);
@@ -829,9 +840,20 @@ impl Inner {
         let outcome = match result {
             Ok(rows) => {
                 self.store_answered();
+                // Rendering a run is CPU work of up to a few tens of milliseconds: off the runtime's
+                // threads, so searches answered from memory never queue behind it.
+                let entries =
+                    tokio::task::spawn_blocking(move || by_day(&rows, from, to)).await.map_err(|e| {
+                        StoreError::Unavailable(format!("rendering days {from}..={to} failed: {e}"))
+                    });
+                let entries = match entries {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        self.in_flight.lock().retain(|_, (run, _)| *run != id);
+                        return Err(e);
+                    }
+                };
                 let raced = self.epoch.load(Ordering::Acquire) != epoch;
-                let entries = by_day(&rows, from, to);
-                drop(rows);
                 for entry in entries.values() {
                     if raced {
                         // A write landed while reading: serve this, but read again next time.
@@ -895,6 +917,12 @@ fn by_day(rows: &[EventRow], from: NaiveDate, to: NaiveDate) -> BTreeMap<NaiveDa
         begin = end;
     }
     out
+}
+
+/// `block_in_place` is only allowed on a multi-threaded runtime.
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 fn nanos(d: Duration) -> u64 {
