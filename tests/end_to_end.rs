@@ -173,7 +173,10 @@ pub async fn fixture_scenario(store: SharedStore) {
 
     let res = reqwest::get(format!("{base}/openapi.yaml")).await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(res.text().await.unwrap(), std::fs::read_to_string(fixture("../openapi.yaml")).unwrap());
+    assert_eq!(
+        res.text().await.unwrap(),
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.yaml")).unwrap()
+    );
     let (status, _) = get(&base, "/health").await;
     assert_eq!(status, 200);
 
