@@ -21,7 +21,9 @@ use crate::metrics::MetricsSource;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
 use crate::search::Searcher;
+use crate::spool::{Spool, SpoolError};
 use crate::store::clickhouse::ClickHouseStore;
+use crate::store::connecting::ConnectingStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::SharedStore;
 
@@ -35,24 +37,41 @@ pub enum ServiceError {
     Pipeline(String),
     #[error("invalid settings: {0}")]
     Invalid(String),
+    #[error("cannot open the spool: {0}")]
+    Spool(#[from] SpoolError),
 }
 
-/// Opens the configured store.
+/// Opens the configured store. ClickHouse is connected (and migrated) in the background: the
+/// service starts whether it answers or not, and uses it from the moment it does.
 pub async fn open_store(settings: &Settings) -> Result<SharedStore, ServiceError> {
     match settings.store.backend {
         Backend::Embedded => Ok(Arc::new(SqliteStore::open(&settings.store.path)?)),
         Backend::Clickhouse => {
-            let cfg = &settings.store.clickhouse;
-            let store = ClickHouseStore::connect(cfg.settings()).await?;
-            if cfg.migrate_on_start {
-                let applied = store.migrate().await?;
-                if !applied.is_empty() {
-                    tracing::info!(?applied, "clickhouse migrations applied");
+            let cfg = settings.store.clickhouse.clone();
+            let ch = cfg.settings();
+            let location = format!("{}/{}", ch.url.trim_end_matches('/'), ch.database);
+            let store = ConnectingStore::spawn("clickhouse", location, move || {
+                let (ch, migrate) = (ch.clone(), cfg.migrate_on_start);
+                async move {
+                    let store = ClickHouseStore::connect(ch).await?;
+                    if migrate {
+                        let applied = store.migrate().await?;
+                        if !applied.is_empty() {
+                            tracing::info!(?applied, "clickhouse migrations applied");
+                        }
+                    }
+                    Ok(Arc::new(store) as SharedStore)
                 }
-            }
-            Ok(Arc::new(store))
+            });
+            Ok(store)
         }
     }
+}
+
+/// Opens the spool that feeds `store` (`[spool]`), reading what an earlier run left in it.
+pub fn open_spool(settings: &Settings, store: &SharedStore) -> Result<Arc<Spool>, ServiceError> {
+    let path = Spool::file_for(&settings.spool.path, store.name(), &store.location());
+    Ok(Arc::new(Spool::open(path, settings.spool.max_bytes)?))
 }
 
 /// A running planfeed: what `serve` starts and what the tests drive.
@@ -95,6 +114,7 @@ impl Service {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
         let pipeline = if settings.role.runs_ingest() {
+            let spool = open_spool(&settings, &store)?;
             let args = PipelineArgs {
                 providers: settings.effective_providers(),
                 pipeline: settings.pipeline.clone(),
@@ -104,6 +124,8 @@ impl Service {
                     batch_size: settings.pipeline.batch_size,
                     flush_age: settings.pipeline.flush_age,
                     counters: counters.clone(),
+                    spool: Some(spool),
+                    write_timeout: settings.spool.write_timeout,
                 },
             };
             let handles = PipelineHandles::new(

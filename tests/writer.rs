@@ -26,6 +26,8 @@ async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
         batch_size: 1000,
         flush_age: Duration::from_secs(60),
         counters: Arc::new(WriterCounters::default()),
+        spool: None,
+        write_timeout: Duration::from_secs(10),
     };
     Actor::spawn(None, BatchWriter, args).await.expect("writer starts").0
 }
