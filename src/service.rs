@@ -74,6 +74,9 @@ pub fn open_spool(settings: &Settings, store: &SharedStore) -> Result<Arc<Spool>
     Ok(Arc::new(Spool::open(path, settings.spool.max_bytes)?))
 }
 
+/// Delay between two warm-up attempts while the store does not answer.
+const WARM_RETRY: Duration = Duration::from_millis(250);
+
 /// A running planfeed: what `serve` starts and what the tests drive.
 pub struct Service {
     /// Where the API listens, when this process runs the API role.
@@ -113,8 +116,8 @@ impl Service {
         let counters = Arc::new(WriterCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-        let pipeline = if settings.role.runs_ingest() {
-            let spool = open_spool(&settings, &store)?;
+        let spool = if settings.role.runs_ingest() { Some(open_spool(&settings, &store)?) } else { None };
+        let pipeline = if let Some(spool) = spool.clone() {
             let args = PipelineArgs {
                 providers: settings.effective_providers(),
                 pipeline: settings.pipeline.clone(),
@@ -176,11 +179,14 @@ impl Service {
             searcher.clone(),
             pipeline.as_ref().map(|(sup, _)| sup.clone()),
         ));
-        // Warm the day bounds so /ready turns true without waiting for the first search.
+        // Warm the day bounds so /ready turns true without waiting for the first search; a store
+        // not reachable yet fails this at once, so it is tried again until it answers.
         {
             let searcher = searcher.clone();
             tokio::spawn(async move {
-                let _ = searcher.search(Default::default()).await;
+                while searcher.search(Default::default()).await.is_err() && !searcher.warmed() {
+                    tokio::time::sleep(WARM_RETRY).await;
+                }
             });
         }
         Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server, reloader })

@@ -129,6 +129,7 @@ impl Spool {
             spool.bytes.store(bytes as u64, Ordering::Relaxed);
             spool.plans.store(plans as u64, Ordering::Relaxed);
             *spool.conn.lock() = Some(conn);
+            spool.report();
             if entries > 0 {
                 tracing::info!(path = %spool.path.display(), entries, bytes, plans, "spool holds entries from an earlier run: replaying");
             }
@@ -238,6 +239,7 @@ impl Spool {
         self.bytes.fetch_add(len, Ordering::Relaxed);
         self.plans.fetch_add(plans, Ordering::Relaxed);
         self.entries.fetch_add(1, Ordering::Release);
+        self.report();
         Ok(())
     }
 
@@ -266,6 +268,7 @@ impl Spool {
             self.bytes.fetch_sub(len as u64, Ordering::Relaxed);
             self.plans.fetch_sub(plans as u64, Ordering::Relaxed);
             self.entries.fetch_sub(1, Ordering::Release);
+            self.report();
         }
         Ok(())
     }
@@ -301,6 +304,10 @@ impl Spool {
             }
         }
         Ok(states.into_iter().collect())
+    }
+
+    fn report(&self) {
+        crate::metrics::record_spool(self.entries(), self.plans(), self.bytes());
     }
 
     fn io(&self, e: impl std::fmt::Display) -> SpoolError {
