@@ -167,7 +167,7 @@ pub struct BatchWriterState {
     /// Messages held while the bookkeeping loads (`Some` until [`WriterMsg::Loaded`]).
     loading: Option<Vec<WriterMsg>>,
     /// Replays the spool; aborted when the writer stops.
-    replayer: Option<tokio::task::JoinHandle<()>>,
+    replayer: Option<AbortOnDrop>,
     batch: Vec<StoredPlan>,
     /// The fetch of each observation taken into `batch` (replaced ones included), by batch slot.
     origins: Vec<(usize, u64)>,
@@ -237,7 +237,7 @@ impl Actor for BatchWriter {
                 }),
                 write_timeout: args.write_timeout,
             };
-            tokio::spawn(replayer.run())
+            AbortOnDrop(tokio::spawn(replayer.run()))
         });
         Ok(BatchWriterState {
             args,
@@ -292,9 +292,7 @@ impl Actor for BatchWriter {
         state: &mut BatchWriterState,
     ) -> Result<(), ActorProcessingErr> {
         state.flush_all(&me, FlushTrigger::Stop).await;
-        if let Some(replayer) = state.replayer.take() {
-            replayer.abort();
-        }
+        state.replayer.take();
         Ok(())
     }
 }
@@ -717,6 +715,16 @@ impl BatchWriterState {
                 tracing::warn!(error = %e, "could not spool the fetch record: not recorded");
             }
         }
+    }
+}
+
+/// The replayer's task, aborted when the writer's state goes, whether it stopped or failed: a
+/// restarted writer starts its own, and two must never replay the same spool.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
