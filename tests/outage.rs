@@ -452,6 +452,18 @@ async fn older_after_newer(store: SharedStore) {
 /// filesystem) and land once space is back. Needs `mount -t tmpfs` (root); skipped otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_on_a_full_filesystem_loses_nothing() {
+    full_filesystem(false).await;
+}
+
+/// The spool on the same full filesystem as the store: nothing can be made durable, so the writer
+/// holds its batch (and the download) until space is back, and the fetch says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_holds_the_download_and_the_fetch_is_recorded_failed() {
+    full_filesystem(true).await;
+}
+
+async fn full_filesystem(spool_beside_the_store: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
     let mnt = tempfile::tempdir().unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=16m", "planfeed-full", mnt.path().to_str().unwrap()])
@@ -471,7 +483,9 @@ async fn embedded_store_on_a_full_filesystem_loses_nothing() {
     let (a, c) = (feed(150, 0), feed(150, 1));
     let sim = Simulator::new(FeedSource::Rotation(vec![a.clone()]), Default::default());
     let url = simulator::spawn_local(sim.clone()).await.unwrap();
-    let spool_dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let spool_dir =
+        if spool_beside_the_store { mnt.path().join("spool") } else { elsewhere.path().to_path_buf() };
     let env = [
         ("PLANFEED__PROVIDER__NAME", PROVIDER.to_string()),
         ("PLANFEED__PROVIDER__URL", url),
@@ -479,7 +493,7 @@ async fn embedded_store_on_a_full_filesystem_loses_nothing() {
         ("PLANFEED__PROVIDER__JITTER", "0s".into()),
         ("PLANFEED__PIPELINE__BATCH_SIZE", "200".into()),
         ("PLANFEED__PIPELINE__FLUSH_AGE", "50ms".into()),
-        ("PLANFEED__SPOOL__PATH", spool_dir.path().display().to_string()),
+        ("PLANFEED__SPOOL__PATH", spool_dir.display().to_string()),
         ("PLANFEED__SEARCH__CACHE_TTL", "1s".into()),
     ];
     let settings = planfeed::config::Settings::load_with(
@@ -494,31 +508,55 @@ async fn embedded_store_on_a_full_filesystem_loses_nothing() {
     let counters = service.counters.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     let total = parse(&a).len() as u64;
-    while counters.plans_spooled.load(std::sync::atomic::Ordering::Relaxed) < total {
-        assert!(Instant::now() < deadline, "feed A not spooled within 60 s");
+    let waiting = || {
+        if spool_beside_the_store {
+            counters.spool_refusals.load(Relaxed) < 2
+        } else {
+            counters.plans_spooled.load(Relaxed) < total
+        }
+    };
+    while waiting() {
+        assert!(Instant::now() < deadline, "feed A neither spooled nor held within 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if spool_beside_the_store {
+        // Held: once the chunks in flight have taken every permit, the download stops, however
+        // long the disk stays full.
+        let permits = service.pipeline().unwrap().permits.clone();
+        while permits.available_permits() > 0 {
+            assert!(Instant::now() < deadline, "the pipeline never filled up behind the held writer");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let requests_while_full = sim.requests.load(Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // At most the fetch already running when the last permit went, waiting for one now (a
+        // fetch starts only when the previous one ended).
+        assert!(
+            sim.requests.load(Relaxed) <= requests_while_full + 1,
+            "the download goes on while nothing is durable: {} requests, {requests_while_full} when full",
+            sim.requests.load(Relaxed)
+        );
+        assert_eq!((counters.plans_written.load(Relaxed), counters.plans_spooled.load(Relaxed)), (0, 0));
+    }
     sim.set_source(FeedSource::Rotation(vec![c.clone()]));
-    // Space comes back: the spool drains into the store, then feed C lands behind it.
+    // Space comes back: the spool drains into the store (or the held batch goes straight in),
+    // then feed C lands behind it.
     std::fs::remove_file(&filler).unwrap();
     let want = expected(&[&a, &c]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let shown = searched(&base).await;
-        if shown.as_ref() == Some(&want) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} plans searchable after space came back",
-            shown.map_or(0, |s| s.len()),
-            want.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_store(store.as_ref(), &want, Duration::from_secs(60)).await;
+    assert_eq!(searched(&base).await.as_ref(), Some(&want), "/search shows what the store holds");
     let records = store.recent_fetches(1000).await.unwrap();
     check_records(&records, &[a.as_ref(), c.as_ref()].map(|s| parse(s).len() as u64));
-    assert_eq!(counters.plans_dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    if spool_beside_the_store {
+        let held = records
+            .iter()
+            .find(|r| planfeed::actors::batch_writer::fetch_outcome(r) == "spool_full")
+            .unwrap_or_else(|| panic!("no fetch is recorded as held by a full spool: {records:?}"));
+        let error = held.error.as_deref().unwrap();
+        assert!(error.starts_with("store and spool refused writes (spool "), "{error}");
+        assert_eq!(held.plans_seen, total, "{held:?}");
+    }
+    assert_eq!(counters.plans_dropped.load(Relaxed), 0);
     service.shutdown().await;
     drop(store);
 }
