@@ -54,9 +54,12 @@ impl ConnectingStore {
                         return;
                     }
                     Err(e) => {
-                        // The first failure and then one in 30, not one line a second.
-                        if attempts % 30 == 1 {
+                        // The first failure and then one in 30, not one line a second. A permanent
+                        // error (a migration the server refuses) needs an operator: say so louder.
+                        if attempts % 30 == 1 && e.is_transient() {
                             tracing::warn!(store = me.name, location = %me.location, error = %e, attempts, "store not reachable yet; retrying");
+                        } else if attempts % 30 == 1 {
+                            tracing::error!(store = me.name, location = %me.location, error = %e, attempts, "store refuses to open; retrying");
                         }
                         *me.last_error.lock() = e.to_string();
                     }
@@ -124,5 +127,42 @@ impl Store for ConnectingStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.get()?.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    /// The store appears later (its folder is blocked by a file at first): calls fail fast as
+    /// unavailable meanwhile, and the store is used as soon as it opens.
+    #[tokio::test]
+    async fn fails_fast_until_the_store_opens_then_delegates() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("db");
+        std::fs::write(&blocker, b"not a folder").unwrap();
+        let path = blocker.join("store.db");
+        let store = ConnectingStore::spawn("embedded", path.display().to_string(), {
+            let path = path.clone();
+            move || {
+                let path = path.clone();
+                async move { Ok(Arc::new(SqliteStore::open(&path)?) as SharedStore) }
+            }
+        });
+        let started = std::time::Instant::now();
+        let err = store.ping().await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(err.is_transient() && err.to_string().contains("not connected yet"), "{err}");
+        assert_eq!(store.location(), path.display().to_string());
+
+        std::fs::remove_file(&blocker).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !store.connected() {
+            assert!(std::time::Instant::now() < deadline, "not connected 10 s after the store could open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.ping().await.unwrap();
+        assert_eq!(store.day_bounds().await.unwrap(), None);
     }
 }
