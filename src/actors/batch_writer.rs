@@ -859,7 +859,8 @@ impl Sink {
             }
         }
         let plans: Vec<StoredPlan> = pending.iter().map(|&i| batch[i].clone()).collect();
-        let spooled = self.hold_until_durable(Entry::Batch { plans, marks }, &mut out, trigger).await;
+        let why = if backlog { "behind earlier entries" } else { "store unavailable" };
+        let spooled = self.hold_until_durable(Entry::Batch { plans, marks }, &mut out, trigger, why).await;
         for &i in &pending {
             out.fates[i] = if spooled { Fate::Spooled } else { Fate::Written };
         }
@@ -870,7 +871,13 @@ impl Sink {
     /// Puts `entry` in the spool; while the spool refuses it, tries the store and the spool again
     /// with capped backoff, holding the writer (backpressure) until one takes it. Returns whether
     /// it went to the spool (else the store took it).
-    async fn hold_until_durable(&self, entry: Entry, out: &mut WriteOutcome, trigger: FlushTrigger) -> bool {
+    async fn hold_until_durable(
+        &self,
+        entry: Entry,
+        out: &mut WriteOutcome,
+        trigger: FlushTrigger,
+        why: &'static str,
+    ) -> bool {
         let plans = entry.plans();
         let entry = Arc::new(entry);
         let mut delay = Duration::from_millis(200);
@@ -884,7 +891,8 @@ impl Sink {
                             ?trigger,
                             spool_entries = spool.entries(),
                             spool_bytes = spool.bytes(),
-                            "store unavailable: batch spooled"
+                            why,
+                            "batch spooled"
                         );
                         return true;
                     }
