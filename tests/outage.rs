@@ -361,6 +361,7 @@ async fn clickhouse_frozen_during_ingestion_loses_nothing() {
         Duration::from_secs(90),
     )
     .await;
+    eprintln!("{to_write} changed plans spooled {:.1} s into the freeze", frozen_at.elapsed().as_secs_f64());
     let started = Instant::now();
     let health = reqwest::get(format!("{}/health", pf.base)).await.unwrap();
     assert_eq!(health.status(), 200);

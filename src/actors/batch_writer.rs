@@ -10,9 +10,10 @@
 //! answers again. While the spool holds anything, new batches queue behind it, so an older version
 //! never lands after a newer one. When even the spool refuses (full, unwritable), the batch is
 //! held and retried: the writer stops taking chunks, which stops the download (backpressure).
-//! Only a permanent rejection drops plans, and only the rejected ones ([`write_isolating`]), each
-//! logged with the reason. A spooled plan counts as pending in the bookkeeping: an unchanged
-//! re-observation is neither written twice nor lost.
+//! Only a permanent rejection drops plans, and only the rejected ones (the batch is halved until
+//! they are alone, [`crate::spool::replay::isolate`]), each logged with the reason. A spooled
+//! plan counts as pending in the bookkeeping: an unchanged re-observation is neither written twice
+//! nor lost.
 //!
 //! A flushed batch is written by a spawned task while the writer keeps absorbing plans into the
 //! next batch, so parsing and writing overlap. At most one write is in flight: the next flush
@@ -937,7 +938,9 @@ impl Sink {
     }
 
     /// Runs `op` until it succeeds, fails permanently or has failed transiently
-    /// [`STORE_ATTEMPTS`] times, counting each repeat in `retries` and the writer's counters.
+    /// [`STORE_ATTEMPTS`] times, counting each repeat in `retries` and the writer's counters. An
+    /// attempt that outlives `write_timeout` ends the retries at once: a store that hangs would
+    /// hang again, and the spool should take over after one timeout, not after five.
     async fn retrying<F, Fut>(&self, retries: &mut u32, what: &str, mut op: F) -> StoreResult<()>
     where
         F: FnMut() -> Fut,
@@ -945,7 +948,19 @@ impl Sink {
     {
         let mut attempt = 1u32;
         loop {
-            match bounded(self.write_timeout, op()).await {
+            let result = match tokio::time::timeout(self.write_timeout, op()).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let limit = self.write_timeout;
+                    tracing::warn!(
+                        limit_ms = limit.as_millis() as u64,
+                        attempt,
+                        "{what}: store did not answer in time"
+                    );
+                    return Err(StoreError::Unavailable(format!("store did not answer within {limit:?}")));
+                }
+            };
+            match result {
                 Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
                     *retries += 1;
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
