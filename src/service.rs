@@ -74,6 +74,9 @@ pub fn open_spool(settings: &Settings, store: &SharedStore) -> Result<Arc<Spool>
     Ok(Arc::new(Spool::open(path, settings.spool.max_bytes)?))
 }
 
+/// How long `ingest --once` waits for its store to answer before giving up.
+const INGEST_ONCE_STORE_WAIT: Duration = Duration::from_secs(30);
+
 /// Delay between two warm-up attempts while the store does not answer.
 const WARM_RETRY: Duration = Duration::from_millis(250);
 
@@ -258,6 +261,14 @@ pub async fn ingest_once(
     settings.providers.clear();
     settings.role = crate::config::Role::Ingest;
     let store = open_store(&settings).await?;
+    // A one-shot run has nothing to serve meanwhile: wait a while for the store, then say why not.
+    let deadline = tokio::time::Instant::now() + INGEST_ONCE_STORE_WAIT;
+    while let Err(e) = store.ping().await {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServiceError::Store(e));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let service = Service::start_with(settings, store.clone(), None).await?;
     let bar = progress.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
