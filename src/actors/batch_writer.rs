@@ -268,7 +268,7 @@ impl Actor for BatchWriter {
             (WriterMsg::Loaded(persisted), Some(_)) => {
                 state.persisted = persisted;
                 for held in state.loading.take().unwrap_or_default() {
-                    state.handle(&me, held).await;
+                    state.dispatch(&me, held).await;
                 }
                 return Ok(());
             }
@@ -283,7 +283,7 @@ impl Actor for BatchWriter {
             }
             (msg, _) => msg,
         };
-        state.handle(&me, msg).await;
+        state.dispatch(&me, msg).await;
         Ok(())
     }
 
@@ -344,7 +344,7 @@ async fn load_until_done(args: &BatchWriterArgs) -> HashMap<PlanKey, PlanState> 
 
 impl BatchWriterState {
     /// One message, once the bookkeeping is loaded.
-    async fn handle(&mut self, me: &ActorRef<WriterMsg>, msg: WriterMsg) {
+    async fn dispatch(&mut self, me: &ActorRef<WriterMsg>, msg: WriterMsg) {
         let state = self;
         match msg {
             WriterMsg::Plans(chunk) => {
@@ -700,7 +700,7 @@ impl BatchWriterState {
     async fn record(&self, record: FetchRecord) {
         let spool = self.args.spool.as_ref();
         if spool.is_none_or(|s| s.entries() == 0) {
-            match self.args.store.record_fetch(&record).await {
+            match bounded(self.args.write_timeout, self.args.store.record_fetch(&record)).await {
                 Ok(()) => return,
                 Err(e) if e.is_transient() && spool.is_some() => {
                     tracing::debug!(error = %e, "fetch record goes to the spool");
