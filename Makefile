@@ -1,12 +1,18 @@
 # planfeed: the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test contract-test fmt lint bench up down
+.PHONY: run demo test contract-test fmt lint bench up down
 
 ## Build a release binary and start it with the default configuration (embedded store, port 8000).
 run:
 	$(CARGO) build --release
 	./target/release/planfeed serve
+
+## A working service in one command: the provider simulator serves the sample feeds
+## (tests/fixtures/provider) in rotation, planfeed ingests them into a throwaway embedded store and
+## serves the API on http://127.0.0.1:8000. Prints a search; Ctrl-C stops both.
+demo:
+	CARGO=$(CARGO) ./scripts/demo.sh
 
 ## The complete test suite (unit, store conformance, end-to-end, then the schemathesis contract test
 ## against the running binary). The ClickHouse tests need clickhouse-server on PATH: run

@@ -48,6 +48,7 @@ pub struct Settings {
     pub providers: Vec<ProviderEntry>,
     pub pipeline: PipelineSettings,
     pub store: StoreSettings,
+    pub spool: SpoolSettings,
     pub search: SearchSettings,
     pub log: LogSettings,
 }
@@ -241,6 +242,19 @@ pub struct StoreSettings {
     pub clickhouse: ClickHouseConfig,
 }
 
+/// `[spool]`: where batches the store refuses wait until it answers again (see [`crate::spool`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    /// Folder of the spool files, one per store (named after it).
+    pub path: PathBuf,
+    /// Payload bytes a spool holds at most; a full spool holds the download instead.
+    pub max_bytes: u64,
+    /// A store write slower than this counts as failed (a hung store), so the spool takes over.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
 /// `[store.clickhouse]`. The password is never read from files: set `PLANFEED_CLICKHOUSE_PASSWORD`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -369,6 +383,15 @@ impl Settings {
                 .settings()
                 .validate()
                 .map_err(|e| ConfigError::Invalid(format!("store.clickhouse: {e}")))?;
+        }
+        if self.spool.path.as_os_str().is_empty()
+            || self.spool.max_bytes < 1024 * 1024
+            || self.spool.write_timeout.is_zero()
+        {
+            return bad(format!(
+                "spool.path must be set, spool.max_bytes at least 1048576 and spool.write_timeout positive, got {:?}, {} and {:?}",
+                self.spool.path, self.spool.max_bytes, self.spool.write_timeout
+            ));
         }
         self.server.rate_limit.validate().map_err(ConfigError::Invalid)?;
         if self.search.cache_bytes < 1024 * 1024 {

@@ -12,6 +12,7 @@
 //! - [`service`]: wires everything together for `planfeed serve`.
 //! - [`reload`]: applies a changed configuration while running (file watch, `SIGHUP`).
 //! - [`readiness`]: what `GET /ready` checks.
+//! - [`spool`]: the durable spool that keeps what the store refuses until it answers again.
 
 pub mod actors;
 pub mod config;
@@ -24,4 +25,5 @@ pub mod reload;
 pub mod search;
 pub mod service;
 pub mod simulator;
+pub mod spool;
 pub mod store;

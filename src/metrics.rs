@@ -53,6 +53,8 @@ impl MetricsSource {
             for (outcome, v) in [
                 ("seen", &w.plans_seen),
                 ("written", &w.plans_written),
+                ("spooled", &w.plans_spooled),
+                ("dropped", &w.plans_dropped),
                 ("unchanged", &w.plans_unchanged),
                 ("skipped", &w.plans_skipped),
             ] {
@@ -62,6 +64,8 @@ impl MetricsSource {
             abs("planfeed_writer_batches_total", w.batches.load(Ordering::Relaxed));
             abs("planfeed_writer_retries_total", w.retries.load(Ordering::Relaxed));
             abs("planfeed_writer_batches_dropped_total", w.batches_dropped.load(Ordering::Relaxed));
+            abs("planfeed_spool_replayed_total", w.spool_replayed.load(Ordering::Relaxed));
+            abs("planfeed_spool_refusals_total", w.spool_refusals.load(Ordering::Relaxed));
         }
         if let Some((sem, capacity)) = &self.permits {
             metrics::gauge!("planfeed_pipeline_chunks_in_flight")
@@ -76,6 +80,13 @@ pub fn record_search(status: u16, seconds: f64) {
     metrics::counter!("planfeed_http_requests_total", "path" => "/search", "status" => status.to_string())
         .increment(1);
     metrics::histogram!("planfeed_search_duration_seconds").record(seconds);
+}
+
+/// What waits in the spool now (set by the spool on every change).
+pub fn record_spool(entries: u64, plans: u64, bytes: u64) {
+    metrics::gauge!("planfeed_spool_entries").set(entries as f64);
+    metrics::gauge!("planfeed_spool_plans").set(plans as f64);
+    metrics::gauge!("planfeed_spool_bytes").set(bytes as f64);
 }
 
 /// Records one fetch outcome, by reason.

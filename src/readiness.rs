@@ -1,6 +1,7 @@
-//! `GET /ready`: ready once the day bounds were read from the store, and only while the store
-//! answers a ping. Load balancers probe often, so a ping result is reused for a short while instead
-//! of hitting the store on every probe.
+//! `GET /ready`: ready only while the store answers a ping, and once the day bounds were read from
+//! it. Load balancers probe often, so a ping result is reused for a short while instead of hitting
+//! the store on every probe. A service started before its store reads the bounds as soon as the
+//! store answers (here, on a probe, as well as in the service's own warm-up loop).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,11 +29,14 @@ impl Readiness {
 
     /// `Ok` when ready, else the status word for the body (`loading`, `store_unreachable`).
     pub async fn check(&self) -> Result<(), &'static str> {
-        if !self.searcher.warmed() {
-            return Err("loading");
-        }
         if !self.store_reachable().await {
             return Err("store_unreachable");
+        }
+        if !self.searcher.warmed() {
+            let _ = tokio::time::timeout(PING_TIMEOUT, self.searcher.load_directory()).await;
+            if !self.searcher.warmed() {
+                return Err("loading");
+            }
         }
         Ok(())
     }

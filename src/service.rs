@@ -21,7 +21,9 @@ use crate::metrics::MetricsSource;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
 use crate::search::Searcher;
+use crate::spool::{Spool, SpoolError};
 use crate::store::clickhouse::ClickHouseStore;
+use crate::store::connecting::ConnectingStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::SharedStore;
 
@@ -35,25 +37,48 @@ pub enum ServiceError {
     Pipeline(String),
     #[error("invalid settings: {0}")]
     Invalid(String),
+    #[error("cannot open the spool: {0}")]
+    Spool(#[from] SpoolError),
 }
 
-/// Opens the configured store.
+/// Opens the configured store. ClickHouse is connected (and migrated) in the background: the
+/// service starts whether it answers or not, and uses it from the moment it does.
 pub async fn open_store(settings: &Settings) -> Result<SharedStore, ServiceError> {
     match settings.store.backend {
         Backend::Embedded => Ok(Arc::new(SqliteStore::open(&settings.store.path)?)),
         Backend::Clickhouse => {
-            let cfg = &settings.store.clickhouse;
-            let store = ClickHouseStore::connect(cfg.settings()).await?;
-            if cfg.migrate_on_start {
-                let applied = store.migrate().await?;
-                if !applied.is_empty() {
-                    tracing::info!(?applied, "clickhouse migrations applied");
+            let cfg = settings.store.clickhouse.clone();
+            let ch = cfg.settings();
+            let location = format!("{}/{}", ch.url.trim_end_matches('/'), ch.database);
+            let store = ConnectingStore::spawn("clickhouse", location, move || {
+                let (ch, migrate) = (ch.clone(), cfg.migrate_on_start);
+                async move {
+                    let store = ClickHouseStore::connect(ch).await?;
+                    if migrate {
+                        let applied = store.migrate().await?;
+                        if !applied.is_empty() {
+                            tracing::info!(?applied, "clickhouse migrations applied");
+                        }
+                    }
+                    Ok(Arc::new(store) as SharedStore)
                 }
-            }
-            Ok(Arc::new(store))
+            });
+            Ok(store)
         }
     }
 }
+
+/// Opens the spool that feeds `store` (`[spool]`), reading what an earlier run left in it.
+pub fn open_spool(settings: &Settings, store: &SharedStore) -> Result<Arc<Spool>, ServiceError> {
+    let path = Spool::file_for(&settings.spool.path, store.name(), &store.location());
+    Ok(Arc::new(Spool::open(path, settings.spool.max_bytes)?))
+}
+
+/// How long `ingest --once` waits for its store to answer before giving up.
+const INGEST_ONCE_STORE_WAIT: Duration = Duration::from_secs(30);
+
+/// Delay between two warm-up attempts while the store does not answer.
+const WARM_RETRY: Duration = Duration::from_millis(250);
 
 /// A running planfeed: what `serve` starts and what the tests drive.
 pub struct Service {
@@ -94,7 +119,8 @@ impl Service {
         let counters = Arc::new(WriterCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-        let pipeline = if settings.role.runs_ingest() {
+        let spool = if settings.role.runs_ingest() { Some(open_spool(&settings, &store)?) } else { None };
+        let pipeline = if let Some(spool) = spool.clone() {
             let args = PipelineArgs {
                 providers: settings.effective_providers(),
                 pipeline: settings.pipeline.clone(),
@@ -104,6 +130,8 @@ impl Service {
                     batch_size: settings.pipeline.batch_size,
                     flush_age: settings.pipeline.flush_age,
                     counters: counters.clone(),
+                    spool: Some(spool),
+                    write_timeout: settings.spool.write_timeout,
                 },
             };
             let handles = PipelineHandles::new(
@@ -154,11 +182,14 @@ impl Service {
             searcher.clone(),
             pipeline.as_ref().map(|(sup, _)| sup.clone()),
         ));
-        // Warm the day directory so /ready turns true without waiting for the first search.
+        // Warm the day directory so /ready turns true without waiting for the first search; a store
+        // not reachable yet fails this at once, so it is tried again until it answers.
         {
             let searcher = searcher.clone();
             tokio::spawn(async move {
-                let _ = searcher.load_directory().await;
+                while searcher.load_directory().await.is_err() && !searcher.warmed() {
+                    tokio::time::sleep(WARM_RETRY).await;
+                }
             });
         }
         // An api replica learns the days another process (the ingest) wrote from the store.
@@ -234,6 +265,14 @@ pub async fn ingest_once(
     settings.providers.clear();
     settings.role = crate::config::Role::Ingest;
     let store = open_store(&settings).await?;
+    // A one-shot run has nothing to serve meanwhile: wait a while for the store, then say why not.
+    let deadline = tokio::time::Instant::now() + INGEST_ONCE_STORE_WAIT;
+    while let Err(e) = store.ping().await {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServiceError::Store(e));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let service = Service::start_with(settings, store.clone(), None).await?;
     let bar = progress.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::PATIENCE;
 use planfeed::config::Settings;
 use planfeed::domain::{FetchRecord, Plan, PlanKey};
 use planfeed::feed::{generate, parse_document, GenSpec};
@@ -39,7 +40,9 @@ fn env(provider_url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         ("PLANFEED__PROVIDER__URL", provider_url),
         ("PLANFEED__PROVIDER__INTERVAL", "1h"),
         ("PLANFEED__PROVIDER__JITTER", "0s"),
-        ("PLANFEED__PROVIDER__TIMEOUT", "600ms"),
+        // Generous: a good fetch must never time out on a loaded machine. The latency and stall
+        // scenarios set their own short timeout (see `fault_scenario`).
+        ("PLANFEED__PROVIDER__TIMEOUT", "30s"),
         ("PLANFEED__PROVIDER__RETRIES", "1"),
         ("PLANFEED__PROVIDER__RETRY_BACKOFF", "20ms"),
         ("PLANFEED__PROVIDER__BREAKER_FAILURES", "0"),
@@ -65,22 +68,54 @@ async fn start(settings: Settings) -> (Service, String, SharedStore, tempfile::T
     (service, base, store, dir)
 }
 
+/// The fetches of `provider` in the log, newest first.
+async fn fetches_of(store: &SharedStore, provider: &str) -> Vec<FetchRecord> {
+    store.recent_fetches(1000).await.unwrap().into_iter().filter(|f| f.provider == provider).collect()
+}
+
 /// Waits until `provider` has `n` fetches in the log; returns them, newest first.
 async fn wait_for_fetches(store: &SharedStore, provider: &str, n: usize) -> Vec<FetchRecord> {
-    for _ in 0..500 {
-        let f: Vec<_> = store
-            .recent_fetches(1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|f| f.provider == provider)
-            .collect();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let f = fetches_of(store, provider).await;
         if f.len() >= n {
             return f;
         }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} fetches of {provider} recorded within {PATIENCE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("fewer than {n} fetches of {provider} recorded within 10 s");
+}
+
+/// Waits until `provider` has `n` fetches skipped by its open circuit in the log.
+async fn wait_for_skips(store: &SharedStore, provider: &str, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let skips = fetches_of(store, provider)
+            .await
+            .iter()
+            .filter(|f| f.error.as_deref().is_some_and(|e| e.starts_with("circuit open")))
+            .count();
+        if skips >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} skipped fetches of {provider} within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `sim` has received `n` requests.
+async fn wait_for_requests(sim: &Simulator, n: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    while sim.requests.load(Ordering::Relaxed) < n {
+        assert!(Instant::now() < deadline, "fewer than {n} provider requests within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The tests of this binary run one at a time: each asserts latencies, and the machine is small.
@@ -104,16 +139,17 @@ async fn timed_search(base: &str) -> (Vec<Value>, Duration) {
     (events, started.elapsed())
 }
 
-/// Searches answer in under 100 ms. Judged on the median so that one descheduling of this test
-/// on a loaded machine (debug build, CI neighbours) does not count as the service's slowness; no
-/// single answer may take a second.
-fn assert_fast(latencies: &mut [Duration]) {
+/// Searches never wait for the provider: judged on the median, so that a descheduling of this
+/// test on a loaded machine (debug build, CI neighbours) does not count as the service's slowness,
+/// and no single answer may take as long as the faulty provider does (`fault`). Latency figures
+/// belong to the benchmarks (docs/performance.md), not here.
+fn assert_fast(latencies: &mut [Duration], fault: Duration) {
     assert!(!latencies.is_empty());
     latencies.sort_unstable();
     let median = latencies[latencies.len() / 2];
     let max = latencies[latencies.len() - 1];
-    assert!(median < Duration::from_millis(100), "median /search {median:?} over {latencies:?}");
-    assert!(max < Duration::from_secs(1), "slowest /search {max:?}");
+    assert!(median < Duration::from_millis(250), "median /search {median:?} over {latencies:?}");
+    assert!(max < fault.max(Duration::from_secs(3)), "slowest /search {max:?}");
 }
 
 fn by_id(events: &[Value]) -> BTreeMap<String, Value> {
@@ -165,7 +201,15 @@ async fn fault_scenario(faults: Faults, fails: bool, expect_error: &str) {
     let spec = spec(7);
     let sim = Simulator::new(FeedSource::Generated(spec.clone()), Faults::default());
     let url = simulator::spawn_local(sim.clone()).await.unwrap();
-    let settings = Settings::load_with(Path::new("/nonexistent"), env(&url, &[])).unwrap();
+    // A fault made of time (latency, stall) needs a fetch deadline below it; the deadline stays
+    // well above what a good fetch of this small feed takes on a loaded machine.
+    let slow = faults.latency.max(faults.stall.unwrap_or_default());
+    let timeout = if slow.is_zero() { "30s" } else { "1500ms" };
+    let settings = Settings::load_with(
+        Path::new("/nonexistent"),
+        env(&url, &[("PLANFEED__PROVIDER__TIMEOUT", timeout)]),
+    )
+    .unwrap();
     let (service, base, store, _dir) = start(settings).await;
 
     wait_for_fetches(&store, "fever", 1).await;
@@ -206,7 +250,7 @@ async fn fault_scenario(faults: Faults, fails: bool, expect_error: &str) {
     for _ in 0..5 {
         latencies.push(timed_search(&base).await.1);
     }
-    assert_fast(&mut latencies);
+    assert_fast(&mut latencies, slow);
     if fails {
         let error = faulty.error.clone().unwrap_or_default();
         assert!(error.contains(expect_error), "expected {expect_error:?} in {error:?}");
@@ -250,15 +294,15 @@ async fn error_503_is_retried_then_recorded_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_beyond_the_timeout_fails_the_fetch() {
     let _serial = SERIAL.lock().await;
-    let faults = Faults { latency: Duration::from_millis(1500), ..Faults::default() };
+    let faults = Faults { latency: Duration::from_secs(5), ..Faults::default() };
     fault_scenario(faults, true, "timed out").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_beyond_the_timeout_keeps_the_whole_base_plans_before_it() {
     let _serial = SERIAL.lock().await;
-    let faults = Faults { stall: Some(Duration::from_millis(1500)), ..Faults::default() };
-    // Either the fetch deadline or the client's read timeout (both 600 ms here) ends the stall.
+    let faults = Faults { stall: Some(Duration::from_secs(5)), ..Faults::default() };
+    // Either the fetch deadline or the client's read timeout (both 1.5 s here) ends the stall.
     fault_scenario(faults, true, "timed out").await;
 }
 
@@ -374,45 +418,47 @@ async fn failing_provider_with_breaker(failures: u32, cooldown: &str) -> (Arc<Si
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breaker_stops_requests_while_open_and_recovers_by_itself() {
     let _serial = SERIAL.lock().await;
-    let (sim, settings) = failing_provider_with_breaker(3, "600ms").await;
+    let cooldown = Duration::from_secs(2);
+    let (sim, settings) = failing_provider_with_breaker(3, "2s").await;
     let (service, base, store, _dir) = start(settings).await;
     let requests = || sim.requests.load(Ordering::Relaxed);
 
-    // Three failed fetches open the breaker: no request for the cooldown.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while requests() < 3 {
-        assert!(Instant::now() < deadline, "three fetches within 5 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Three failed fetches open the breaker: while it is open, each scheduled fetch (every 50 ms)
+    // is recorded as skipped and sends nothing.
+    wait_for_requests(&sim, 3).await;
     let opened = Instant::now();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(requests(), 3, "no request while the circuit is open");
-    let fetches = store.recent_fetches(100).await.unwrap();
+    wait_for_skips(&store, "fever", 3).await;
+    if opened.elapsed() < cooldown {
+        assert_eq!(requests(), 3, "no request while the circuit is open");
+    }
+    let fetches = fetches_of(&store, "fever").await;
     let skipped: Vec<_> = fetches
         .iter()
         .filter(|f| f.error.as_deref().is_some_and(|e| e.starts_with("circuit open")))
         .collect();
-    assert!(skipped.len() >= 3, "skips are recorded: {fetches:?}");
     assert!(skipped[0].error.as_deref().unwrap().contains("3 consecutive failed fetches"), "{skipped:?}");
     assert_eq!(skipped[0].http_status, None);
     assert_eq!(planfeed::actors::batch_writer::fetch_outcome(skipped[0]), "skipped");
 
-    // After the cooldown exactly one probe; it fails, so the breaker opens again.
-    while requests() < 4 {
-        assert!(opened.elapsed() < Duration::from_secs(3), "a probe after the cooldown");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // After the cooldown exactly one probe; it fails, so the breaker opens again and the next
+    // scheduled fetches are skipped without a request.
+    wait_for_requests(&sim, 4).await;
+    assert!(
+        opened.elapsed() >= cooldown - Duration::from_millis(100),
+        "probe came after {:?}",
+        opened.elapsed()
+    );
+    let reopened = Instant::now();
+    let skips = skipped.len();
+    wait_for_skips(&store, "fever", skips + 3).await;
+    if reopened.elapsed() < cooldown {
+        assert_eq!(requests(), 4, "a failed probe reopens the circuit");
     }
-    assert!(opened.elapsed() >= Duration::from_millis(500), "probe came after {:?}", opened.elapsed());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(requests(), 4, "a failed probe reopens the circuit");
 
     // The provider recovers: the next probe succeeds, the breaker closes, fetches flow again.
     sim.set_faults(Faults::default());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while requests() < 8 {
-        assert!(Instant::now() < deadline, "fetches resume after recovery");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let before = requests();
+    wait_for_requests(&sim, before + 4).await;
     let latest = store.recent_fetches(1).await.unwrap().remove(0);
     assert!(latest.error.is_none() || !latest.error.as_deref().unwrap().starts_with("circuit"), "{latest:?}");
     assert!(!search(&base).await.is_empty());
@@ -422,29 +468,29 @@ async fn circuit_breaker_stops_requests_while_open_and_recovers_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_circuit_stays_open_when_the_fetcher_is_restarted() {
     let _serial = SERIAL.lock().await;
-    let (sim, settings) = failing_provider_with_breaker(2, "30s").await;
-    let (service, _base, _store, _dir) = start(settings).await;
-    let requests = || sim.requests.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while requests() < 2 {
-        assert!(Instant::now() < deadline, "two fetches within 5 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(requests(), 2, "the circuit is open");
+    let (sim, settings) = failing_provider_with_breaker(2, "1h").await;
+    let (service, _base, store, _dir) = start(settings).await;
+    wait_for_requests(&sim, 2).await;
+    wait_for_skips(&store, "fever", 2).await;
+    assert_eq!(sim.requests.load(Ordering::Relaxed), 2, "the circuit is open");
 
     let handles = service.pipeline().unwrap().clone();
     let old = handles.fetchers[0].get().unwrap();
     let old_id = old.get_id();
     old.kill();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + PATIENCE;
     while handles.fetchers[0].get().is_none_or(|f| f.get_id() == old_id) {
-        assert!(Instant::now() < deadline, "the fetcher is replaced within 5 s");
+        assert!(Instant::now() < deadline, "the fetcher is replaced");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // A dozen scheduled fetches later, the replacement still sends nothing.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(requests(), 2, "a restarted fetcher keeps its provider's open circuit");
+    // A dozen scheduled fetches of the replacement later, still no request.
+    let skips = fetches_of(&store, "fever").await.iter().filter(|f| f.http_status.is_none()).count();
+    wait_for_skips(&store, "fever", skips + 12).await;
+    assert_eq!(
+        sim.requests.load(Ordering::Relaxed),
+        2,
+        "a restarted fetcher keeps its provider's open circuit"
+    );
     service.shutdown().await;
 }
 

@@ -12,13 +12,12 @@ use planfeed::store::sqlite::SqliteStore;
 use planfeed::store::SharedStore;
 
 async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
+    // A safety net, not a measure: a loaded machine is slow, a broken pipeline never gets there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,8 @@ async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
         batch_size: 1000,
         flush_age: Duration::from_secs(60),
         counters: Arc::new(WriterCounters::default()),
+        spool: None,
+        write_timeout: Duration::from_secs(10),
     };
     Actor::spawn(None, BatchWriter, args).await.expect("writer starts").0
 }
@@ -127,5 +129,40 @@ async fn late_online_observations(store: SharedStore) {
         s.into_iter().map(|(_, e)| e).collect()
     };
     assert_eq!(ever, [true, true, false, true]);
+    w.stop(None);
+}
+
+/// A plan the store rejects for good costs only itself: the rest of its batch is written, and the
+/// fetch's record says how many plans were written and dropped, and why.
+#[tokio::test]
+async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("w.db")).unwrap());
+    let w = writer(store.clone()).await;
+    // The embedded store keeps ids in 63 bits: this one is rejected, permanently.
+    let mut plans: Vec<Plan> = (1..=9).map(|i| at(i, &format!("plan {i}"))).collect();
+    plans.insert(4, plan("late", u64::MAX, 5, "too big", "2034-02-02T20:00:00", "2034-02-02T22:00:00"));
+    w.cast(chunk(1, plans)).unwrap();
+    let record = planfeed::domain::FetchRecord { provider: "late".into(), ..Default::default() };
+    w.cast(WriterMsg::FetchEnd(planfeed::actors::batch_writer::FetchEnd {
+        fetch_id: 1,
+        chunks: 1,
+        retries: 0,
+        record,
+    }))
+    .unwrap();
+    flush(&w).await;
+    let d = day("2034-02-02");
+    let mut titles: Vec<String> =
+        store.plans_by_day(d, d).await.unwrap().into_iter().map(|r| r.title).collect();
+    titles.sort();
+    assert_eq!(titles, (1..=9).map(|i| format!("plan {i}")).collect::<Vec<_>>());
+
+    let fetch = store.recent_fetches(1).await.unwrap().remove(0);
+    assert_eq!((fetch.plans_seen, fetch.plans_written), (10, 9));
+    let error = fetch.error.clone().expect("the fetch is not recorded ok");
+    assert!(error.starts_with("store rejected 1 plans (written 9, spooled 0): "), "{error}");
+    assert!(error.contains("63-bit range"), "{error}");
+    assert_eq!(planfeed::actors::batch_writer::fetch_outcome(&fetch), "store_rejected");
     w.stop(None);
 }

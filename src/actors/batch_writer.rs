@@ -1,17 +1,29 @@
 //! `BatchWriter`: the only actor that writes plans. It keeps, per plan key, what the store holds
-//! (hash, event day, version, ever-online), loaded from the store at start, so an unchanged plan is
-//! never written again and a plan whose start moved to another day supersedes its old row.
+//! or will hold (hash, event day, version, ever-online), loaded from the spool and the store at
+//! start, so an unchanged plan is never written again and a plan whose start moved to another day
+//! supersedes its old row.
 //!
 //! A batch is flushed when it holds `batch_size` plans, when its oldest plan is `flush_age` old (a
 //! timer message carries the batch id so a stale timer flushes nothing), or when a fetch ends.
-//! Transient store errors are retried with capped, jittered backoff; a permanent error drops the
-//! batch (the plans stay unknown to the writer, so the next fetch offers them again).
+//! Transient store errors are retried with capped, jittered backoff for a short budget; then the
+//! batch goes to the durable spool ([`crate::spool`]), whose replayer hands it to the store when it
+//! answers again. While the spool holds anything, new batches queue behind it, so an older version
+//! never lands after a newer one. When even the spool refuses (full, unwritable), the batch is
+//! held and retried: the writer stops taking chunks, which stops the download (backpressure).
+//! Only a permanent rejection drops plans, and only the rejected ones (the batch is halved until
+//! they are alone, [`crate::spool::replay::isolate`]), each logged with the reason. A spooled
+//! plan counts as pending in the bookkeeping: an unchanged re-observation is neither written twice
+//! nor lost.
 //!
 //! A flushed batch is written by a spawned task while the writer keeps absorbing plans into the
 //! next batch, so parsing and writing overlap. At most one write is in flight: the next flush
 //! first awaits it. Its plans count as stored for the unchanged/moved checks at once; `persisted`,
 //! the counters and the search cache are updated when the write completes (the task reports back
 //! with [`WriterMsg::WriteDone`]). A fetch end, a `Flush` request and stopping await every write.
+//! A fetch is recorded once all its plans are written, spooled or dropped, with those counts.
+//!
+//! When the store cannot be read at start (not reachable yet), the writer loads in the background
+//! and holds the chunks it receives meanwhile, with their permits: ingestion waits.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +38,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::parser::FetchContext;
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
 use crate::search::Searcher;
-use crate::store::{SharedStore, StoreResult};
+use crate::spool::replay::{bounded, isolate, record_drop, Replayer};
+use crate::spool::{Entry, Spool};
+use crate::store::{SharedStore, StoreError, StoreResult};
 
 /// The plans of one parsed chunk.
 pub struct ChunkPlans {
@@ -68,6 +82,11 @@ pub enum WriterMsg {
         batch_size: usize,
         flush_age: Duration,
     },
+    /// The bookkeeping, read in the background when the store was not reachable at start.
+    Loaded(HashMap<PlanKey, PlanState>),
+    /// Spooled plans the store rejected for good on replay: forget them (the next fetch offers them
+    /// again), unless a newer version was taken since.
+    Forget(Vec<(PlanKey, u64)>),
 }
 
 /// Estimated memory of a batch that triggers a flush. Plans vary a hundredfold in size (a plan
@@ -92,7 +111,16 @@ pub enum FlushTrigger {
 #[derive(Debug, Default)]
 pub struct WriterCounters {
     pub plans_seen: AtomicU64,
+    /// Plans the store holds: counted when a write (direct or replayed from the spool) completes.
     pub plans_written: AtomicU64,
+    /// Plans put in the spool (each is counted written again once replayed).
+    pub plans_spooled: AtomicU64,
+    /// Plans the store rejected for good.
+    pub plans_dropped: AtomicU64,
+    /// Spool entries delivered to the store.
+    pub spool_replayed: AtomicU64,
+    /// Times a batch found both the store and the spool refusing it (the writer held it).
+    pub spool_refusals: AtomicU64,
     pub plans_unchanged: AtomicU64,
     pub plans_skipped: AtomicU64,
     pub batches: AtomicU64,
@@ -108,6 +136,10 @@ pub struct BatchWriterArgs {
     pub batch_size: usize,
     pub flush_age: Duration,
     pub counters: Arc<WriterCounters>,
+    /// Where batches the store refuses go; `None`: they are held until the store takes them.
+    pub spool: Option<Arc<Spool>>,
+    /// One store write slower than this counts as a transient failure (`spool.write_timeout`).
+    pub write_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -115,17 +147,31 @@ struct FetchTally {
     chunks_received: u32,
     end: Option<FetchEnd>,
     seen: u64,
+    /// Observations taken into a batch, by what became of them once written.
     written: u64,
+    spooled: u64,
+    dropped: u64,
     unchanged: u64,
     skipped: u64,
+    /// Store write attempts repeated for this fetch's batches.
+    store_retries: u32,
+    /// Why plans were dropped, or why the writer had to hold a batch (spool full), if it did.
+    dropped_reason: Option<String>,
+    held_reason: Option<String>,
     errors: Vec<String>,
 }
 
 pub struct BatchWriterState {
     args: BatchWriterArgs,
-    /// What the store holds, per plan key.
+    /// What the store holds or the spool will deliver, per plan key.
     persisted: HashMap<PlanKey, PlanState>,
+    /// Messages held while the bookkeeping loads (`Some` until [`WriterMsg::Loaded`]).
+    loading: Option<Vec<WriterMsg>>,
+    /// Replays the spool; aborted when the writer stops.
+    replayer: Option<AbortOnDrop>,
     batch: Vec<StoredPlan>,
+    /// The fetch of each observation taken into `batch` (replaced ones included), by batch slot.
+    origins: Vec<(usize, u64)>,
     /// Estimated memory held by `batch` (see [`BATCH_BYTES`]).
     batch_bytes: usize,
     in_batch: HashMap<PlanKey, usize>,
@@ -149,6 +195,7 @@ struct InFlight {
     marks: HashMap<PlanKey, NaiveDate>,
     /// Position of each key in `batch`.
     index: HashMap<PlanKey, usize>,
+    origins: Vec<(usize, u64)>,
     trigger: FlushTrigger,
     started: Instant,
     handle: tokio::task::JoinHandle<WriteOutcome>,
@@ -163,20 +210,43 @@ impl Actor for BatchWriter {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<WriterMsg>,
+        me: ActorRef<WriterMsg>,
         args: BatchWriterArgs,
     ) -> Result<BatchWriterState, ActorProcessingErr> {
-        let started = Instant::now();
-        let persisted: HashMap<_, _> = args.store.load_plan_states().await?.into_iter().collect();
-        tracing::info!(
-            plans = persisted.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "writer loaded plan states"
-        );
+        let (persisted, loading) = match load_states(&args).await {
+            Ok(persisted) => (persisted, None),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "store not readable yet: ingestion waits for it");
+                let (args, me) = (args.clone(), me.clone());
+                tokio::spawn(async move {
+                    let persisted = load_until_done(&args).await;
+                    let _ = me.cast(WriterMsg::Loaded(persisted));
+                });
+                (HashMap::new(), Some(Vec::new()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let replayer = args.spool.clone().map(|spool| {
+            let me = me.clone();
+            let replayer = Replayer {
+                spool,
+                store: args.store.clone(),
+                searcher: args.searcher.clone(),
+                counters: args.counters.clone(),
+                on_dropped: Box::new(move |keys| {
+                    let _ = me.cast(WriterMsg::Forget(keys));
+                }),
+                write_timeout: args.write_timeout,
+            };
+            AbortOnDrop(tokio::spawn(replayer.run()))
+        });
         Ok(BatchWriterState {
             args,
             persisted,
+            loading,
+            replayer,
             batch: Vec::new(),
+            origins: Vec::new(),
             batch_bytes: 0,
             in_batch: HashMap::new(),
             batch_id: 0,
@@ -194,29 +264,111 @@ impl Actor for BatchWriter {
         msg: WriterMsg,
         state: &mut BatchWriterState,
     ) -> Result<(), ActorProcessingErr> {
+        let msg = match (msg, state.loading.as_mut()) {
+            (WriterMsg::Loaded(persisted), Some(_)) => {
+                state.persisted = persisted;
+                for held in state.loading.take().unwrap_or_default() {
+                    state.dispatch(&me, held).await;
+                }
+                return Ok(());
+            }
+            // Nothing to flush yet; held chunks keep their permits, which holds the download.
+            (WriterMsg::Flush(reply), Some(_)) => {
+                let _ = reply.send(());
+                return Ok(());
+            }
+            (msg @ (WriterMsg::Plans(_) | WriterMsg::FetchEnd(_)), Some(held)) => {
+                held.push(msg);
+                return Ok(());
+            }
+            (msg, _) => msg,
+        };
+        state.dispatch(&me, msg).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        me: ActorRef<WriterMsg>,
+        state: &mut BatchWriterState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.flush_all(&me, FlushTrigger::Stop).await;
+        state.replayer.take();
+        Ok(())
+    }
+}
+
+/// The bookkeeping: the spool's pending plans, then the store's (read in this order, a plan
+/// replayed in between is found in the store).
+async fn load_states(args: &BatchWriterArgs) -> StoreResult<HashMap<PlanKey, PlanState>> {
+    let started = Instant::now();
+    let spooled = match &args.spool {
+        Some(spool) if spool.entries() > 0 => {
+            spool.plan_states().await.map_err(|e| StoreError::Unavailable(e.to_string()))?
+        }
+        _ => Vec::new(),
+    };
+    let mut persisted: HashMap<_, _> = args.store.load_plan_states().await?.into_iter().collect();
+    let pending = spooled.len();
+    for (key, state) in spooled {
+        match persisted.get(&key) {
+            Some(s) if s.version > state.version => {}
+            _ => {
+                persisted.insert(key, state);
+            }
+        }
+    }
+    tracing::info!(
+        plans = persisted.len(),
+        spooled = pending,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "writer loaded plan states"
+    );
+    Ok(persisted)
+}
+
+/// [`load_states`] retried with capped backoff until it succeeds.
+async fn load_until_done(args: &BatchWriterArgs) -> HashMap<PlanKey, PlanState> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match load_states(args).await {
+            Ok(persisted) => return persisted,
+            Err(e) => {
+                tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "plan states not readable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+impl BatchWriterState {
+    /// One message, once the bookkeeping is loaded.
+    async fn dispatch(&mut self, me: &ActorRef<WriterMsg>, msg: WriterMsg) {
+        let state = self;
         match msg {
             WriterMsg::Plans(chunk) => {
                 let fetch_id = chunk.fetch.fetch_id;
-                state.absorb(&me, chunk);
+                state.absorb(me, chunk);
                 if state.batch.len() >= state.args.batch_size {
-                    state.flush(&me, FlushTrigger::Size).await;
+                    state.flush(me, FlushTrigger::Size).await;
                 } else if state.batch_bytes >= BATCH_BYTES {
-                    state.flush(&me, FlushTrigger::Bytes).await;
+                    state.flush(me, FlushTrigger::Bytes).await;
                 }
-                state.maybe_finish_fetch(&me, fetch_id).await;
+                state.maybe_finish_fetch(me, fetch_id).await;
             }
             WriterMsg::FetchEnd(end) => {
                 let fetch_id = end.fetch_id;
                 state.fetches.entry(fetch_id).or_default().end = Some(end);
-                state.maybe_finish_fetch(&me, fetch_id).await;
+                state.maybe_finish_fetch(me, fetch_id).await;
             }
             WriterMsg::FlushTimer { batch_id } => {
                 if batch_id == state.batch_id && !(state.batch.is_empty() && state.marks.is_empty()) {
-                    state.flush(&me, FlushTrigger::Age).await;
+                    state.flush(me, FlushTrigger::Age).await;
                 }
             }
             WriterMsg::Flush(reply) => {
-                state.flush_all(&me, FlushTrigger::Requested).await;
+                state.flush_all(me, FlushTrigger::Requested).await;
                 let _ = reply.send(());
             }
             WriterMsg::WriteDone { write_id } => {
@@ -228,24 +380,24 @@ impl Actor for BatchWriter {
                 state.args.batch_size = batch_size;
                 state.args.flush_age = flush_age;
                 if state.batch.len() >= batch_size {
-                    state.flush(&me, FlushTrigger::Size).await;
+                    state.flush(me, FlushTrigger::Size).await;
                 }
             }
+            WriterMsg::Loaded(_) => {}
+            WriterMsg::Forget(keys) => state.forget(keys),
         }
-        Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        me: ActorRef<WriterMsg>,
-        state: &mut BatchWriterState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.flush_all(&me, FlushTrigger::Stop).await;
-        Ok(())
+    /// Drops the bookkeeping of plans the store rejected for good, unless a newer version was
+    /// taken since (that one is on its way).
+    fn forget(&mut self, keys: Vec<(PlanKey, u64)>) {
+        for (key, version) in keys {
+            if self.persisted.get(&key).is_some_and(|s| s.version == version) {
+                self.persisted.remove(&key);
+            }
+        }
     }
-}
 
-impl BatchWriterState {
     /// Takes a chunk's plans into the batch, skipping unchanged and out-of-date observations.
     fn absorb(&mut self, me: &ActorRef<WriterMsg>, chunk: ChunkPlans) {
         let ChunkPlans { fetch, seq, plans, hashes, skipped, error, permit } = chunk;
@@ -306,16 +458,20 @@ impl BatchWriterState {
             };
             let mut stored = StoredPlan::with_hash(plan, fetch.tz, ever_online, version, hash);
             stored.previous_event_date = stored_day.filter(|d| *d != stored.event_date);
-            tally.written += 1;
-            counters.plans_written.fetch_add(1, Ordering::Relaxed);
             self.batch_bytes += estimated_bytes(&stored.plan);
-            match self.in_batch.get(&stored.plan.key) {
-                Some(&i) => self.batch[i] = stored,
+            let slot = match self.in_batch.get(&stored.plan.key) {
+                Some(&i) => {
+                    self.batch[i] = stored;
+                    i
+                }
                 None => {
                     self.in_batch.insert(stored.plan.key.clone(), self.batch.len());
                     self.batch.push(stored);
+                    self.batch.len() - 1
                 }
-            }
+            };
+            // Counted written, spooled or dropped when the batch's write completes.
+            self.origins.push((slot, fetch.fetch_id));
         }
         drop(permit);
         if !(self.batch.is_empty() && self.marks.is_empty()) && self.batch_started.is_none() {
@@ -335,6 +491,7 @@ impl BatchWriterState {
         self.finish_write().await;
         let batch = Arc::new(std::mem::take(&mut self.batch));
         let index = std::mem::take(&mut self.in_batch);
+        let origins = std::mem::take(&mut self.origins);
         let mut marks = std::mem::take(&mut self.marks);
         // A key in the batch carries the flag in its row (see `absorb`): no mark needed.
         marks.retain(|key, _| !index.contains_key(key));
@@ -342,19 +499,31 @@ impl BatchWriterState {
         self.batch_bytes = 0;
         self.write_seq += 1;
         let write_id = self.write_seq;
-        let store = self.args.store.clone();
-        let counters = self.args.counters.clone();
+        let sink = Sink {
+            store: self.args.store.clone(),
+            spool: self.args.spool.clone(),
+            counters: self.args.counters.clone(),
+            write_timeout: self.args.write_timeout,
+        };
         let me = me.clone();
         let task_batch = batch.clone();
         let handle = tokio::spawn(async move {
             // Marks after the batch: each is for a version written before it (maybe by the write
             // this one waited for).
-            let outcome = write_with_retries(store, counters, task_batch, task_marks, trigger).await;
+            let outcome = sink.deliver(task_batch, task_marks, trigger).await;
             let _ = me.cast(WriterMsg::WriteDone { write_id });
             outcome
         });
-        self.in_flight =
-            Some(InFlight { write_id, batch, marks, index, trigger, started: Instant::now(), handle });
+        self.in_flight = Some(InFlight {
+            write_id,
+            batch,
+            marks,
+            index,
+            origins,
+            trigger,
+            started: Instant::now(),
+            handle,
+        });
     }
 
     /// Flushes the batch and awaits every write.
@@ -369,40 +538,56 @@ impl BatchWriterState {
         let outcome = match f.handle.await {
             Ok(outcome) => outcome,
             Err(e) => {
-                self.args.counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, plans = f.batch.len(), "store write task failed: batch dropped");
-                WriteOutcome { written: false, marked: false }
+                // Nothing is known to be durable: the fetch says so, the next fetch offers the plans again.
+                tracing::error!(error = %e, plans = f.batch.len(), "store write task failed: batch not written");
+                WriteOutcome::failed(f.batch.len(), format!("store write task failed: {e}"))
             }
         };
+        let counters = &self.args.counters;
         let mut days = HashSet::<NaiveDate>::new();
-        if outcome.written && !f.batch.is_empty() {
-            self.args.counters.batches.fetch_add(1, Ordering::Relaxed);
-            for p in f.batch.iter() {
+        let mut written = 0u64;
+        for (p, fate) in f.batch.iter().zip(&outcome.fates) {
+            if *fate == Fate::Dropped {
+                continue;
+            }
+            if *fate == Fate::Written {
+                // Spooled plans' days are invalidated by the replayer, once they are in the store.
                 days.insert(p.event_date);
                 days.extend(p.previous_event_date);
-                self.persisted.insert(
-                    p.plan.key.clone(),
-                    PlanState {
-                        hash: p.hash,
-                        event_date: p.event_date,
-                        version: p.version,
-                        ever_online: p.ever_online,
-                    },
-                );
+                written += 1;
             }
-            tracing::debug!(
-                plans = f.batch.len(),
-                trigger = ?f.trigger,
-                elapsed_ms = f.started.elapsed().as_millis() as u64,
-                "batch written"
-            );
+            let state = PlanState {
+                hash: p.hash,
+                event_date: p.event_date,
+                version: p.version,
+                ever_online: p.ever_online,
+            };
+            self.persisted.insert(p.plan.key.clone(), state);
         }
-        if outcome.marked {
+        counters.plans_written.fetch_add(written, Ordering::Relaxed);
+        if written > 0 {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.fates.contains(&Fate::Dropped) {
+            counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tally_outcome(&f.origins, &outcome);
+        tracing::debug!(
+            plans = f.batch.len(),
+            written,
+            trigger = ?f.trigger,
+            retries = outcome.retries,
+            elapsed_ms = f.started.elapsed().as_millis() as u64,
+            "batch delivered"
+        );
+        if outcome.marked != Marks::NotApplied {
             for (key, day) in &f.marks {
                 if let Some(state) = self.persisted.get_mut(key) {
                     state.ever_online = true;
                 }
-                days.insert(*day);
+                if outcome.marked == Marks::Applied {
+                    days.insert(*day);
+                }
             }
         } else if !f.marks.is_empty() {
             // Not applied: back in line for the next write (or into the row of a newer version).
@@ -425,6 +610,30 @@ impl BatchWriterState {
         }
     }
 
+    /// Adds what became of each observation of a delivered batch to its fetch's tally.
+    fn tally_outcome(&mut self, origins: &[(usize, u64)], outcome: &WriteOutcome) {
+        let mut touched = HashSet::new();
+        for &(slot, fetch_id) in origins {
+            let Some(tally) = self.fetches.get_mut(&fetch_id) else { continue };
+            match outcome.fates.get(slot) {
+                Some(Fate::Written) => tally.written += 1,
+                Some(Fate::Spooled) => tally.spooled += 1,
+                Some(Fate::Dropped) | None => tally.dropped += 1,
+            }
+            touched.insert(fetch_id);
+        }
+        for fetch_id in touched {
+            let Some(tally) = self.fetches.get_mut(&fetch_id) else { continue };
+            tally.store_retries += outcome.retries;
+            if outcome.held.is_some() {
+                tally.held_reason.clone_from(&outcome.held);
+            }
+            if outcome.dropped.is_some() {
+                tally.dropped_reason.clone_from(&outcome.dropped);
+            }
+        }
+    }
+
     /// Once every chunk of an ended fetch is in, flushes and records the fetch in the store's log.
     async fn maybe_finish_fetch(&mut self, me: &ActorRef<WriterMsg>, fetch_id: u64) {
         let done = self
@@ -437,32 +646,45 @@ impl BatchWriterState {
         self.flush_all(me, FlushTrigger::FetchEnd).await;
         let tally = self.fetches.remove(&fetch_id).unwrap_or_default();
         let Some(end) = tally.end else { return };
-        let retries = end.retries;
+        let fetch_retries = end.retries;
+        let retries = fetch_retries + tally.store_retries;
         let mut record = end.record;
         record.plans_seen = tally.seen;
         record.plans_written = tally.written;
         record.plans_unchanged = tally.unchanged;
         record.plans_skipped = tally.skipped;
-        if record.error.is_none() && !tally.errors.is_empty() {
-            record.error = Some(tally.errors.join("; "));
+        let mut notes: Vec<String> = record.error.take().into_iter().collect();
+        if notes.is_empty() {
+            notes.extend(tally.errors);
         }
+        if let Some(reason) = &tally.dropped_reason {
+            notes.push(format!(
+                "{STORE_REJECTED} {} plans (written {}, spooled {}): {reason}",
+                tally.dropped, tally.written, tally.spooled
+            ));
+        }
+        if let Some(reason) = &tally.held_reason {
+            notes.push(format!("{SPOOL_REFUSED} ({reason}): the download was held until it took them"));
+        }
+        record.error = (!notes.is_empty()).then(|| notes.join("; "));
         record.duration_ms = (Utc::now() - record.started_at).num_milliseconds().max(0) as u64;
+        let outcome = fetch_outcome(&record);
         match &record.error {
             None => tracing::info!(
                 provider = %record.provider, seen = record.plans_seen, written = record.plans_written,
-                unchanged = record.plans_unchanged, skipped = record.plans_skipped, bytes = record.bytes,
-                retries, duration_ms = record.duration_ms, "fetch ingested"
+                spooled = tally.spooled, unchanged = record.plans_unchanged, skipped = record.plans_skipped,
+                bytes = record.bytes, retries, fetch_retries, store_retries = tally.store_retries,
+                duration_ms = record.duration_ms, "fetch ingested"
             ),
             Some(e) => tracing::warn!(
                 provider = %record.provider, error = %e, http_status = ?record.http_status, seen = record.plans_seen,
-                written = record.plans_written, bytes = record.bytes, retries,
-                outcome = fetch_outcome(&record), "fetch failed"
+                written = record.plans_written, spooled = tally.spooled, dropped = tally.dropped,
+                bytes = record.bytes, retries, fetch_retries, store_retries = tally.store_retries,
+                outcome, "fetch failed"
             ),
         }
-        crate::metrics::record_fetch(&record.provider, fetch_outcome(&record));
-        if let Err(e) = self.args.store.record_fetch(&record).await {
-            tracing::warn!(error = %e, "could not record the fetch in the store's log");
-        }
+        crate::metrics::record_fetch(&record.provider, outcome);
+        self.record(record).await;
         self.args.counters.fetches_recorded.fetch_add(1, Ordering::Relaxed);
         // Tallies of fetches whose end never came (a crashed fetcher) must not pile up.
         if self.fetches.len() > 64 {
@@ -472,63 +694,285 @@ impl BatchWriterState {
     }
 }
 
+impl BatchWriterState {
+    /// Appends a fetch record to the store's log; behind spooled entries (or when the store
+    /// refuses it) it goes to the spool, so it lands after the plans it counts.
+    async fn record(&self, record: FetchRecord) {
+        let spool = self.args.spool.as_ref();
+        if spool.is_none_or(|s| s.entries() == 0) {
+            match bounded(self.args.write_timeout, self.args.store.record_fetch(&record)).await {
+                Ok(()) => return,
+                Err(e) if e.is_transient() && spool.is_some() => {
+                    tracing::debug!(error = %e, "fetch record goes to the spool");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the fetch in the store's log");
+                    return;
+                }
+            }
+        }
+        if let Some(spool) = spool {
+            if let Err(e) = spool.append(Arc::new(Entry::Fetch(record))).await {
+                tracing::warn!(error = %e, "could not spool the fetch record: not recorded");
+            }
+        }
+    }
+}
+
+/// The replayer's task, aborted when the writer's state goes, whether it stopped or failed: a
+/// restarted writer starts its own, and two must never replay the same spool.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Whether an ever-online mark of `key` waits (`marks`) or is being applied (`in_flight`).
 fn is_marked(marks: &HashMap<PlanKey, NaiveDate>, in_flight: &Option<InFlight>, key: &PlanKey) -> bool {
     marks.contains_key(key) || in_flight.as_ref().is_some_and(|f| f.marks.contains_key(key))
 }
 
+/// Start of a fetch record's error when the store rejected some of its plans for good.
+pub const STORE_REJECTED: &str = "store rejected";
+/// Start of a fetch record's error when both the store and the spool refused its plans for a while.
+pub const SPOOL_REFUSED: &str = "store and spool refused writes";
+
+/// What became of one plan of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Written,
+    /// In the spool: the replayer writes it once the store answers.
+    Spooled,
+    /// Rejected by the store for good (or lost with a failed write task).
+    Dropped,
+}
+
+/// What became of a batch's ever-online marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marks {
+    Applied,
+    Spooled,
+    /// Back in line for the next write.
+    NotApplied,
+}
+
 /// What a write task did.
 struct WriteOutcome {
-    /// The batch is stored (false: dropped after a permanent error or too many attempts).
-    written: bool,
-    /// The ever-online marks are applied (only tried once the batch is written).
-    marked: bool,
+    /// Per plan of the batch, in batch order.
+    fates: Vec<Fate>,
+    marked: Marks,
+    /// Store write attempts repeated.
+    retries: u32,
+    /// Why plans were dropped, if any were.
+    dropped: Option<String>,
+    /// Why the batch had to be held (store and spool refused it), if it was.
+    held: Option<String>,
 }
 
-/// Writes a batch, then applies the marks, each retried on transient errors with capped,
-/// jittered backoff.
-async fn write_with_retries(
+impl WriteOutcome {
+    fn failed(plans: usize, reason: String) -> Self {
+        Self {
+            fates: vec![Fate::Dropped; plans],
+            marked: Marks::NotApplied,
+            retries: 0,
+            dropped: Some(reason),
+            held: None,
+        }
+    }
+}
+
+/// Where a write task delivers: the store, else the spool.
+struct Sink {
     store: SharedStore,
+    spool: Option<Arc<Spool>>,
     counters: Arc<WriterCounters>,
-    batch: Arc<Vec<StoredPlan>>,
-    marks: Vec<(PlanKey, NaiveDate)>,
-    trigger: FlushTrigger,
-) -> WriteOutcome {
-    let plans = batch.len();
-    let written = retrying(&counters, "store write", || store.write_plans_shared(batch.clone())).await;
-    if let Err(e) = written {
-        counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(error = %e, plans, ?trigger, "store write failed for good: batch dropped, its plans will be offered again by the next fetch");
-        return WriteOutcome { written: false, marked: false };
-    }
-    if marks.is_empty() {
-        return WriteOutcome { written: true, marked: true };
-    }
-    let marked = retrying(&counters, "ever-online marks", || store.mark_ever_online(&marks)).await;
-    if let Err(e) = &marked {
-        tracing::warn!(error = %e, marks = marks.len(), "could not mark plans ever-online");
-    }
-    WriteOutcome { written: true, marked: marked.is_ok() }
+    write_timeout: Duration,
 }
 
-/// Runs `op` until it succeeds, fails permanently or has failed transiently 9 times.
-async fn retrying<F, Fut>(counters: &WriterCounters, what: &str, mut op: F) -> StoreResult<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = StoreResult<()>>,
-{
-    let mut attempt = 0u32;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && attempt < 8 => {
-                attempt += 1;
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                let base = Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
-                let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
-                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
-                tokio::time::sleep(delay).await;
+/// Attempts of one store write before its batch goes to the spool (about 3 s of backoff).
+const STORE_ATTEMPTS: u32 = 5;
+/// Backoff while both the store and the spool refuse a batch.
+const HOLD_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+impl Sink {
+    /// Writes a batch, then applies the marks. Transient failures are retried briefly, then the
+    /// rest goes to the spool; while the spool holds older entries the batch goes straight behind
+    /// them. Returns only once every plan is written, spooled or rejected for good.
+    async fn deliver(
+        self,
+        batch: Arc<Vec<StoredPlan>>,
+        marks: Vec<(PlanKey, NaiveDate)>,
+        trigger: FlushTrigger,
+    ) -> WriteOutcome {
+        let n = batch.len();
+        let mut out = WriteOutcome {
+            fates: vec![Fate::Written; n],
+            marked: Marks::Applied,
+            retries: 0,
+            dropped: None,
+            held: None,
+        };
+        let backlog = self.spool.as_ref().is_some_and(|s| s.entries() > 0);
+        let mut pending: Vec<usize> = Vec::new();
+        if backlog {
+            pending.extend(0..n);
+        } else if n > 0 {
+            let whole = self
+                .retrying(&mut out.retries, "store write", || self.store.write_plans_shared(batch.clone()))
+                .await;
+            match whole {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => pending.extend(0..n),
+                Err(e) => {
+                    for (range, result) in isolate(&self.store, &batch, Err(e), self.write_timeout).await {
+                        match result {
+                            Ok(()) => {}
+                            Err(e) if e.is_transient() => pending.extend(range),
+                            Err(e) => {
+                                for i in range {
+                                    out.fates[i] = Fate::Dropped;
+                                    record_drop(&self.counters, &batch[i], &e);
+                                }
+                                out.dropped = Some(e.to_string());
+                            }
+                        }
+                    }
+                }
             }
-            result => return result,
+        }
+        if pending.is_empty() && !backlog {
+            if marks.is_empty() {
+                return out;
+            }
+            match self
+                .retrying(&mut out.retries, "ever-online marks", || self.store.mark_ever_online(&marks))
+                .await
+            {
+                Ok(()) => return out,
+                Err(e) if e.is_transient() && self.spool.is_some() => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, marks = marks.len(), "could not mark plans ever-online");
+                    out.marked = Marks::NotApplied;
+                    return out;
+                }
+            }
+        }
+        let plans: Vec<StoredPlan> = pending.iter().map(|&i| batch[i].clone()).collect();
+        let why = if backlog { "behind earlier entries" } else { "store unavailable" };
+        let spooled = self.hold_until_durable(Entry::Batch { plans, marks }, &mut out, trigger, why).await;
+        for &i in &pending {
+            out.fates[i] = if spooled { Fate::Spooled } else { Fate::Written };
+        }
+        out.marked = if spooled { Marks::Spooled } else { Marks::Applied };
+        out
+    }
+
+    /// Puts `entry` in the spool; while the spool refuses it, tries the store and the spool again
+    /// with capped backoff, holding the writer (backpressure) until one takes it. Returns whether
+    /// it went to the spool (else the store took it).
+    async fn hold_until_durable(
+        &self,
+        entry: Entry,
+        out: &mut WriteOutcome,
+        trigger: FlushTrigger,
+        why: &'static str,
+    ) -> bool {
+        let plans = entry.plans();
+        let entry = Arc::new(entry);
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if let Some(spool) = &self.spool {
+                match spool.append(entry.clone()).await {
+                    Ok(()) => {
+                        self.counters.plans_spooled.fetch_add(plans as u64, Ordering::Relaxed);
+                        tracing::warn!(
+                            plans,
+                            ?trigger,
+                            spool_entries = spool.entries(),
+                            spool_bytes = spool.bytes(),
+                            why,
+                            "batch spooled"
+                        );
+                        return true;
+                    }
+                    Err(e) => {
+                        self.counters.spool_refusals.fetch_add(1, Ordering::Relaxed);
+                        if out.held.is_none() {
+                            tracing::error!(error = %e, reason = e.label(), plans, "store and spool refuse the batch: holding it, the download waits");
+                        }
+                        out.held = Some(e.to_string());
+                    }
+                }
+            } else if out.held.is_none() {
+                tracing::error!(
+                    plans,
+                    "store unavailable and no spool: holding the batch, the download waits"
+                );
+                out.held = Some("no spool configured".into());
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(HOLD_BACKOFF_CAP);
+            let Entry::Batch { plans: rows, marks } = entry.as_ref() else { return false };
+            let direct = async {
+                if !rows.is_empty() {
+                    self.store.write_plans(rows).await?;
+                }
+                if !marks.is_empty() {
+                    self.store.mark_ever_online(marks).await?;
+                }
+                Ok::<(), StoreError>(())
+            };
+            match bounded(self.write_timeout, direct).await {
+                Ok(()) => return false,
+                Err(e) if e.is_transient() => out.retries += 1,
+                Err(e) => {
+                    // A permanent rejection while held: a later attempt of the spool or the store
+                    // tells which plans; keep holding rather than drop the whole batch.
+                    tracing::warn!(error = %e, "store rejects the held batch; still holding it");
+                    out.retries += 1;
+                }
+            }
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails permanently or has failed transiently
+    /// [`STORE_ATTEMPTS`] times, counting each repeat in `retries` and the writer's counters. An
+    /// attempt that outlives `write_timeout` ends the retries at once: a store that hangs would
+    /// hang again, and the spool should take over after one timeout, not after five.
+    async fn retrying<F, Fut>(&self, retries: &mut u32, what: &str, mut op: F) -> StoreResult<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<()>>,
+    {
+        let mut attempt = 1u32;
+        loop {
+            let result = match tokio::time::timeout(self.write_timeout, op()).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let limit = self.write_timeout;
+                    tracing::warn!(
+                        limit_ms = limit.as_millis() as u64,
+                        attempt,
+                        "{what}: store did not answer in time"
+                    );
+                    return Err(StoreError::Unavailable(format!("store did not answer within {limit:?}")));
+                }
+            };
+            match result {
+                Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
+                    *retries += 1;
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    let base =
+                        Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
+                    let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
+                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                result => return result,
+            }
         }
     }
 }
@@ -547,6 +991,13 @@ fn estimated_bytes(plan: &Plan) -> usize {
 /// The reason label of a fetch outcome, for metrics.
 pub fn fetch_outcome(record: &FetchRecord) -> &'static str {
     let Some(error) = record.error.as_deref() else { return "ok" };
+    // The writer's notes follow the fetch's own error: they say more about where plans went.
+    if error.contains(STORE_REJECTED) {
+        return "store_rejected";
+    }
+    if error.contains(SPOOL_REFUSED) {
+        return "spool_full";
+    }
     if error.starts_with("circuit open") {
         return "skipped";
     }

@@ -205,10 +205,12 @@ impl Actor for Fetcher {
             state.download(&ctx, deadline, max_retries, &mut record, &mut chunks, &mut retries).await;
         record.error = outcome.err();
         let failed = record.error.is_some();
-        let (opened, failures) = {
+        let (opened, failed_before, failures) = {
             let mut breaker = state.args.breaker.lock();
-            (breaker.record(!failed, Instant::now()), breaker.failures())
+            let before = breaker.failures();
+            (breaker.record(!failed, Instant::now()), before, breaker.failures())
         };
+        state.report_reachability(failed_before, record.error.as_deref());
         if opened {
             tracing::warn!(
                 provider = %state.args.provider.name,
@@ -224,6 +226,23 @@ impl Actor for Fetcher {
 }
 
 impl FetcherState {
+    /// Says plainly, once per outage, that the provider cannot be fetched and what is served
+    /// meanwhile, and once that it answers again (the per-fetch lines say the rest).
+    fn report_reachability(&self, failed_before: u32, error: Option<&str>) {
+        let p = &self.args.provider;
+        match error {
+            Some(error) if failed_before == 0 => tracing::warn!(
+                provider = %p.name, url = %p.url, error = %error, retry_every = ?p.interval,
+                "provider unreachable or failing: /search keeps serving the plans already stored \
+                 (none before a first successful fetch); fetching again every interval"
+            ),
+            None if failed_before > 0 => tracing::info!(
+                provider = %p.name, failed_fetches = failed_before, "provider answers again"
+            ),
+            _ => {}
+        }
+    }
+
     fn end_fetch(&self, fetch_id: u64, chunks: u32, retries: u32, record: FetchRecord) {
         let end = FetchEnd { fetch_id, chunks, retries, record };
         if self.args.writer.cast(WriterMsg::FetchEnd(end)).is_err() {

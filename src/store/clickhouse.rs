@@ -117,6 +117,8 @@ impl ClickHouseSettings {
 pub struct ClickHouseStore {
     client: Client,
     database: String,
+    /// URL and database, for [`Store::location`].
+    location: String,
 }
 
 impl std::fmt::Debug for ClickHouseStore {
@@ -147,7 +149,12 @@ impl ClickHouseStore {
             root.query("CREATE DATABASE IF NOT EXISTS ?").bind(Identifier(&settings.database)).execute(),
         )
         .await?;
-        Ok(Self { client: root.with_database(settings.database.clone()), database: settings.database })
+        let location = format!("{}/{}", settings.url.trim_end_matches('/'), settings.database);
+        Ok(Self {
+            client: root.with_database(settings.database.clone()),
+            database: settings.database,
+            location,
+        })
     }
 
     pub fn database(&self) -> &str {
@@ -651,6 +658,10 @@ fn plan_rows(p: &StoredPlan, ever_online: bool, written_at: DateTime<Utc>, out: 
 impl Store for ClickHouseStore {
     fn name(&self) -> &'static str {
         "clickhouse"
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
     }
 
     async fn write_plans(&self, plans: &[StoredPlan]) -> StoreResult<()> {

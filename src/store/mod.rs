@@ -9,6 +9,7 @@
 //! included) and the sticky ever-online flag; search reads only the requested event days.
 
 pub mod clickhouse;
+pub mod connecting;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -69,6 +70,12 @@ pub struct DaySize {
 pub trait Store: Send + Sync + 'static {
     /// Short name for logs and metrics (`embedded`, `clickhouse`).
     fn name(&self) -> &'static str;
+
+    /// Which store this is (a file path, a server URL and database): names the spool that feeds it,
+    /// so a spool is never replayed into another store.
+    fn location(&self) -> String {
+        self.name().to_string()
+    }
 
     /// Writes a batch of plan versions. Each plan replaces the stored one with the same key when its
     /// `version` is not older; a plan with `previous_event_date` stops matching on that day. Atomic

@@ -427,6 +427,10 @@ impl Store for SqliteStore {
         "embedded"
     }
 
+    fn location(&self) -> String {
+        self.inner.path.display().to_string()
+    }
+
     async fn write_plans(&self, plans: &[StoredPlan]) -> StoreResult<()> {
         if plans.is_empty() {
             return Ok(());

@@ -36,7 +36,7 @@ impl Planfeed {
 
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + super::PATIENCE;
         while Instant::now() < deadline {
             if let Ok(r) = reqwest::get(format!("{}/ready", self.base)).await {
                 if r.status() == 200 {
@@ -48,7 +48,7 @@ impl Planfeed {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("planfeed not ready within 20 s:\n{}", self.log_text());
+        panic!("planfeed not ready within {:?}:\n{}", super::PATIENCE, self.log_text());
     }
 
     pub fn signal(&self, signal: i32) {

@@ -21,7 +21,9 @@ const BINARY: &str = "clickhouse-server";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ClickHouseServer {
-    child: Child,
+    /// `None` while stopped (see [`ClickHouseServer::prepare`], [`ClickHouseServer::stop`]).
+    child: Option<Child>,
+    binary: PathBuf,
     dir: tempfile::TempDir,
     http_port: u16,
     tcp_port: u16,
@@ -30,6 +32,21 @@ pub struct ClickHouseServer {
 impl ClickHouseServer {
     /// Starts a fresh server, or returns `None` (outside CI) when `clickhouse-server` is not installed.
     pub fn start() -> Option<Self> {
+        // Ports are picked free then released, so another process may take one meanwhile: retry.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let mut server = Self::prepare()?;
+            match server.try_start_again() {
+                Ok(()) => return Some(server),
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("clickhouse-server did not start: {last_error}");
+    }
+
+    /// A configured server (free ports, a data directory) that is not running yet: start it with
+    /// [`Self::start_again`]. Tests of a client started before its server use this.
+    pub fn prepare() -> Option<Self> {
         let Some(binary) = find_binary() else {
             if std::env::var_os("CI").is_some() {
                 panic!("clickhouse-server not found under CI: run scripts/install-clickhouse.sh in .ci/run");
@@ -37,15 +54,53 @@ impl ClickHouseServer {
             eprintln!("clickhouse-server not found: run scripts/install-clickhouse.sh (skipping this test)");
             return None;
         };
-        // Ports are picked free then released, so another process may take one meanwhile: retry.
-        let mut last_error = String::new();
-        for _ in 0..3 {
-            match Self::try_start(&binary) {
-                Ok(server) => return Some(server),
-                Err(e) => last_error = e,
-            }
+        Some(Self::configure(&binary).unwrap_or_else(|e| panic!("cannot configure clickhouse-server: {e}")))
+    }
+
+    /// Starts the server (again) on the same ports and data, and waits until it answers.
+    pub fn start_again(&mut self) {
+        if let Err(e) = self.try_start_again() {
+            panic!("clickhouse-server did not start: {e}");
         }
-        panic!("clickhouse-server did not start: {last_error}");
+    }
+
+    fn try_start_again(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "clickhouse-server is already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(&self.binary)
+            .arg(format!("--config-file={}", self.dir.path().join("config.xml").display()))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", self.binary.display()))?;
+        self.child = Some(child);
+        let ready = self.wait_ready();
+        if ready.is_err() {
+            self.stop();
+        }
+        ready
+    }
+
+    /// Freezes the server (`SIGSTOP`): connections are accepted, nothing is answered.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused server (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("clickhouse-server is running").id();
+        let rc = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) of clickhouse-server failed");
     }
 
     /// Where the data lives (see the module docs).
@@ -53,31 +108,21 @@ impl ClickHouseServer {
         data_parent().display().to_string()
     }
 
-    fn try_start(binary: &Path) -> Result<Self, String> {
+    fn configure(binary: &Path) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("planfeed-ch-")
             .tempdir_in(data_parent())
             .map_err(|e| e.to_string())?;
         let (http_port, tcp_port) = (free_port(), free_port());
         write_config(dir.path(), http_port, tcp_port).map_err(|e| e.to_string())?;
-        let log = fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(binary)
-            .arg(format!("--config-file={}", dir.path().join("config.xml").display()))
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
-        let mut server = Self { child, dir, http_port, tcp_port };
-        server.wait_ready()?;
-        Ok(server)
+        fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
+        Ok(Self { child: None, binary: binary.to_path_buf(), dir, http_port, tcp_port })
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return Err(format!("exited with {status}: {}", self.log_tail()));
             }
             if ping(self.http_port) {
@@ -105,10 +150,13 @@ impl ClickHouseServer {
         self.dir.path()
     }
 
-    /// Stops the server now (to test what clients see when it is down).
+    /// Kills the server now (`SIGKILL`, to test what clients see when it is down); its data stays
+    /// for [`Self::start_again`].
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn log_tail(&self) -> String {

@@ -12,6 +12,11 @@ use chrono::{NaiveDate, NaiveDateTime};
 use planfeed::domain::{Plan, PlanKey, StoredPlan, Zone};
 use rust_decimal::Decimal;
 
+/// How long a test waits for an event (a fetch record, a counter, a request, a log line) before it
+/// gives up. Only a safety net, never a measure: a loaded machine is slow, a broken service never
+/// gets there. Timings belong to the benchmarks.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A provider-local date-time, `YYYY-MM-DDTHH:MM:SS`.
 pub fn dt(s: &str) -> NaiveDateTime {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")

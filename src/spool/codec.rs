@@ -1,0 +1,203 @@
+//! The spool's on-disk encoding of an entry: JSON of plain mirror types, so the domain types stay
+//! free of serde and an operator can read a stuck entry with `sqlite3` (`SELECT body FROM entries`).
+//! Prices are decimal strings (scale kept), date-times RFC 3339 / ISO 8601.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::Entry;
+use crate::domain::{FetchRecord, Plan, PlanKey, StoredPlan, Zone};
+
+/// Stored in the `kind` column: what `body` holds.
+pub const KIND_BATCH: &str = "batch";
+pub const KIND_FETCH: &str = "fetch";
+
+#[derive(Serialize, Deserialize)]
+struct KeyRow {
+    provider: String,
+    base_plan_id: u64,
+    plan_id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ZoneRow {
+    zone_id: u64,
+    name: String,
+    capacity: u32,
+    price: Decimal,
+    numbered: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlanRow {
+    key: KeyRow,
+    title: String,
+    online: bool,
+    organizer_company_id: Option<u64>,
+    start: NaiveDateTime,
+    end: NaiveDateTime,
+    sell_from: Option<NaiveDateTime>,
+    sell_to: Option<NaiveDateTime>,
+    sold_out: bool,
+    zones: Vec<ZoneRow>,
+    start_utc: DateTime<Utc>,
+    end_utc: DateTime<Utc>,
+    event_date: NaiveDate,
+    ever_online: bool,
+    version: u64,
+    hash: u64,
+    previous_event_date: Option<NaiveDate>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchBody {
+    plans: Vec<PlanRow>,
+    marks: Vec<(KeyRow, NaiveDate)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FetchBody {
+    provider: String,
+    started_at: DateTime<Utc>,
+    duration_ms: u64,
+    http_status: Option<u16>,
+    bytes: u64,
+    plans_seen: u64,
+    plans_written: u64,
+    plans_unchanged: u64,
+    plans_skipped: u64,
+    error: Option<String>,
+}
+
+/// `(kind, body)` of an entry.
+pub fn encode(entry: &Entry) -> Result<(&'static str, Vec<u8>), serde_json::Error> {
+    match entry {
+        Entry::Batch { plans, marks } => {
+            let body = BatchBody {
+                plans: plans.iter().map(plan_row).collect(),
+                marks: marks.iter().map(|(k, d)| (key_row(k), *d)).collect(),
+            };
+            Ok((KIND_BATCH, serde_json::to_vec(&body)?))
+        }
+        Entry::Fetch(f) => {
+            let body = FetchBody {
+                provider: f.provider.clone(),
+                started_at: f.started_at,
+                duration_ms: f.duration_ms,
+                http_status: f.http_status,
+                bytes: f.bytes,
+                plans_seen: f.plans_seen,
+                plans_written: f.plans_written,
+                plans_unchanged: f.plans_unchanged,
+                plans_skipped: f.plans_skipped,
+                error: f.error.clone(),
+            };
+            Ok((KIND_FETCH, serde_json::to_vec(&body)?))
+        }
+    }
+}
+
+/// The entry of a `(kind, body)` pair read back.
+pub fn decode(kind: &str, body: &[u8]) -> Result<Entry, String> {
+    match kind {
+        KIND_BATCH => {
+            let b: BatchBody = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            Ok(Entry::Batch {
+                plans: b.plans.into_iter().map(stored_plan).collect(),
+                marks: b.marks.into_iter().map(|(k, d)| (plan_key(k), d)).collect(),
+            })
+        }
+        KIND_FETCH => {
+            let f: FetchBody = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            Ok(Entry::Fetch(FetchRecord {
+                provider: f.provider,
+                started_at: f.started_at,
+                duration_ms: f.duration_ms,
+                http_status: f.http_status,
+                bytes: f.bytes,
+                plans_seen: f.plans_seen,
+                plans_written: f.plans_written,
+                plans_unchanged: f.plans_unchanged,
+                plans_skipped: f.plans_skipped,
+                error: f.error,
+            }))
+        }
+        other => Err(format!("unknown entry kind {other:?}")),
+    }
+}
+
+fn key_row(k: &PlanKey) -> KeyRow {
+    KeyRow { provider: k.provider.to_string(), base_plan_id: k.base_plan_id, plan_id: k.plan_id }
+}
+
+fn plan_key(k: KeyRow) -> PlanKey {
+    PlanKey::new(k.provider, k.base_plan_id, k.plan_id)
+}
+
+fn plan_row(p: &StoredPlan) -> PlanRow {
+    let plan = &p.plan;
+    PlanRow {
+        key: key_row(&plan.key),
+        title: plan.title.clone(),
+        online: plan.online,
+        organizer_company_id: plan.organizer_company_id,
+        start: plan.start,
+        end: plan.end,
+        sell_from: plan.sell_from,
+        sell_to: plan.sell_to,
+        sold_out: plan.sold_out,
+        zones: plan
+            .zones
+            .iter()
+            .map(|z| ZoneRow {
+                zone_id: z.zone_id,
+                name: z.name.clone(),
+                capacity: z.capacity,
+                price: z.price,
+                numbered: z.numbered,
+            })
+            .collect(),
+        start_utc: p.start_utc,
+        end_utc: p.end_utc,
+        event_date: p.event_date,
+        ever_online: p.ever_online,
+        version: p.version,
+        hash: p.hash,
+        previous_event_date: p.previous_event_date,
+    }
+}
+
+fn stored_plan(r: PlanRow) -> StoredPlan {
+    StoredPlan {
+        plan: Plan {
+            key: plan_key(r.key),
+            title: r.title,
+            online: r.online,
+            organizer_company_id: r.organizer_company_id,
+            start: r.start,
+            end: r.end,
+            sell_from: r.sell_from,
+            sell_to: r.sell_to,
+            sold_out: r.sold_out,
+            zones: r
+                .zones
+                .into_iter()
+                .map(|z| Zone {
+                    zone_id: z.zone_id,
+                    name: z.name,
+                    capacity: z.capacity,
+                    price: z.price,
+                    numbered: z.numbered,
+                })
+                .collect(),
+        },
+        start_utc: r.start_utc,
+        end_utc: r.end_utc,
+        event_date: r.event_date,
+        ever_online: r.ever_online,
+        version: r.version,
+        hash: r.hash,
+        previous_event_date: r.previous_event_date,
+    }
+}
