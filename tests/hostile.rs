@@ -236,3 +236,56 @@ async fn slow_headers_are_cut_and_http_edges_answer_in_the_contract_shape() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+/// `planfeed_http_connections_open` from `/metrics` (the scrape's own connection included).
+async fn connections_open(base: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("planfeed_http_connections_open"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_goes_back_near_idle_after_a_connection_flood() {
+    let body = hostile_body(Hostile::Amplification { id_bytes: 8, plans: 1 });
+    let limits = "[server.connections]\nmax_connections = 6000\nmax_connections_per_client = 6000\n";
+    let (mut pf, _dir) = start(body, Faults::default(), limits).await;
+    wait_for_events(&mut pf).await;
+    let pid = pf.child.id();
+    let idle_kb = proc_kb(pid, "VmRSS:");
+    let host = pf.base.trim_start_matches("http://").to_owned();
+
+    // 5,000 connections, one search each, answers read.
+    let mut flood = Vec::new();
+    for _ in 0..5000 {
+        let mut s = TcpStream::connect(&host).await.unwrap();
+        s.write_all(b"GET /search HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        flood.push(s);
+    }
+    for s in &mut flood {
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    let flood_kb = proc_kb(pid, "VmRSS:");
+    assert!(flood_kb > 2 * idle_kb, "the flood takes memory: {flood_kb} kB, {idle_kb} kB idle");
+    drop(flood);
+
+    let deadline = Instant::now() + PATIENCE;
+    while connections_open(&pf.base).await > 1 {
+        assert!(Instant::now() < deadline, "connections still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The memory is handed back right after the last connections closed (off the async threads).
+    let mut after_kb = proc_kb(pid, "VmRSS:");
+    while after_kb > 2 * idle_kb {
+        assert!(
+            Instant::now() < deadline,
+            "RSS {after_kb} kB after the flood, {idle_kb} kB idle, {flood_kb} kB during"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after_kb = proc_kb(pid, "VmRSS:");
+    }
+    eprintln!("flood of 5,000 connections: RSS idle {idle_kb} kB, during {flood_kb} kB, after {after_kb} kB");
+}
