@@ -134,6 +134,14 @@ def doctype():
         svc.stop()
 
 
+def open_connections(svc):
+    status, body = svc.get("/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("planfeed_http_connections_open"):
+            return int(float(line.split()[-1]))
+    return -1
+
+
 def hold(ip, port, n, secs, out):
     """Opens n connections from ip and keeps them secs seconds; counts the refused ones."""
     socks, refused = [], 0
@@ -212,10 +220,18 @@ def flood(extra_label=""):
     peak_rss = proc_kb(svc.proc.pid, "VmRSS:") / 1024
     for s in socks:
         s.close()
+    closed = time.time()
     time.sleep(10)
     after = proc_kb(svc.proc.pid, "VmRSS:") / 1024
+    still_open = open_connections(svc)
     print(f"flood{extra_label}: 10,000 connections, {sent} requests sent in 5 s: RSS idle {idle_rss:.1f} MB, "
-          f"end of flood {peak_rss:.1f} MB, 10 s after {after:.1f} MB ({after / idle_rss:.2f}x idle)")
+          f"end of flood {peak_rss:.1f} MB, 10 s after {after:.1f} MB ({after / idle_rss:.2f}x idle, "
+          f"{still_open} connections open then)")
+    svc.wait(lambda: open_connections(svc) <= 1, 60, "connections closed")
+    time.sleep(0.5)
+    final = proc_kb(svc.proc.pid, "VmRSS:") / 1024
+    print(f"flood{extra_label}: all connections closed {time.time() - closed:.1f} s after the flood: "
+          f"RSS {final:.1f} MB ({final / idle_rss:.2f}x idle)")
     svc.stop()
 
 
