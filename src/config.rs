@@ -58,6 +58,47 @@ pub struct Settings {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub rate_limit: RateLimitSettings,
+    #[serde(default)]
+    pub connections: ConnectionSettings,
+}
+
+/// Limits that keep one client's sockets from starving the others (see `http::server`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionSettings {
+    /// Open connections in total; beyond, new ones get a `503` and are closed.
+    pub max_connections: usize,
+    /// Open connections from one client IP; beyond, new ones get a `503` and are closed.
+    pub max_connections_per_client: usize,
+    /// A connection with no byte either way and no request being answered is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A request's headers must be complete within this long of their first byte.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_client: 256,
+            idle_timeout: Duration::from_secs(15),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectionSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+            return Err("server.connections limits must be positive".into());
+        }
+        if self.idle_timeout.is_zero() || self.header_read_timeout.is_zero() {
+            return Err("server.connections timeouts must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -394,6 +435,7 @@ impl Settings {
             ));
         }
         self.server.rate_limit.validate().map_err(ConfigError::Invalid)?;
+        self.server.connections.validate().map_err(ConfigError::Invalid)?;
         if self.search.cache_bytes < 1024 * 1024 {
             return bad(format!(
                 "search.cache_bytes must be at least 1048576, got {}",

@@ -94,3 +94,18 @@ pub fn record_fetch(provider: &str, outcome: &'static str) {
     metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
 }
+
+/// Records a connection refused at accept time (`reason`: `total_limit`, `client_limit`).
+pub fn record_connection_refused(reason: &'static str) {
+    metrics::counter!("planfeed_http_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// Records how a served connection ended (`done`, `idle`, `header_timeout`, `client_gone`, …).
+pub fn record_connection_closed(reason: &'static str) {
+    metrics::counter!("planfeed_http_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// The number of open API connections.
+pub fn set_connections_open(n: usize) {
+    metrics::gauge!("planfeed_http_connections_open").set(n as f64);
+}

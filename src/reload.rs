@@ -62,6 +62,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
     };
     restart("role", old.role != new.role);
     restart("server.listen", old.server.listen != new.server.listen);
+    restart("server.connections", old.server.connections != new.server.connections);
     restart("store", old.store != new.store);
     restart("pipeline.chunk_bytes", old.pipeline.chunk_bytes != new.pipeline.chunk_bytes);
     restart(

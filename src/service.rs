@@ -172,7 +172,8 @@ impl Service {
                     let _ = rx.wait_for(|stop| *stop).await;
                 };
                 tracing::info!(addr = ?addr, "api listening");
-                (addr, Some(tokio::spawn(http::run(listener, state, shutdown))))
+                let connections = settings.server.connections.clone();
+                (addr, Some(tokio::spawn(http::run(listener, state, connections, shutdown))))
             }
             _ => (None, None),
         };

@@ -6,7 +6,8 @@
 //! reproducible; request `n` gets round `n`, so plans appear, change and disappear between fetches).
 //! Fault modes mix freely and can be changed while it runs: error statuses at a given rate, added
 //! latency, a stall in the middle of the body, a truncated body, malformed XML, a wrong or missing
-//! content type, gzip.
+//! content type, gzip, a body sent in small pieces. [`hostile_body`] builds the feeds of a
+//! hostile provider (an amplification feed, a huge doctype, values at the edge of the rules).
 
 use std::future::Future;
 use std::io::Write;
@@ -63,6 +64,47 @@ pub struct Faults {
     pub content_type: ContentType,
     /// Compress the body (`content-encoding: gzip`).
     pub gzip: bool,
+    /// Send the body in pieces of this many bytes (chunked), each its own write.
+    pub piece_bytes: Option<usize>,
+}
+
+/// Feeds a hostile provider sends; see [`hostile_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// One base plan whose `base_plan_id` is `id_bytes` of `x`, holding `plans` empty plans, next
+    /// to a good base plan with one valid plan (`Good`, base plan 2, plan 1) and one whose zone has
+    /// a negative price (base plan 2, plan 2).
+    Amplification { id_bytes: usize, plans: usize },
+    /// A `<!DOCTYPE planList [ <!-- … --> ]>` of about `bytes` before the same good base plan.
+    Doctype { bytes: usize },
+}
+
+/// A good base plan: one valid plan and one with a negative zone price.
+const GOOD_BASE_PLAN: &str = r#"<base_plan base_plan_id="2" sell_mode="online" title="Good"><plan plan_id="1" plan_start_date="2021-06-01T20:00:00" plan_end_date="2021-06-01T22:00:00" sell_from="2021-01-01T00:00:00" sell_to="2021-06-01T19:00:00" sold_out="false"><zone zone_id="1" capacity="10" price="20.00" name="A" numbered="false"/></plan><plan plan_id="2" plan_start_date="2021-06-02T20:00:00" plan_end_date="2021-06-02T22:00:00" sell_from="2021-01-01T00:00:00" sell_to="2021-06-01T19:00:00" sold_out="false"><zone zone_id="1" capacity="10" price="-5" name="A" numbered="false"/></plan></base_plan>"#;
+
+/// The body of a [`Hostile`] feed.
+pub fn hostile_body(kind: Hostile) -> Bytes {
+    let mut out = String::from(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    match kind {
+        Hostile::Amplification { id_bytes, plans } => {
+            out.push_str(r#"<planList version="1.0"><output><base_plan base_plan_id=""#);
+            out.extend(std::iter::repeat_n('x', id_bytes));
+            out.push_str(r#"" sell_mode="online" title="Bad">"#);
+            for n in 1..=plans {
+                out.push_str(&format!(r#"<plan plan_id="{n}"/>"#));
+            }
+            out.push_str("</base_plan>");
+        }
+        Hostile::Doctype { bytes } => {
+            out.push_str("<!DOCTYPE planList [ ");
+            let comment = "<!-- ]> <planList> padding padding padding padding padding -->\n";
+            out.extend(std::iter::repeat_n(comment, bytes / comment.len() + 1));
+            out.push_str(r#"]><planList version="1.0"><output>"#);
+        }
+    }
+    out.push_str(GOOD_BASE_PLAN);
+    out.push_str("</output></planList>");
+    out.into()
 }
 
 /// What the simulator serves; shared with the caller, who may change it while it runs.
@@ -179,10 +221,11 @@ impl Simulator {
             let _ = enc.write_all(&body);
             body = enc.finish().unwrap_or_default().into();
         }
-        let mut res = match faults.stall {
+        let mut res = match (faults.stall, faults.piece_bytes) {
             // One piece with its length: hyper hands the whole buffer to the socket.
-            None => Response::new(body.into()),
-            Some(stall) => stream_body(body, stall).into_response(),
+            (None, None) => Response::new(body.into()),
+            (stall, piece) => stream_body(body, stall.unwrap_or_default(), piece.unwrap_or(64 * 1024).max(1))
+                .into_response(),
         };
         let headers = res.headers_mut();
         match faults.content_type {
@@ -204,22 +247,21 @@ impl Simulator {
     }
 }
 
-/// Streams `body` in 64 KiB pieces (chunked), pausing `stall` half-way.
-fn stream_body(body: Bytes, stall: Duration) -> impl Reply {
+/// Streams `body` in pieces of `piece` bytes (chunked), pausing `stall` half-way.
+fn stream_body(body: Bytes, stall: Duration, piece: usize) -> impl Reply {
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
-        const PIECE: usize = 64 * 1024;
         let half = body.len() / 2;
         let mut at = 0;
         let mut stalled = false;
         while at < body.len() {
-            let end = (at + PIECE).min(body.len());
+            let end = (at + piece).min(body.len());
             let end = if !stalled && at < half && end > half { half } else { end };
             if tx.send(Ok(body.slice(at..end))).await.is_err() {
                 return;
             }
             at = end;
-            if !stalled && at >= half {
+            if !stalled && at >= half && !stall.is_zero() {
                 stalled = true;
                 tokio::time::sleep(stall).await;
             }
@@ -304,10 +346,24 @@ pub mod cli {
         /// Gzip the bodies.
         #[arg(long)]
         pub gzip: bool,
+        /// Send each body in pieces of this many bytes.
+        #[arg(long)]
+        pub piece_bytes: Option<usize>,
+        /// Serve a hostile feed instead: `amplification` (a 1 MB base_plan_id over 1,000 plans)
+        /// or `doctype` (a 60 MB doctype), each beside a good base plan.
+        #[arg(long)]
+        pub hostile: Option<String>,
     }
 
     pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
-        let source = if args.files.is_empty() {
+        let source = if let Some(kind) = &args.hostile {
+            let kind = match kind.as_str() {
+                "amplification" => super::Hostile::Amplification { id_bytes: 1 << 20, plans: 1000 },
+                "doctype" => super::Hostile::Doctype { bytes: 60 << 20 },
+                other => anyhow::bail!("--hostile must be amplification or doctype, got {other:?}"),
+            };
+            FeedSource::Rotation(vec![super::hostile_body(kind)])
+        } else if args.files.is_empty() {
             FeedSource::Generated(GenSpec {
                 base_plans: args.base_plans,
                 plans_per_base: args.plans,
@@ -344,6 +400,7 @@ pub mod cli {
             malformed: args.malformed,
             content_type,
             gzip: args.gzip,
+            piece_bytes: args.piece_bytes,
         };
         let sim = Simulator::new(source, faults);
         let listener = tokio::net::TcpListener::bind(args.listen).await?;

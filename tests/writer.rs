@@ -33,7 +33,12 @@ async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
 }
 
 fn fetch(fetch_id: u64) -> Arc<FetchContext> {
-    Arc::new(FetchContext { fetch_id, provider: Arc::from("late"), tz: chrono_tz::UTC })
+    Arc::new(FetchContext {
+        fetch_id,
+        provider: Arc::from("late"),
+        tz: chrono_tz::UTC,
+        skips: Default::default(),
+    })
 }
 
 fn unwrap_plans(msg: WriterMsg) -> ChunkPlans {

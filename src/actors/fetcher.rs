@@ -199,6 +199,7 @@ impl Actor for Fetcher {
             fetch_id,
             provider: Arc::from(provider.name.as_str()),
             tz: provider.tz(),
+            skips: Default::default(),
         });
         let deadline = Instant::now() + provider.timeout;
         let outcome =

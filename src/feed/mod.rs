@@ -10,8 +10,10 @@ mod chunk;
 mod error;
 mod generate;
 mod parse;
+mod text;
 
 pub use chunk::Chunker;
 pub use error::FeedError;
 pub use generate::{generate, generate_into, GenSpec, GenStats};
-pub use parse::{parse_chunk, parse_document, ParsedChunk, Skipped};
+pub use parse::{parse_chunk, parse_document, ParsedChunk, SkipKind, Skipped};
+pub use text::{Shown, MAX_TEXT_BYTES, SHOWN_BYTES};

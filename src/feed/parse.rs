@@ -6,16 +6,16 @@
 //! plan and only handed out once their base plan closed, so malformed XML costs the base plan it
 //! hits and those after it, never the ones before.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use memchr::memmem;
 use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::{Reader, XmlVersion};
+use quick_xml::Reader;
 use rust_decimal::Decimal;
 
+use super::text::{clipped, text, value, Shown};
 use super::{Chunker, FeedError};
 use crate::domain::{Plan, PlanKey, Zone};
 
@@ -32,13 +32,60 @@ pub struct ParsedChunk {
 }
 
 /// An invalid plan: counted and logged, not an observation.
+///
+/// Every field is bounded whatever the feed holds: raw values are [`clipped`] to a short prefix
+/// plus their length, so a record costs about the same for a 3-byte id and a 1 MB one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
-    /// The raw `base_plan_id` attribute, when present.
+    /// The raw `base_plan_id` attribute (clipped), when present.
     pub base_plan_id: Option<String>,
-    /// The raw `plan_id` attribute, when present.
+    /// The raw `plan_id` attribute (clipped), when present.
     pub plan_id: Option<String>,
+    pub kind: SkipKind,
     pub reason: String,
+}
+
+/// Why a plan is invalid, as a stable label for log summaries and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipKind {
+    /// A required attribute (an id, a date, a zone's id or price) is absent.
+    MissingAttribute,
+    /// An id (base plan, plan, zone) is not an unsigned integer.
+    InvalidId,
+    /// A date is unparsable or impossible.
+    InvalidDate,
+    /// The end date is before the start date.
+    EndBeforeStart,
+    /// A price is not an unsigned decimal.
+    InvalidPrice,
+    /// A price carries a minus sign.
+    NegativePrice,
+}
+
+impl SkipKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::MissingAttribute => "missing_attribute",
+            Self::InvalidId => "invalid_id",
+            Self::InvalidDate => "invalid_date",
+            Self::EndBeforeStart => "end_before_start",
+            Self::InvalidPrice => "invalid_price",
+            Self::NegativePrice => "negative_price",
+        }
+    }
+}
+
+/// Why a plan (or its base plan) is invalid; the detail names the attribute and a [`Shown`] value.
+#[derive(Debug, Clone)]
+struct Invalid {
+    kind: SkipKind,
+    detail: String,
+}
+
+impl Invalid {
+    fn new(kind: SkipKind, detail: String) -> Self {
+        Self { kind, detail }
+    }
 }
 
 /// Parses a chunk produced by [`Chunker`]. Never fails as a whole: malformed XML stops the parse
@@ -148,8 +195,9 @@ pub fn parse_document(provider: &Arc<str>, body: &[u8]) -> Result<ParsedChunk, F
 
 /// The base plan being read.
 struct Base {
-    /// `Err(detail)` when `base_plan_id` is missing or unparsable.
-    id: Result<u64, String>,
+    /// `Err` when `base_plan_id` is missing or unparsable.
+    id: Result<u64, Invalid>,
+    /// Clipped: it is copied into the record of every plan skipped because of it.
     raw_id: Option<String>,
     title: String,
     online: bool,
@@ -169,13 +217,13 @@ struct PlanDraft {
     sold_out: bool,
     zones: Vec<Zone>,
     /// First reason the plan is invalid; its zones are not read once set.
-    invalid: Option<String>,
+    invalid: Option<Invalid>,
 }
 
 /// A required attribute as read.
 enum Field<T> {
     Missing,
-    Bad(String),
+    Bad(Invalid),
     Ok(T),
 }
 
@@ -263,11 +311,14 @@ impl ChunkParser<'_> {
                     let v = value(&a);
                     id = match parse_u64(&v) {
                         Some(n) => Field::Ok(n),
-                        None => Field::Bad(format!("invalid {key} {v:?}")),
+                        None => Field::Bad(Invalid::new(
+                            SkipKind::InvalidId,
+                            format!("invalid {key} {}", Shown(&v)),
+                        )),
                     };
-                    raw_id = Some(v.into_owned());
+                    raw_id = Some(clipped(&v));
                 }
-                "title" => title = value(&a).into_owned(),
+                "title" => title = text(&a),
                 "sell_mode" => online = value(&a) == "online",
                 "organizer_company_id" => organizer_company_id = parse_u64(&value(&a)),
                 _ => {}
@@ -276,7 +327,10 @@ impl ChunkParser<'_> {
         let id = match id {
             Field::Ok(n) => Ok(n),
             Field::Bad(why) => Err(why),
-            Field::Missing => Err(format!("missing {}_id", e.local_name().as_ref())),
+            Field::Missing => Err(Invalid::new(
+                SkipKind::MissingAttribute,
+                format!("missing {}_id", e.local_name().as_ref()),
+            )),
         };
         self.base = Some(Base {
             id,
@@ -313,9 +367,12 @@ impl ChunkParser<'_> {
                     let v = value(&a);
                     id = match parse_u64(&v) {
                         Some(n) => Field::Ok(n),
-                        None => Field::Bad(format!("invalid {key} {v:?}")),
+                        None => Field::Bad(Invalid::new(
+                            SkipKind::InvalidId,
+                            format!("invalid {key} {}", Shown(&v)),
+                        )),
                     };
-                    raw_id = Some(v.into_owned());
+                    raw_id = Some(clipped(&v));
                 }
                 key @ ("plan_start_date" | "event_start_date") => start = date_field(key, &a),
                 key @ ("plan_end_date" | "event_end_date") => end = date_field(key, &a),
@@ -326,14 +383,21 @@ impl ChunkParser<'_> {
             }
         }
         let naming = e.local_name().as_ref().to_owned();
-        let mut invalid = base.id.as_ref().err().cloned();
+        // A bad base plan id marks the plan invalid (its zones are not read); the reason itself is
+        // taken from the base plan when the plan closes.
+        let mut invalid = base.id.as_ref().err().map(|why| Invalid::new(why.kind, String::new()));
         let id = take(id, &naming, "id", &mut invalid);
         let start = take(start, &naming, "start_date", &mut invalid);
         let end = take(end, &naming, "end_date", &mut invalid);
         if let (Some(s), Some(e)) = (start, end) {
             if e < s {
                 invalid.get_or_insert_with(|| {
-                    format!("{naming}_end_date {:?} is before {naming}_start_date {:?}", fmt_dt(e), fmt_dt(s))
+                    let detail = format!(
+                        "{naming}_end_date {:?} is before {naming}_start_date {:?}",
+                        fmt_dt(e),
+                        fmt_dt(s)
+                    );
+                    Invalid::new(SkipKind::EndBeforeStart, detail)
                 });
             }
         }
@@ -368,19 +432,28 @@ impl ChunkParser<'_> {
                     let v = value(&a);
                     zone_id = match parse_u64(&v) {
                         Some(n) => Field::Ok(n),
-                        None => Field::Bad(format!("invalid zone_id {v:?}")),
+                        None => Field::Bad(Invalid::new(
+                            SkipKind::InvalidId,
+                            format!("invalid zone_id {}", Shown(&v)),
+                        )),
                     };
                 }
                 "price" => {
                     let v = value(&a);
                     price = match parse_price(&v) {
                         Some(d) => Field::Ok(d),
-                        None => Field::Bad(format!("invalid price {v:?}")),
+                        None if trim(&v).strip_prefix('-').and_then(parse_price).is_some() => Field::Bad(
+                            Invalid::new(SkipKind::NegativePrice, format!("negative price {}", Shown(&v))),
+                        ),
+                        None => Field::Bad(Invalid::new(
+                            SkipKind::InvalidPrice,
+                            format!("invalid price {}", Shown(&v)),
+                        )),
                     };
                 }
                 "capacity" => capacity = trim(&value(&a)).parse().unwrap_or(0),
                 "numbered" => numbered = parse_bool(&value(&a)),
-                "name" => name = value(&a).into_owned(),
+                "name" => name = text(&a),
                 _ => {}
             }
         }
@@ -395,11 +468,13 @@ impl ChunkParser<'_> {
                 };
                 let why = match (zone_id, price) {
                     (Field::Bad(why), _) => why,
-                    (Field::Missing, _) => "missing zone_id".to_owned(),
+                    (Field::Missing, _) => {
+                        Invalid::new(SkipKind::MissingAttribute, "missing zone_id".to_owned())
+                    }
                     (_, Field::Bad(why)) => why,
-                    (_, _) => "missing price".to_owned(),
+                    (_, _) => Invalid::new(SkipKind::MissingAttribute, "missing price".to_owned()),
                 };
-                plan.invalid = Some(format!("{label}: {why}"));
+                plan.invalid = Some(Invalid::new(why.kind, format!("{label}: {}", why.detail)));
             }
         }
         Ok(())
@@ -423,22 +498,31 @@ impl ChunkParser<'_> {
                 sold_out: p.sold_out,
                 zones: p.zones,
             }),
-            (why, _) => {
-                let why = why.unwrap_or_default();
+            (why, base_id) => {
+                // A bad base plan id comes first, as it would make every plan of it invalid.
+                let why = match (base_id, why) {
+                    (Err(base_why), _) => base_why.clone(),
+                    (Ok(_), why) => why.expect("a skipped plan has a reason"),
+                };
                 let plan_label = match &p.raw_id {
                     Some(raw) if raw.parse::<u64>().is_ok() => format!("plan {raw}"),
-                    Some(raw) => format!("plan {raw:?}"),
+                    Some(raw) => format!("plan {}", Shown(raw)),
                     None => "plan".to_owned(),
                 };
-                let reason = format!("{plan_label} of {}: {why}", base_label(base));
-                base.skipped.push(Skipped { base_plan_id: base.raw_id.clone(), plan_id: p.raw_id, reason });
+                let reason = format!("{plan_label} of {}: {}", base_label(base), why.detail);
+                base.skipped.push(Skipped {
+                    base_plan_id: base.raw_id.clone(),
+                    plan_id: p.raw_id,
+                    kind: why.kind,
+                    reason,
+                });
             }
         }
     }
 }
 
 /// The value of a required field; the first problem found is kept in `invalid`.
-fn take<T>(f: Field<T>, naming: &str, what: &str, invalid: &mut Option<String>) -> Option<T> {
+fn take<T>(f: Field<T>, naming: &str, what: &str, invalid: &mut Option<Invalid>) -> Option<T> {
     match f {
         Field::Ok(v) => Some(v),
         Field::Bad(why) => {
@@ -446,7 +530,9 @@ fn take<T>(f: Field<T>, naming: &str, what: &str, invalid: &mut Option<String>) 
             None
         }
         Field::Missing => {
-            invalid.get_or_insert_with(|| format!("missing {naming}_{what}"));
+            invalid.get_or_insert_with(|| {
+                Invalid::new(SkipKind::MissingAttribute, format!("missing {naming}_{what}"))
+            });
             None
         }
     }
@@ -455,23 +541,8 @@ fn take<T>(f: Field<T>, naming: &str, what: &str, invalid: &mut Option<String>) 
 fn base_label(b: &Base) -> String {
     match (&b.id, &b.raw_id) {
         (Ok(id), _) => format!("base plan {id}"),
-        (Err(_), Some(raw)) => format!("base plan {raw:?}"),
+        (Err(_), Some(raw)) => format!("base plan {}", Shown(raw)),
         (Err(_), None) => "base plan without id".to_owned(),
-    }
-}
-
-/// The attribute value with entities resolved. Values quick-xml cannot unescape (unknown
-/// entities) are kept raw rather than losing the plan.
-fn value<'v>(a: &'v Attribute<'_>) -> Cow<'v, str> {
-    let raw: &str = &a.value;
-    // Without an early exit the loop is vectorized: values are short and almost never special.
-    let special = raw.bytes().fold(false, |any, c| any | matches!(c, b'&' | b'\t' | b'\r' | b'\n'));
-    if !special {
-        return Cow::Borrowed(raw);
-    }
-    match a.normalized_value(XmlVersion::Implicit1_0) {
-        Ok(v) => Cow::Owned(v.into_owned()),
-        Err(_) => Cow::Borrowed(raw),
     }
 }
 
@@ -479,7 +550,7 @@ fn date_field(key: &str, a: &Attribute<'_>) -> Field<NaiveDateTime> {
     let v = value(a);
     match parse_datetime(&v) {
         Some(d) => Field::Ok(d),
-        None => Field::Bad(format!("invalid {key} {v:?}")),
+        None => Field::Bad(Invalid::new(SkipKind::InvalidDate, format!("invalid {key} {}", Shown(&v)))),
     }
 }
 
@@ -504,7 +575,7 @@ fn parse_bool(s: &str) -> bool {
     matches!(trim(s), "true" | "1")
 }
 
-/// A decimal price string (`20.00`, `7.5`, `100`); the scale is kept.
+/// An unsigned decimal price string (`20.00`, `7.5`, `100`); the scale is kept.
 fn parse_price(s: &str) -> Option<Decimal> {
     let s = trim(s);
     // The usual shape (digits, maybe one point between digits, at most 18 digits) in one pass;
@@ -530,11 +601,11 @@ fn parse_price(s: &str) -> Option<Decimal> {
             return Some(Decimal::new(mantissa, scale));
         }
     }
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    let ok = !digits.is_empty()
-        && digits.bytes().all(|c| c.is_ascii_digit() || c == b'.')
-        && digits.bytes().filter(|&c| c == b'.').count() <= 1
-        && digits.bytes().any(|c| c.is_ascii_digit());
+    // Unsigned only: `-5` is as invalid as `+5` (a zone cannot pay the buyer).
+    let ok = !s.is_empty()
+        && s.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+        && s.bytes().filter(|&c| c == b'.').count() <= 1
+        && s.bytes().any(|c| c.is_ascii_digit());
     if !ok {
         return None;
     }
@@ -573,6 +644,7 @@ fn fmt_dt(d: NaiveDateTime) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::feed::MAX_TEXT_BYTES;
 
     pub(crate) const FIXTURES: [(&str, &[u8]); 6] = [
         ("response_1.xml", include_bytes!("../../tests/fixtures/provider/response_1.xml")),
@@ -743,6 +815,66 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_huge_bad_base_plan_id_costs_bounded_records_and_spares_the_good_base_plan() {
+        let huge = "x".repeat(1 << 20);
+        let plans: String = (1..=1000).map(|n| format!(r#"<plan plan_id="{n}"/>"#)).collect();
+        let body = wrap(&format!(
+            r#"<base_plan base_plan_id="{huge}" sell_mode="online" title="Bad">{plans}</base_plan>
+               <base_plan base_plan_id="2" sell_mode="online" title="Good">
+                 <plan plan_id="1" plan_start_date="2021-01-01T10:00:00" plan_end_date="2021-01-01T11:00:00">
+                   <zone zone_id="1" price="5"/>
+                 </plan>
+                 <plan plan_id="2" plan_start_date="2021-01-01T10:00:00" plan_end_date="2021-01-01T11:00:00">
+                   <zone zone_id="1" price="5"/><zone zone_id="2" price="-5"/>
+                 </plan>
+               </base_plan>"#
+        ));
+        let p = parse_chunk(&provider(), body.as_bytes());
+        assert_eq!(p.error, None);
+        assert_eq!(keys(&p), vec![(2, 1)], "the good plan is kept, the negative-price one is not");
+        assert_eq!(p.skipped.len(), 1001);
+        let recorded: usize =
+            p.skipped.iter().map(|s| s.reason.len() + s.base_plan_id.as_ref().map_or(0, String::len)).sum();
+        assert!(recorded < 1001 * 400, "skip records hold {recorded} bytes");
+        let first = &p.skipped[0];
+        assert_eq!(first.kind, SkipKind::InvalidId);
+        assert!(first.reason.starts_with("plan 1 of base plan \"xxxx"), "{}", first.reason);
+        assert!(first.reason.ends_with("… (1048576 bytes)"), "{}", first.reason);
+        let negative = p.skipped.last().unwrap();
+        assert_eq!(negative.kind, SkipKind::NegativePrice);
+        assert_eq!(negative.reason, "plan 2 of base plan 2: zone 2: negative price \"-5\"");
+    }
+
+    #[test]
+    fn titles_decode_valid_references_replace_invalid_ones_and_drop_controls() {
+        let body = wrap(
+            "<base_plan base_plan_id=\"1\" sell_mode=\"online\" title=\"A&#x1F600;B&#0;C&#xD800;D&amp;E&nbsp;\u{0}\u{1}F\u{7f}&#10;G\u{85}H\">
+               <plan plan_id=\"1\" plan_start_date=\"2021-01-01T10:00:00\" plan_end_date=\"2021-01-01T11:00:00\">
+                 <zone zone_id=\"1\" price=\"1\" name=\"Z&#x7;one\"/>
+               </plan>
+             </base_plan>",
+        );
+        let p = doc(body.as_bytes());
+        assert_eq!(p.error, None);
+        assert_eq!(p.plans[0].title, "A😀B\u{FFFD}C\u{FFFD}D&E&nbsp;F GH");
+        assert_eq!(p.plans[0].zones[0].name, "Z\u{FFFD}one");
+        let json = serde_json::to_string(&p.plans[0].title).unwrap();
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), p.plans[0].title);
+    }
+
+    #[test]
+    fn long_titles_are_cut_at_a_character_boundary() {
+        let title = "é".repeat(MAX_TEXT_BYTES);
+        let body = wrap(&format!(
+            r#"<base_plan base_plan_id="1" sell_mode="online" title="{title}">
+                 <plan plan_id="1" plan_start_date="2021-01-01T10:00:00" plan_end_date="2021-01-01T11:00:00"/>
+               </base_plan>"#
+        ));
+        let p = doc(body.as_bytes());
+        assert_eq!(p.plans[0].title, "é".repeat(MAX_TEXT_BYTES / 2));
+    }
+
+    #[test]
     fn entity_titles_and_names_are_unescaped() {
         let body = wrap(
             r#"<base_plan base_plan_id="1" sell_mode="online" title="Rock &amp; Roll">
@@ -893,9 +1025,7 @@ pub(crate) mod tests {
         #[test]
         fn price_fast_path_matches_decimal_parsing(text in "-?[0-9]{0,22}(\\.[0-9]{0,12})?") {
             let slow = {
-                let digits = text.strip_prefix('-').unwrap_or(&text);
-                let ok = !digits.is_empty()
-                    && digits.bytes().any(|c| c.is_ascii_digit());
+                let ok = !text.starts_with('-') && text.bytes().any(|c| c.is_ascii_digit());
                 if ok { text.parse::<Decimal>().ok() } else { None }
             };
             let fast = parse_price(&text);
@@ -920,7 +1050,7 @@ pub(crate) mod tests {
             assert_eq!(d, text.parse::<Decimal>().unwrap());
             assert_eq!(d.to_string(), text.parse::<Decimal>().unwrap().to_string());
         }
-        for bad in ["", ".", "-", "1.2.3", "1,5", "abc", "1e5", "+5"] {
+        for bad in ["", ".", "-", "1.2.3", "1,5", "abc", "1e5", "+5", "-5", "-0", "-0.50"] {
             assert_eq!(parse_price(bad), None, "{bad}");
         }
     }

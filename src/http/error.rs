@@ -40,7 +40,35 @@ impl ApiError {
         Self {
             status: StatusCode::METHOD_NOT_ALLOWED,
             code: "method_not_allowed",
-            message: "only GET is supported".into(),
+            message: "only GET and HEAD are supported".into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A connection over the open-connection limits (written by the accept loop itself).
+    pub fn too_many_connections() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "too_many_connections",
+            message: "too many open connections from this client or in total, retry in 1 s".into(),
+            retry_after_secs: Some(1),
+        }
+    }
+
+    pub fn uri_too_long(limit: usize) -> Self {
+        Self {
+            status: StatusCode::URI_TOO_LONG,
+            code: "uri_too_long",
+            message: format!("the request target is longer than {limit} bytes"),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn headers_too_large(limit: usize) -> Self {
+        Self {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            code: "headers_too_large",
+            message: format!("the request headers are larger than {limit} bytes"),
             retry_after_secs: None,
         }
     }
@@ -68,7 +96,7 @@ impl ApiError {
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             // RFC 9110 requires a 405 to list the supported methods.
-            headers.insert("allow", HeaderValue::from_static("GET"));
+            headers.insert("allow", HeaderValue::from_static("GET, HEAD"));
         }
         res
     }

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod params;
 pub mod rate_limit;
+pub mod server;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +17,7 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::config::ConnectionSettings;
 use crate::domain::TimeRange;
 use crate::metrics::{self, MetricsSource};
 use crate::search::Searcher;
@@ -33,30 +35,37 @@ pub struct ApiState {
     pub readiness: Arc<crate::readiness::Readiness>,
 }
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests and returns.
+/// Serves until `shutdown` resolves, then finishes in-flight requests and returns. Connections
+/// are admitted and timed out by [`server::serve`] under `connections`.
 pub async fn run(
     listener: TcpListener,
     state: ApiState,
+    connections: ConnectionSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state)).incoming(listener).graceful(shutdown).run().await;
+    server::serve(listener, routes(state), connections, shutdown).await;
+}
+
+/// `GET`, or `HEAD` answered as `GET` (hyper sends the headers and leaves the body out).
+fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
 }
 
 pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let search = warp::path!("search")
-        .and(warp::get())
+        .and(get_or_head())
         .and(search_filter())
         .and(with(state.clone()))
         .then(search_handler);
-    let metrics = warp::path!("metrics").and(warp::get()).and(with(state.clone())).map(|s: ApiState| {
+    let metrics = warp::path!("metrics").and(get_or_head()).and(with(state.clone())).map(|s: ApiState| {
         let mut res = Response::new(s.metrics.render().into());
         res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
         res
     });
     let health = warp::path!("health")
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()));
-    let ready = warp::path!("ready").and(warp::get()).and(with(state)).then(|s: ApiState| async move {
+    let ready = warp::path!("ready").and(get_or_head()).and(with(state)).then(|s: ApiState| async move {
         match s.readiness.check().await {
             Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()),
             Err(status) => {
@@ -64,7 +73,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Inf
             }
         }
     });
-    let openapi = warp::path!("openapi.yaml").and(warp::get()).map(|| {
+    let openapi = warp::path!("openapi.yaml").and(get_or_head()).map(|| {
         let mut res = Response::new(OPENAPI_YAML.into());
         res.headers_mut().insert("content-type", HeaderValue::from_static("application/yaml"));
         res
@@ -95,7 +104,8 @@ pub struct SearchRequest {
 }
 
 pub fn search_filter() -> impl Filter<Extract = (SearchRequest,), Error = Rejection> + Clone {
-    warp::addr::remote()
+    warp::ext::optional::<server::ClientAddr>()
+        .map(|client: Option<server::ClientAddr>| client.map(|c| c.0))
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .map(|remote, forwarded_for, query| SearchRequest { remote, forwarded_for, query })

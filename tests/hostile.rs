@@ -1,0 +1,280 @@
+//! Hostile providers and hostile clients against the real binary: an amplification feed, a huge
+//! doctype in small pieces, idle and slow sockets, oversized requests, clients that walk away.
+//! Counts and durations are kept small here; `scripts/hostile.py` runs the full-size cases and
+//! prints their figures.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::binary::{free_port, Planfeed};
+use common::PATIENCE;
+use planfeed::simulator::{self, hostile_body, Faults, FeedSource, Hostile, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Starts the binary on a provider serving `body`, with `extra` TOML appended, logging JSON.
+async fn start(body: bytes::Bytes, faults: Faults, extra: &str) -> (Planfeed, tempfile::TempDir) {
+    let sim = Simulator::new(FeedSource::Rotation(vec![body]), faults);
+    let url = simulator::spawn_local(sim).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("local.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n\
+             [provider]\nurl = \"{url}\"\ninterval = \"1h\"\njitter = \"0s\"\n\
+             [store]\npath = \"{}\"\n[log]\nformat = \"json\"\n",
+            dir.path().join("planfeed.db").display()
+        ),
+    )
+    .unwrap();
+    let mut pf = Planfeed::serve(dir.path(), port);
+    pf.wait_ready().await;
+    (pf, dir)
+}
+
+/// `/proc/<pid>/status` field in kB (`VmHWM`: peak RSS, `VmRSS`: current).
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until `/search` (all dates) lists at least one event; returns the answer.
+async fn wait_for_events(pf: &mut Planfeed) -> serde_json::Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = reqwest::get(format!("{}/search", pf.base)).await.unwrap().text().await.unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if !answer["data"]["events"].as_array().unwrap().is_empty() {
+            return answer;
+        }
+        if let Some(status) = pf.child.try_wait().unwrap() {
+            panic!("planfeed died with {status}:\n{}", pf.log_text());
+        }
+        assert!(Instant::now() < deadline, "no event served within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the log holds a line with `message`.
+async fn wait_for_log(pf: &Planfeed, message: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !pf.log_text().contains(message) {
+        assert!(
+            Instant::now() < deadline,
+            "no {message:?} in the log within {PATIENCE:?}:\n{}",
+            pf.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn titles(answer: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    answer["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["title"].as_str().unwrap().to_owned(), e["min_price"].clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_amplification_feed_costs_bounded_memory_and_log_and_spares_the_good_plan() {
+    let body = hostile_body(Hostile::Amplification { id_bytes: 1 << 20, plans: 1000 });
+    let (mut pf, _dir) = start(body, Faults::default(), "").await;
+    let answer = wait_for_events(&mut pf).await;
+    // The fetch's summary line comes when its last chunk is done.
+    wait_for_log(&pf, "more invalid plans skipped than logged one by one").await;
+
+    assert_eq!(titles(&answer), vec![("Good".to_owned(), serde_json::json!(20.0))], "no negative-price plan");
+    assert!(pf.child.try_wait().unwrap().is_none(), "planfeed is alive");
+    let peak_mb = proc_kb(pf.child.id(), "VmHWM:") / 1024;
+    assert!(peak_mb < 200, "peak RSS {peak_mb} MB");
+    let log = pf.log_text();
+    assert!(log.len() < 2 << 20, "{} bytes of log", log.len());
+    let per_plan = log.lines().filter(|l| l.contains("invalid plan skipped")).count();
+    assert_eq!(per_plan, planfeed::actors::parser::LOGGED_SKIPS_PER_FETCH as usize);
+    let summary = log.lines().find(|l| l.contains("more invalid plans skipped")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(summary).unwrap();
+    assert_eq!(summary["fields"]["skipped"], 1001);
+    assert_eq!(summary["fields"]["by_kind"], "invalid_id=1000 negative_price=1");
+    eprintln!("amplification feed: peak RSS {peak_mb} MB, {} bytes of log", log.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_doctype_in_4_kb_pieces_is_skipped_and_the_feed_kept() {
+    let body = hostile_body(Hostile::Doctype { bytes: 8 << 20 });
+    let faults = Faults { piece_bytes: Some(4096), ..Faults::default() };
+    let (mut pf, _dir) = start(body, faults, "").await;
+    let answer = wait_for_events(&mut pf).await;
+    assert_eq!(titles(&answer), vec![("Good".to_owned(), serde_json::json!(20.0))]);
+}
+
+/// Limits and timeouts small enough for a test.
+const TIGHT: &str = "[server.connections]\nmax_connections = 400\nmax_connections_per_client = 50\n\
+                     idle_timeout = \"3s\"\nheader_read_timeout = \"1s\"\n";
+
+async fn connect_from(ip: [u8; 4], to: &str) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((ip, 0)))?;
+    socket.connect(to.trim_start_matches("http://").parse().unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holding_many_sockets_does_not_starve_another() {
+    let body = hostile_body(Hostile::Amplification { id_bytes: 8, plans: 1 });
+    let (mut pf, _dir) = start(body, Faults::default(), TIGHT).await;
+    wait_for_events(&mut pf).await;
+    let addr = pf.base.clone();
+
+    // 127.0.0.2 opens 1,000 idle connections and holds them.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(connect_from([127, 0, 0, 2], &addr).await.unwrap());
+    }
+
+    // Meanwhile 127.0.0.1 is answered.
+    for _ in 0..20 {
+        let r = reqwest::get(format!("{addr}/search")).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // 50 were admitted and are closed by the idle timeout without a byte; the rest were refused
+    // with a 503 in the contract's shape (or reset, when more refusals were pending than the
+    // server lingers on at once).
+    let (mut admitted, mut refused, mut reset) = (0, 0, 0);
+    for mut s in held {
+        let mut got = Vec::new();
+        match tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await.expect("the server closes") {
+            Ok(_) if got.is_empty() => admitted += 1,
+            Ok(_) => {
+                let text = String::from_utf8(got).unwrap();
+                assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+                let body: serde_json::Value =
+                    serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], "too_many_connections");
+                assert!(body["data"].is_null());
+                refused += 1;
+            }
+            Err(_) => reset += 1,
+        }
+    }
+    assert_eq!(admitted, 50);
+    assert_eq!(refused + reset, 950);
+    assert!(refused > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_and_http_edges_answer_in_the_contract_shape() {
+    let body = hostile_body(Hostile::Amplification { id_bytes: 8, plans: 1 });
+    let (mut pf, _dir) = start(body, Faults::default(), TIGHT).await;
+    wait_for_events(&mut pf).await;
+    let addr = pf.base.clone();
+    let host = addr.trim_start_matches("http://").to_owned();
+
+    // Slowloris: a byte every 100 ms keeps the socket busy but never completes the headers.
+    let mut slow = TcpStream::connect(&host).await.unwrap();
+    let started = Instant::now();
+    let header = b"GET /search HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let mut closed = false;
+    for &b in header.iter().chain(std::iter::repeat(&b'a')) {
+        if slow.write_all(&[b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > PATIENCE {
+            break;
+        }
+    }
+    assert!(closed, "a request whose headers trickle in is closed");
+    assert!(started.elapsed() >= Duration::from_secs(1), "not before its header-read timeout");
+
+    // HEAD /search is GET without a body.
+    let client = reqwest::Client::new();
+    let head = client.head(format!("{addr}/search")).send().await.unwrap();
+    let get = client.get(format!("{addr}/search")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], get.headers()["content-length"]);
+    assert_eq!(head.bytes().await.unwrap().len(), 0);
+
+    // 414 and 431 in the contract's shape.
+    let long = client.get(format!("{addr}/search?x={}", "a".repeat(10_000))).send().await.unwrap();
+    assert_eq!(long.status(), 414);
+    let body: serde_json::Value = serde_json::from_str(&long.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "uri_too_long");
+    let big = client.get(format!("{addr}/search")).header("x-big", "b".repeat(20_000)).send().await.unwrap();
+    assert_eq!(big.status(), 431);
+    let body: serde_json::Value = serde_json::from_str(&big.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large");
+
+    // Clients that walk away mid-request, in the headers or waiting for the answer.
+    for half in [&b"GET /search HTTP/1.1\r\nHo"[..], b"GET /search HTTP/1.1\r\nHost: x\r\n\r\n"] {
+        for _ in 0..20 {
+            let mut s = TcpStream::connect(&host).await.unwrap();
+            s.write_all(half).await.unwrap();
+            drop(s);
+        }
+    }
+    // Let the server see them go: one more request behind them on a fresh connection.
+    assert_eq!(client.get(format!("{addr}/health")).send().await.unwrap().status(), 200);
+    let log = pf.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+/// `planfeed_http_connections_open` from `/metrics` (the scrape's own connection included).
+async fn connections_open(base: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("planfeed_http_connections_open"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_goes_back_near_idle_after_a_connection_flood() {
+    let body = hostile_body(Hostile::Amplification { id_bytes: 8, plans: 1 });
+    let limits = "[server.connections]\nmax_connections = 6000\nmax_connections_per_client = 6000\n";
+    let (mut pf, _dir) = start(body, Faults::default(), limits).await;
+    wait_for_events(&mut pf).await;
+    let pid = pf.child.id();
+    let idle_kb = proc_kb(pid, "VmRSS:");
+    let host = pf.base.trim_start_matches("http://").to_owned();
+
+    // 5,000 connections, one search each, answers read.
+    let mut flood = Vec::new();
+    for _ in 0..5000 {
+        let mut s = TcpStream::connect(&host).await.unwrap();
+        s.write_all(b"GET /search HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        flood.push(s);
+    }
+    for s in &mut flood {
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    let flood_kb = proc_kb(pid, "VmRSS:");
+    assert!(flood_kb > 2 * idle_kb, "the flood takes memory: {flood_kb} kB, {idle_kb} kB idle");
+    drop(flood);
+
+    let deadline = Instant::now() + PATIENCE;
+    while connections_open(&pf.base).await > 1 {
+        assert!(Instant::now() < deadline, "connections still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The memory is handed back right after the last connections closed (off the async threads).
+    let mut after_kb = proc_kb(pid, "VmRSS:");
+    while after_kb > 2 * idle_kb {
+        assert!(
+            Instant::now() < deadline,
+            "RSS {after_kb} kB after the flood, {idle_kb} kB idle, {flood_kb} kB during"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after_kb = proc_kb(pid, "VmRSS:");
+    }
+    eprintln!("flood of 5,000 connections: RSS idle {idle_kb} kB, during {flood_kb} kB, after {after_kb} kB");
+}
