@@ -2,6 +2,7 @@
 //!
 //! - [`domain`]: plans, zones, keys and time ranges, apart from XML and storage.
 //! - [`feed`]: chunking the streamed feed at base-plan boundaries and parsing chunks.
+//! - [`fetch`]: what a fetch is made of apart from its actor: its typed failures.
 //! - [`store`]: the `Store` trait and its implementations (embedded SQLite, ClickHouse).
 //! - [`actors`]: the ingestion pipeline (supervisor, scheduler, fetcher, parsers, batch writer).
 //! - [`search`]: answers searches from the store through a per-day cache.
@@ -18,6 +19,7 @@ pub mod actors;
 pub mod config;
 pub mod domain;
 pub mod feed;
+pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod readiness;

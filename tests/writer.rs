@@ -136,6 +136,8 @@ async fn late_online_observations(store: SharedStore) {
 /// fetch's record says how many plans were written and dropped, and why.
 #[tokio::test]
 async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
+    // The process's metrics recorder, so the fetch's outcome label can be read back.
+    planfeed::metrics::handle();
     let dir = tempfile::tempdir().unwrap();
     let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("w.db")).unwrap());
     let w = writer(store.clone()).await;
@@ -149,6 +151,7 @@ async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
         chunks: 1,
         retries: 0,
         record,
+        error: None,
     }))
     .unwrap();
     flush(&w).await;
@@ -163,6 +166,10 @@ async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
     let error = fetch.error.clone().expect("the fetch is not recorded ok");
     assert!(error.starts_with("store rejected 1 plans (written 9, spooled 0): "), "{error}");
     assert!(error.contains("63-bit range"), "{error}");
-    assert_eq!(planfeed::actors::batch_writer::fetch_outcome(&fetch), "store_rejected");
+    let counted = planfeed::metrics::handle().render();
+    assert!(
+        counted.contains("planfeed_fetches_total{provider=\"late\",outcome=\"store_rejected\"} 1\n"),
+        "{counted}"
+    );
     w.stop(None);
 }

@@ -37,6 +37,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::parser::FetchContext;
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
+use crate::fetch::FetchError;
 use crate::search::Searcher;
 use crate::spool::replay::{bounded, isolate, record_drop, Replayer};
 use crate::spool::{Entry, Spool};
@@ -62,7 +63,10 @@ pub struct FetchEnd {
     pub chunks: u32,
     /// Attempts repeated within the fetch after transient failures (for the log line).
     pub retries: u32,
+    /// The record to complete; its `error` is written here from `error` and the writer's notes.
     pub record: FetchRecord,
+    /// Why the download failed, if it did.
+    pub error: Option<FetchError>,
 }
 
 pub enum WriterMsg {
@@ -644,8 +648,8 @@ impl BatchWriterState {
             return;
         }
         self.flush_all(me, FlushTrigger::FetchEnd).await;
-        let tally = self.fetches.remove(&fetch_id).unwrap_or_default();
-        let Some(end) = tally.end else { return };
+        let mut tally = self.fetches.remove(&fetch_id).unwrap_or_default();
+        let Some(end) = tally.end.take() else { return };
         let fetch_retries = end.retries;
         let retries = fetch_retries + tally.store_retries;
         let mut record = end.record;
@@ -653,7 +657,8 @@ impl BatchWriterState {
         record.plans_written = tally.written;
         record.plans_unchanged = tally.unchanged;
         record.plans_skipped = tally.skipped;
-        let mut notes: Vec<String> = record.error.take().into_iter().collect();
+        let outcome = fetch_outcome(end.error.as_ref(), &tally);
+        let mut notes: Vec<String> = end.error.iter().map(ToString::to_string).collect();
         if notes.is_empty() {
             notes.extend(tally.errors);
         }
@@ -668,7 +673,6 @@ impl BatchWriterState {
         }
         record.error = (!notes.is_empty()).then(|| notes.join("; "));
         record.duration_ms = (Utc::now() - record.started_at).num_milliseconds().max(0) as u64;
-        let outcome = fetch_outcome(&record);
         match &record.error {
             None => tracing::info!(
                 provider = %record.provider, seen = record.plans_seen, written = record.plans_written,
@@ -988,27 +992,19 @@ fn estimated_bytes(plan: &Plan) -> usize {
             .sum::<usize>()
 }
 
-/// The reason label of a fetch outcome, for metrics.
-pub fn fetch_outcome(record: &FetchRecord) -> &'static str {
-    let Some(error) = record.error.as_deref() else { return "ok" };
-    // The writer's notes follow the fetch's own error: they say more about where plans went.
-    if error.contains(STORE_REJECTED) {
-        return "store_rejected";
-    }
-    if error.contains(SPOOL_REFUSED) {
-        return "spool_full";
-    }
-    if error.starts_with("circuit open") {
-        return "skipped";
-    }
-    match record.http_status {
-        Some(s) if !(200..300).contains(&s) => "http_error",
-        None if error.contains("timed out") => "timeout",
-        None => "connect",
-        Some(_) if error.contains("timed out") => "timeout",
-        Some(_) if error.contains("truncated") => "truncated",
-        Some(_) if error.contains("max_body_bytes") => "too_large",
-        Some(_) if error.contains("body read failed") => "body_error",
-        Some(_) => "bad_feed",
+/// The `outcome` label of a recorded fetch (metric and log line): what became of its plans in
+/// the store says more than how the download ended, so the writer's notes come first.
+fn fetch_outcome(error: Option<&FetchError>, tally: &FetchTally) -> &'static str {
+    if tally.dropped_reason.is_some() {
+        "store_rejected"
+    } else if tally.held_reason.is_some() {
+        "spool_full"
+    } else if let Some(e) = error {
+        e.outcome()
+    } else if !tally.errors.is_empty() {
+        // A chunk the parser could not read.
+        "bad_feed"
+    } else {
+        "ok"
     }
 }
