@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
-use crate::actors::batch_writer::WriterCounters;
+use crate::actors::counters::WriterCounters;
 use crate::search::Searcher;
 
 /// Search latency buckets, in seconds: the interesting range is 50 µs .. 100 ms.

@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use planfeed::actors::batch_writer::{ChunkPlans, WriterCounters};
-use planfeed::actors::parser::FetchContext;
-use planfeed::actors::{BatchWriter, BatchWriterArgs, WriterMsg};
+use planfeed::actors::{
+    BatchWriter, BatchWriterArgs, ChunkPlans, FetchContext, FetchEnd, WriterCounters, WriterMsg,
+};
 use planfeed::domain::Plan;
 use planfeed::store::sqlite::SqliteStore;
 use planfeed::store::SharedStore;
@@ -146,14 +146,8 @@ async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
     plans.insert(4, plan("late", u64::MAX, 5, "too big", "2034-02-02T20:00:00", "2034-02-02T22:00:00"));
     w.cast(chunk(1, plans)).unwrap();
     let record = planfeed::domain::FetchRecord { provider: "late".into(), ..Default::default() };
-    w.cast(WriterMsg::FetchEnd(planfeed::actors::batch_writer::FetchEnd {
-        fetch_id: 1,
-        chunks: 1,
-        retries: 0,
-        record,
-        error: None,
-    }))
-    .unwrap();
+    w.cast(WriterMsg::FetchEnd(FetchEnd { fetch_id: 1, chunks: 1, retries: 0, record, error: None }))
+        .unwrap();
     flush(&w).await;
     let d = day("2034-02-02");
     let mut titles: Vec<String> =

@@ -26,72 +26,22 @@
 //! and holds the chunks it receives meanwhile, with their permits: ingestion waits.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
-use tokio::sync::OwnedSemaphorePermit;
 
-use super::parser::FetchContext;
+use super::counters::WriterCounters;
+use super::messages::{ChunkPlans, FetchEnd, WriterMsg};
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
 use crate::fetch::FetchError;
 use crate::search::Searcher;
 use crate::spool::replay::{bounded, isolate, record_drop, Replayer};
 use crate::spool::{Entry, Spool};
 use crate::store::{SharedStore, StoreError, StoreResult};
-
-/// The plans of one parsed chunk.
-pub struct ChunkPlans {
-    pub fetch: Arc<FetchContext>,
-    pub seq: u32,
-    pub plans: Vec<Plan>,
-    /// `plans[i].content_hash()`, computed by the parser; empty means "compute them here".
-    pub hashes: Vec<u64>,
-    pub skipped: u64,
-    pub error: Option<String>,
-    /// Released once the plans are in the batch: the pipeline's backpressure.
-    pub permit: OwnedSemaphorePermit,
-}
-
-/// Sent by the fetcher when the download ended (well or not).
-pub struct FetchEnd {
-    pub fetch_id: u64,
-    /// Number of chunks handed to the parsers.
-    pub chunks: u32,
-    /// Attempts repeated within the fetch after transient failures (for the log line).
-    pub retries: u32,
-    /// The record to complete; its `error` is written here from `error` and the writer's notes.
-    pub record: FetchRecord,
-    /// Why the download failed, if it did.
-    pub error: Option<FetchError>,
-}
-
-pub enum WriterMsg {
-    Plans(ChunkPlans),
-    FetchEnd(FetchEnd),
-    FlushTimer {
-        batch_id: u64,
-    },
-    /// Flush now and answer when done (shutdown, tests).
-    Flush(RpcReplyPort<()>),
-    /// The in-flight batch write `write_id` completed (sent by the write task itself).
-    WriteDone {
-        write_id: u64,
-    },
-    /// Configuration reload: new flush thresholds, from the next plan on.
-    SetBatching {
-        batch_size: usize,
-        flush_age: Duration,
-    },
-    /// The bookkeeping, read in the background when the store was not reachable at start.
-    Loaded(HashMap<PlanKey, PlanState>),
-    /// Spooled plans the store rejected for good on replay: forget them (the next fetch offers them
-    /// again), unless a newer version was taken since.
-    Forget(Vec<(PlanKey, u64)>),
-}
 
 /// Estimated memory of a batch that triggers a flush. Plans vary a hundredfold in size (a plan
 /// with 200 zones weighs ~16 KiB in memory), so a plan count alone lets a batch of big plans
@@ -109,28 +59,6 @@ pub enum FlushTrigger {
     FetchEnd,
     Requested,
     Stop,
-}
-
-/// Outcome counters, shared with metrics and tests.
-#[derive(Debug, Default)]
-pub struct WriterCounters {
-    pub plans_seen: AtomicU64,
-    /// Plans the store holds: counted when a write (direct or replayed from the spool) completes.
-    pub plans_written: AtomicU64,
-    /// Plans put in the spool (each is counted written again once replayed).
-    pub plans_spooled: AtomicU64,
-    /// Plans the store rejected for good.
-    pub plans_dropped: AtomicU64,
-    /// Spool entries delivered to the store.
-    pub spool_replayed: AtomicU64,
-    /// Times a batch found both the store and the spool refusing it (the writer held it).
-    pub spool_refusals: AtomicU64,
-    pub plans_unchanged: AtomicU64,
-    pub plans_skipped: AtomicU64,
-    pub batches: AtomicU64,
-    pub retries: AtomicU64,
-    pub batches_dropped: AtomicU64,
-    pub fetches_recorded: AtomicU64,
 }
 
 #[derive(Clone)]

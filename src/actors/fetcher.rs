@@ -22,13 +22,12 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::batch_writer::{FetchEnd, WriterMsg};
-use super::parser::{ChunkJob, FetchContext, ParserMsg};
-use super::scheduler::SchedulerMsg;
-use super::{ParserPool, Slot};
+use super::messages::{ChunkJob, FetchContext, FetchEnd, FetcherMsg, ParserMsg, SchedulerMsg, WriterMsg};
+use super::slot::{ParserPool, Slot};
 use crate::config::{PipelineSettings, ProviderSettings, MAX_RETRY_BACKOFF};
 use crate::domain::FetchRecord;
 use crate::feed::Chunker;
+use crate::fetch::breaker::{Admission, SharedBreaker};
 use crate::fetch::{FetchError, RequestError};
 
 /// A body being read: pieces, or a failure's error chain and whether it was a timeout.
@@ -37,13 +36,6 @@ type Body = futures::stream::BoxStream<'static, Result<bytes::Bytes, (String, bo
 /// How long the complete base plans buffered when a download fails may wait for a pipeline
 /// permit past the fetch's deadline: they are already downloaded, dropping them would waste them.
 const SALVAGE_GRACE: Duration = Duration::from_secs(10);
-
-pub enum FetcherMsg {
-    /// Fetch once and tell the scheduler when done.
-    Fetch { reply_to: ActorRef<SchedulerMsg> },
-    /// Configuration reload: new URL, time zone or timeouts from the next fetch on.
-    SetProvider(ProviderSettings),
-}
 
 #[derive(Clone)]
 pub struct FetcherArgs {
@@ -62,80 +54,6 @@ pub struct FetcherState {
     args: FetcherArgs,
     client: reqwest::Client,
     last_fetch_id: u64,
-}
-
-/// What the breaker allows for the next fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Closed: a normal fetch, with retries.
-    Fetch,
-    /// The cooldown is over: one request, no retries; its outcome closes or reopens the breaker.
-    Probe,
-    /// Open: send nothing.
-    Skip { remaining: Duration },
-}
-
-/// Circuit breaker over consecutive failed fetches of one provider. Shared ([`SharedBreaker`])
-/// between the supervisor and the provider's fetcher, so it outlives a fetcher's restart.
-#[derive(Debug)]
-pub struct Breaker {
-    threshold: u32,
-    cooldown: Duration,
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
-impl Breaker {
-    /// `threshold == 0` never opens.
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self { threshold, cooldown, failures: 0, open_until: None }
-    }
-
-    pub fn admit(&self, now: Instant) -> Admission {
-        match self.open_until {
-            Some(until) if now < until => Admission::Skip { remaining: until - now },
-            Some(_) => Admission::Probe,
-            None => Admission::Fetch,
-        }
-    }
-
-    /// Records a fetch's outcome; returns true when this opened (or reopened) the breaker.
-    pub fn record(&mut self, ok: bool, now: Instant) -> bool {
-        if ok {
-            self.failures = 0;
-            self.open_until = None;
-            return false;
-        }
-        self.failures = self.failures.saturating_add(1);
-        if self.threshold > 0 && self.failures >= self.threshold {
-            self.open_until = Some(now + self.cooldown);
-            return true;
-        }
-        false
-    }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
-    /// New thresholds (configuration reload); the count and an open circuit are kept.
-    pub fn configure(&mut self, threshold: u32, cooldown: Duration) {
-        self.threshold = threshold;
-        self.cooldown = cooldown;
-    }
-
-    /// Whether the circuit is open at `now` (no request would be sent).
-    pub fn is_open(&self, now: Instant) -> bool {
-        matches!(self.admit(now), Admission::Skip { .. })
-    }
-}
-
-/// A provider's breaker, as the supervisor and the fetcher hold it.
-pub type SharedBreaker = Arc<parking_lot::Mutex<Breaker>>;
-
-/// A closed breaker for a provider's settings.
-pub fn shared_breaker(provider: &ProviderSettings) -> SharedBreaker {
-    Arc::new(parking_lot::Mutex::new(Breaker::new(provider.breaker_failures, provider.breaker_cooldown)))
 }
 
 pub struct Fetcher;
@@ -441,44 +359,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(3, Duration::from_secs(60));
-        assert!(!b.record(false, t0));
-        assert!(!b.record(false, t0));
-        assert!(!b.record(true, t0), "a success resets the count");
-        assert!(!b.record(false, t0));
-        assert!(!b.record(false, t0));
-        assert_eq!(b.admit(t0), Admission::Fetch);
-        assert!(b.record(false, t0), "third consecutive failure opens");
-        assert_eq!(
-            b.admit(t0 + Duration::from_secs(59)),
-            Admission::Skip { remaining: Duration::from_secs(1) }
-        );
-        let later = t0 + Duration::from_secs(60);
-        assert_eq!(b.admit(later), Admission::Probe);
-        assert!(b.record(false, later), "a failed probe reopens");
-        assert_eq!(
-            b.admit(later + Duration::from_secs(1)),
-            Admission::Skip { remaining: Duration::from_secs(59) }
-        );
-        assert_eq!(b.admit(later + Duration::from_secs(60)), Admission::Probe);
-        assert!(!b.record(true, later + Duration::from_secs(60)));
-        assert_eq!(b.admit(later + Duration::from_secs(60)), Admission::Fetch);
-        assert_eq!(b.failures(), 0);
-    }
-
-    #[test]
-    fn a_zero_threshold_never_opens() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(0, Duration::from_secs(1));
-        for _ in 0..100 {
-            assert!(!b.record(false, t0));
-        }
-        assert_eq!(b.admit(t0), Admission::Fetch);
-    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {

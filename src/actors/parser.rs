@@ -8,8 +8,8 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::batch_writer::{ChunkPlans, WriterMsg};
-use super::Slot;
+use super::messages::{ChunkPlans, WriterMsg};
+use super::slot::Slot;
 use crate::feed;
 
 /// Where a chunk comes from; shared by every chunk of one fetch.

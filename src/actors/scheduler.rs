@@ -7,26 +7,8 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
 
-use super::fetcher::FetcherMsg;
-use super::Slot;
-
-pub enum SchedulerMsg {
-    /// `generation` lets a superseded timer be ignored.
-    Tick {
-        generation: u64,
-    },
-    /// Fetch now unless a fetch is running (operators, tests).
-    FetchNow,
-    FetchFinished {
-        failed: bool,
-    },
-    /// The fetcher was restarted: any fetch in flight is gone.
-    FetcherRestarted,
-    SetInterval {
-        interval: Duration,
-        jitter: Duration,
-    },
-}
+use super::messages::{FetcherMsg, SchedulerMsg};
+use super::slot::Slot;
 
 #[derive(Clone)]
 pub struct SchedulerArgs {

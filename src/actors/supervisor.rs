@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::Semaphore;
 
-use super::batch_writer::{BatchWriter, BatchWriterArgs, WriterMsg};
-use super::fetcher::{shared_breaker, Fetcher, FetcherArgs, FetcherMsg, SharedBreaker};
+use super::batch_writer::{BatchWriter, BatchWriterArgs};
+use super::fetcher::{Fetcher, FetcherArgs};
+use super::messages::{FetcherMsg, SchedulerMsg, WriterMsg};
 use super::parser::Parser;
-use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
-use super::{ParserPool, Slot};
+use super::scheduler::{Scheduler, SchedulerArgs};
+use super::slot::{ParserPool, Slot};
 use crate::config::{PipelineSettings, ProviderSettings};
+use crate::fetch::breaker::{shared_breaker, SharedBreaker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {

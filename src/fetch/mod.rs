@@ -2,6 +2,8 @@
 //! ([`crate::actors::Fetcher`]): why it failed ([`FetchError`]) and the circuit breaker that
 //! decides whether it is sent at all ([`breaker`]).
 
+pub mod breaker;
 pub mod error;
 
+pub use breaker::{Admission, Breaker, SharedBreaker};
 pub use error::{FetchError, RequestError};

@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 
 use super::{Entry, Spool};
-use crate::actors::batch_writer::WriterCounters;
+use crate::actors::counters::WriterCounters;
 use crate::domain::{PlanKey, StoredPlan};
 use crate::search::Searcher;
 use crate::store::{SharedStore, StoreError, StoreResult};
