@@ -12,6 +12,7 @@
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`service`]: wires everything together for `planfeed serve`.
 //! - [`reload`]: applies a changed configuration while running (file watch, `SIGHUP`).
+//! - [`retry`]: the one backoff policy and retry loop, every retry counted.
 //! - [`readiness`]: what `GET /ready` checks.
 //! - [`spool`]: the durable spool that keeps what the store refuses until it answers again.
 
@@ -24,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;
+pub mod retry;
 pub mod search;
 pub mod service;
 pub mod simulator;

@@ -89,6 +89,11 @@ pub fn record_spool(entries: u64, plans: u64, bytes: u64) {
     metrics::gauge!("planfeed_spool_bytes").set(bytes as f64);
 }
 
+/// Counts one retry of `operation` (see [`crate::retry`]).
+pub fn record_retry(operation: &'static str) {
+    metrics::counter!("planfeed_retries_total", "operation" => operation).increment(1);
+}
+
 /// Records one fetch outcome, by reason.
 pub fn record_fetch(provider: &str, outcome: &'static str) {
     metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome)

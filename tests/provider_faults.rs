@@ -554,6 +554,12 @@ async fn two_providers_one_failing_the_healthy_one_keeps_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_within_one_fetch() {
     let _serial = SERIAL.lock().await;
+    let retried = || {
+        let text = planfeed::metrics::handle().render();
+        let line = "planfeed_retries_total{operation=\"fetch\"} ";
+        text.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let retried_before = retried();
     let spec = spec(13);
     let sim = Simulator::new(FeedSource::Generated(spec.clone()), Faults::default());
     sim.fail_next(2);
@@ -575,6 +581,7 @@ async fn transient_failures_are_retried_within_one_fetch() {
     let error = fetches[0].error.as_deref().unwrap_or_default();
     assert_eq!(error, "provider answered HTTP 503 Service Unavailable (after 2 retries)");
     assert_eq!(sim.requests.load(Ordering::Relaxed), 6);
+    assert_eq!(retried() - retried_before, 4, "every retry is counted in planfeed_retries_total");
     service.shutdown().await;
 }
 

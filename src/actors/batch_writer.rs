@@ -26,18 +26,18 @@
 //! and holds the chunks it receives meanwhile, with their permits: ingestion waits.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rand::Rng;
 
 use super::counters::WriterCounters;
 use super::messages::{ChunkPlans, FetchEnd, WriterMsg};
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
 use crate::fetch::FetchError;
+use crate::retry::{retry, RetryPolicy};
 use crate::search::Searcher;
 use crate::spool::replay::{bounded, isolate, record_drop, Replayer};
 use crate::spool::{Entry, Spool};
@@ -261,17 +261,17 @@ async fn load_states(args: &BatchWriterArgs) -> StoreResult<HashMap<PlanKey, Pla
 
 /// [`load_states`] retried with capped backoff until it succeeds.
 async fn load_until_done(args: &BatchWriterArgs) -> HashMap<PlanKey, PlanState> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match load_states(args).await {
-            Ok(persisted) => return persisted,
-            Err(e) => {
-                tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "plan states not readable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+    let policy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1));
+    let loaded = retry(
+        &policy,
+        u32::MAX,
+        "load_plan_states",
+        || load_states(args),
+        |_| true,
+        |e, _, delay| tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "plan states not readable yet"),
+    );
+    // Only `u32::MAX` failures in a row (decades) end the loop: then start empty.
+    loaded.await.unwrap_or_default()
 }
 
 impl BatchWriterState {
@@ -725,8 +725,11 @@ struct Sink {
 
 /// Attempts of one store write before its batch goes to the spool (about 3 s of backoff).
 const STORE_ATTEMPTS: u32 = 5;
-/// Backoff while both the store and the spool refuse a batch.
-const HOLD_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Between attempts of one store write: 200 ms doubling, jittered to 50–100 %, at most 5 s.
+const STORE_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5)).jittered(0.5);
+/// Between attempts while both the store and the spool refuse a batch.
+const HOLD_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5));
 
 impl Sink {
     /// Writes a batch, then applies the marks. Transient failures are retried briefly, then the
@@ -813,7 +816,7 @@ impl Sink {
     ) -> bool {
         let plans = entry.plans();
         let entry = Arc::new(entry);
-        let mut delay = Duration::from_millis(200);
+        let mut held = 0u32;
         loop {
             if let Some(spool) = &self.spool {
                 match spool.append(entry.clone()).await {
@@ -844,8 +847,9 @@ impl Sink {
                 );
                 out.held = Some("no spool configured".into());
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(HOLD_BACKOFF_CAP);
+            tokio::time::sleep(HOLD_RETRY.delay(held)).await;
+            held += 1;
+            crate::metrics::record_retry("held_batch");
             let Entry::Batch { plans: rows, marks } = entry.as_ref() else { return false };
             let direct = async {
                 if !rows.is_empty() {
@@ -873,39 +877,33 @@ impl Sink {
     /// [`STORE_ATTEMPTS`] times, counting each repeat in `retries` and the writer's counters. An
     /// attempt that outlives `write_timeout` ends the retries at once: a store that hangs would
     /// hang again, and the spool should take over after one timeout, not after five.
-    async fn retrying<F, Fut>(&self, retries: &mut u32, what: &str, mut op: F) -> StoreResult<()>
+    async fn retrying<F, Fut>(&self, retries: &mut u32, what: &'static str, mut op: F) -> StoreResult<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = StoreResult<()>>,
     {
-        let mut attempt = 1u32;
-        loop {
-            let result = match tokio::time::timeout(self.write_timeout, op()).await {
-                Ok(result) => result,
-                Err(_) => {
-                    let limit = self.write_timeout;
+        let limit = self.write_timeout;
+        let hung = AtomicBool::new(false);
+        let attempt = || {
+            let (call, hung) = (op(), &hung);
+            async move {
+                tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                    hung.store(true, Ordering::Relaxed);
                     tracing::warn!(
                         limit_ms = limit.as_millis() as u64,
-                        attempt,
                         "{what}: store did not answer in time"
                     );
-                    return Err(StoreError::Unavailable(format!("store did not answer within {limit:?}")));
-                }
-            };
-            match result {
-                Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
-                    *retries += 1;
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    let base =
-                        Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
-                    let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
-                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
-                    attempt += 1;
-                    tokio::time::sleep(delay).await;
-                }
-                result => return result,
+                    Err(StoreError::Unavailable(format!("store did not answer within {limit:?}")))
+                })
             }
-        }
+        };
+        let retryable = |e: &StoreError| e.is_transient() && !hung.load(Ordering::Relaxed);
+        retry(&STORE_RETRY, STORE_ATTEMPTS - 1, "store_write", attempt, retryable, |e, attempt, delay| {
+            *retries += 1;
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
+        })
+        .await
     }
 }
 

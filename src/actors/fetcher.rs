@@ -18,7 +18,6 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -29,6 +28,7 @@ use crate::domain::FetchRecord;
 use crate::feed::Chunker;
 use crate::fetch::breaker::{Admission, SharedBreaker};
 use crate::fetch::{FetchError, RequestError};
+use crate::retry::RetryPolicy;
 
 /// A body being read: pieces, or a failure's error chain and whether it was a timeout.
 type Body = futures::stream::BoxStream<'static, Result<bytes::Bytes, (String, bool)>>;
@@ -249,7 +249,9 @@ impl FetcherState {
         Ok(response.bytes_stream().map(|r| r.map_err(|e| (error_chain(&e), e.is_timeout()))).boxed())
     }
 
-    /// Sends the request until a successful response starts, retrying transient failures.
+    /// Sends the request until a successful response starts, retrying transient failures. This is
+    /// the fetch's one retry loop; it is not [`crate::retry::retry`] because the fetch's deadline
+    /// and the provider's `Retry-After` decide each wait, on the same [`RetryPolicy`].
     async fn open(
         &self,
         deadline: Instant,
@@ -294,6 +296,7 @@ impl FetcherState {
                 return Err(FetchError::Request { cause, retries, out_of_time: Some(p.timeout) });
             }
             end.retries += 1;
+            crate::metrics::record_retry("fetch");
             tracing::warn!(
                 provider = %p.name, error = %cause, retry = end.retries, max_retries,
                 delay_ms = delay.as_millis() as u64, "fetch attempt failed, retrying"
@@ -320,12 +323,11 @@ impl FetcherState {
     }
 }
 
-/// Delay before retry `done + 1`: `base × 2^done`, jittered to 50–100 % so providers and replicas
-/// don't retry in step, capped at [`MAX_RETRY_BACKOFF`]. A `Retry-After` from the provider wins
+/// Delay before retry `done + 1` of a request: the provider's policy (`retry_backoff` doubling,
+/// jittered to 50–100 %, capped at [`MAX_RETRY_BACKOFF`]); a `Retry-After` from the provider wins
 /// when longer, within the same cap.
 pub fn backoff(base: Duration, done: u32, retry_after: Option<Duration>) -> Duration {
-    let exp = base.saturating_mul(2u32.saturating_pow(done.min(16))).min(MAX_RETRY_BACKOFF);
-    let jittered = exp.mul_f64(rand::rng().random_range(0.5..=1.0));
+    let jittered = RetryPolicy::new(base, MAX_RETRY_BACKOFF).jittered(0.5).delay(done);
     retry_after.map_or(jittered, |r| r.min(MAX_RETRY_BACKOFF).max(jittered))
 }
 
@@ -361,10 +363,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
+    fn backoff_doubles_with_jitter_and_retry_after_wins_within_the_cap() {
         let base = Duration::from_millis(500);
-        for (done, full) in [(0, 500), (1, 1000), (2, 2000), (3, 4000), (4, 8000), (5, 10_000), (40, 10_000)]
-        {
+        for (done, full) in [(0, 500), (3, 4000), (40, 10_000)] {
             let d = backoff(base, done, None).as_millis() as u64;
             assert!(d >= full / 2 && d <= full, "retry {done}: {d} ms not in [{}, {full}]", full / 2);
         }

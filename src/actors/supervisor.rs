@@ -19,6 +19,10 @@ use super::scheduler::{Scheduler, SchedulerArgs};
 use super::slot::{ParserPool, Slot};
 use crate::config::{PipelineSettings, ProviderSettings};
 use crate::fetch::breaker::{shared_breaker, SharedBreaker};
+use crate::retry::RetryPolicy;
+
+/// Restart delays per child: 100 ms doubling to 30 s; no jitter, nobody else shares the wait.
+const RESTART_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(30));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
@@ -299,9 +303,9 @@ impl SupervisorState {
         if entry.1.elapsed() > Duration::from_secs(60) {
             entry.0 = 0;
         }
-        let delay =
-            Duration::from_millis(100u64.saturating_mul(1 << entry.0.min(9))).min(Duration::from_secs(30));
+        let delay = RESTART_RETRY.delay(entry.0);
         entry.0 += 1;
+        crate::metrics::record_retry("restart");
         entry.1 = Instant::now();
         tracing::info!(?child, delay_ms = delay.as_millis() as u64, restarts = entry.0, "restart planned");
         me.send_after(delay, move || SupervisorMsg::Restart(child));
