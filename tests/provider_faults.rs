@@ -618,3 +618,32 @@ fn round_plans_of(provider: &str, body: &[u8]) -> BTreeMap<String, (bool, String
     let parsed = parse_document(&Arc::from(provider), body).unwrap();
     parsed.plans.iter().map(|p| (p.key.id().to_string(), (p.online, plan_summary(p)))).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_once_sends_one_request_and_returns_the_record_its_writer_recorded() {
+    let _serial = SERIAL.lock().await;
+    let spec = spec(21);
+    let sim = Simulator::new(FeedSource::Generated(spec.clone()), Faults::default());
+    let url = simulator::spawn_local(sim.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("once.db");
+    let spool = dir.path().join("spool");
+    let extra = [
+        ("PLANFEED__STORE__PATH", db.to_str().unwrap()),
+        ("PLANFEED__SPOOL__PATH", spool.to_str().unwrap()),
+        // A short interval: a second request would show that the run did not end with its fetch.
+        ("PLANFEED__PROVIDER__INTERVAL", "10ms"),
+    ];
+    let settings = Settings::load_with(Path::new("/nonexistent"), env(&url, &extra)).unwrap();
+    let record = planfeed::service::ingest_once(settings, None, None, false).await.unwrap();
+    let plans = round_plans("fever", &spec, 0).len() as u64;
+    assert_eq!((record.error.as_deref(), record.plans_seen, record.plans_written), (None, plans, plans));
+    assert_eq!(sim.requests.load(Ordering::Relaxed), 1);
+    let store: SharedStore = Arc::new(SqliteStore::open(&db).unwrap());
+    let logged = store.recent_fetches(10).await.unwrap();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(
+        (logged[0].plans_seen, logged[0].plans_written, logged[0].bytes),
+        (plans, plans, record.bytes)
+    );
+}

@@ -26,6 +26,7 @@ async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
         batch_size: 1000,
         flush_age: Duration::from_secs(60),
         counters: Arc::new(WriterCounters::default()),
+        recorded: None,
         spool: None,
         write_timeout: Duration::from_secs(10),
     };

@@ -72,6 +72,9 @@ pub struct BatchWriterArgs {
     pub spool: Option<Arc<Spool>>,
     /// One store write slower than this counts as a transient failure (`spool.write_timeout`).
     pub write_timeout: Duration,
+    /// Where each recorded fetch is announced once its plans are written, spooled or dropped
+    /// (`ingest --once` ends on it); `None`: nobody waits.
+    pub recorded: Option<tokio::sync::mpsc::UnboundedSender<FetchRecord>>,
 }
 
 #[derive(Default)]
@@ -616,7 +619,11 @@ impl BatchWriterState {
             ),
         }
         crate::metrics::record_fetch(&record.provider, outcome);
+        let announced = self.args.recorded.as_ref().map(|tx| (tx, record.clone()));
         self.record(record).await;
+        if let Some((tx, record)) = announced {
+            let _ = tx.send(record);
+        }
         self.args.counters.fetches_recorded.fetch_add(1, Ordering::Relaxed);
         // Tallies of fetches whose end never came (a crashed fetcher) must not pile up.
         if self.fetches.len() > 64 {
