@@ -26,20 +26,24 @@
 //! and holds the chunks it receives meanwhile, with their permits: ingestion waits.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+mod sink;
+
+use sink::{Fate, Marks, Sink, WriteOutcome};
+
 use super::counters::WriterCounters;
-use super::messages::{ChunkPlans, FetchEnd, WriterMsg};
+use super::messages::{ChunkPlans, FetchContext, FetchEnd, WriterMsg};
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
 use crate::fetch::FetchError;
 use crate::retry::{retry, RetryPolicy};
 use crate::search::Searcher;
-use crate::spool::replay::{bounded, isolate, record_drop, Replayer};
+use crate::spool::replay::{bounded, Replayer};
 use crate::spool::{Entry, Spool};
 use crate::store::{SharedStore, StoreError, StoreResult};
 
@@ -337,82 +341,92 @@ impl BatchWriterState {
     fn absorb(&mut self, me: &ActorRef<WriterMsg>, chunk: ChunkPlans) {
         let ChunkPlans { fetch, seq, plans, hashes, skipped, error, permit } = chunk;
         let version = (fetch.fetch_id << 20) | u64::from(seq.min((1 << 20) - 1));
-        let counters = &self.args.counters;
-        let tally = self.fetches.entry(fetch.fetch_id).or_default();
-        tally.chunks_received += 1;
-        tally.skipped += skipped;
-        counters.plans_skipped.fetch_add(skipped, Ordering::Relaxed);
-        if let Some(e) = error {
-            tally.errors.push(e);
-        }
-        let hashes_given = hashes.len() == plans.len();
+        let (seen, hashes_given) = (plans.len() as u64, hashes.len() == plans.len());
+        let mut unchanged = 0u64;
         for (i, plan) in plans.into_iter().enumerate() {
-            tally.seen += 1;
-            counters.plans_seen.fetch_add(1, Ordering::Relaxed);
             let hash = if hashes_given { hashes[i] } else { plan.content_hash() };
-            let writing = self.in_flight.as_ref().and_then(|f| f.index.get(&plan.key).map(|&i| &f.batch[i]));
-            let pending = self.in_batch.get(&plan.key).map(|&i| &self.batch[i]).or(writing);
-            let latest = pending
-                .map(|p| (p.hash, p.version, p.ever_online))
-                .or_else(|| self.persisted.get(&plan.key).map(|s| (s.hash, s.version, s.ever_online)));
-            // The day of the row the store holds once the in-flight write lands.
-            let stored_day =
-                writing.map(|p| p.event_date).or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
-            let ever_online = match latest {
-                Some((h, _, _)) if h == hash => {
-                    tally.unchanged += 1;
-                    counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Some((_, v, ever)) if v > version => {
-                    // A newer observation was already taken; this one arrived late. Its values are
-                    // stale, but if it was on sale online, the plan was: that must stick.
-                    if plan.online && !ever && !is_marked(&self.marks, &self.in_flight, &plan.key) {
-                        match self.in_batch.get(&plan.key) {
-                            Some(&i) => self.batch[i].ever_online = true,
-                            None => {
-                                let day = self
-                                    .in_flight
-                                    .as_ref()
-                                    .and_then(|f| f.index.get(&plan.key).map(|&i| f.batch[i].event_date))
-                                    .or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
-                                if let Some(day) = day {
-                                    self.marks.insert(plan.key.clone(), day);
-                                }
-                            }
-                        }
-                    }
-                    tally.unchanged += 1;
-                    counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                // A newer observation of a marked key carries the flag itself: the mark may find
-                // nothing to mark once this version moved the plan to another day.
-                Some((_, _, ever)) => ever || is_marked(&self.marks, &self.in_flight, &plan.key),
-                None => false,
-            };
-            let mut stored = StoredPlan::with_hash(plan, fetch.tz, ever_online, version, hash);
-            stored.previous_event_date = stored_day.filter(|d| *d != stored.event_date);
-            self.batch_bytes += estimated_bytes(&stored.plan);
-            let slot = match self.in_batch.get(&stored.plan.key) {
-                Some(&i) => {
-                    self.batch[i] = stored;
-                    i
-                }
-                None => {
-                    self.in_batch.insert(stored.plan.key.clone(), self.batch.len());
-                    self.batch.push(stored);
-                    self.batch.len() - 1
-                }
-            };
-            // Counted written, spooled or dropped when the batch's write completes.
-            self.origins.push((slot, fetch.fetch_id));
+            if !self.take(plan, hash, version, &fetch) {
+                unchanged += 1;
+            }
         }
         drop(permit);
+        let counters = &self.args.counters;
+        counters.plans_seen.fetch_add(seen, Ordering::Relaxed);
+        counters.plans_unchanged.fetch_add(unchanged, Ordering::Relaxed);
+        counters.plans_skipped.fetch_add(skipped, Ordering::Relaxed);
+        let tally = self.fetches.entry(fetch.fetch_id).or_default();
+        tally.chunks_received += 1;
+        tally.seen += seen;
+        tally.unchanged += unchanged;
+        tally.skipped += skipped;
+        tally.errors.extend(error);
         if !(self.batch.is_empty() && self.marks.is_empty()) && self.batch_started.is_none() {
             self.batch_started = Some(Instant::now());
             let batch_id = self.batch_id;
             me.send_after(self.args.flush_age, move || WriterMsg::FlushTimer { batch_id });
+        }
+    }
+
+    /// Takes one observation into the batch; false when it changes nothing (same content as the
+    /// latest version, or older than it).
+    fn take(&mut self, plan: Plan, hash: u64, version: u64, fetch: &FetchContext) -> bool {
+        let writing = self.in_flight.as_ref().and_then(|f| f.index.get(&plan.key).map(|&i| &f.batch[i]));
+        let pending = self.in_batch.get(&plan.key).map(|&i| &self.batch[i]).or(writing);
+        let latest = pending
+            .map(|p| (p.hash, p.version, p.ever_online))
+            .or_else(|| self.persisted.get(&plan.key).map(|s| (s.hash, s.version, s.ever_online)));
+        // The day of the row the store holds once the in-flight write lands.
+        let stored_day =
+            writing.map(|p| p.event_date).or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
+        let ever_online = match latest {
+            Some((h, _, _)) if h == hash => return false,
+            Some((_, v, ever)) if v > version => {
+                // A newer observation was already taken; this one arrived late. Its values are
+                // stale, but if it was on sale online, the plan was: that must stick.
+                if plan.online && !ever && !is_marked(&self.marks, &self.in_flight, &plan.key) {
+                    self.mark_ever_online(&plan.key);
+                }
+                return false;
+            }
+            // A newer observation of a marked key carries the flag itself: the mark may find
+            // nothing to mark once this version moved the plan to another day.
+            Some((_, _, ever)) => ever || is_marked(&self.marks, &self.in_flight, &plan.key),
+            None => false,
+        };
+        let mut stored = StoredPlan::with_hash(plan, fetch.tz, ever_online, version, hash);
+        stored.previous_event_date = stored_day.filter(|d| *d != stored.event_date);
+        self.batch_bytes += estimated_bytes(&stored.plan);
+        let slot = match self.in_batch.get(&stored.plan.key) {
+            Some(&i) => {
+                self.batch[i] = stored;
+                i
+            }
+            None => {
+                self.in_batch.insert(stored.plan.key.clone(), self.batch.len());
+                self.batch.push(stored);
+                self.batch.len() - 1
+            }
+        };
+        // Counted written, spooled or dropped when the batch's write completes.
+        self.origins.push((slot, fetch.fetch_id));
+        true
+    }
+
+    /// Marks `key` ever-online: in its batched row if it has one, else with a mark applied after
+    /// the next write, on the day of the row the store holds (or will, once the write in flight
+    /// lands).
+    fn mark_ever_online(&mut self, key: &PlanKey) {
+        if let Some(&i) = self.in_batch.get(key) {
+            self.batch[i].ever_online = true;
+            return;
+        }
+        let day = self
+            .in_flight
+            .as_ref()
+            .and_then(|f| f.index.get(key).map(|&i| f.batch[i].event_date))
+            .or_else(|| self.persisted.get(key).map(|s| s.event_date));
+        if let Some(day) = day {
+            self.marks.insert(key.clone(), day);
         }
     }
 
@@ -478,10 +492,37 @@ impl BatchWriterState {
                 WriteOutcome::failed(f.batch.len(), format!("store write task failed: {e}"))
             }
         };
-        let counters = &self.args.counters;
         let mut days = HashSet::<NaiveDate>::new();
+        let written = self.settle_plans(&f.batch, &outcome.fates, &mut days);
+        let counters = &self.args.counters;
+        counters.plans_written.fetch_add(written, Ordering::Relaxed);
+        if written > 0 {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.fates.contains(&Fate::Dropped) {
+            counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tally_outcome(&f.origins, &outcome);
+        tracing::debug!(
+            plans = f.batch.len(),
+            written,
+            trigger = ?f.trigger,
+            retries = outcome.retries,
+            elapsed_ms = f.started.elapsed().as_millis() as u64,
+            "batch delivered"
+        );
+        self.settle_marks(f.marks, outcome.marked, &mut days);
+        if let Some(searcher) = self.args.searcher.as_ref().filter(|_| !days.is_empty()) {
+            let days: Vec<_> = days.into_iter().collect();
+            searcher.invalidate(&days).await;
+        }
+    }
+
+    /// Takes the written and spooled plans of a delivered batch into the bookkeeping and collects
+    /// the days a written one changed; returns how many were written.
+    fn settle_plans(&mut self, batch: &[StoredPlan], fates: &[Fate], days: &mut HashSet<NaiveDate>) -> u64 {
         let mut written = 0u64;
-        for (p, fate) in f.batch.iter().zip(&outcome.fates) {
+        for (p, fate) in batch.iter().zip(fates) {
             if *fate == Fate::Dropped {
                 continue;
             }
@@ -499,38 +540,25 @@ impl BatchWriterState {
             };
             self.persisted.insert(p.plan.key.clone(), state);
         }
-        counters.plans_written.fetch_add(written, Ordering::Relaxed);
-        if written > 0 {
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.fates.contains(&Fate::Dropped) {
-            counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        self.tally_outcome(&f.origins, &outcome);
-        tracing::debug!(
-            plans = f.batch.len(),
-            written,
-            trigger = ?f.trigger,
-            retries = outcome.retries,
-            elapsed_ms = f.started.elapsed().as_millis() as u64,
-            "batch delivered"
-        );
-        if outcome.marked != Marks::NotApplied {
-            for (key, day) in &f.marks {
-                if let Some(state) = self.persisted.get_mut(key) {
-                    state.ever_online = true;
-                }
-                if outcome.marked == Marks::Applied {
-                    days.insert(*day);
-                }
+        written
+    }
+
+    /// Applied or spooled marks go into the bookkeeping (an applied one changes its day); marks
+    /// not applied go back in line for the next write (or into the row of a newer version).
+    fn settle_marks(
+        &mut self,
+        marks: HashMap<PlanKey, NaiveDate>,
+        marked: Marks,
+        days: &mut HashSet<NaiveDate>,
+    ) {
+        if marked == Marks::NotApplied {
+            if !marks.is_empty() {
+                tracing::warn!(
+                    marks = marks.len(),
+                    "ever-online marks not applied; retrying with the next write"
+                );
             }
-        } else if !f.marks.is_empty() {
-            // Not applied: back in line for the next write (or into the row of a newer version).
-            tracing::warn!(
-                marks = f.marks.len(),
-                "ever-online marks not applied; retrying with the next write"
-            );
-            for (key, day) in f.marks {
+            for (key, day) in marks {
                 match self.in_batch.get(&key) {
                     Some(&i) => self.batch[i].ever_online = true,
                     None => {
@@ -538,10 +566,15 @@ impl BatchWriterState {
                     }
                 }
             }
+            return;
         }
-        if let Some(searcher) = self.args.searcher.as_ref().filter(|_| !days.is_empty()) {
-            let days: Vec<_> = days.into_iter().collect();
-            searcher.invalidate(&days).await;
+        for (key, day) in &marks {
+            if let Some(state) = self.persisted.get_mut(key) {
+                state.ever_online = true;
+            }
+            if marked == Marks::Applied {
+                days.insert(*day);
+            }
         }
     }
 
@@ -677,242 +710,6 @@ fn is_marked(marks: &HashMap<PlanKey, NaiveDate>, in_flight: &Option<InFlight>, 
 pub const STORE_REJECTED: &str = "store rejected";
 /// Start of a fetch record's error when both the store and the spool refused its plans for a while.
 pub const SPOOL_REFUSED: &str = "store and spool refused writes";
-
-/// What became of one plan of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    Written,
-    /// In the spool: the replayer writes it once the store answers.
-    Spooled,
-    /// Rejected by the store for good (or lost with a failed write task).
-    Dropped,
-}
-
-/// What became of a batch's ever-online marks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Marks {
-    Applied,
-    Spooled,
-    /// Back in line for the next write.
-    NotApplied,
-}
-
-/// What a write task did.
-struct WriteOutcome {
-    /// Per plan of the batch, in batch order.
-    fates: Vec<Fate>,
-    marked: Marks,
-    /// Store write attempts repeated.
-    retries: u32,
-    /// Why plans were dropped, if any were.
-    dropped: Option<String>,
-    /// Why the batch had to be held (store and spool refused it), if it was.
-    held: Option<String>,
-}
-
-impl WriteOutcome {
-    fn failed(plans: usize, reason: String) -> Self {
-        Self {
-            fates: vec![Fate::Dropped; plans],
-            marked: Marks::NotApplied,
-            retries: 0,
-            dropped: Some(reason),
-            held: None,
-        }
-    }
-}
-
-/// Where a write task delivers: the store, else the spool.
-struct Sink {
-    store: SharedStore,
-    spool: Option<Arc<Spool>>,
-    counters: Arc<WriterCounters>,
-    write_timeout: Duration,
-}
-
-/// Attempts of one store write before its batch goes to the spool (about 3 s of backoff).
-const STORE_ATTEMPTS: u32 = 5;
-/// Between attempts of one store write: 200 ms doubling, jittered to 50–100 %, at most 5 s.
-const STORE_RETRY: RetryPolicy =
-    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5)).jittered(0.5);
-/// Between attempts while both the store and the spool refuse a batch.
-const HOLD_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5));
-
-impl Sink {
-    /// Writes a batch, then applies the marks. Transient failures are retried briefly, then the
-    /// rest goes to the spool; while the spool holds older entries the batch goes straight behind
-    /// them. Returns only once every plan is written, spooled or rejected for good.
-    async fn deliver(
-        self,
-        batch: Arc<Vec<StoredPlan>>,
-        marks: Vec<(PlanKey, NaiveDate)>,
-        trigger: FlushTrigger,
-    ) -> WriteOutcome {
-        let n = batch.len();
-        let mut out = WriteOutcome {
-            fates: vec![Fate::Written; n],
-            marked: Marks::Applied,
-            retries: 0,
-            dropped: None,
-            held: None,
-        };
-        let backlog = self.spool.as_ref().is_some_and(|s| s.entries() > 0);
-        let mut pending: Vec<usize> = Vec::new();
-        if backlog {
-            pending.extend(0..n);
-        } else if n > 0 {
-            let whole = self
-                .retrying(&mut out.retries, "store write", || self.store.write_plans_shared(batch.clone()))
-                .await;
-            match whole {
-                Ok(()) => {}
-                Err(e) if e.is_transient() => pending.extend(0..n),
-                Err(e) => {
-                    for (range, result) in isolate(&self.store, &batch, Err(e), self.write_timeout).await {
-                        match result {
-                            Ok(()) => {}
-                            Err(e) if e.is_transient() => pending.extend(range),
-                            Err(e) => {
-                                for i in range {
-                                    out.fates[i] = Fate::Dropped;
-                                    record_drop(&self.counters, &batch[i], &e);
-                                }
-                                out.dropped = Some(e.to_string());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if pending.is_empty() && !backlog {
-            if marks.is_empty() {
-                return out;
-            }
-            match self
-                .retrying(&mut out.retries, "ever-online marks", || self.store.mark_ever_online(&marks))
-                .await
-            {
-                Ok(()) => return out,
-                Err(e) if e.is_transient() && self.spool.is_some() => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, marks = marks.len(), "could not mark plans ever-online");
-                    out.marked = Marks::NotApplied;
-                    return out;
-                }
-            }
-        }
-        let plans: Vec<StoredPlan> = pending.iter().map(|&i| batch[i].clone()).collect();
-        let why = if backlog { "behind earlier entries" } else { "store unavailable" };
-        let spooled = self.hold_until_durable(Entry::Batch { plans, marks }, &mut out, trigger, why).await;
-        for &i in &pending {
-            out.fates[i] = if spooled { Fate::Spooled } else { Fate::Written };
-        }
-        out.marked = if spooled { Marks::Spooled } else { Marks::Applied };
-        out
-    }
-
-    /// Puts `entry` in the spool; while the spool refuses it, tries the store and the spool again
-    /// with capped backoff, holding the writer (backpressure) until one takes it. Returns whether
-    /// it went to the spool (else the store took it).
-    async fn hold_until_durable(
-        &self,
-        entry: Entry,
-        out: &mut WriteOutcome,
-        trigger: FlushTrigger,
-        why: &'static str,
-    ) -> bool {
-        let plans = entry.plans();
-        let entry = Arc::new(entry);
-        let mut held = 0u32;
-        loop {
-            if let Some(spool) = &self.spool {
-                match spool.append(entry.clone()).await {
-                    Ok(()) => {
-                        self.counters.plans_spooled.fetch_add(plans as u64, Ordering::Relaxed);
-                        tracing::warn!(
-                            plans,
-                            ?trigger,
-                            spool_entries = spool.entries(),
-                            spool_bytes = spool.bytes(),
-                            why,
-                            "batch spooled"
-                        );
-                        return true;
-                    }
-                    Err(e) => {
-                        self.counters.spool_refusals.fetch_add(1, Ordering::Relaxed);
-                        if out.held.is_none() {
-                            tracing::error!(error = %e, reason = e.label(), plans, "store and spool refuse the batch: holding it, the download waits");
-                        }
-                        out.held = Some(e.to_string());
-                    }
-                }
-            } else if out.held.is_none() {
-                tracing::error!(
-                    plans,
-                    "store unavailable and no spool: holding the batch, the download waits"
-                );
-                out.held = Some("no spool configured".into());
-            }
-            tokio::time::sleep(HOLD_RETRY.delay(held)).await;
-            held += 1;
-            crate::metrics::record_retry("held_batch");
-            let Entry::Batch { plans: rows, marks } = entry.as_ref() else { return false };
-            let direct = async {
-                if !rows.is_empty() {
-                    self.store.write_plans(rows).await?;
-                }
-                if !marks.is_empty() {
-                    self.store.mark_ever_online(marks).await?;
-                }
-                Ok::<(), StoreError>(())
-            };
-            match bounded(self.write_timeout, direct).await {
-                Ok(()) => return false,
-                Err(e) if e.is_transient() => out.retries += 1,
-                Err(e) => {
-                    // A permanent rejection while held: a later attempt of the spool or the store
-                    // tells which plans; keep holding rather than drop the whole batch.
-                    tracing::warn!(error = %e, "store rejects the held batch; still holding it");
-                    out.retries += 1;
-                }
-            }
-        }
-    }
-
-    /// Runs `op` until it succeeds, fails permanently or has failed transiently
-    /// [`STORE_ATTEMPTS`] times, counting each repeat in `retries` and the writer's counters. An
-    /// attempt that outlives `write_timeout` ends the retries at once: a store that hangs would
-    /// hang again, and the spool should take over after one timeout, not after five.
-    async fn retrying<F, Fut>(&self, retries: &mut u32, what: &'static str, mut op: F) -> StoreResult<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = StoreResult<()>>,
-    {
-        let limit = self.write_timeout;
-        let hung = AtomicBool::new(false);
-        let attempt = || {
-            let (call, hung) = (op(), &hung);
-            async move {
-                tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-                    hung.store(true, Ordering::Relaxed);
-                    tracing::warn!(
-                        limit_ms = limit.as_millis() as u64,
-                        "{what}: store did not answer in time"
-                    );
-                    Err(StoreError::Unavailable(format!("store did not answer within {limit:?}")))
-                })
-            }
-        };
-        let retryable = |e: &StoreError| e.is_transient() && !hung.load(Ordering::Relaxed);
-        retry(&STORE_RETRY, STORE_ATTEMPTS - 1, "store_write", attempt, retryable, |e, attempt, delay| {
-            *retries += 1;
-            self.counters.retries.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
-        })
-        .await
-    }
-}
 
 /// Rough memory of a plan in a batch: the struct, its zones and their strings.
 fn estimated_bytes(plan: &Plan) -> usize {
