@@ -24,23 +24,30 @@
 //!
 //! When the store cannot be read at start (not reachable yet), the writer loads in the background
 //! and holds the chunks it receives meanwhile, with their permits: ingestion waits.
+//!
+//! Files: this one holds the actor and its bookkeeping (what is stored, batched, in flight), which
+//! every message reads and changes, so it stays whole at about 650 lines; a batch's delivery is in
+//! [`sink`] and a fetch's record in [`fetch_log`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+mod fetch_log;
 mod sink;
+
+use fetch_log::FetchTally;
+pub use fetch_log::{SPOOL_REFUSED, STORE_REJECTED};
 
 use sink::{Fate, Marks, Sink, WriteOutcome};
 
 use super::counters::WriterCounters;
-use super::messages::{ChunkPlans, FetchContext, FetchEnd, WriterMsg};
+use super::messages::{ChunkPlans, FetchContext, WriterMsg};
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
-use crate::fetch::FetchError;
 use crate::retry::{retry, RetryPolicy};
 use crate::search::Searcher;
 use crate::spool::replay::{bounded, Replayer};
@@ -79,25 +86,6 @@ pub struct BatchWriterArgs {
     /// Where each recorded fetch is announced once its plans are written, spooled or dropped
     /// (`ingest --once` ends on it); `None`: nobody waits.
     pub recorded: Option<tokio::sync::mpsc::UnboundedSender<FetchRecord>>,
-}
-
-#[derive(Default)]
-struct FetchTally {
-    chunks_received: u32,
-    end: Option<FetchEnd>,
-    seen: u64,
-    /// Observations taken into a batch, by what became of them once written.
-    written: u64,
-    spooled: u64,
-    dropped: u64,
-    unchanged: u64,
-    skipped: u64,
-    /// Store write attempts repeated for this fetch's batches.
-    store_retries: u32,
-    /// Why plans were dropped, or why the writer had to hold a batch (spool full), if it did.
-    dropped_reason: Option<String>,
-    held_reason: Option<String>,
-    errors: Vec<String>,
 }
 
 pub struct BatchWriterState {
@@ -614,43 +602,7 @@ impl BatchWriterState {
         self.flush_all(me, FlushTrigger::FetchEnd).await;
         let mut tally = self.fetches.remove(&fetch_id).unwrap_or_default();
         let Some(end) = tally.end.take() else { return };
-        let fetch_retries = end.retries;
-        let retries = fetch_retries + tally.store_retries;
-        let mut record = end.record;
-        record.plans_seen = tally.seen;
-        record.plans_written = tally.written;
-        record.plans_unchanged = tally.unchanged;
-        record.plans_skipped = tally.skipped;
-        let outcome = fetch_outcome(end.error.as_ref(), &tally);
-        let mut notes: Vec<String> = end.error.iter().map(ToString::to_string).collect();
-        if notes.is_empty() {
-            notes.extend(tally.errors);
-        }
-        if let Some(reason) = &tally.dropped_reason {
-            notes.push(format!(
-                "{STORE_REJECTED} {} plans (written {}, spooled {}): {reason}",
-                tally.dropped, tally.written, tally.spooled
-            ));
-        }
-        if let Some(reason) = &tally.held_reason {
-            notes.push(format!("{SPOOL_REFUSED} ({reason}): the download was held until it took them"));
-        }
-        record.error = (!notes.is_empty()).then(|| notes.join("; "));
-        record.duration_ms = (Utc::now() - record.started_at).num_milliseconds().max(0) as u64;
-        match &record.error {
-            None => tracing::info!(
-                provider = %record.provider, seen = record.plans_seen, written = record.plans_written,
-                spooled = tally.spooled, unchanged = record.plans_unchanged, skipped = record.plans_skipped,
-                bytes = record.bytes, retries, fetch_retries, store_retries = tally.store_retries,
-                duration_ms = record.duration_ms, "fetch ingested"
-            ),
-            Some(e) => tracing::warn!(
-                provider = %record.provider, error = %e, http_status = ?record.http_status, seen = record.plans_seen,
-                written = record.plans_written, spooled = tally.spooled, dropped = tally.dropped,
-                bytes = record.bytes, retries, fetch_retries, store_retries = tally.store_retries,
-                outcome, "fetch failed"
-            ),
-        }
+        let (record, outcome) = tally.complete(end);
         crate::metrics::record_fetch(&record.provider, outcome);
         let announced = self.args.recorded.as_ref().map(|tx| (tx, record.clone()));
         self.record(record).await;
@@ -706,11 +658,6 @@ fn is_marked(marks: &HashMap<PlanKey, NaiveDate>, in_flight: &Option<InFlight>, 
     marks.contains_key(key) || in_flight.as_ref().is_some_and(|f| f.marks.contains_key(key))
 }
 
-/// Start of a fetch record's error when the store rejected some of its plans for good.
-pub const STORE_REJECTED: &str = "store rejected";
-/// Start of a fetch record's error when both the store and the spool refused its plans for a while.
-pub const SPOOL_REFUSED: &str = "store and spool refused writes";
-
 /// Rough memory of a plan in a batch: the struct, its zones and their strings.
 fn estimated_bytes(plan: &Plan) -> usize {
     std::mem::size_of::<StoredPlan>()
@@ -720,21 +667,4 @@ fn estimated_bytes(plan: &Plan) -> usize {
             .iter()
             .map(|z| std::mem::size_of::<crate::domain::Zone>() + z.name.len() + 16)
             .sum::<usize>()
-}
-
-/// The `outcome` label of a recorded fetch (metric and log line): what became of its plans in
-/// the store says more than how the download ended, so the writer's notes come first.
-fn fetch_outcome(error: Option<&FetchError>, tally: &FetchTally) -> &'static str {
-    if tally.dropped_reason.is_some() {
-        "store_rejected"
-    } else if tally.held_reason.is_some() {
-        "spool_full"
-    } else if let Some(e) = error {
-        e.outcome()
-    } else if !tally.errors.is_empty() {
-        // A chunk the parser could not read.
-        "bad_feed"
-    } else {
-        "ok"
-    }
 }
