@@ -2,6 +2,7 @@
 //!
 //! - [`domain`]: plans, zones, keys and time ranges, apart from XML and storage.
 //! - [`feed`]: chunking the streamed feed at base-plan boundaries and parsing chunks.
+//! - [`fetch`]: what a fetch is made of apart from its actor: its typed failures.
 //! - [`store`]: the `Store` trait and its implementations (embedded SQLite, ClickHouse).
 //! - [`actors`]: the ingestion pipeline (supervisor, scheduler, fetcher, parsers, batch writer).
 //! - [`search`]: answers searches from the store through a per-day cache.
@@ -11,6 +12,7 @@
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`service`]: wires everything together for `planfeed serve`.
 //! - [`reload`]: applies a changed configuration while running (file watch, `SIGHUP`).
+//! - [`retry`]: the one backoff policy and retry loop, every retry counted.
 //! - [`readiness`]: what `GET /ready` checks.
 //! - [`spool`]: the durable spool that keeps what the store refuses until it answers again.
 
@@ -18,10 +20,12 @@ pub mod actors;
 pub mod config;
 pub mod domain;
 pub mod feed;
+pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;
+pub mod retry;
 pub mod search;
 pub mod service;
 pub mod simulator;

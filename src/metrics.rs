@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
-use crate::actors::batch_writer::WriterCounters;
+use crate::actors::counters::WriterCounters;
 use crate::search::Searcher;
 
 /// Search latency buckets, in seconds: the interesting range is 50 µs .. 100 ms.
@@ -87,6 +87,11 @@ pub fn record_spool(entries: u64, plans: u64, bytes: u64) {
     metrics::gauge!("planfeed_spool_entries").set(entries as f64);
     metrics::gauge!("planfeed_spool_plans").set(plans as f64);
     metrics::gauge!("planfeed_spool_bytes").set(bytes as f64);
+}
+
+/// Counts one retry of `operation` (see [`crate::retry`]).
+pub fn record_retry(operation: &'static str) {
+    metrics::counter!("planfeed_retries_total", "operation" => operation).increment(1);
 }
 
 /// Records one fetch outcome, by reason.

@@ -209,33 +209,8 @@ impl Reloader {
                 self.searcher.set_ttl(*ttl);
                 tracing::info!(ttl_ms = ttl.as_millis() as u64, "search cache ttl updated");
             }
-            Action::Provider { index, settings } => {
-                if let Some(sup) = &self.pipeline {
-                    let _ =
-                        sup.cast(SupervisorMsg::SetProvider { index: *index, settings: settings.clone() });
-                }
-                tracing::info!(
-                    provider = %settings.name, url = %settings.url,
-                    interval_ms = settings.interval.as_millis() as u64,
-                    jitter_ms = settings.jitter.as_millis() as u64,
-                    "provider settings updated"
-                );
-            }
-            Action::Batching { batch_size, flush_age } => {
-                if let Some(sup) = &self.pipeline {
-                    let _ = sup
-                        .cast(SupervisorMsg::SetBatching { batch_size: *batch_size, flush_age: *flush_age });
-                }
-                tracing::info!(
-                    batch_size,
-                    flush_age_ms = flush_age.as_millis() as u64,
-                    "writer batching updated"
-                );
-            }
-            Action::Parsers(n) => {
-                if let Some(sup) = &self.pipeline {
-                    let _ = sup.cast(SupervisorMsg::SetParsers(*n));
-                }
+            Action::Provider { .. } | Action::Batching { .. } | Action::Parsers(_) => {
+                self.tell_pipeline(action)
             }
             Action::LogLevel(level) => match self.log_level.lock().as_ref() {
                 Some(set) => match set(level) {
@@ -244,6 +219,35 @@ impl Reloader {
                 },
                 None => tracing::warn!(level = %level, "log level cannot change in this process"),
             },
+        }
+    }
+
+    /// Pipeline settings go to the supervisor, which keeps them for restarted actors.
+    fn tell_pipeline(&self, action: &Action) {
+        let Some(sup) = &self.pipeline else { return };
+        match action {
+            Action::Provider { index, settings } => {
+                let _ = sup.cast(SupervisorMsg::SetProvider { index: *index, settings: settings.clone() });
+                tracing::info!(
+                    provider = %settings.name, url = %settings.url,
+                    interval_ms = settings.interval.as_millis() as u64,
+                    jitter_ms = settings.jitter.as_millis() as u64,
+                    "provider settings updated"
+                );
+            }
+            Action::Batching { batch_size, flush_age } => {
+                let _ =
+                    sup.cast(SupervisorMsg::SetBatching { batch_size: *batch_size, flush_age: *flush_age });
+                tracing::info!(
+                    batch_size,
+                    flush_age_ms = flush_age.as_millis() as u64,
+                    "writer batching updated"
+                );
+            }
+            Action::Parsers(n) => {
+                let _ = sup.cast(SupervisorMsg::SetParsers(*n));
+            }
+            _ => {}
         }
     }
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::actors::batch_writer::WriterCounters;
+use crate::actors::counters::WriterCounters;
 use crate::actors::supervisor::PipelineHandles;
 use crate::actors::{BatchWriterArgs, PipelineArgs, SchedulerMsg, Supervisor, SupervisorMsg};
 use crate::config::{Backend, Role, Settings};
+use crate::domain::FetchRecord;
 use crate::http::rate_limit::Limiter;
 use crate::http::{self, ApiState};
 use crate::metrics::MetricsSource;
@@ -112,45 +113,40 @@ impl Service {
         store: SharedStore,
         listener: Option<TcpListener>,
     ) -> Result<Self, ServiceError> {
+        Self::launch(settings, store, listener, None).await
+    }
+
+    /// `recorded`: a one-shot run (`ingest --once`), announcing each recorded fetch there.
+    async fn launch(
+        settings: Settings,
+        store: SharedStore,
+        listener: Option<TcpListener>,
+        recorded: Option<mpsc::UnboundedSender<FetchRecord>>,
+    ) -> Result<Self, ServiceError> {
         // Install the recorder before anything counts: counts made before it are lost.
         crate::metrics::handle();
         let searcher = Arc::new(Searcher::new(store.clone(), &settings.search));
-        let initial = settings.clone();
         let counters = Arc::new(WriterCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-
-        let spool = if settings.role.runs_ingest() { Some(open_spool(&settings, &store)?) } else { None };
-        let pipeline = if let Some(spool) = spool.clone() {
-            let args = PipelineArgs {
-                providers: settings.effective_providers(),
-                pipeline: settings.pipeline.clone(),
-                writer: BatchWriterArgs {
-                    store: store.clone(),
-                    searcher: Some(searcher.clone()),
-                    batch_size: settings.pipeline.batch_size,
-                    flush_age: settings.pipeline.flush_age,
-                    counters: counters.clone(),
-                    spool: Some(spool),
-                    write_timeout: settings.spool.write_timeout,
-                },
+        let pipeline = if settings.role.runs_ingest() {
+            let spool = open_spool(&settings, &store)?;
+            let writer = BatchWriterArgs {
+                store: store.clone(),
+                searcher: Some(searcher.clone()),
+                batch_size: settings.pipeline.batch_size,
+                flush_age: settings.pipeline.flush_age,
+                counters: counters.clone(),
+                spool: Some(spool),
+                write_timeout: settings.spool.write_timeout,
+                recorded,
             };
-            let handles = PipelineHandles::new(
-                settings.effective_providers().len(),
-                settings.pipeline.parsers,
-                settings.pipeline.queue_chunks,
-            );
-            let (sup, _) = Actor::spawn(None, Supervisor, (args, handles.clone()))
-                .await
-                .map_err(|e| ServiceError::Pipeline(e.to_string()))?;
-            Some((sup, handles))
+            Some(spawn_pipeline(&settings, writer).await?)
         } else {
             None
         };
-
         let limiter = listener.as_ref().map(|_| Limiter::new(&settings.server.rate_limit));
         let (addr, server) = match (listener, limiter.clone()) {
             (Some(listener), Some(limiter)) => {
-                let addr = listener.local_addr().ok();
                 let metrics = MetricsSource {
                     searcher: searcher.clone(),
                     writer: pipeline.as_ref().map(|_| counters.clone()),
@@ -159,44 +155,18 @@ impl Service {
                         .map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks)),
                 };
                 let readiness = Arc::new(Readiness::new(searcher.clone(), store.clone()));
-                let state =
-                    ApiState { searcher: searcher.clone(), limiter: limiter.clone(), metrics, readiness };
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                        limiter.shrink();
-                    }
-                });
-                let mut rx = shutdown_rx.clone();
-                let shutdown = async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                };
-                tracing::info!(addr = ?addr, "api listening");
-                let connections = settings.server.connections.clone();
-                (addr, Some(tokio::spawn(http::run(listener, state, connections, shutdown))))
+                let state = ApiState { searcher: searcher.clone(), limiter, metrics, readiness };
+                serve_api(listener, state, settings.server.connections.clone(), shutdown_rx.clone())
             }
             _ => (None, None),
         };
-        let reloader = Arc::new(Reloader::new(
-            initial,
-            limiter,
-            searcher.clone(),
-            pipeline.as_ref().map(|(sup, _)| sup.clone()),
-        ));
-        // Warm the day directory so /ready turns true without waiting for the first search; a store
-        // not reachable yet fails this at once, so it is tried again until it answers.
-        {
-            let searcher = searcher.clone();
-            tokio::spawn(async move {
-                while searcher.load_directory().await.is_err() && !searcher.warmed() {
-                    tokio::time::sleep(WARM_RETRY).await;
-                }
-            });
-        }
         // An api replica learns the days another process (the ingest) wrote from the store.
         if settings.role == Role::Api {
             searcher.spawn_change_feed(settings.search.change_poll, shutdown_rx.clone());
         }
+        let supervisor = pipeline.as_ref().map(|(sup, _)| sup.clone());
+        let reloader = Arc::new(Reloader::new(settings, limiter, searcher.clone(), supervisor));
+        warm(searcher.clone());
         Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server, reloader })
     }
 
@@ -245,14 +215,64 @@ impl Service {
     }
 }
 
+/// Spawns the supervisor, which spawns the pipeline (one scheduler and fetcher per provider).
+async fn spawn_pipeline(
+    settings: &Settings,
+    writer: BatchWriterArgs,
+) -> Result<(ActorRef<SupervisorMsg>, PipelineHandles), ServiceError> {
+    let providers = settings.effective_providers();
+    let pl = &settings.pipeline;
+    let handles = PipelineHandles::new(providers.len(), pl.parsers, pl.queue_chunks);
+    let once = writer.recorded.is_some();
+    let args = PipelineArgs { providers, pipeline: pl.clone(), writer, once };
+    let (sup, _) = Actor::spawn(None, Supervisor, (args, handles.clone()))
+        .await
+        .map_err(|e| ServiceError::Pipeline(e.to_string()))?;
+    Ok((sup, handles))
+}
+
+/// Serves the API on `listener` until `shutdown` turns true; the rate limiter forgets idle
+/// clients every minute meanwhile.
+fn serve_api(
+    listener: TcpListener,
+    state: ApiState,
+    connections: crate::config::ConnectionSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> (Option<SocketAddr>, Option<JoinHandle<()>>) {
+    let addr = listener.local_addr().ok();
+    let limiter = state.limiter.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            limiter.shrink();
+        }
+    });
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tracing::info!(addr = ?addr, "api listening");
+    (addr, Some(tokio::spawn(http::run(listener, state, connections, stop))))
+}
+
+/// Warms the day directory so /ready turns true without waiting for the first search; a store not
+/// reachable yet fails this at once, so it is tried again until it answers.
+fn warm(searcher: Arc<Searcher>) {
+    tokio::spawn(async move {
+        while searcher.load_directory().await.is_err() && !searcher.warmed() {
+            tokio::time::sleep(WARM_RETRY).await;
+        }
+    });
+}
+
 /// `planfeed ingest --once`: runs the pipeline (no API) for one fetch of `url` (or the configured
-/// provider), waits until every plan is written, and returns the fetch's record.
+/// provider): the scheduler asks for that one fetch, and the run ends when the writer announces
+/// its record (every plan written, spooled or dropped). Returns that record.
 pub async fn ingest_once(
     mut settings: Settings,
     url: Option<String>,
     provider: Option<String>,
     progress: bool,
-) -> Result<crate::domain::FetchRecord, ServiceError> {
+) -> Result<FetchRecord, ServiceError> {
     let mut p = settings.effective_providers().remove(0);
     if let Some(url) = url {
         p.url = url;
@@ -260,7 +280,6 @@ pub async fn ingest_once(
     if let Some(name) = provider {
         p.name = name;
     }
-    p.interval = Duration::from_secs(365 * 24 * 3600);
     p.validate().map_err(ServiceError::Invalid)?;
     settings.provider = p;
     settings.providers.clear();
@@ -274,37 +293,55 @@ pub async fn ingest_once(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let service = Service::start_with(settings, store.clone(), None).await?;
-    let bar = progress.then(|| {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Service::launch(settings, store, None, Some(tx)).await?;
+    let bar = progress.then(|| Progress::new(service.counters.clone()));
+    let record = loop {
+        tokio::select! {
+            record = rx.recv() => break record,
+            _ = tokio::time::sleep(Duration::from_millis(200)), if bar.is_some() => {
+                bar.iter().for_each(Progress::update);
+            }
+        }
+    };
+    service.shutdown().await;
+    let record =
+        record.ok_or_else(|| ServiceError::Pipeline("the pipeline stopped before the fetch ended".into()))?;
+    if let Some(bar) = bar {
+        bar.finish(&record);
+    }
+    Ok(record)
+}
+
+/// The spinner `ingest --once` shows on a terminal.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    counters: Arc<WriterCounters>,
+}
+
+impl Progress {
+    fn new(counters: Arc<WriterCounters>) -> Self {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
             indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    });
-    let c = service.counters.clone();
-    while c.fetches_recorded.load(Ordering::Relaxed) == 0 {
-        if let Some(bar) = &bar {
-            bar.set_message(format!(
-                "{} plans read, {} written, {} unchanged, {} skipped",
-                c.plans_seen.load(Ordering::Relaxed),
-                c.plans_written.load(Ordering::Relaxed),
-                c.plans_unchanged.load(Ordering::Relaxed),
-                c.plans_skipped.load(Ordering::Relaxed)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Self { bar, counters }
     }
-    service.shutdown().await;
-    let record = store
-        .recent_fetches(1)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ServiceError::Pipeline("the fetch ended without a record".into()))?;
-    if let Some(bar) = bar {
-        bar.finish_with_message(format!(
+
+    fn update(&self) {
+        let c = &self.counters;
+        self.bar.set_message(format!(
+            "{} plans read, {} written, {} unchanged, {} skipped",
+            c.plans_seen.load(Ordering::Relaxed),
+            c.plans_written.load(Ordering::Relaxed),
+            c.plans_unchanged.load(Ordering::Relaxed),
+            c.plans_skipped.load(Ordering::Relaxed)
+        ));
+    }
+
+    fn finish(self, record: &FetchRecord) {
+        self.bar.finish_with_message(format!(
             "{} plans read, {} written, {} unchanged, {} skipped, {} bytes in {} ms",
             record.plans_seen,
             record.plans_written,
@@ -314,5 +351,4 @@ pub async fn ingest_once(
             record.duration_ms
         ));
     }
-    Ok(record)
 }

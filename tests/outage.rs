@@ -551,10 +551,12 @@ async fn full_filesystem(spool_beside_the_store: bool) {
     if spool_beside_the_store {
         let held = records
             .iter()
-            .find(|r| planfeed::actors::batch_writer::fetch_outcome(r) == "spool_full")
+            .find(|r| {
+                r.error.as_deref().is_some_and(|e| e.starts_with("store and spool refused writes (spool "))
+            })
             .unwrap_or_else(|| panic!("no fetch is recorded as held by a full spool: {records:?}"));
-        let error = held.error.as_deref().unwrap();
-        assert!(error.starts_with("store and spool refused writes (spool "), "{error}");
+        let label = format!("planfeed_fetches_total{{provider=\"{PROVIDER}\",outcome=\"spool_full\"}}");
+        assert!(metric(&base, &label).await >= 1.0, "the held fetch is counted with outcome spool_full");
         assert_eq!(held.plans_seen, total, "{held:?}");
     }
     assert_eq!(counters.plans_dropped.load(Relaxed), 0);

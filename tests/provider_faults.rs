@@ -69,6 +69,13 @@ async fn start(settings: Settings) -> (Service, String, SharedStore, tempfile::T
 }
 
 /// The fetches of `provider` in the log, newest first.
+/// `planfeed_fetches_total{provider,outcome}` of this process (the service runs in the test).
+fn fetches_counted(provider: &str, outcome: &str) -> u64 {
+    let label = format!("planfeed_fetches_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} ");
+    let text = planfeed::metrics::handle().render();
+    text.lines().find_map(|l| l.strip_prefix(label.as_str())).map_or(0, |v| v.trim().parse().unwrap())
+}
+
 async fn fetches_of(store: &SharedStore, provider: &str) -> Vec<FetchRecord> {
     store.recent_fetches(1000).await.unwrap().into_iter().filter(|f| f.provider == provider).collect()
 }
@@ -438,7 +445,7 @@ async fn circuit_breaker_stops_requests_while_open_and_recovers_by_itself() {
         .collect();
     assert!(skipped[0].error.as_deref().unwrap().contains("3 consecutive failed fetches"), "{skipped:?}");
     assert_eq!(skipped[0].http_status, None);
-    assert_eq!(planfeed::actors::batch_writer::fetch_outcome(skipped[0]), "skipped");
+    assert!(fetches_counted("fever", "skipped") >= skipped.len() as u64, "{skipped:?}");
 
     // After the cooldown exactly one probe; it fails, so the breaker opens again and the next
     // scheduled fetches are skipped without a request.
@@ -547,6 +554,12 @@ async fn two_providers_one_failing_the_healthy_one_keeps_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_within_one_fetch() {
     let _serial = SERIAL.lock().await;
+    let retried = || {
+        let text = planfeed::metrics::handle().render();
+        let line = "planfeed_retries_total{operation=\"fetch\"} ";
+        text.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let retried_before = retried();
     let spec = spec(13);
     let sim = Simulator::new(FeedSource::Generated(spec.clone()), Faults::default());
     sim.fail_next(2);
@@ -568,6 +581,7 @@ async fn transient_failures_are_retried_within_one_fetch() {
     let error = fetches[0].error.as_deref().unwrap_or_default();
     assert_eq!(error, "provider answered HTTP 503 Service Unavailable (after 2 retries)");
     assert_eq!(sim.requests.load(Ordering::Relaxed), 6);
+    assert_eq!(retried() - retried_before, 4, "every retry is counted in planfeed_retries_total");
     service.shutdown().await;
 }
 
@@ -587,7 +601,7 @@ async fn a_body_over_max_body_bytes_fails_and_keeps_the_base_plans_before_the_li
     let error = fetch.error.as_deref().unwrap_or_default();
     assert!(error.contains("body exceeds provider.max_body_bytes (6000 bytes)"), "{error}");
     assert_eq!(fetch.bytes, 6000);
-    assert_eq!(planfeed::actors::batch_writer::fetch_outcome(&fetch), "too_large");
+    assert_eq!(fetches_counted("fever", "too_large"), 1);
 
     let full = generate(&spec, 0);
     let sent = &full[..6000];
@@ -603,4 +617,33 @@ async fn a_body_over_max_body_bytes_fails_and_keeps_the_base_plans_before_the_li
 fn round_plans_of(provider: &str, body: &[u8]) -> BTreeMap<String, (bool, String)> {
     let parsed = parse_document(&Arc::from(provider), body).unwrap();
     parsed.plans.iter().map(|p| (p.key.id().to_string(), (p.online, plan_summary(p)))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_once_sends_one_request_and_returns_the_record_its_writer_recorded() {
+    let _serial = SERIAL.lock().await;
+    let spec = spec(21);
+    let sim = Simulator::new(FeedSource::Generated(spec.clone()), Faults::default());
+    let url = simulator::spawn_local(sim.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("once.db");
+    let spool = dir.path().join("spool");
+    let extra = [
+        ("PLANFEED__STORE__PATH", db.to_str().unwrap()),
+        ("PLANFEED__SPOOL__PATH", spool.to_str().unwrap()),
+        // A short interval: a second request would show that the run did not end with its fetch.
+        ("PLANFEED__PROVIDER__INTERVAL", "10ms"),
+    ];
+    let settings = Settings::load_with(Path::new("/nonexistent"), env(&url, &extra)).unwrap();
+    let record = planfeed::service::ingest_once(settings, None, None, false).await.unwrap();
+    let plans = round_plans("fever", &spec, 0).len() as u64;
+    assert_eq!((record.error.as_deref(), record.plans_seen, record.plans_written), (None, plans, plans));
+    assert_eq!(sim.requests.load(Ordering::Relaxed), 1);
+    let store: SharedStore = Arc::new(SqliteStore::open(&db).unwrap());
+    let logged = store.recent_fetches(10).await.unwrap();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(
+        (logged[0].plans_seen, logged[0].plans_written, logged[0].bytes),
+        (plans, plans, record.bytes)
+    );
 }

@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use planfeed::actors::batch_writer::{ChunkPlans, WriterCounters};
-use planfeed::actors::parser::FetchContext;
-use planfeed::actors::{BatchWriter, BatchWriterArgs, WriterMsg};
+use planfeed::actors::{
+    BatchWriter, BatchWriterArgs, ChunkPlans, FetchContext, FetchEnd, WriterCounters, WriterMsg,
+};
 use planfeed::domain::Plan;
 use planfeed::store::sqlite::SqliteStore;
 use planfeed::store::SharedStore;
@@ -26,6 +26,7 @@ async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
         batch_size: 1000,
         flush_age: Duration::from_secs(60),
         counters: Arc::new(WriterCounters::default()),
+        recorded: None,
         spool: None,
         write_timeout: Duration::from_secs(10),
     };
@@ -141,6 +142,8 @@ async fn late_online_observations(store: SharedStore) {
 /// fetch's record says how many plans were written and dropped, and why.
 #[tokio::test]
 async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
+    // The process's metrics recorder, so the fetch's outcome label can be read back.
+    planfeed::metrics::handle();
     let dir = tempfile::tempdir().unwrap();
     let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("w.db")).unwrap());
     let w = writer(store.clone()).await;
@@ -149,13 +152,8 @@ async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
     plans.insert(4, plan("late", u64::MAX, 5, "too big", "2034-02-02T20:00:00", "2034-02-02T22:00:00"));
     w.cast(chunk(1, plans)).unwrap();
     let record = planfeed::domain::FetchRecord { provider: "late".into(), ..Default::default() };
-    w.cast(WriterMsg::FetchEnd(planfeed::actors::batch_writer::FetchEnd {
-        fetch_id: 1,
-        chunks: 1,
-        retries: 0,
-        record,
-    }))
-    .unwrap();
+    w.cast(WriterMsg::FetchEnd(FetchEnd { fetch_id: 1, chunks: 1, retries: 0, record, error: None }))
+        .unwrap();
     flush(&w).await;
     let d = day("2034-02-02");
     let mut titles: Vec<String> =
@@ -168,6 +166,10 @@ async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
     let error = fetch.error.clone().expect("the fetch is not recorded ok");
     assert!(error.starts_with("store rejected 1 plans (written 9, spooled 0): "), "{error}");
     assert!(error.contains("63-bit range"), "{error}");
-    assert_eq!(planfeed::actors::batch_writer::fetch_outcome(&fetch), "store_rejected");
+    let counted = planfeed::metrics::handle().render();
+    assert!(
+        counted.contains("planfeed_fetches_total{provider=\"late\",outcome=\"store_rejected\"} 1\n"),
+        "{counted}"
+    );
     w.stop(None);
 }

@@ -24,70 +24,35 @@
 //!
 //! When the store cannot be read at start (not reachable yet), the writer loads in the background
 //! and holds the chunks it receives meanwhile, with their permits: ingestion waits.
+//!
+//! Files: this one holds the actor and its bookkeeping (what is stored, batched, in flight), which
+//! every message reads and changes, so it stays whole at about 650 lines; a batch's delivery is in
+//! [`sink`] and a fetch's record in [`fetch_log`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{NaiveDate, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rand::Rng;
-use tokio::sync::OwnedSemaphorePermit;
+use chrono::NaiveDate;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::parser::FetchContext;
+mod fetch_log;
+mod sink;
+
+use fetch_log::FetchTally;
+pub use fetch_log::{SPOOL_REFUSED, STORE_REJECTED};
+
+use sink::{Fate, Marks, Sink, WriteOutcome};
+
+use super::counters::WriterCounters;
+use super::messages::{ChunkPlans, FetchContext, WriterMsg};
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
+use crate::retry::{retry, RetryPolicy};
 use crate::search::Searcher;
-use crate::spool::replay::{bounded, isolate, record_drop, Replayer};
+use crate::spool::replay::{bounded, Replayer};
 use crate::spool::{Entry, Spool};
 use crate::store::{SharedStore, StoreError, StoreResult};
-
-/// The plans of one parsed chunk.
-pub struct ChunkPlans {
-    pub fetch: Arc<FetchContext>,
-    pub seq: u32,
-    pub plans: Vec<Plan>,
-    /// `plans[i].content_hash()`, computed by the parser; empty means "compute them here".
-    pub hashes: Vec<u64>,
-    pub skipped: u64,
-    pub error: Option<String>,
-    /// Released once the plans are in the batch: the pipeline's backpressure.
-    pub permit: OwnedSemaphorePermit,
-}
-
-/// Sent by the fetcher when the download ended (well or not).
-pub struct FetchEnd {
-    pub fetch_id: u64,
-    /// Number of chunks handed to the parsers.
-    pub chunks: u32,
-    /// Attempts repeated within the fetch after transient failures (for the log line).
-    pub retries: u32,
-    pub record: FetchRecord,
-}
-
-pub enum WriterMsg {
-    Plans(ChunkPlans),
-    FetchEnd(FetchEnd),
-    FlushTimer {
-        batch_id: u64,
-    },
-    /// Flush now and answer when done (shutdown, tests).
-    Flush(RpcReplyPort<()>),
-    /// The in-flight batch write `write_id` completed (sent by the write task itself).
-    WriteDone {
-        write_id: u64,
-    },
-    /// Configuration reload: new flush thresholds, from the next plan on.
-    SetBatching {
-        batch_size: usize,
-        flush_age: Duration,
-    },
-    /// The bookkeeping, read in the background when the store was not reachable at start.
-    Loaded(HashMap<PlanKey, PlanState>),
-    /// Spooled plans the store rejected for good on replay: forget them (the next fetch offers them
-    /// again), unless a newer version was taken since.
-    Forget(Vec<(PlanKey, u64)>),
-}
 
 /// Estimated memory of a batch that triggers a flush. Plans vary a hundredfold in size (a plan
 /// with 200 zones weighs ~16 KiB in memory), so a plan count alone lets a batch of big plans
@@ -107,28 +72,6 @@ pub enum FlushTrigger {
     Stop,
 }
 
-/// Outcome counters, shared with metrics and tests.
-#[derive(Debug, Default)]
-pub struct WriterCounters {
-    pub plans_seen: AtomicU64,
-    /// Plans the store holds: counted when a write (direct or replayed from the spool) completes.
-    pub plans_written: AtomicU64,
-    /// Plans put in the spool (each is counted written again once replayed).
-    pub plans_spooled: AtomicU64,
-    /// Plans the store rejected for good.
-    pub plans_dropped: AtomicU64,
-    /// Spool entries delivered to the store.
-    pub spool_replayed: AtomicU64,
-    /// Times a batch found both the store and the spool refusing it (the writer held it).
-    pub spool_refusals: AtomicU64,
-    pub plans_unchanged: AtomicU64,
-    pub plans_skipped: AtomicU64,
-    pub batches: AtomicU64,
-    pub retries: AtomicU64,
-    pub batches_dropped: AtomicU64,
-    pub fetches_recorded: AtomicU64,
-}
-
 #[derive(Clone)]
 pub struct BatchWriterArgs {
     pub store: SharedStore,
@@ -140,25 +83,9 @@ pub struct BatchWriterArgs {
     pub spool: Option<Arc<Spool>>,
     /// One store write slower than this counts as a transient failure (`spool.write_timeout`).
     pub write_timeout: Duration,
-}
-
-#[derive(Default)]
-struct FetchTally {
-    chunks_received: u32,
-    end: Option<FetchEnd>,
-    seen: u64,
-    /// Observations taken into a batch, by what became of them once written.
-    written: u64,
-    spooled: u64,
-    dropped: u64,
-    unchanged: u64,
-    skipped: u64,
-    /// Store write attempts repeated for this fetch's batches.
-    store_retries: u32,
-    /// Why plans were dropped, or why the writer had to hold a batch (spool full), if it did.
-    dropped_reason: Option<String>,
-    held_reason: Option<String>,
-    errors: Vec<String>,
+    /// Where each recorded fetch is announced once its plans are written, spooled or dropped
+    /// (`ingest --once` ends on it); `None`: nobody waits.
+    pub recorded: Option<tokio::sync::mpsc::UnboundedSender<FetchRecord>>,
 }
 
 pub struct BatchWriterState {
@@ -329,17 +256,17 @@ async fn load_states(args: &BatchWriterArgs) -> StoreResult<HashMap<PlanKey, Pla
 
 /// [`load_states`] retried with capped backoff until it succeeds.
 async fn load_until_done(args: &BatchWriterArgs) -> HashMap<PlanKey, PlanState> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match load_states(args).await {
-            Ok(persisted) => return persisted,
-            Err(e) => {
-                tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "plan states not readable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+    let policy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1));
+    let loaded = retry(
+        &policy,
+        u32::MAX,
+        "load_plan_states",
+        || load_states(args),
+        |_| true,
+        |e, _, delay| tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "plan states not readable yet"),
+    );
+    // Only `u32::MAX` failures in a row (decades) end the loop: then start empty.
+    loaded.await.unwrap_or_default()
 }
 
 impl BatchWriterState {
@@ -402,82 +329,92 @@ impl BatchWriterState {
     fn absorb(&mut self, me: &ActorRef<WriterMsg>, chunk: ChunkPlans) {
         let ChunkPlans { fetch, seq, plans, hashes, skipped, error, permit } = chunk;
         let version = (fetch.fetch_id << 20) | u64::from(seq.min((1 << 20) - 1));
-        let counters = &self.args.counters;
-        let tally = self.fetches.entry(fetch.fetch_id).or_default();
-        tally.chunks_received += 1;
-        tally.skipped += skipped;
-        counters.plans_skipped.fetch_add(skipped, Ordering::Relaxed);
-        if let Some(e) = error {
-            tally.errors.push(e);
-        }
-        let hashes_given = hashes.len() == plans.len();
+        let (seen, hashes_given) = (plans.len() as u64, hashes.len() == plans.len());
+        let mut unchanged = 0u64;
         for (i, plan) in plans.into_iter().enumerate() {
-            tally.seen += 1;
-            counters.plans_seen.fetch_add(1, Ordering::Relaxed);
             let hash = if hashes_given { hashes[i] } else { plan.content_hash() };
-            let writing = self.in_flight.as_ref().and_then(|f| f.index.get(&plan.key).map(|&i| &f.batch[i]));
-            let pending = self.in_batch.get(&plan.key).map(|&i| &self.batch[i]).or(writing);
-            let latest = pending
-                .map(|p| (p.hash, p.version, p.ever_online))
-                .or_else(|| self.persisted.get(&plan.key).map(|s| (s.hash, s.version, s.ever_online)));
-            // The day of the row the store holds once the in-flight write lands.
-            let stored_day =
-                writing.map(|p| p.event_date).or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
-            let ever_online = match latest {
-                Some((h, _, _)) if h == hash => {
-                    tally.unchanged += 1;
-                    counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Some((_, v, ever)) if v > version => {
-                    // A newer observation was already taken; this one arrived late. Its values are
-                    // stale, but if it was on sale online, the plan was: that must stick.
-                    if plan.online && !ever && !is_marked(&self.marks, &self.in_flight, &plan.key) {
-                        match self.in_batch.get(&plan.key) {
-                            Some(&i) => self.batch[i].ever_online = true,
-                            None => {
-                                let day = self
-                                    .in_flight
-                                    .as_ref()
-                                    .and_then(|f| f.index.get(&plan.key).map(|&i| f.batch[i].event_date))
-                                    .or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
-                                if let Some(day) = day {
-                                    self.marks.insert(plan.key.clone(), day);
-                                }
-                            }
-                        }
-                    }
-                    tally.unchanged += 1;
-                    counters.plans_unchanged.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                // A newer observation of a marked key carries the flag itself: the mark may find
-                // nothing to mark once this version moved the plan to another day.
-                Some((_, _, ever)) => ever || is_marked(&self.marks, &self.in_flight, &plan.key),
-                None => false,
-            };
-            let mut stored = StoredPlan::with_hash(plan, fetch.tz, ever_online, version, hash);
-            stored.previous_event_date = stored_day.filter(|d| *d != stored.event_date);
-            self.batch_bytes += estimated_bytes(&stored.plan);
-            let slot = match self.in_batch.get(&stored.plan.key) {
-                Some(&i) => {
-                    self.batch[i] = stored;
-                    i
-                }
-                None => {
-                    self.in_batch.insert(stored.plan.key.clone(), self.batch.len());
-                    self.batch.push(stored);
-                    self.batch.len() - 1
-                }
-            };
-            // Counted written, spooled or dropped when the batch's write completes.
-            self.origins.push((slot, fetch.fetch_id));
+            if !self.take(plan, hash, version, &fetch) {
+                unchanged += 1;
+            }
         }
         drop(permit);
+        let counters = &self.args.counters;
+        counters.plans_seen.fetch_add(seen, Ordering::Relaxed);
+        counters.plans_unchanged.fetch_add(unchanged, Ordering::Relaxed);
+        counters.plans_skipped.fetch_add(skipped, Ordering::Relaxed);
+        let tally = self.fetches.entry(fetch.fetch_id).or_default();
+        tally.chunks_received += 1;
+        tally.seen += seen;
+        tally.unchanged += unchanged;
+        tally.skipped += skipped;
+        tally.errors.extend(error);
         if !(self.batch.is_empty() && self.marks.is_empty()) && self.batch_started.is_none() {
             self.batch_started = Some(Instant::now());
             let batch_id = self.batch_id;
             me.send_after(self.args.flush_age, move || WriterMsg::FlushTimer { batch_id });
+        }
+    }
+
+    /// Takes one observation into the batch; false when it changes nothing (same content as the
+    /// latest version, or older than it).
+    fn take(&mut self, plan: Plan, hash: u64, version: u64, fetch: &FetchContext) -> bool {
+        let writing = self.in_flight.as_ref().and_then(|f| f.index.get(&plan.key).map(|&i| &f.batch[i]));
+        let pending = self.in_batch.get(&plan.key).map(|&i| &self.batch[i]).or(writing);
+        let latest = pending
+            .map(|p| (p.hash, p.version, p.ever_online))
+            .or_else(|| self.persisted.get(&plan.key).map(|s| (s.hash, s.version, s.ever_online)));
+        // The day of the row the store holds once the in-flight write lands.
+        let stored_day =
+            writing.map(|p| p.event_date).or_else(|| self.persisted.get(&plan.key).map(|s| s.event_date));
+        let ever_online = match latest {
+            Some((h, _, _)) if h == hash => return false,
+            Some((_, v, ever)) if v > version => {
+                // A newer observation was already taken; this one arrived late. Its values are
+                // stale, but if it was on sale online, the plan was: that must stick.
+                if plan.online && !ever && !is_marked(&self.marks, &self.in_flight, &plan.key) {
+                    self.mark_ever_online(&plan.key);
+                }
+                return false;
+            }
+            // A newer observation of a marked key carries the flag itself: the mark may find
+            // nothing to mark once this version moved the plan to another day.
+            Some((_, _, ever)) => ever || is_marked(&self.marks, &self.in_flight, &plan.key),
+            None => false,
+        };
+        let mut stored = StoredPlan::with_hash(plan, fetch.tz, ever_online, version, hash);
+        stored.previous_event_date = stored_day.filter(|d| *d != stored.event_date);
+        self.batch_bytes += estimated_bytes(&stored.plan);
+        let slot = match self.in_batch.get(&stored.plan.key) {
+            Some(&i) => {
+                self.batch[i] = stored;
+                i
+            }
+            None => {
+                self.in_batch.insert(stored.plan.key.clone(), self.batch.len());
+                self.batch.push(stored);
+                self.batch.len() - 1
+            }
+        };
+        // Counted written, spooled or dropped when the batch's write completes.
+        self.origins.push((slot, fetch.fetch_id));
+        true
+    }
+
+    /// Marks `key` ever-online: in its batched row if it has one, else with a mark applied after
+    /// the next write, on the day of the row the store holds (or will, once the write in flight
+    /// lands).
+    fn mark_ever_online(&mut self, key: &PlanKey) {
+        if let Some(&i) = self.in_batch.get(key) {
+            self.batch[i].ever_online = true;
+            return;
+        }
+        let day = self
+            .in_flight
+            .as_ref()
+            .and_then(|f| f.index.get(key).map(|&i| f.batch[i].event_date))
+            .or_else(|| self.persisted.get(key).map(|s| s.event_date));
+        if let Some(day) = day {
+            self.marks.insert(key.clone(), day);
         }
     }
 
@@ -543,10 +480,37 @@ impl BatchWriterState {
                 WriteOutcome::failed(f.batch.len(), format!("store write task failed: {e}"))
             }
         };
-        let counters = &self.args.counters;
         let mut days = HashSet::<NaiveDate>::new();
+        let written = self.settle_plans(&f.batch, &outcome.fates, &mut days);
+        let counters = &self.args.counters;
+        counters.plans_written.fetch_add(written, Ordering::Relaxed);
+        if written > 0 {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.fates.contains(&Fate::Dropped) {
+            counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tally_outcome(&f.origins, &outcome);
+        tracing::debug!(
+            plans = f.batch.len(),
+            written,
+            trigger = ?f.trigger,
+            retries = outcome.retries,
+            elapsed_ms = f.started.elapsed().as_millis() as u64,
+            "batch delivered"
+        );
+        self.settle_marks(f.marks, outcome.marked, &mut days);
+        if let Some(searcher) = self.args.searcher.as_ref().filter(|_| !days.is_empty()) {
+            let days: Vec<_> = days.into_iter().collect();
+            searcher.invalidate(&days).await;
+        }
+    }
+
+    /// Takes the written and spooled plans of a delivered batch into the bookkeeping and collects
+    /// the days a written one changed; returns how many were written.
+    fn settle_plans(&mut self, batch: &[StoredPlan], fates: &[Fate], days: &mut HashSet<NaiveDate>) -> u64 {
         let mut written = 0u64;
-        for (p, fate) in f.batch.iter().zip(&outcome.fates) {
+        for (p, fate) in batch.iter().zip(fates) {
             if *fate == Fate::Dropped {
                 continue;
             }
@@ -564,38 +528,25 @@ impl BatchWriterState {
             };
             self.persisted.insert(p.plan.key.clone(), state);
         }
-        counters.plans_written.fetch_add(written, Ordering::Relaxed);
-        if written > 0 {
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.fates.contains(&Fate::Dropped) {
-            counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        self.tally_outcome(&f.origins, &outcome);
-        tracing::debug!(
-            plans = f.batch.len(),
-            written,
-            trigger = ?f.trigger,
-            retries = outcome.retries,
-            elapsed_ms = f.started.elapsed().as_millis() as u64,
-            "batch delivered"
-        );
-        if outcome.marked != Marks::NotApplied {
-            for (key, day) in &f.marks {
-                if let Some(state) = self.persisted.get_mut(key) {
-                    state.ever_online = true;
-                }
-                if outcome.marked == Marks::Applied {
-                    days.insert(*day);
-                }
+        written
+    }
+
+    /// Applied or spooled marks go into the bookkeeping (an applied one changes its day); marks
+    /// not applied go back in line for the next write (or into the row of a newer version).
+    fn settle_marks(
+        &mut self,
+        marks: HashMap<PlanKey, NaiveDate>,
+        marked: Marks,
+        days: &mut HashSet<NaiveDate>,
+    ) {
+        if marked == Marks::NotApplied {
+            if !marks.is_empty() {
+                tracing::warn!(
+                    marks = marks.len(),
+                    "ever-online marks not applied; retrying with the next write"
+                );
             }
-        } else if !f.marks.is_empty() {
-            // Not applied: back in line for the next write (or into the row of a newer version).
-            tracing::warn!(
-                marks = f.marks.len(),
-                "ever-online marks not applied; retrying with the next write"
-            );
-            for (key, day) in f.marks {
+            for (key, day) in marks {
                 match self.in_batch.get(&key) {
                     Some(&i) => self.batch[i].ever_online = true,
                     None => {
@@ -603,10 +554,15 @@ impl BatchWriterState {
                     }
                 }
             }
+            return;
         }
-        if let Some(searcher) = self.args.searcher.as_ref().filter(|_| !days.is_empty()) {
-            let days: Vec<_> = days.into_iter().collect();
-            searcher.invalidate(&days).await;
+        for (key, day) in &marks {
+            if let Some(state) = self.persisted.get_mut(key) {
+                state.ever_online = true;
+            }
+            if marked == Marks::Applied {
+                days.insert(*day);
+            }
         }
     }
 
@@ -644,47 +600,15 @@ impl BatchWriterState {
             return;
         }
         self.flush_all(me, FlushTrigger::FetchEnd).await;
-        let tally = self.fetches.remove(&fetch_id).unwrap_or_default();
-        let Some(end) = tally.end else { return };
-        let fetch_retries = end.retries;
-        let retries = fetch_retries + tally.store_retries;
-        let mut record = end.record;
-        record.plans_seen = tally.seen;
-        record.plans_written = tally.written;
-        record.plans_unchanged = tally.unchanged;
-        record.plans_skipped = tally.skipped;
-        let mut notes: Vec<String> = record.error.take().into_iter().collect();
-        if notes.is_empty() {
-            notes.extend(tally.errors);
-        }
-        if let Some(reason) = &tally.dropped_reason {
-            notes.push(format!(
-                "{STORE_REJECTED} {} plans (written {}, spooled {}): {reason}",
-                tally.dropped, tally.written, tally.spooled
-            ));
-        }
-        if let Some(reason) = &tally.held_reason {
-            notes.push(format!("{SPOOL_REFUSED} ({reason}): the download was held until it took them"));
-        }
-        record.error = (!notes.is_empty()).then(|| notes.join("; "));
-        record.duration_ms = (Utc::now() - record.started_at).num_milliseconds().max(0) as u64;
-        let outcome = fetch_outcome(&record);
-        match &record.error {
-            None => tracing::info!(
-                provider = %record.provider, seen = record.plans_seen, written = record.plans_written,
-                spooled = tally.spooled, unchanged = record.plans_unchanged, skipped = record.plans_skipped,
-                bytes = record.bytes, retries, fetch_retries, store_retries = tally.store_retries,
-                duration_ms = record.duration_ms, "fetch ingested"
-            ),
-            Some(e) => tracing::warn!(
-                provider = %record.provider, error = %e, http_status = ?record.http_status, seen = record.plans_seen,
-                written = record.plans_written, spooled = tally.spooled, dropped = tally.dropped,
-                bytes = record.bytes, retries, fetch_retries, store_retries = tally.store_retries,
-                outcome, "fetch failed"
-            ),
-        }
+        let mut tally = self.fetches.remove(&fetch_id).unwrap_or_default();
+        let Some(end) = tally.end.take() else { return };
+        let (record, outcome) = tally.complete(end);
         crate::metrics::record_fetch(&record.provider, outcome);
+        let announced = self.args.recorded.as_ref().map(|tx| (tx, record.clone()));
         self.record(record).await;
+        if let Some((tx, record)) = announced {
+            let _ = tx.send(record);
+        }
         self.args.counters.fetches_recorded.fetch_add(1, Ordering::Relaxed);
         // Tallies of fetches whose end never came (a crashed fetcher) must not pile up.
         if self.fetches.len() > 64 {
@@ -734,249 +658,6 @@ fn is_marked(marks: &HashMap<PlanKey, NaiveDate>, in_flight: &Option<InFlight>, 
     marks.contains_key(key) || in_flight.as_ref().is_some_and(|f| f.marks.contains_key(key))
 }
 
-/// Start of a fetch record's error when the store rejected some of its plans for good.
-pub const STORE_REJECTED: &str = "store rejected";
-/// Start of a fetch record's error when both the store and the spool refused its plans for a while.
-pub const SPOOL_REFUSED: &str = "store and spool refused writes";
-
-/// What became of one plan of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    Written,
-    /// In the spool: the replayer writes it once the store answers.
-    Spooled,
-    /// Rejected by the store for good (or lost with a failed write task).
-    Dropped,
-}
-
-/// What became of a batch's ever-online marks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Marks {
-    Applied,
-    Spooled,
-    /// Back in line for the next write.
-    NotApplied,
-}
-
-/// What a write task did.
-struct WriteOutcome {
-    /// Per plan of the batch, in batch order.
-    fates: Vec<Fate>,
-    marked: Marks,
-    /// Store write attempts repeated.
-    retries: u32,
-    /// Why plans were dropped, if any were.
-    dropped: Option<String>,
-    /// Why the batch had to be held (store and spool refused it), if it was.
-    held: Option<String>,
-}
-
-impl WriteOutcome {
-    fn failed(plans: usize, reason: String) -> Self {
-        Self {
-            fates: vec![Fate::Dropped; plans],
-            marked: Marks::NotApplied,
-            retries: 0,
-            dropped: Some(reason),
-            held: None,
-        }
-    }
-}
-
-/// Where a write task delivers: the store, else the spool.
-struct Sink {
-    store: SharedStore,
-    spool: Option<Arc<Spool>>,
-    counters: Arc<WriterCounters>,
-    write_timeout: Duration,
-}
-
-/// Attempts of one store write before its batch goes to the spool (about 3 s of backoff).
-const STORE_ATTEMPTS: u32 = 5;
-/// Backoff while both the store and the spool refuse a batch.
-const HOLD_BACKOFF_CAP: Duration = Duration::from_secs(5);
-
-impl Sink {
-    /// Writes a batch, then applies the marks. Transient failures are retried briefly, then the
-    /// rest goes to the spool; while the spool holds older entries the batch goes straight behind
-    /// them. Returns only once every plan is written, spooled or rejected for good.
-    async fn deliver(
-        self,
-        batch: Arc<Vec<StoredPlan>>,
-        marks: Vec<(PlanKey, NaiveDate)>,
-        trigger: FlushTrigger,
-    ) -> WriteOutcome {
-        let n = batch.len();
-        let mut out = WriteOutcome {
-            fates: vec![Fate::Written; n],
-            marked: Marks::Applied,
-            retries: 0,
-            dropped: None,
-            held: None,
-        };
-        let backlog = self.spool.as_ref().is_some_and(|s| s.entries() > 0);
-        let mut pending: Vec<usize> = Vec::new();
-        if backlog {
-            pending.extend(0..n);
-        } else if n > 0 {
-            let whole = self
-                .retrying(&mut out.retries, "store write", || self.store.write_plans_shared(batch.clone()))
-                .await;
-            match whole {
-                Ok(()) => {}
-                Err(e) if e.is_transient() => pending.extend(0..n),
-                Err(e) => {
-                    for (range, result) in isolate(&self.store, &batch, Err(e), self.write_timeout).await {
-                        match result {
-                            Ok(()) => {}
-                            Err(e) if e.is_transient() => pending.extend(range),
-                            Err(e) => {
-                                for i in range {
-                                    out.fates[i] = Fate::Dropped;
-                                    record_drop(&self.counters, &batch[i], &e);
-                                }
-                                out.dropped = Some(e.to_string());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if pending.is_empty() && !backlog {
-            if marks.is_empty() {
-                return out;
-            }
-            match self
-                .retrying(&mut out.retries, "ever-online marks", || self.store.mark_ever_online(&marks))
-                .await
-            {
-                Ok(()) => return out,
-                Err(e) if e.is_transient() && self.spool.is_some() => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, marks = marks.len(), "could not mark plans ever-online");
-                    out.marked = Marks::NotApplied;
-                    return out;
-                }
-            }
-        }
-        let plans: Vec<StoredPlan> = pending.iter().map(|&i| batch[i].clone()).collect();
-        let why = if backlog { "behind earlier entries" } else { "store unavailable" };
-        let spooled = self.hold_until_durable(Entry::Batch { plans, marks }, &mut out, trigger, why).await;
-        for &i in &pending {
-            out.fates[i] = if spooled { Fate::Spooled } else { Fate::Written };
-        }
-        out.marked = if spooled { Marks::Spooled } else { Marks::Applied };
-        out
-    }
-
-    /// Puts `entry` in the spool; while the spool refuses it, tries the store and the spool again
-    /// with capped backoff, holding the writer (backpressure) until one takes it. Returns whether
-    /// it went to the spool (else the store took it).
-    async fn hold_until_durable(
-        &self,
-        entry: Entry,
-        out: &mut WriteOutcome,
-        trigger: FlushTrigger,
-        why: &'static str,
-    ) -> bool {
-        let plans = entry.plans();
-        let entry = Arc::new(entry);
-        let mut delay = Duration::from_millis(200);
-        loop {
-            if let Some(spool) = &self.spool {
-                match spool.append(entry.clone()).await {
-                    Ok(()) => {
-                        self.counters.plans_spooled.fetch_add(plans as u64, Ordering::Relaxed);
-                        tracing::warn!(
-                            plans,
-                            ?trigger,
-                            spool_entries = spool.entries(),
-                            spool_bytes = spool.bytes(),
-                            why,
-                            "batch spooled"
-                        );
-                        return true;
-                    }
-                    Err(e) => {
-                        self.counters.spool_refusals.fetch_add(1, Ordering::Relaxed);
-                        if out.held.is_none() {
-                            tracing::error!(error = %e, reason = e.label(), plans, "store and spool refuse the batch: holding it, the download waits");
-                        }
-                        out.held = Some(e.to_string());
-                    }
-                }
-            } else if out.held.is_none() {
-                tracing::error!(
-                    plans,
-                    "store unavailable and no spool: holding the batch, the download waits"
-                );
-                out.held = Some("no spool configured".into());
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(HOLD_BACKOFF_CAP);
-            let Entry::Batch { plans: rows, marks } = entry.as_ref() else { return false };
-            let direct = async {
-                if !rows.is_empty() {
-                    self.store.write_plans(rows).await?;
-                }
-                if !marks.is_empty() {
-                    self.store.mark_ever_online(marks).await?;
-                }
-                Ok::<(), StoreError>(())
-            };
-            match bounded(self.write_timeout, direct).await {
-                Ok(()) => return false,
-                Err(e) if e.is_transient() => out.retries += 1,
-                Err(e) => {
-                    // A permanent rejection while held: a later attempt of the spool or the store
-                    // tells which plans; keep holding rather than drop the whole batch.
-                    tracing::warn!(error = %e, "store rejects the held batch; still holding it");
-                    out.retries += 1;
-                }
-            }
-        }
-    }
-
-    /// Runs `op` until it succeeds, fails permanently or has failed transiently
-    /// [`STORE_ATTEMPTS`] times, counting each repeat in `retries` and the writer's counters. An
-    /// attempt that outlives `write_timeout` ends the retries at once: a store that hangs would
-    /// hang again, and the spool should take over after one timeout, not after five.
-    async fn retrying<F, Fut>(&self, retries: &mut u32, what: &str, mut op: F) -> StoreResult<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = StoreResult<()>>,
-    {
-        let mut attempt = 1u32;
-        loop {
-            let result = match tokio::time::timeout(self.write_timeout, op()).await {
-                Ok(result) => result,
-                Err(_) => {
-                    let limit = self.write_timeout;
-                    tracing::warn!(
-                        limit_ms = limit.as_millis() as u64,
-                        attempt,
-                        "{what}: store did not answer in time"
-                    );
-                    return Err(StoreError::Unavailable(format!("store did not answer within {limit:?}")));
-                }
-            };
-            match result {
-                Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
-                    *retries += 1;
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    let base =
-                        Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5));
-                    let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
-                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
-                    attempt += 1;
-                    tokio::time::sleep(delay).await;
-                }
-                result => return result,
-            }
-        }
-    }
-}
-
 /// Rough memory of a plan in a batch: the struct, its zones and their strings.
 fn estimated_bytes(plan: &Plan) -> usize {
     std::mem::size_of::<StoredPlan>()
@@ -986,29 +667,4 @@ fn estimated_bytes(plan: &Plan) -> usize {
             .iter()
             .map(|z| std::mem::size_of::<crate::domain::Zone>() + z.name.len() + 16)
             .sum::<usize>()
-}
-
-/// The reason label of a fetch outcome, for metrics.
-pub fn fetch_outcome(record: &FetchRecord) -> &'static str {
-    let Some(error) = record.error.as_deref() else { return "ok" };
-    // The writer's notes follow the fetch's own error: they say more about where plans went.
-    if error.contains(STORE_REJECTED) {
-        return "store_rejected";
-    }
-    if error.contains(SPOOL_REFUSED) {
-        return "spool_full";
-    }
-    if error.starts_with("circuit open") {
-        return "skipped";
-    }
-    match record.http_status {
-        Some(s) if !(200..300).contains(&s) => "http_error",
-        None if error.contains("timed out") => "timeout",
-        None => "connect",
-        Some(_) if error.contains("timed out") => "timeout",
-        Some(_) if error.contains("truncated") => "truncated",
-        Some(_) if error.contains("max_body_bytes") => "too_large",
-        Some(_) if error.contains("body read failed") => "body_error",
-        Some(_) => "bad_feed",
-    }
 }

@@ -18,28 +18,24 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::batch_writer::{FetchEnd, WriterMsg};
-use super::parser::{ChunkJob, FetchContext, ParserMsg};
-use super::scheduler::SchedulerMsg;
-use super::{ParserPool, Slot};
+use super::messages::{ChunkJob, FetchContext, FetchEnd, FetcherMsg, ParserMsg, SchedulerMsg, WriterMsg};
+use super::slot::{ParserPool, Slot};
 use crate::config::{PipelineSettings, ProviderSettings, MAX_RETRY_BACKOFF};
 use crate::domain::FetchRecord;
 use crate::feed::Chunker;
+use crate::fetch::breaker::{Admission, SharedBreaker};
+use crate::fetch::{FetchError, RequestError};
+use crate::retry::RetryPolicy;
+
+/// A body being read: pieces, or a failure's error chain and whether it was a timeout.
+type Body = futures::stream::BoxStream<'static, Result<bytes::Bytes, (String, bool)>>;
 
 /// How long the complete base plans buffered when a download fails may wait for a pipeline
 /// permit past the fetch's deadline: they are already downloaded, dropping them would waste them.
 const SALVAGE_GRACE: Duration = Duration::from_secs(10);
-
-pub enum FetcherMsg {
-    /// Fetch once and tell the scheduler when done.
-    Fetch { reply_to: ActorRef<SchedulerMsg> },
-    /// Configuration reload: new URL, time zone or timeouts from the next fetch on.
-    SetProvider(ProviderSettings),
-}
 
 #[derive(Clone)]
 pub struct FetcherArgs {
@@ -58,80 +54,6 @@ pub struct FetcherState {
     args: FetcherArgs,
     client: reqwest::Client,
     last_fetch_id: u64,
-}
-
-/// What the breaker allows for the next fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Closed: a normal fetch, with retries.
-    Fetch,
-    /// The cooldown is over: one request, no retries; its outcome closes or reopens the breaker.
-    Probe,
-    /// Open: send nothing.
-    Skip { remaining: Duration },
-}
-
-/// Circuit breaker over consecutive failed fetches of one provider. Shared ([`SharedBreaker`])
-/// between the supervisor and the provider's fetcher, so it outlives a fetcher's restart.
-#[derive(Debug)]
-pub struct Breaker {
-    threshold: u32,
-    cooldown: Duration,
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
-impl Breaker {
-    /// `threshold == 0` never opens.
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self { threshold, cooldown, failures: 0, open_until: None }
-    }
-
-    pub fn admit(&self, now: Instant) -> Admission {
-        match self.open_until {
-            Some(until) if now < until => Admission::Skip { remaining: until - now },
-            Some(_) => Admission::Probe,
-            None => Admission::Fetch,
-        }
-    }
-
-    /// Records a fetch's outcome; returns true when this opened (or reopened) the breaker.
-    pub fn record(&mut self, ok: bool, now: Instant) -> bool {
-        if ok {
-            self.failures = 0;
-            self.open_until = None;
-            return false;
-        }
-        self.failures = self.failures.saturating_add(1);
-        if self.threshold > 0 && self.failures >= self.threshold {
-            self.open_until = Some(now + self.cooldown);
-            return true;
-        }
-        false
-    }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
-    /// New thresholds (configuration reload); the count and an open circuit are kept.
-    pub fn configure(&mut self, threshold: u32, cooldown: Duration) {
-        self.threshold = threshold;
-        self.cooldown = cooldown;
-    }
-
-    /// Whether the circuit is open at `now` (no request would be sent).
-    pub fn is_open(&self, now: Instant) -> bool {
-        matches!(self.admit(now), Admission::Skip { .. })
-    }
-}
-
-/// A provider's breaker, as the supervisor and the fetcher hold it.
-pub type SharedBreaker = Arc<parking_lot::Mutex<Breaker>>;
-
-/// A closed breaker for a provider's settings.
-pub fn shared_breaker(provider: &ProviderSettings) -> SharedBreaker {
-    Arc::new(parking_lot::Mutex::new(Breaker::new(provider.breaker_failures, provider.breaker_cooldown)))
 }
 
 pub struct Fetcher;
@@ -158,36 +80,41 @@ impl Actor for Fetcher {
         msg: FetcherMsg,
         state: &mut FetcherState,
     ) -> Result<(), ActorProcessingErr> {
-        let reply_to = match msg {
-            FetcherMsg::Fetch { reply_to } => reply_to,
+        match msg {
+            FetcherMsg::Fetch { reply_to } => {
+                let failed = state.fetch().await;
+                let _ = reply_to.cast(SchedulerMsg::FetchFinished { failed });
+            }
             FetcherMsg::SetProvider(provider) => {
                 // The supervisor reconfigures the breaker it keeps.
                 state.client = build_client(&provider)?;
                 state.args.provider = provider;
-                return Ok(());
             }
-        };
+        }
+        Ok(())
+    }
+}
+
+impl FetcherState {
+    /// One fetch, from the breaker's admission to the [`FetchEnd`] handed to the writer. Returns
+    /// whether it failed.
+    async fn fetch(&mut self) -> bool {
         let started_at = Utc::now();
         // Fetch ids order observations: strictly increasing even if the clock stalls.
-        let fetch_id = (started_at.timestamp_millis().max(0) as u64).max(state.last_fetch_id + 1);
-        state.last_fetch_id = fetch_id;
-        let provider = &state.args.provider;
-        let mut record = FetchRecord { provider: provider.name.clone(), started_at, ..Default::default() };
-        let mut chunks = 0u32;
-        let mut retries = 0u32;
+        let fetch_id = (started_at.timestamp_millis().max(0) as u64).max(self.last_fetch_id + 1);
+        self.last_fetch_id = fetch_id;
+        let provider = &self.args.provider;
+        let record = FetchRecord { provider: provider.name.clone(), started_at, ..Default::default() };
+        let mut end = FetchEnd { fetch_id, chunks: 0, retries: 0, record, error: None };
         let (admission, failures) = {
-            let breaker = state.args.breaker.lock();
+            let breaker = self.args.breaker.lock();
             (breaker.admit(Instant::now()), breaker.failures())
         };
         let max_retries = match admission {
             Admission::Skip { remaining } => {
-                record.error = Some(format!(
-                    "circuit open: {failures} consecutive failed fetches, no request sent; next probe in {} ms",
-                    remaining.as_millis()
-                ));
-                state.end_fetch(fetch_id, 0, 0, record);
-                let _ = reply_to.cast(SchedulerMsg::FetchFinished { failed: true });
-                return Ok(());
+                end.error = Some(FetchError::CircuitOpen { failures, remaining });
+                self.end_fetch(end);
+                return true;
             }
             Admission::Probe => {
                 tracing::info!(provider = %provider.name, failures, "circuit half-open: probing the provider");
@@ -202,38 +129,39 @@ impl Actor for Fetcher {
             skips: Default::default(),
         });
         let deadline = Instant::now() + provider.timeout;
-        let outcome =
-            state.download(&ctx, deadline, max_retries, &mut record, &mut chunks, &mut retries).await;
-        record.error = outcome.err();
-        let failed = record.error.is_some();
+        end.error = self.download(&ctx, deadline, max_retries, &mut end).await.err();
+        let failed = end.error.is_some();
+        self.count_in_breaker(end.error.as_ref());
+        self.end_fetch(end);
+        failed
+    }
+
+    /// Records the fetch's outcome in the breaker and says when the circuit opens.
+    fn count_in_breaker(&self, error: Option<&FetchError>) {
         let (opened, failed_before, failures) = {
-            let mut breaker = state.args.breaker.lock();
+            let mut breaker = self.args.breaker.lock();
             let before = breaker.failures();
-            (breaker.record(!failed, Instant::now()), before, breaker.failures())
+            (breaker.record(error.is_none(), Instant::now()), before, breaker.failures())
         };
-        state.report_reachability(failed_before, record.error.as_deref());
+        self.report_reachability(failed_before, error);
         if opened {
             tracing::warn!(
-                provider = %state.args.provider.name,
+                provider = %self.args.provider.name,
                 failures,
-                cooldown_ms = state.args.provider.breaker_cooldown.as_millis() as u64,
+                cooldown_ms = self.args.provider.breaker_cooldown.as_millis() as u64,
                 "circuit opened: no request will be sent until the cooldown ends"
             );
         }
-        state.end_fetch(fetch_id, chunks, retries, record);
-        let _ = reply_to.cast(SchedulerMsg::FetchFinished { failed });
-        Ok(())
     }
-}
 
-impl FetcherState {
     /// Says plainly, once per outage, that the provider cannot be fetched and what is served
     /// meanwhile, and once that it answers again (the per-fetch lines say the rest).
-    fn report_reachability(&self, failed_before: u32, error: Option<&str>) {
+    fn report_reachability(&self, failed_before: u32, error: Option<&FetchError>) {
         let p = &self.args.provider;
         match error {
             Some(error) if failed_before == 0 => tracing::warn!(
-                provider = %p.name, url = %p.url, error = %error, retry_every = ?p.interval,
+                provider = %p.name, url = %p.url, error = %error, outcome = error.outcome(),
+                retry_every = ?p.interval,
                 "provider unreachable or failing: /search keeps serving the plans already stored \
                  (none before a first successful fetch); fetching again every interval"
             ),
@@ -244,130 +172,134 @@ impl FetcherState {
         }
     }
 
-    fn end_fetch(&self, fetch_id: u64, chunks: u32, retries: u32, record: FetchRecord) {
-        let end = FetchEnd { fetch_id, chunks, retries, record };
+    fn end_fetch(&self, end: FetchEnd) {
         if self.args.writer.cast(WriterMsg::FetchEnd(end)).is_err() {
             tracing::error!("batch writer is not running: fetch result dropped");
         }
     }
 
+    /// Streams the body through the chunker to the parsers. What was cut before a failure is kept.
     async fn download(
         &self,
         ctx: &Arc<FetchContext>,
         deadline: Instant,
         max_retries: u32,
-        record: &mut FetchRecord,
-        chunks: &mut u32,
-        retries: &mut u32,
-    ) -> Result<(), String> {
-        let mut body = if let Some(path) = self.args.provider.url.strip_prefix("file://") {
-            // Local files (`planfeed ingest --file`) take the same path as downloads.
-            let file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot open {path}: {e}"))?;
-            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-                .map(|r| r.map_err(|e| e.to_string()))
-                .boxed()
-        } else {
-            let response = self.open(deadline, max_retries, record, retries).await?;
-            response.bytes_stream().map(|r| r.map_err(|e| error_chain(&e))).boxed()
-        };
+        end: &mut FetchEnd,
+    ) -> Result<(), FetchError> {
+        let mut body = self.body(deadline, max_retries, end).await?;
         let pl = &self.args.pipeline;
         let max_body = self.args.provider.max_body_bytes;
         let mut chunker = Chunker::new(pl.chunk_bytes, pl.max_base_plan_bytes);
+        let bytes = |end: &FetchEnd| end.record.bytes;
         let failure = loop {
             let piece = match tokio::time::timeout_at(deadline, body.next()).await {
                 Ok(Some(Ok(piece))) => piece,
                 Ok(None) => break None,
-                Ok(Some(Err(e))) => {
-                    break Some(format!("body read failed after {} bytes: {e}", record.bytes))
+                Ok(Some(Err((chain, timed_out)))) => {
+                    break Some(FetchError::BodyRead { bytes: bytes(end), chain, timed_out })
                 }
                 Err(_) => {
-                    break Some(format!(
-                        "fetch timed out after {:?} while reading the body ({} bytes read)",
-                        self.args.provider.timeout, record.bytes
-                    ))
+                    let timeout = self.args.provider.timeout;
+                    break Some(FetchError::BodyTimeout { timeout, bytes: bytes(end) });
                 }
             };
-            let room = max_body.saturating_sub(record.bytes);
+            let room = max_body.saturating_sub(end.record.bytes);
             let over = piece.len() as u64 > room;
             let piece = if over { piece.slice(..room as usize) } else { piece };
-            record.bytes += piece.len() as u64;
-            match chunker.push(&piece) {
-                Ok(ready) => {
-                    for bytes in ready {
-                        self.send_chunk(ctx, chunks, bytes, deadline).await?;
-                    }
-                }
-                Err(e) => return Err(e.to_string()),
+            end.record.bytes += piece.len() as u64;
+            for bytes in chunker.push(&piece)? {
+                self.send_chunk(ctx, &mut end.chunks, bytes, deadline).await?;
             }
             if over {
-                break Some(format!(
-                    "body exceeds provider.max_body_bytes ({max_body} bytes); the base plans before the limit were kept"
-                ));
+                break Some(FetchError::TooLarge { limit: max_body });
             }
         };
         // Complete base plans still below the chunk target go on even when the body was cut short.
         if let Some(rest) = chunker.flush() {
             let grace =
                 if failure.is_some() { deadline.max(Instant::now()) + SALVAGE_GRACE } else { deadline };
-            self.send_chunk(ctx, chunks, rest, grace).await?;
+            self.send_chunk(ctx, &mut end.chunks, rest, grace).await?;
         }
         if let Some(e) = failure {
             return Err(e);
         }
-        if let Some(last) = chunker.finish().map_err(|e| e.to_string())? {
-            self.send_chunk(ctx, chunks, last, deadline).await?;
+        if let Some(last) = chunker.finish()? {
+            self.send_chunk(ctx, &mut end.chunks, last, deadline).await?;
         }
         Ok(())
     }
 
-    /// Sends the request until a successful response starts, retrying transient failures.
+    /// The body as a stream of pieces; a failed piece carries its error chain and whether it was
+    /// a timeout.
+    async fn body(
+        &self,
+        deadline: Instant,
+        max_retries: u32,
+        end: &mut FetchEnd,
+    ) -> Result<Body, FetchError> {
+        if let Some(path) = self.args.provider.url.strip_prefix("file://") {
+            // Local files (`planfeed ingest --file`) take the same path as downloads.
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|source| FetchError::OpenFile { path: path.to_string(), source })?;
+            return Ok(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+                .map(|r| r.map_err(|e| (e.to_string(), e.kind() == std::io::ErrorKind::TimedOut)))
+                .boxed());
+        }
+        let response = self.open(deadline, max_retries, end).await?;
+        Ok(response.bytes_stream().map(|r| r.map_err(|e| (error_chain(&e), e.is_timeout()))).boxed())
+    }
+
+    /// Sends the request until a successful response starts, retrying transient failures. This is
+    /// the fetch's one retry loop; it is not [`crate::retry::retry`] because the fetch's deadline
+    /// and the provider's `Retry-After` decide each wait, on the same [`RetryPolicy`].
     async fn open(
         &self,
         deadline: Instant,
         max_retries: u32,
-        record: &mut FetchRecord,
-        retries: &mut u32,
-    ) -> Result<reqwest::Response, String> {
+        end: &mut FetchEnd,
+    ) -> Result<reqwest::Response, FetchError> {
         let p = &self.args.provider;
-        let url = &p.url;
         loop {
-            let (error, transient, retry_after) =
-                match tokio::time::timeout_at(deadline, self.client.get(url).send()).await {
-                    Err(_) => {
-                        record.http_status = None;
-                        let e = format!("fetch timed out after {:?} waiting for a response", p.timeout);
-                        // The whole fetch's time is spent: there is nothing left to retry with.
-                        return Err(with_retries(e, *retries));
-                    }
+            let (cause, retry_after) =
+                match tokio::time::timeout_at(deadline, self.client.get(&p.url).send()).await {
+                    // The whole fetch's time is spent: there is nothing left to retry with.
+                    Err(_) => (RequestError::NoResponse(p.timeout), None),
                     Ok(Ok(res)) if res.status().is_success() => {
-                        record.http_status = Some(res.status().as_u16());
+                        end.record.http_status = Some(res.status().as_u16());
                         return Ok(res);
                     }
-                    Ok(Ok(res)) => {
-                        let status = res.status();
-                        record.http_status = Some(status.as_u16());
-                        let transient = status.is_server_error() || status.as_u16() == 429;
-                        (format!("provider answered HTTP {status}"), transient, retry_after(&res))
-                    }
+                    Ok(Ok(res)) => (RequestError::Status(res.status()), retry_after(&res)),
                     Ok(Err(e)) => {
-                        record.http_status = None;
                         let transient = e.is_connect() || e.is_timeout() || e.is_request();
-                        (format!("request to {url} failed: {}", error_chain(&e)), transient, None)
+                        let chain = error_chain(&e);
+                        (
+                            RequestError::Send {
+                                url: p.url.clone(),
+                                chain,
+                                timed_out: e.is_timeout(),
+                                transient,
+                            },
+                            None,
+                        )
                     }
                 };
-            if !transient || *retries >= max_retries {
-                return Err(with_retries(error, *retries));
+            end.record.http_status = match &cause {
+                RequestError::Status(s) => Some(s.as_u16()),
+                _ => None,
+            };
+            let retries = end.retries;
+            if !cause.is_transient() || retries >= max_retries {
+                return Err(FetchError::Request { cause, retries, out_of_time: None });
             }
-            let delay = backoff(p.retry_backoff, *retries, retry_after);
+            let delay = backoff(p.retry_backoff, retries, retry_after);
             if Instant::now() + delay >= deadline {
-                return Err(with_retries(
-                    format!("{error}; no time left for a retry within {:?}", p.timeout),
-                    *retries,
-                ));
+                return Err(FetchError::Request { cause, retries, out_of_time: Some(p.timeout) });
             }
-            *retries += 1;
+            end.retries += 1;
+            crate::metrics::record_retry("fetch");
             tracing::warn!(
-                provider = %p.name, error = %error, retry = *retries, max_retries,
+                provider = %p.name, error = %cause, retry = end.retries, max_retries,
                 delay_ms = delay.as_millis() as u64, "fetch attempt failed, retrying"
             );
             tokio::time::sleep(delay).await;
@@ -380,29 +312,23 @@ impl FetcherState {
         seq: &mut u32,
         bytes: bytes::Bytes,
         deadline: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), FetchError> {
         let permit = tokio::time::timeout_at(deadline, self.args.permits.clone().acquire_owned())
             .await
-            .map_err(|_| {
-                format!(
-                    "fetch timed out after {:?} waiting for the pipeline (store too slow?)",
-                    self.args.provider.timeout
-                )
-            })?
-            .map_err(|_| "pipeline is shutting down".to_string())?;
+            .map_err(|_| FetchError::Backpressure { timeout: self.args.provider.timeout })?
+            .map_err(|_| FetchError::ShuttingDown)?;
         let job = ChunkJob { fetch: ctx.clone(), seq: *seq, bytes, permit };
-        self.args.parsers.dispatch(ParserMsg::Parse(job)).map_err(|_| "no parser is running".to_string())?;
+        self.args.parsers.dispatch(ParserMsg::Parse(job)).map_err(|_| FetchError::NoParser)?;
         *seq += 1;
         Ok(())
     }
 }
 
-/// Delay before retry `done + 1`: `base × 2^done`, jittered to 50–100 % so providers and replicas
-/// don't retry in step, capped at [`MAX_RETRY_BACKOFF`]. A `Retry-After` from the provider wins
+/// Delay before retry `done + 1` of a request: the provider's policy (`retry_backoff` doubling,
+/// jittered to 50–100 %, capped at [`MAX_RETRY_BACKOFF`]); a `Retry-After` from the provider wins
 /// when longer, within the same cap.
 pub fn backoff(base: Duration, done: u32, retry_after: Option<Duration>) -> Duration {
-    let exp = base.saturating_mul(2u32.saturating_pow(done.min(16))).min(MAX_RETRY_BACKOFF);
-    let jittered = exp.mul_f64(rand::rng().random_range(0.5..=1.0));
+    let jittered = RetryPolicy::new(base, MAX_RETRY_BACKOFF).jittered(0.5).delay(done);
     retry_after.map_or(jittered, |r| r.min(MAX_RETRY_BACKOFF).max(jittered))
 }
 
@@ -410,14 +336,6 @@ pub fn backoff(base: Duration, done: u32, retry_after: Option<Duration>) -> Dura
 fn retry_after(res: &reqwest::Response) -> Option<Duration> {
     let v = res.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-fn with_retries(error: String, retries: u32) -> String {
-    match retries {
-        0 => error,
-        1 => format!("{error} (after 1 retry)"),
-        n => format!("{error} (after {n} retries)"),
-    }
 }
 
 pub fn build_client(p: &ProviderSettings) -> Result<reqwest::Client, reqwest::Error> {
@@ -446,48 +364,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(3, Duration::from_secs(60));
-        assert!(!b.record(false, t0));
-        assert!(!b.record(false, t0));
-        assert!(!b.record(true, t0), "a success resets the count");
-        assert!(!b.record(false, t0));
-        assert!(!b.record(false, t0));
-        assert_eq!(b.admit(t0), Admission::Fetch);
-        assert!(b.record(false, t0), "third consecutive failure opens");
-        assert_eq!(
-            b.admit(t0 + Duration::from_secs(59)),
-            Admission::Skip { remaining: Duration::from_secs(1) }
-        );
-        let later = t0 + Duration::from_secs(60);
-        assert_eq!(b.admit(later), Admission::Probe);
-        assert!(b.record(false, later), "a failed probe reopens");
-        assert_eq!(
-            b.admit(later + Duration::from_secs(1)),
-            Admission::Skip { remaining: Duration::from_secs(59) }
-        );
-        assert_eq!(b.admit(later + Duration::from_secs(60)), Admission::Probe);
-        assert!(!b.record(true, later + Duration::from_secs(60)));
-        assert_eq!(b.admit(later + Duration::from_secs(60)), Admission::Fetch);
-        assert_eq!(b.failures(), 0);
-    }
-
-    #[test]
-    fn a_zero_threshold_never_opens() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(0, Duration::from_secs(1));
-        for _ in 0..100 {
-            assert!(!b.record(false, t0));
-        }
-        assert_eq!(b.admit(t0), Admission::Fetch);
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
+    fn backoff_doubles_with_jitter_and_retry_after_wins_within_the_cap() {
         let base = Duration::from_millis(500);
-        for (done, full) in [(0, 500), (1, 1000), (2, 2000), (3, 4000), (4, 8000), (5, 10_000), (40, 10_000)]
-        {
+        for (done, full) in [(0, 500), (3, 4000), (40, 10_000)] {
             let d = backoff(base, done, None).as_millis() as u64;
             assert!(d >= full / 2 && d <= full, "retry {done}: {d} ms not in [{}, {full}]", full / 2);
         }

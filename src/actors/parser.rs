@@ -9,8 +9,8 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::batch_writer::{ChunkPlans, WriterMsg};
-use super::Slot;
+use super::messages::{ChunkPlans, WriterMsg};
+use super::slot::Slot;
 use crate::feed::{self, SkipKind, Skipped};
 
 /// Invalid plans logged one by one per fetch; the rest are counted by kind in one summary line

@@ -7,32 +7,16 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
 
-use super::fetcher::FetcherMsg;
-use super::Slot;
-
-pub enum SchedulerMsg {
-    /// `generation` lets a superseded timer be ignored.
-    Tick {
-        generation: u64,
-    },
-    /// Fetch now unless a fetch is running (operators, tests).
-    FetchNow,
-    FetchFinished {
-        failed: bool,
-    },
-    /// The fetcher was restarted: any fetch in flight is gone.
-    FetcherRestarted,
-    SetInterval {
-        interval: Duration,
-        jitter: Duration,
-    },
-}
+use super::messages::{FetcherMsg, SchedulerMsg};
+use super::slot::Slot;
 
 #[derive(Clone)]
 pub struct SchedulerArgs {
     pub fetcher: Slot<FetcherMsg>,
     pub interval: Duration,
     pub jitter: Duration,
+    /// One fetch, then nothing more (`ingest --once`): no next tick is planned once it finished.
+    pub once: bool,
 }
 
 pub struct SchedulerState {
@@ -40,6 +24,8 @@ pub struct SchedulerState {
     generation: u64,
     in_flight: bool,
     last_start: Option<Instant>,
+    /// A fetch finished (what ends a `once` run).
+    finished: bool,
 }
 
 pub struct Scheduler;
@@ -55,7 +41,7 @@ impl Actor for Scheduler {
         args: SchedulerArgs,
     ) -> Result<SchedulerState, ActorProcessingErr> {
         me.cast(SchedulerMsg::Tick { generation: 0 })?;
-        Ok(SchedulerState { args, generation: 0, in_flight: false, last_start: None })
+        Ok(SchedulerState { args, generation: 0, in_flight: false, last_start: None, finished: false })
     }
 
     async fn handle(
@@ -83,6 +69,7 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::FetchFinished { failed } => {
                 state.in_flight = false;
+                state.finished = true;
                 tracing::debug!(failed, "fetch finished");
                 state.plan_next(&me);
             }
@@ -103,9 +90,13 @@ impl Actor for Scheduler {
 }
 
 impl SchedulerState {
-    /// Plans the next tick `interval + jitter` after the last fetch started (at once if overdue).
+    /// Plans the next tick `interval + jitter` after the last fetch started (at once if overdue);
+    /// none after a `once` run's fetch. A planned tick that a newer plan supersedes is ignored.
     fn plan_next(&mut self, me: &ActorRef<SchedulerMsg>) {
         self.generation += 1;
+        if self.args.once && self.finished {
+            return;
+        }
         let generation = self.generation;
         let jitter = if self.args.jitter.is_zero() {
             Duration::ZERO

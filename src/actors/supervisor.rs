@@ -11,12 +11,18 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::Semaphore;
 
-use super::batch_writer::{BatchWriter, BatchWriterArgs, WriterMsg};
-use super::fetcher::{shared_breaker, Fetcher, FetcherArgs, FetcherMsg, SharedBreaker};
+use super::batch_writer::{BatchWriter, BatchWriterArgs};
+use super::fetcher::{Fetcher, FetcherArgs};
+use super::messages::{FetcherMsg, SchedulerMsg, WriterMsg};
 use super::parser::Parser;
-use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
-use super::{ParserPool, Slot};
+use super::scheduler::{Scheduler, SchedulerArgs};
+use super::slot::{ParserPool, Slot};
 use crate::config::{PipelineSettings, ProviderSettings};
+use crate::fetch::breaker::{shared_breaker, SharedBreaker};
+use crate::retry::RetryPolicy;
+
+/// Restart delays per child: 100 ms doubling to 30 s; no jitter, nobody else shares the wait.
+const RESTART_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(30));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
@@ -57,6 +63,8 @@ pub struct PipelineArgs {
     pub providers: Vec<ProviderSettings>,
     pub pipeline: PipelineSettings,
     pub writer: BatchWriterArgs,
+    /// One fetch per provider, then no more (`ingest --once`).
+    pub once: bool,
 }
 
 /// Handles to the running pipeline, shared with the service (reload, shutdown, tests).
@@ -121,10 +129,7 @@ impl Actor for Supervisor {
         order.extend((0..providers).map(Child::Fetcher));
         order.extend((0..providers).map(Child::Scheduler));
         for child in order {
-            if let Err(e) = state.spawn(child, me.get_cell()).await {
-                tracing::error!(?child, error = %e, "pipeline actor failed to start; retrying");
-                state.schedule_restart(&me, child);
-            }
+            state.spawn_or_retry(&me, child).await;
         }
         Ok(state)
     }
@@ -136,81 +141,16 @@ impl Actor for Supervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Restart(_) if state.stopping => {}
-            // A restart planned before the pool shrank below it.
-            SupervisorMsg::Restart(Child::Parser(i)) if i >= state.handles.parsers.len() => {}
-            SupervisorMsg::Restart(child) => {
-                if let Err(e) = state.spawn(child, me.get_cell()).await {
-                    tracing::error!(?child, error = %e, "pipeline actor failed to start; retrying");
-                    state.schedule_restart(&me, child);
-                } else if let Child::Fetcher(i) = child {
-                    let _ = state.handles.schedulers[i].cast(SchedulerMsg::FetcherRestarted);
-                }
-            }
-            SupervisorMsg::SetProvider { index, settings } => {
-                let Some(slot) = state.args.providers.get_mut(index) else {
-                    tracing::warn!(index, "no such provider: settings ignored");
-                    return Ok(());
-                };
-                *slot = settings.clone();
-                // Here, not (only) in the fetcher: a fetcher being restarted would miss the message.
-                state.breakers[index].lock().configure(settings.breaker_failures, settings.breaker_cooldown);
-                let (interval, jitter) = (settings.interval, settings.jitter);
-                let _ = state.handles.fetchers[index].cast(FetcherMsg::SetProvider(settings));
-                let _ = state.handles.schedulers[index].cast(SchedulerMsg::SetInterval { interval, jitter });
-            }
-            SupervisorMsg::SetParsers(n) => {
-                let before = state.handles.parsers.len();
-                for slot in state.handles.parsers.resize(n) {
-                    if let Some(parser) = slot.get() {
-                        // Forget it first: its termination is no reason to restart anything.
-                        state.children.remove(&parser.get_id());
-                        let _ = parser.get_cell().drain();
-                    }
-                }
-                for i in before..n {
-                    if let Err(e) = state.spawn(Child::Parser(i), me.get_cell()).await {
-                        tracing::error!(child = ?Child::Parser(i), error = %e, "pipeline actor failed to start; retrying");
-                        state.schedule_restart(&me, Child::Parser(i));
-                    }
-                }
-                state.args.pipeline.parsers = n;
-                tracing::info!(before, parsers = n, "parser pool resized");
-            }
-            SupervisorMsg::SetBatching { batch_size, flush_age } => {
-                state.args.writer.batch_size = batch_size;
-                state.args.writer.flush_age = flush_age;
-                let _ = state.handles.writer.cast(WriterMsg::SetBatching { batch_size, flush_age });
-            }
+            SupervisorMsg::Restart(child) => state.restart(&me, child).await,
+            SupervisorMsg::SetProvider { index, settings } => state.set_provider(index, settings),
+            SupervisorMsg::SetParsers(n) => state.set_parsers(&me, n).await,
+            SupervisorMsg::SetBatching { batch_size, flush_age } => state.set_batching(batch_size, flush_age),
             SupervisorMsg::FlushWriter(reply) => {
-                if let Some(w) = state.handles.writer.get() {
-                    let _ = ractor::call!(w, WriterMsg::Flush);
-                }
+                state.flush_writer().await;
                 let _ = reply.send(());
             }
             SupervisorMsg::Shutdown(reply) => {
-                state.stopping = true;
-                for s in state.handles.schedulers.iter().filter_map(Slot::get) {
-                    s.stop(Some("shutdown".into()));
-                }
-                for f in state.handles.fetchers.iter().filter_map(Slot::get) {
-                    f.kill();
-                }
-                // Every permit back means every chunk cut so far reached the writer's batch.
-                let capacity = state.args.pipeline.queue_chunks;
-                let drained = tokio::time::timeout(Duration::from_secs(30), async {
-                    while state.handles.permits.available_permits() < capacity {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                })
-                .await;
-                if drained.is_err() {
-                    tracing::warn!("pipeline did not drain within 30 s; stopping anyway");
-                }
-                if let Some(w) = state.handles.writer.get() {
-                    let _ = ractor::call!(w, WriterMsg::Flush);
-                }
-                me.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
+                state.shutdown(&me).await;
                 let _ = reply.send(());
             }
         }
@@ -251,6 +191,100 @@ impl Actor for Supervisor {
 }
 
 impl SupervisorState {
+    async fn restart(&mut self, me: &ActorRef<SupervisorMsg>, child: Child) {
+        match child {
+            _ if self.stopping => {}
+            // A restart planned before the pool shrank below it.
+            Child::Parser(i) if i >= self.handles.parsers.len() => {}
+            child => {
+                if self.spawn_or_retry(me, child).await {
+                    if let Child::Fetcher(i) = child {
+                        let _ = self.handles.schedulers[i].cast(SchedulerMsg::FetcherRestarted);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Spawns `child`; if it fails to start, plans another attempt. Returns whether it started.
+    async fn spawn_or_retry(&mut self, me: &ActorRef<SupervisorMsg>, child: Child) -> bool {
+        match self.spawn(child, me.get_cell()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(?child, error = %e, "pipeline actor failed to start; retrying");
+                self.schedule_restart(me, child);
+                false
+            }
+        }
+    }
+
+    fn set_provider(&mut self, index: usize, settings: ProviderSettings) {
+        let Some(slot) = self.args.providers.get_mut(index) else {
+            tracing::warn!(index, "no such provider: settings ignored");
+            return;
+        };
+        *slot = settings.clone();
+        // Here, not (only) in the fetcher: a fetcher being restarted would miss the message.
+        self.breakers[index].lock().configure(settings.breaker_failures, settings.breaker_cooldown);
+        let (interval, jitter) = (settings.interval, settings.jitter);
+        let _ = self.handles.fetchers[index].cast(FetcherMsg::SetProvider(settings));
+        let _ = self.handles.schedulers[index].cast(SchedulerMsg::SetInterval { interval, jitter });
+    }
+
+    async fn set_parsers(&mut self, me: &ActorRef<SupervisorMsg>, n: usize) {
+        let before = self.handles.parsers.len();
+        for slot in self.handles.parsers.resize(n) {
+            if let Some(parser) = slot.get() {
+                // Forget it first: its termination is no reason to restart anything.
+                self.children.remove(&parser.get_id());
+                let _ = parser.get_cell().drain();
+            }
+        }
+        for i in before..n {
+            self.spawn_or_retry(me, Child::Parser(i)).await;
+        }
+        self.args.pipeline.parsers = n;
+        tracing::info!(before, parsers = n, "parser pool resized");
+    }
+
+    fn set_batching(&mut self, batch_size: usize, flush_age: Duration) {
+        self.args.writer.batch_size = batch_size;
+        self.args.writer.flush_age = flush_age;
+        let _ = self.handles.writer.cast(WriterMsg::SetBatching { batch_size, flush_age });
+    }
+
+    async fn flush_writer(&self) {
+        if let Some(w) = self.handles.writer.get() {
+            let _ = ractor::call!(w, WriterMsg::Flush);
+        }
+    }
+
+    /// No new fetch, the download in progress abandoned, every chunk already cut parsed and
+    /// written, then the children stopped.
+    async fn shutdown(&mut self, me: &ActorRef<SupervisorMsg>) {
+        self.stopping = true;
+        for s in self.handles.schedulers.iter().filter_map(Slot::get) {
+            s.stop(Some("shutdown".into()));
+        }
+        for f in self.handles.fetchers.iter().filter_map(Slot::get) {
+            f.kill();
+        }
+        // Every permit back means every chunk cut so far reached the writer's batch.
+        let capacity = self.args.pipeline.queue_chunks;
+        let permits = &self.handles.permits;
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            while permits.available_permits() < capacity {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("pipeline did not drain within 30 s; stopping anyway");
+        }
+        self.flush_writer().await;
+        me.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
+    }
+
     async fn spawn(&mut self, child: Child, sup: ActorCell) -> Result<(), ActorProcessingErr> {
         let h = &self.handles;
         let cell = match child {
@@ -282,6 +316,7 @@ impl SupervisorState {
                     fetcher: h.fetchers[i].clone(),
                     interval: self.args.providers[i].interval,
                     jitter: self.args.providers[i].jitter,
+                    once: self.args.once,
                 };
                 let (a, _) = Actor::spawn_linked(None, Scheduler, args, sup).await?;
                 h.schedulers[i].set(a.clone());
@@ -297,9 +332,9 @@ impl SupervisorState {
         if entry.1.elapsed() > Duration::from_secs(60) {
             entry.0 = 0;
         }
-        let delay =
-            Duration::from_millis(100u64.saturating_mul(1 << entry.0.min(9))).min(Duration::from_secs(30));
+        let delay = RESTART_RETRY.delay(entry.0);
         entry.0 += 1;
+        crate::metrics::record_retry("restart");
         entry.1 = Instant::now();
         tracing::info!(?child, delay_ms = delay.as_millis() as u64, restarts = entry.0, "restart planned");
         me.send_after(delay, move || SupervisorMsg::Restart(child));

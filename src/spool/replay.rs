@@ -19,14 +19,14 @@ use std::time::Duration;
 use chrono::NaiveDate;
 
 use super::{Entry, Spool};
-use crate::actors::batch_writer::WriterCounters;
+use crate::actors::counters::WriterCounters;
 use crate::domain::{PlanKey, StoredPlan};
+use crate::retry::RetryPolicy;
 use crate::search::Searcher;
 use crate::store::{SharedStore, StoreError, StoreResult};
 
 /// Backoff between replay attempts while the store refuses: from the first to the cap, doubling.
-const BACKOFF_FIRST: Duration = Duration::from_millis(200);
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
+const REPLAY_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(2));
 
 /// Told about plans dropped for good, so the writer forgets them (the next fetch offers them again).
 pub type OnDropped = Box<dyn Fn(Vec<(PlanKey, u64)>) + Send + Sync>;
@@ -44,18 +44,20 @@ pub struct Replayer {
 impl Replayer {
     /// Runs until the task is aborted (the writer that owns it stops).
     pub async fn run(self) {
-        let mut backoff = BACKOFF_FIRST;
+        let mut failed = 0u32;
         loop {
             if self.spool.entries() == 0 {
                 self.spool.appended().await;
                 continue;
             }
             match self.replay_first().await {
-                Ok(()) => backoff = BACKOFF_FIRST,
+                Ok(()) => failed = 0,
                 Err(e) => {
+                    let backoff = REPLAY_RETRY.delay(failed);
+                    failed += 1;
+                    crate::metrics::record_retry("spool_replay");
                     tracing::debug!(error = %e, backoff_ms = backoff.as_millis() as u64, "spool replay waits for the store");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
             }
         }
