@@ -310,13 +310,64 @@ pub struct ClickHouseConfig {
 impl ClickHouseConfig {
     pub const PASSWORD_ENV: &'static str = "PLANFEED_CLICKHOUSE_PASSWORD";
 
-    pub fn settings(&self) -> crate::store::clickhouse::ClickHouseSettings {
-        crate::store::clickhouse::ClickHouseSettings {
+    pub fn settings(&self) -> ClickHouseSettings {
+        ClickHouseSettings {
             url: self.url.clone(),
             database: self.database.clone(),
             user: self.user.clone(),
             password: std::env::var(Self::PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
         }
+    }
+}
+
+/// How to reach the ClickHouse store: what [`ClickHouseConfig::settings`] hands the store (the
+/// password from the environment included).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseSettings {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Created on connect when missing.
+    pub database: String,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl Default for ClickHouseSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "planfeed".into(),
+            user: "default".into(),
+            password: None,
+        }
+    }
+}
+
+impl ClickHouseSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        // Built without TLS: put a TLS-terminating proxy in front of a remote server if needed.
+        if !self.url.starts_with("http://") {
+            return Err(format!(
+                "clickhouse url must start with http:// (no TLS support), got {:?}",
+                self.url
+            ));
+        }
+        let valid_name = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if !valid_name(&self.database) {
+            return Err(format!(
+                "clickhouse database must be letters, digits and underscores, got {:?}",
+                self.database
+            ));
+        }
+        if self.user.is_empty() {
+            return Err("clickhouse user must not be empty".into());
+        }
+        Ok(())
     }
 }
 

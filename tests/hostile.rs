@@ -96,7 +96,7 @@ async fn the_amplification_feed_costs_bounded_memory_and_log_and_spares_the_good
     let log = pf.log_text();
     assert!(log.len() < 2 << 20, "{} bytes of log", log.len());
     let per_plan = log.lines().filter(|l| l.contains("invalid plan skipped")).count();
-    assert_eq!(per_plan, planfeed::actors::parser::LOGGED_SKIPS_PER_FETCH as usize);
+    assert_eq!(per_plan, planfeed::actors::fetch_context::LOGGED_SKIPS_PER_FETCH as usize);
     let summary = log.lines().find(|l| l.contains("more invalid plans skipped")).unwrap();
     let summary: serde_json::Value = serde_json::from_str(summary).unwrap();
     assert_eq!(summary["fields"]["skipped"], 1001);

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::OwnedSemaphorePermit;
 
-pub use super::parser::{ChunkJob, FetchContext, ParserMsg};
+pub use super::fetch_context::FetchContext;
 use crate::config::ProviderSettings;
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState};
 use crate::fetch::FetchError;
@@ -95,4 +96,16 @@ pub enum WriterMsg {
     /// Spooled plans the store rejected for good on replay: forget them (the next fetch offers them
     /// again), unless a newer version was taken since.
     Forget(Vec<(PlanKey, u64)>),
+}
+
+/// A chunk of whole base plans for a parser.
+pub struct ChunkJob {
+    pub fetch: Arc<FetchContext>,
+    pub seq: u32,
+    pub bytes: Bytes,
+    pub permit: OwnedSemaphorePermit,
+}
+
+pub enum ParserMsg {
+    Parse(ChunkJob),
 }

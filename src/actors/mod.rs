@@ -18,6 +18,7 @@
 
 pub mod batch_writer;
 pub mod counters;
+pub mod fetch_context;
 pub mod fetcher;
 pub mod messages;
 pub mod parser;

@@ -62,55 +62,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// The sticky-flag lookup lists every key of a batch in its text: allow more than the default 256 KiB.
 const LOOKUP_MAX_QUERY_SIZE: &str = "67108864";
 
-/// Where the ClickHouse store lives (`[store.clickhouse]` in the config).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClickHouseSettings {
-    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
-    pub url: String,
-    /// Created on connect when missing.
-    pub database: String,
-    pub user: String,
-    pub password: Option<String>,
-}
-
-impl Default for ClickHouseSettings {
-    fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:8123".into(),
-            database: "planfeed".into(),
-            user: "default".into(),
-            password: None,
-        }
-    }
-}
-
-impl ClickHouseSettings {
-    pub fn validate(&self) -> Result<(), String> {
-        // Built without TLS: put a TLS-terminating proxy in front of a remote server if needed.
-        if !self.url.starts_with("http://") {
-            return Err(format!(
-                "clickhouse url must start with http:// (no TLS support), got {:?}",
-                self.url
-            ));
-        }
-        let valid_name = |s: &str| {
-            !s.is_empty()
-                && !s.starts_with(|c: char| c.is_ascii_digit())
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        };
-        if !valid_name(&self.database) {
-            return Err(format!(
-                "clickhouse database must be letters, digits and underscores, got {:?}",
-                self.database
-            ));
-        }
-        if self.user.is_empty() {
-            return Err("clickhouse user must not be empty".into());
-        }
-        Ok(())
-    }
-}
+pub use crate::config::ClickHouseSettings;
 
 /// The ClickHouse implementation of [`Store`]. Cheap to clone (the client shares its pool).
 #[derive(Clone)]
