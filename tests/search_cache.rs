@@ -1,6 +1,6 @@
 //! The search cache against real stores: single flight, the writer's invalidation, TTL refresh
 //! across store handles, stale answers while the store is down (embedded and a real ClickHouse
-//! server that is stopped), and the rate limits end to end over HTTP.
+//! server that is stopped or frozen), and the rate limits end to end over HTTP.
 
 mod common;
 
