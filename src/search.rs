@@ -326,8 +326,9 @@ struct Inner {
     /// One directory load at a time (the others wait for it and use its result).
     directory_load: tokio::sync::Mutex<()>,
     directory_refreshing: AtomicBool,
-    /// The directory load searches wait for (up to their deadline), while it runs.
-    directory_task: Mutex<Option<DirectoryLoad>>,
+    /// The directory load searches wait for (up to their deadline), with its task: a finished
+    /// task is never waited for again (its shared result is only stored when someone polled it).
+    directory_task: Mutex<Option<(tokio::task::AbortHandle, DirectoryLoad)>>,
     /// How long a search waits for the store (`search.store_deadline`).
     deadline_nanos: AtomicU64,
     /// Days being read from the store, with the shared load that reads them (single flight).
@@ -734,11 +735,14 @@ impl Inner {
     /// only until its deadline, and the load (and its lock) never holds a search longer.
     fn directory_task(self: &Arc<Self>) -> DirectoryLoad {
         let mut task = self.directory_task.lock();
-        if let Some(load) = task.as_ref().filter(|l| l.peek().is_none()) {
-            return load.clone();
+        if let Some((running, load)) = task.as_ref() {
+            if !running.is_finished() {
+                return load.clone();
+            }
         }
         let me = self.clone();
         let handle = tokio::spawn(async move { me.load_directory(None).await });
+        let running = handle.abort_handle();
         let load: DirectoryLoad = async move {
             handle
                 .await
@@ -746,7 +750,7 @@ impl Inner {
         }
         .boxed()
         .shared();
-        *task = Some(load.clone());
+        *task = Some((running, load.clone()));
         load
     }
 
