@@ -743,3 +743,41 @@ async fn a_hung_clickhouse_never_holds_a_search() {
     assert_eq!((status, titles(&body)), (200, vec!["never cached".to_string()]));
     service.shutdown().await;
 }
+
+/// A live store slower than the deadline: a cold read is waited for (the store answers its pings),
+/// and an expired copy is answered at the deadline while its reload goes on in the background and
+/// shows in a later search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_live_store_is_waited_for_cold_and_reloaded_behind_a_stale_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    real.write_plans(&[at(1, "first", "2021-07-01", "09:00:00", "10:00:00", 1)]).await.unwrap();
+    let store = Counting::new(real.clone(), Duration::from_millis(400));
+    let ttl = Duration::from_secs(1);
+    let searcher = Searcher::new(store.clone(), &cache(ttl));
+    let deadline = Duration::from_millis(100);
+    searcher.set_store_deadline(deadline);
+
+    let cold = searcher.search(whole("2021-07-01")).await.unwrap();
+    let loaded = tokio::time::Instant::now();
+    assert_eq!(titles(&cold), ["first"]);
+    assert_eq!(searcher.counters.deadlines_passed.load(Ordering::Relaxed), 0, "a live store is waited for");
+
+    real.write_plans(&[at(2, "second", "2021-07-01", "11:00:00", "12:00:00", 1)]).await.unwrap();
+    tokio::time::sleep_until(loaded + ttl).await;
+    let stale = searcher.search(whole("2021-07-01")).await.unwrap();
+    assert_eq!(stale, cold, "the expired copy, not the 400 ms read");
+    assert!(searcher.counters.deadlines_passed.load(Ordering::Relaxed) >= 1);
+
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = searcher.search(whole("2021-07-01")).await.unwrap();
+        if titles(&body) == ["first", "second"] {
+            break;
+        }
+        assert_eq!(body, cold, "either copy, nothing else");
+        assert!(std::time::Instant::now() < until, "the background reload never landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.calls() >= 2);
+}
