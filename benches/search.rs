@@ -67,6 +67,7 @@ fn bench_search(c: &mut Criterion) {
         cache_bytes: 1 << 30,
         cache_ttl: Duration::from_secs(3600),
         change_poll: Duration::from_secs(1),
+        store_deadline: Duration::from_millis(100),
     };
     let readiness_store = store.clone();
     let searcher = Arc::new(Searcher::new(store, &settings));

@@ -151,6 +151,7 @@ fn settings() -> SearchSettings {
         cache_bytes: 512 << 20,
         cache_ttl: Duration::from_secs(600),
         change_poll: Duration::from_secs(1),
+        store_deadline: Duration::from_millis(100),
     }
 }
 

@@ -132,10 +132,18 @@ pub struct SearchSettings {
     /// How often an `api` process polls the store's change feed for days written by another process.
     #[serde(with = "humantime_serde", default = "default_change_poll")]
     pub change_poll: Duration,
+    /// How long a search waits for the store before it answers from the cache (stale or not), or
+    /// with an error when nothing is cached and the store does not answer a ping either.
+    #[serde(with = "humantime_serde", default = "default_store_deadline")]
+    pub store_deadline: Duration,
 }
 
 fn default_change_poll() -> Duration {
     Duration::from_secs(1)
+}
+
+fn default_store_deadline() -> Duration {
+    Duration::from_millis(100)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -498,6 +506,9 @@ impl Settings {
         }
         if self.search.change_poll.is_zero() {
             return bad("search.change_poll must be positive".into());
+        }
+        if self.search.store_deadline.is_zero() {
+            return bad("search.store_deadline must be positive".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(format!("log.level is not a valid filter: {:?}", self.log.level));

@@ -25,6 +25,7 @@ use crate::search::Searcher;
 pub enum Action {
     RateLimits(RateLimitSettings),
     CacheTtl(Duration),
+    StoreDeadline(Duration),
     /// Provider `index` (configuration order) got a new URL, schedule, time zone or timeouts.
     Provider {
         index: usize,
@@ -92,6 +93,9 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
     }
     if old.search.cache_ttl != new.search.cache_ttl {
         plan.actions.push(Action::CacheTtl(new.search.cache_ttl));
+    }
+    if old.search.store_deadline != new.search.store_deadline {
+        plan.actions.push(Action::StoreDeadline(new.search.store_deadline));
     }
     if (old.pipeline.batch_size, old.pipeline.flush_age) != (new.pipeline.batch_size, new.pipeline.flush_age)
     {
@@ -208,6 +212,10 @@ impl Reloader {
             Action::CacheTtl(ttl) => {
                 self.searcher.set_ttl(*ttl);
                 tracing::info!(ttl_ms = ttl.as_millis() as u64, "search cache ttl updated");
+            }
+            Action::StoreDeadline(d) => {
+                self.searcher.set_store_deadline(*d);
+                tracing::info!(deadline_ms = d.as_millis() as u64, "search store deadline updated");
             }
             Action::Provider { .. } | Action::Batching { .. } | Action::Parsers(_) => {
                 self.tell_pipeline(action)

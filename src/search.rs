@@ -23,6 +23,13 @@
 //! the store fails, the last loaded copy of a day is served instead, and for a short while
 //! ([`STORE_DOWN_BACKOFF`]) cached days stop asking it at all: a down store costs one failing call
 //! per second, not one per request.
+//!
+//! No search waits on a hung store: every store read runs in a task of its own, and a search waits
+//! for it only until its store deadline (`search.store_deadline`). Past it, the last copy of what it
+//! needs (day directory, days) is served, the read goes on in the background, and the store is taken
+//! as down for [`STORE_DOWN_BACKOFF`] as if it had failed. A search with nothing cached goes on
+//! waiting only while the store answers a ping within the deadline (a long read of a healthy store),
+//! and fails as unavailable as soon as a ping goes unanswered.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -35,6 +42,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use chrono::NaiveDate;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
+use futures::Future;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -253,6 +261,8 @@ pub struct SearchCounters {
     /// Polls of the store's change feed, and the days they invalidated.
     pub change_polls: AtomicU64,
     pub changed_days: AtomicU64,
+    /// Store reads a search stopped waiting for at its store deadline.
+    pub deadlines_passed: AtomicU64,
 }
 
 /// What the directory knows of one non-empty day.
@@ -282,6 +292,8 @@ struct Directory {
 /// The result of one store query over a run of days: the entries of every day it read.
 type RunResult = Result<Arc<BTreeMap<NaiveDate, Arc<DayEntry>>>, StoreError>;
 type RunLoad = Shared<BoxFuture<'static, RunResult>>;
+/// A directory load run in a task of its own; `true` when it kept a stale copy.
+type DirectoryLoad = Shared<BoxFuture<'static, Result<bool, StoreError>>>;
 
 /// A day of a search as classified before anything is awaited.
 enum Slot {
@@ -314,6 +326,11 @@ struct Inner {
     /// One directory load at a time (the others wait for it and use its result).
     directory_load: tokio::sync::Mutex<()>,
     directory_refreshing: AtomicBool,
+    /// The directory load searches wait for (up to their deadline), with its task: a finished
+    /// task is never waited for again (its shared result is only stored when someone polled it).
+    directory_task: Mutex<Option<(tokio::task::AbortHandle, DirectoryLoad)>>,
+    /// How long a search waits for the store (`search.store_deadline`).
+    deadline_nanos: AtomicU64,
     /// Days being read from the store, with the shared load that reads them (single flight).
     in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad)>>,
     next_run: AtomicU64,
@@ -359,6 +376,8 @@ impl Searcher {
             directory: RwLock::new(None),
             directory_load: tokio::sync::Mutex::new(()),
             directory_refreshing: AtomicBool::new(false),
+            directory_task: Mutex::new(None),
+            deadline_nanos: AtomicU64::new(nanos(settings.store_deadline)),
             in_flight: Mutex::new(HashMap::new()),
             next_run: AtomicU64::new(0),
             run_bytes: AtomicU64::new(RUN_BYTES),
@@ -381,6 +400,10 @@ impl Searcher {
         self.inner.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
     }
 
+    pub fn set_store_deadline(&self, deadline: Duration) {
+        self.inner.deadline_nanos.store(nanos(deadline), Ordering::Relaxed);
+    }
+
     /// Called by the batch writer after a successful flush with the days it touched (and by the
     /// change feed with the days another process changed): the next search reads them again, and
     /// the directory lists them until a read shows them empty.
@@ -395,7 +418,7 @@ impl Searcher {
 
     /// Reads the day directory from the store unless a fresh one is loaded (start-up warming).
     pub async fn load_directory(&self) -> Result<(), StoreError> {
-        self.inner.directory_days().await.map(|_| ())
+        self.inner.load_directory(None).await.map(|_| ())
     }
 
     /// Follows the store's change feed: every `interval`, reads the days written since the last
@@ -421,6 +444,73 @@ impl Searcher {
 impl Inner {
     fn ttl(&self) -> Duration {
         Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed))
+    }
+
+    fn store_deadline(&self) -> Duration {
+        Duration::from_nanos(self.deadline_nanos.load(Ordering::Relaxed))
+    }
+
+    /// A store read outlived a search's deadline: the store is taken as down, as if it had failed,
+    /// so the next searches serve their cached copies without waiting again.
+    fn deadline_passed(&self) {
+        self.counters.deadlines_passed.fetch_add(1, Ordering::Relaxed);
+        let until = nanos(self.origin.elapsed() + STORE_DOWN_BACKOFF);
+        if self.store_down_until.swap(until, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                deadline_ms = self.store_deadline().as_millis() as u64,
+                backoff_ms = STORE_DOWN_BACKOFF.as_millis() as u64,
+                "store gave no answer within the search deadline: serving cached days"
+            );
+        }
+    }
+
+    /// `load` if it ends by `deadline`; `None` past it (the load goes on in its own task).
+    async fn by_deadline<T>(&self, load: impl Future<Output = T>, deadline: Instant) -> Option<T> {
+        match tokio::time::timeout_at(deadline.into(), load).await {
+            Ok(out) => Some(out),
+            Err(_) => {
+                self.deadline_passed();
+                None
+            }
+        }
+    }
+
+    /// `load` for a search with no copy to fall back on: past `deadline` it goes on waiting only
+    /// while the store answers a ping within one store deadline (a long read of a healthy store),
+    /// and fails as unavailable as soon as a ping goes unanswered (a hung or unreachable store).
+    async fn answer_or_hung<T>(
+        &self,
+        mut load: impl Future<Output = Result<T, StoreError>> + Unpin,
+        deadline: Instant,
+    ) -> Result<T, StoreError> {
+        if let Ok(out) = tokio::time::timeout_at(deadline.into(), &mut load).await {
+            return out;
+        }
+        loop {
+            let step = self.store_deadline();
+            let ping = tokio::time::timeout(step, self.store.ping());
+            tokio::select! {
+                out = &mut load => return out,
+                ping = ping => match ping {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        self.store_failed(&e);
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        self.deadline_passed();
+                        return Err(StoreError::Unavailable(format!(
+                            "store gave no answer within the search deadline of {} ms",
+                            step.as_millis()
+                        )));
+                    }
+                },
+            }
+            // The store answers: wait one more step for the read before asking again.
+            if let Ok(out) = tokio::time::timeout(step, &mut load).await {
+                return out;
+            }
+        }
     }
 
     fn store_down(&self) -> bool {
@@ -525,6 +615,7 @@ impl Inner {
         let starts = range.starts_at.map_or(i64::MIN, |t| t.timestamp_micros());
         let ends = range.ends_at.map_or(i64::MAX, |t| t.timestamp_micros());
         let key = (starts, ends);
+        let deadline = Instant::now() + self.store_deadline();
         let epoch = self.epoch.load(Ordering::Acquire);
         if let Some(cached) = self.bodies.get(&key).await {
             if cached.epoch == epoch {
@@ -544,7 +635,7 @@ impl Inner {
         if first.zip(last).is_some_and(|(f, l)| f > l) {
             return Ok(Bytes::from_static(EMPTY));
         }
-        let (days, directory_at, mut stale) = self.days_in(first, last).await?;
+        let (days, directory_at, mut stale) = self.days_in(first, last, deadline).await?;
         if days.is_empty() {
             return Ok(Bytes::from_static(EMPTY));
         }
@@ -559,7 +650,7 @@ impl Inner {
         let in_range = move |d: &NaiveDate| first.is_none_or(|f| *d >= f) && last.is_none_or(|l| *d <= l);
         let parts = self.parts(&days).await;
         let mut resolved =
-            stream::iter(parts).map(|part| self.resolve(part, in_range)).buffered(RUNS_IN_FLIGHT);
+            stream::iter(parts).map(|part| self.resolve(part, in_range, deadline)).buffered(RUNS_IN_FLIGHT);
         while let Some(result) = resolved.next().await {
             let (entries, part_stale) = result?;
             stale |= part_stale;
@@ -593,8 +684,9 @@ impl Inner {
         self: &Arc<Self>,
         first: Option<NaiveDate>,
         last: Option<NaiveDate>,
+        deadline: Instant,
     ) -> Result<(Vec<(NaiveDate, DayInfo)>, Instant, bool), StoreError> {
-        let stale = self.directory_days().await?;
+        let stale = self.directory_days(deadline).await?;
         let lo = first.map_or(Bound::Unbounded, Bound::Included);
         let hi = last.map_or(Bound::Unbounded, Bound::Included);
         let guard = self.directory.read();
@@ -604,9 +696,9 @@ impl Inner {
     }
 
     /// Makes sure a directory is loaded: a fresh one is used as is (refreshed in the background past
-    /// half its TTL); an expired one is read again, or served stale when the store is down. Returns
-    /// whether the directory in place is a stale copy.
-    async fn directory_days(self: &Arc<Self>) -> Result<bool, StoreError> {
+    /// half its TTL); an expired one is read again, or served stale when the store is down or does
+    /// not answer by `deadline`. Returns whether the directory in place is a stale copy.
+    async fn directory_days(self: &Arc<Self>, deadline: Instant) -> Result<bool, StoreError> {
         let ttl = self.ttl();
         let loaded_at = self.directory.read().as_ref().map(|d| d.loaded_at);
         if let Some(at) = loaded_at {
@@ -626,7 +718,40 @@ impl Inner {
                 return Ok(true);
             }
         }
-        self.load_directory(None).await
+        let load = self.directory_task();
+        if loaded_at.is_none() {
+            return self.answer_or_hung(load, deadline).await;
+        }
+        match self.by_deadline(load, deadline).await {
+            Some(result) => result,
+            None => {
+                self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
+        }
+    }
+
+    /// The directory load under way, or a new one in a task of its own: a search waits for it
+    /// only until its deadline, and the load (and its lock) never holds a search longer.
+    fn directory_task(self: &Arc<Self>) -> DirectoryLoad {
+        let mut task = self.directory_task.lock();
+        if let Some((running, load)) = task.as_ref() {
+            if !running.is_finished() {
+                return load.clone();
+            }
+        }
+        let me = self.clone();
+        let handle = tokio::spawn(async move { me.load_directory(None).await });
+        let running = handle.abort_handle();
+        let load: DirectoryLoad = async move {
+            handle
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("day directory task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        *task = Some((running, load.clone()));
+        load
     }
 
     /// Reads the directory unless another caller did meanwhile (a load newer than `older_than`, or
@@ -746,12 +871,22 @@ impl Inner {
         &self,
         part: Part,
         in_range: impl Fn(&NaiveDate) -> bool,
+        deadline: Instant,
     ) -> Result<(Vec<Arc<DayEntry>>, bool), StoreError> {
         let (load, from, to, olds) = match part {
             Part::Ready(entry, stale) => return Ok((vec![entry], stale)),
             Part::Load { load, from, to, olds, .. } => (load, from, to, olds),
         };
-        match load.await {
+        // With a copy of every day to fall back on, wait until the deadline; without, as long as
+        // the store is alive.
+        let outcome = if olds.iter().all(|(_, old)| old.is_some()) {
+            self.by_deadline(load, deadline).await.unwrap_or_else(|| {
+                Err(StoreError::Unavailable(format!("days {from}..={to} not read by the search deadline")))
+            })
+        } else {
+            self.answer_or_hung(load, deadline).await
+        };
+        match outcome {
             // A run this search started may bring days the directory did not list yet: every day of
             // it inside the range counts. A day borrowed from another search's run counts alone.
             Ok(run) => Ok((
