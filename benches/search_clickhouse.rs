@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use planfeed::config::SearchSettings;
-use planfeed::domain::{Plan, PlanKey, StoredPlan, TimeRange, Zone};
+use planfeed::domain::{Plan, PlanKey, StoredPlan, TimeRange};
+use planfeed::feed::random_stored_plan;
 use planfeed::search::Searcher;
 use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
 use planfeed::store::SharedStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rust_decimal::Decimal;
 
 /// Plans generated; `PLANFEED_BENCH_PLANS` overrides it (a quick check of the bench itself).
 const PLANS: u64 = 300_000;
@@ -35,36 +35,7 @@ const REPLAY_SEARCHES: usize = 1000;
 const REPLAY_RATE: f64 = 100.0;
 
 fn origin() -> DateTime<Utc> {
-    NaiveDate::from_ymd_opt(2021, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc()
-}
-
-/// One generated plan, as `examples/gen_store.rs` makes them.
-fn plan(rng: &mut StdRng, i: u64, span_minutes: i64) -> StoredPlan {
-    let origin = origin().naive_utc();
-    let start = origin + chrono::Duration::minutes(rng.random_range(0..span_minutes));
-    let end = start + chrono::Duration::minutes(rng.random_range(30..240));
-    let zones = (0..rng.random_range(1..4u64))
-        .map(|z| Zone {
-            zone_id: z + 1,
-            name: format!("zone {}", z + 1),
-            capacity: 100,
-            price: Decimal::new(rng.random_range(500..15_000), 2),
-            numbered: z % 2 == 0,
-        })
-        .collect();
-    let plan = Plan {
-        key: PlanKey::new("fever", i / 8, i),
-        title: format!("Generated plan {i}"),
-        online: true,
-        organizer_company_id: Some(1),
-        start,
-        end,
-        sell_from: Some(origin),
-        sell_to: Some(end),
-        sold_out: false,
-        zones,
-    };
-    StoredPlan::new(plan, chrono_tz::UTC, true, 1)
+    planfeed::feed::stored_plan_origin().and_utc()
 }
 
 /// Plans on the first and last valid days, in UTC and in New York.
@@ -191,7 +162,7 @@ async fn main() {
     let span_minutes = YEARS * 365 * 24 * 60;
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..plans {
-        batch.push(plan(&mut rng, i, span_minutes));
+        batch.push(random_stored_plan(&mut rng, i, span_minutes));
         if batch.len() == BATCH || i + 1 == plans {
             store.write_plans(&batch).await.unwrap();
             batch.clear();

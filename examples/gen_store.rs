@@ -8,45 +8,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use chrono::{Duration, NaiveDate};
-use planfeed::domain::{Plan, PlanKey, StoredPlan, Zone};
+use planfeed::feed::random_stored_plan;
 use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
 use planfeed::store::sqlite::SqliteStore;
 use planfeed::store::SharedStore;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rust_decimal::Decimal;
+use rand::SeedableRng;
 
 const BATCH: usize = 10_000;
-
-fn plan(rng: &mut StdRng, i: u64, span_minutes: i64) -> StoredPlan {
-    let origin =
-        NaiveDate::from_ymd_opt(2021, 1, 1).expect("valid date").and_hms_opt(0, 0, 0).expect("valid time");
-    let start = origin + Duration::minutes(rng.random_range(0..span_minutes));
-    let end = start + Duration::minutes(rng.random_range(30..240));
-    let zones = (0..rng.random_range(1..4u64))
-        .map(|z| Zone {
-            zone_id: z + 1,
-            name: format!("zone {}", z + 1),
-            capacity: 100,
-            price: Decimal::new(rng.random_range(500..15_000), 2),
-            numbered: z % 2 == 0,
-        })
-        .collect();
-    let plan = Plan {
-        key: PlanKey::new("fever", i / 8, i),
-        title: format!("Generated plan {i}"),
-        online: true,
-        organizer_company_id: Some(1),
-        start,
-        end,
-        sell_from: Some(origin),
-        sell_to: Some(end),
-        sold_out: false,
-        zones,
-    };
-    StoredPlan::new(plan, chrono_tz::UTC, true, 1)
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -78,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..plans {
-        batch.push(plan(&mut rng, i, span_minutes));
+        batch.push(random_stored_plan(&mut rng, i, span_minutes));
         if batch.len() == BATCH || i + 1 == plans {
             store.write_plans(&batch).await?;
             batch.clear();

@@ -230,6 +230,43 @@ fn mix(parts: &[u64]) -> u64 {
     h
 }
 
+/// Epoch of [`random_stored_plan`]'s plans: 2021-01-01T00:00:00 (UTC).
+pub fn stored_plan_origin() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2021, 1, 1).expect("valid date").and_hms_opt(0, 0, 0).expect("valid time")
+}
+
+/// One online plan ready for a store, starting within `span_minutes` of [`stored_plan_origin`]
+/// (1 to 3 zones, 30 minutes to 4 hours long): the filler of `examples/gen_store.rs` and the
+/// ClickHouse search bench, which fill stores directly without going through a feed.
+pub fn random_stored_plan(rng: &mut StdRng, i: u64, span_minutes: i64) -> crate::domain::StoredPlan {
+    use crate::domain::{Plan, PlanKey, StoredPlan, Zone};
+    let origin = stored_plan_origin();
+    let start = origin + Duration::minutes(rng.random_range(0..span_minutes));
+    let end = start + Duration::minutes(rng.random_range(30..240));
+    let zones = (0..rng.random_range(1..4u64))
+        .map(|z| Zone {
+            zone_id: z + 1,
+            name: format!("zone {}", z + 1),
+            capacity: 100,
+            price: rust_decimal::Decimal::new(rng.random_range(500..15_000), 2),
+            numbered: z % 2 == 0,
+        })
+        .collect();
+    let plan = Plan {
+        key: PlanKey::new("fever", i / 8, i),
+        title: format!("Generated plan {i}"),
+        online: true,
+        organizer_company_id: Some(1),
+        start,
+        end,
+        sell_from: Some(origin),
+        sell_to: Some(end),
+        sold_out: false,
+        zones,
+    };
+    StoredPlan::new(plan, chrono_tz::UTC, true, 1)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -14,6 +14,6 @@ mod text;
 
 pub use chunk::Chunker;
 pub use error::FeedError;
-pub use generate::{generate, generate_into, GenSpec, GenStats};
+pub use generate::{generate, generate_into, random_stored_plan, stored_plan_origin, GenSpec, GenStats};
 pub use parse::{parse_chunk, parse_document, ParsedChunk, SkipKind, Skipped};
 pub use text::{Shown, MAX_TEXT_BYTES, SHOWN_BYTES};
