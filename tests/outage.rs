@@ -274,10 +274,10 @@ async fn clickhouse_killed_for_longer_than_any_retry_budget_with_planfeed_restar
         .unwrap_or_else(|| panic!("no fetch line says it spooled {new_in_b} plans:\n{log}"));
     let f = &spooled_fetch["fields"];
     assert_eq!((f["written"].as_u64(), f["seen"].as_u64()), (Some(0), Some(parse(&b).len() as u64)), "{f}");
-    assert!(
-        f["store_retries"].as_u64().unwrap() > 0 && f["retries"].as_u64() >= f["store_retries"].as_u64(),
-        "{f}"
-    );
+    // Whether the store was tried again before spooling depends on timing (a batch that queues behind
+    // an earlier spooled one, or a write that hits `spool.write_timeout`, is spooled without a retry),
+    // so only the sum is asserted: the line's `retries` includes every store retry it reports.
+    assert!(f["retries"].as_u64() >= f["store_retries"].as_u64() && f["store_retries"].is_u64(), "{f}");
     assert_eq!(metric(&pf.base, "planfeed_plans_total{outcome=\"dropped\"}").await, 0.0);
 
     phase("B spooled");
