@@ -175,6 +175,12 @@ struct DayEntry {
     dirty: AtomicBool,
     /// A background reload of this copy is under way (at most one).
     refreshing: AtomicBool,
+    /// A search used this copy: an invalidation reloads it at once instead of leaving it to the
+    /// next search (days nobody searches cost nothing until someone does).
+    used: AtomicBool,
+    /// An invalidation is reloading this (dirty) copy and waits for it: searches serve this copy
+    /// meanwhile instead of waiting for the store.
+    reloading: AtomicBool,
     bytes: u32,
 }
 
@@ -207,7 +213,16 @@ impl DayEntry {
             loaded_at: Instant::now(),
             dirty: AtomicBool::new(false),
             refreshing: AtomicBool::new(false),
+            used: AtomicBool::new(false),
+            reloading: AtomicBool::new(false),
             bytes: bytes.min(u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Notes that a search uses this copy (a load first, so hot days do not share a written line).
+    fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
         }
     }
 
@@ -263,6 +278,10 @@ pub struct SearchCounters {
     pub changed_days: AtomicU64,
     /// Store reads a search stopped waiting for at its store deadline.
     pub deadlines_passed: AtomicU64,
+    /// Day lookups answered with the previous copy while an invalidation reloaded the day.
+    pub previous_served: AtomicU64,
+    /// Days an invalidation reloaded at once because searches use them.
+    pub reloaded_days: AtomicU64,
 }
 
 /// What the directory knows of one non-empty day.
@@ -294,6 +313,31 @@ type RunResult = Result<Arc<BTreeMap<NaiveDate, Arc<DayEntry>>>, StoreError>;
 type RunLoad = Shared<BoxFuture<'static, RunResult>>;
 /// A directory load run in a task of its own; `true` when it kept a stale copy.
 type DirectoryLoad = Shared<BoxFuture<'static, Result<bool, StoreError>>>;
+
+/// Reads of the same days an invalidation makes before it returns (a read that raced with a later
+/// write is repeated; a store written faster than it is read is not chased forever).
+const RELOAD_ROUNDS: usize = 3;
+
+/// The copies an invalidation is reloading: searches serve them meanwhile. Cleared on drop, so an
+/// invalidation that is cancelled or gives up never leaves a copy served as if it were reloading.
+struct Reloading(Vec<Arc<DayEntry>>);
+
+impl Reloading {
+    fn mark(entries: Vec<Arc<DayEntry>>) -> Self {
+        for e in &entries {
+            e.reloading.store(true, Ordering::Release);
+        }
+        Self(entries)
+    }
+}
+
+impl Drop for Reloading {
+    fn drop(&mut self) {
+        for e in &self.0 {
+            e.reloading.store(false, Ordering::Release);
+        }
+    }
+}
 
 /// A day of a search as classified before anything is awaited.
 enum Slot {
@@ -597,10 +641,16 @@ impl Inner {
         }
     }
 
-    async fn invalidate(&self, days: &[NaiveDate]) {
+    async fn invalidate(self: &Arc<Self>, days: &[NaiveDate]) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut used = Vec::new();
         for day in days {
             if let Some(entry) = self.days.get(day).await {
+                // Reloading before dirty: a search never finds a used copy dirty and not reloading.
+                if entry.used.load(Ordering::Relaxed) && !self.store_down() {
+                    entry.reloading.store(true, Ordering::Release);
+                    used.push((*day, entry.clone()));
+                }
                 entry.dirty.store(true, Ordering::Release);
             }
         }
@@ -609,6 +659,66 @@ impl Inner {
                 dir.days.entry(*day).or_insert(DayInfo::UNKNOWN);
             }
         }
+        if !used.is_empty() {
+            used.sort_unstable_by_key(|(d, _)| *d);
+            self.reload(used).await;
+        }
+    }
+
+    /// Reloads the `marked` days (ascending, cached, dirty and marked reloading) once each, joining
+    /// reads already in flight,
+    /// while searches keep serving their previous copies; returns once the new copies are cached,
+    /// or at the store deadline (the reads go on, searches then wait for them as for any miss). A
+    /// read that raced with a later write leaves its copy dirty: it is read again, up to
+    /// [`RELOAD_ROUNDS`] times, so the copies cached on return hold every write before the call.
+    async fn reload(self: &Arc<Self>, marked: Vec<(NaiveDate, Arc<DayEntry>)>) {
+        let deadline = Instant::now() + self.store_deadline();
+        let days: Vec<NaiveDate> = marked.iter().map(|(d, _)| *d).collect();
+        let mut entries = marked;
+        for round in 0..RELOAD_ROUNDS {
+            if round > 0 {
+                entries.clear();
+                for day in &days {
+                    if let Some(e) = self.days.get(day).await.filter(|e| e.dirty.load(Ordering::Acquire)) {
+                        entries.push((*day, e));
+                    }
+                }
+            }
+            if entries.is_empty() {
+                return;
+            }
+            let reloading = Reloading::mark(entries.iter().map(|(_, e)| e.clone()).collect());
+            self.counters.reloaded_days.fetch_add(entries.len() as u64, Ordering::Relaxed);
+            let todo = self.runs_of(entries.iter().map(|(d, _)| *d));
+            let mut loads: Vec<(u64, RunLoad)> = self.start_runs(&todo).into_values().collect();
+            loads.sort_by_key(|(id, _)| *id);
+            loads.dedup_by_key(|(id, _)| *id);
+            let all = futures::future::join_all(loads.into_iter().map(|(_, l)| l));
+            let done = self.by_deadline(all, deadline).await;
+            drop(reloading);
+            if done.is_none_or(|results| results.iter().any(Result::is_err)) {
+                return;
+            }
+        }
+    }
+
+    /// `days` (ascending) with what the directory knows of each and whether it continues the run
+    /// of the one before (the directory lists no day between them).
+    fn runs_of(&self, days: impl Iterator<Item = NaiveDate>) -> Vec<(NaiveDate, DayInfo, bool)> {
+        let guard = self.directory.read();
+        let mut out: Vec<(NaiveDate, DayInfo, bool)> = Vec::new();
+        for day in days {
+            let (info, before) = match guard.as_ref() {
+                Some(dir) => (
+                    dir.days.get(&day).copied().unwrap_or(DayInfo::UNKNOWN),
+                    dir.days.range(..day).next_back().map(|(d, _)| *d),
+                ),
+                None => (DayInfo::UNKNOWN, None),
+            };
+            let continues = out.last().is_some_and(|(prev, _, _)| Some(*prev) == before);
+            out.push((day, info, continues));
+        }
+        out
     }
 
     async fn search(self: &Arc<Self>, range: TimeRange) -> Result<Bytes, StoreError> {
@@ -820,7 +930,15 @@ impl Inner {
                         refresh.push((day, info, prev_refresh));
                         is_refresh = true;
                     }
+                    entry.mark_used();
                     slots.push(Slot::Ready(entry, false));
+                }
+                // Changed and being reloaded once for everyone: the previous copy, without waiting
+                // (marked stale, so no finished body is kept from it).
+                Some(entry) if entry.reloading.load(Ordering::Acquire) => {
+                    self.counters.previous_served.fetch_add(1, Ordering::Relaxed);
+                    entry.mark_used();
+                    slots.push(Slot::Ready(entry, true));
                 }
                 Some(entry) if down => {
                     self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
@@ -893,7 +1011,10 @@ impl Inner {
                 run.range(from..=to)
                     .filter(|(d, _)| in_range(d))
                     .filter(|(d, _)| *d >= &from && *d <= &to)
-                    .map(|(_, e)| e.clone())
+                    .map(|(_, e)| {
+                        e.mark_used();
+                        e.clone()
+                    })
                     .collect(),
                 false,
             )),

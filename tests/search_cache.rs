@@ -781,3 +781,62 @@ async fn a_slow_live_store_is_waited_for_cold_and_reloaded_behind_a_stale_copy()
     }
     assert!(store.calls() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_day_is_reloaded_once_while_searches_get_the_previous_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    real.write_plans(&[
+        at(1, "old", "2021-07-01", "09:00:00", "10:00:00", 1),
+        at(2, "untouched", "2021-07-02", "09:00:00", "10:00:00", 1),
+        at(3, "never searched", "2021-07-03", "09:00:00", "10:00:00", 1),
+    ])
+    .await
+    .unwrap();
+    // Each store read takes a second: long enough that every search below ends inside the reload.
+    let store = Counting::new(real.clone(), Duration::from_secs(1));
+    let mut settings = cache(Duration::from_secs(3600));
+    settings.store_deadline = common::PATIENCE;
+    let searcher = Arc::new(Searcher::new(store.clone(), &settings));
+    assert_eq!(titles(&searcher.search(whole("2021-07-01")).await.unwrap()), ["old"]);
+    assert_eq!(titles(&searcher.search(whole("2021-07-02")).await.unwrap()), ["untouched"]);
+    let before = store.calls();
+    // Day 3 is cached (read with day 1 or 2's run, or not at all) but nobody searched it.
+
+    // The writer: write, then invalidate the days it touched.
+    real.write_plans(&[
+        at(1, "new", "2021-07-01", "09:00:00", "10:00:00", 2),
+        at(3, "changed", "2021-07-03", "09:00:00", "10:00:00", 2),
+    ])
+    .await
+    .unwrap();
+    let writer = {
+        let searcher = searcher.clone();
+        tokio::spawn(async move { searcher.invalidate(&[day("2021-07-01"), day("2021-07-03")]).await })
+    };
+    // Wait (by event) until the reload is in the store, then search while it is.
+    let waited = std::time::Instant::now();
+    while store.calls() == before {
+        assert!(waited.elapsed() < common::PATIENCE, "the invalidation never reloaded the day");
+        tokio::task::yield_now().await;
+    }
+    let searches = (0..32).map(|_| {
+        let searcher = searcher.clone();
+        tokio::spawn(async move { searcher.search(whole("2021-07-01")).await.unwrap() })
+    });
+    for body in futures::future::join_all(searches).await {
+        assert_eq!(titles(&body.unwrap()), ["old"], "the previous copy, while the day reloads");
+    }
+    assert!(!writer.is_finished(), "every search ended while the one reload was still reading");
+    assert!(searcher.counters.previous_served.load(Ordering::Relaxed) >= 32);
+    writer.await.unwrap();
+    assert_eq!(store.calls(), before + 1, "one store read for the changed day, whatever the searches");
+    assert_eq!(searcher.counters.reloaded_days.load(Ordering::Relaxed), 1, "only the searched day");
+
+    // Read-your-writes: once the invalidation returned, the write shows, with no store read.
+    assert_eq!(titles(&searcher.search(whole("2021-07-01")).await.unwrap()), ["new"]);
+    assert_eq!(titles(&searcher.search(whole("2021-07-02")).await.unwrap()), ["untouched"]);
+    assert_eq!(store.calls(), before + 1);
+    // The day nobody searched is read by the next search that wants it, and shows the write too.
+    assert_eq!(titles(&searcher.search(whole("2021-07-03")).await.unwrap()), ["changed"]);
+}
