@@ -274,6 +274,17 @@ pub struct PipelineSettings {
     pub batch_size: usize,
     #[serde(with = "humantime_serde")]
     pub flush_age: Duration,
+    /// Threads that parse and hash chunks (0: every core but one); see [`crate::cpu`].
+    pub ingest_threads: usize,
+    /// Niceness those threads add to the process's (0 to 19): searches get the CPU first.
+    pub ingest_nice: i32,
+}
+
+impl PipelineSettings {
+    /// The size of the ingestion thread pool these settings ask for.
+    pub fn cpu_pool(&self) -> crate::cpu::PoolSize {
+        crate::cpu::PoolSize { threads: self.ingest_threads, nice: self.ingest_nice }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -473,6 +484,12 @@ impl Settings {
         }
         if pl.flush_age.is_zero() {
             return bad("pipeline.flush_age must be positive".into());
+        }
+        if pl.ingest_threads > 256 || !(0..=19).contains(&pl.ingest_nice) {
+            return bad(format!(
+                "pipeline.ingest_threads must be 0 to 256 and pipeline.ingest_nice 0 to 19, got {} and {}",
+                pl.ingest_threads, pl.ingest_nice
+            ));
         }
         if self.store.backend == Backend::Embedded && self.store.path.as_os_str().is_empty() {
             return bad("store.path must be set for the embedded store".into());

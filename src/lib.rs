@@ -15,9 +15,11 @@
 //! - [`retry`]: the one backoff policy and retry loop, every retry counted.
 //! - [`readiness`]: what `GET /ready` checks.
 //! - [`spool`]: the durable spool that keeps what the store refuses until it answers again.
+//! - [`cpu`]: the lower-priority threads where ingestion's CPU-heavy work runs.
 
 pub mod actors;
 pub mod config;
+pub mod cpu;
 pub mod domain;
 pub mod feed;
 pub mod fetch;

@@ -222,6 +222,7 @@ async fn spawn_pipeline(
 ) -> Result<(ActorRef<SupervisorMsg>, PipelineHandles), ServiceError> {
     let providers = settings.effective_providers();
     let pl = &settings.pipeline;
+    crate::cpu::configure(pl.cpu_pool());
     let handles = PipelineHandles::new(providers.len(), pl.parsers, pl.queue_chunks);
     let once = writer.recorded.is_some();
     let args = PipelineArgs { providers, pipeline: pl.clone(), writer, once };

@@ -1,6 +1,7 @@
 //! `Parser`: turns one chunk of whole base plans into domain plans and hands them to the writer.
-//! Parsing is CPU work, so it runs on tokio's blocking pool, never on the async worker threads; a
-//! panic while parsing is caught and reported as that chunk's error.
+//! Parsing is CPU work, so it runs on the lower-priority ingestion threads ([`crate::cpu`]), never
+//! on the async worker threads that answer searches; a panic while parsing is caught and reported
+//! as that chunk's error.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -37,12 +38,13 @@ impl Actor for Parser {
         let provider = job.fetch.provider.clone();
         let bytes = job.bytes.clone();
         // Content hashes are computed here, on the parsers' threads, so the single writer does not.
-        let parsed = tokio::task::spawn_blocking(move || {
-            let p = feed::parse_chunk(&provider, &bytes);
-            let hashes: Vec<u64> = p.plans.iter().map(|plan| plan.content_hash()).collect();
-            (p, hashes)
-        })
-        .await;
+        let parsed = crate::cpu::pool()
+            .run(move || {
+                let p = feed::parse_chunk(&provider, &bytes);
+                let hashes: Vec<u64> = p.plans.iter().map(|plan| plan.content_hash()).collect();
+                (p, hashes)
+            })
+            .await;
         let out = match parsed {
             Ok((p, hashes)) => {
                 job.fetch.skips.record(&job.fetch, &p.skipped);

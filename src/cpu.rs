@@ -1,0 +1,207 @@
+//! Where ingestion's CPU-heavy work runs: a small pool of OS threads of lower priority.
+//!
+//! Parsing and hashing a large feed is seconds of CPU. On tokio's blocking pool it ran on as many
+//! threads as there were parsers, at the priority of the threads answering searches, so a big feed
+//! took a third of the search throughput on a 2-core machine. Here it runs on
+//! `pipeline.ingest_threads` threads (by default every core but one), each with its nice value
+//! raised by `pipeline.ingest_nice` (Linux: `setpriority` on the thread id, so only these threads):
+//! when searches want the CPU the kernel gives it to them first, and when the machine is otherwise
+//! idle ingestion runs at full speed. Ingestion is never stopped, only given a smaller share, so every
+//! feed still finishes.
+//!
+//! The pool is process-wide ([`configure`] once at start, from the settings), because every parser
+//! actor of every pipeline in the process shares the same cores; a job waits in an unbounded queue,
+//! which holds at most one job per parser actor (each awaits its job before taking the next chunk).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::OnceLock;
+
+/// A job's closure, boxed for the queue.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("ingestion thread panicked: {0}")]
+    Panicked(String),
+    #[error("ingestion threads are gone")]
+    Closed,
+}
+
+/// How the pool is sized: `pipeline.ingest_threads` and `pipeline.ingest_nice`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    /// 0: every core but one (at least one thread).
+    pub threads: usize,
+    /// Added niceness, 0 (same priority as searches) to 19 (lowest).
+    pub nice: i32,
+}
+
+impl PoolSize {
+    /// The default of `config/default.toml`.
+    pub const DEFAULT: PoolSize = PoolSize { threads: 0, nice: 10 };
+
+    fn thread_count(self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores.saturating_sub(1).max(1)
+    }
+}
+
+/// The pool: a queue of jobs and the threads that take them.
+pub struct CpuPool {
+    jobs: crossbeam_channel::Sender<Job>,
+    threads: usize,
+    nice: i32,
+}
+
+static POOL: OnceLock<CpuPool> = OnceLock::new();
+
+/// Sizes the process's pool. The first call wins (the pool's threads live as long as the process);
+/// a later call with other values is logged and ignored, as a restart is needed to change them.
+pub fn configure(size: PoolSize) {
+    let pool = POOL.get_or_init(|| CpuPool::start(size));
+    if pool.threads != size.thread_count() || pool.nice != size.nice {
+        tracing::warn!(
+            threads = pool.threads,
+            nice = pool.nice,
+            wanted_threads = size.thread_count(),
+            wanted_nice = size.nice,
+            "ingestion threads are sized at start: restart to change them"
+        );
+    }
+}
+
+/// The process's pool (with the default size when [`configure`] was not called).
+pub fn pool() -> &'static CpuPool {
+    POOL.get_or_init(|| CpuPool::start(PoolSize::DEFAULT))
+}
+
+impl CpuPool {
+    fn start(size: PoolSize) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let threads = size.thread_count();
+        for i in 0..threads {
+            let rx = rx.clone();
+            let nice = size.nice;
+            let spawned = std::thread::Builder::new().name(format!("planfeed-ingest-{i}")).spawn(move || {
+                lower_priority(nice);
+                for job in rx {
+                    job();
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, thread = i, "cannot start an ingestion thread");
+            }
+        }
+        tracing::info!(threads, nice = size.nice, "ingestion threads started");
+        Self { jobs: tx, threads, nice: size.nice }
+    }
+
+    /// Threads in the pool.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on one of the pool's threads and waits for its result; a panic in `f` is caught and
+    /// returned as [`CpuError::Panicked`].
+    pub async fn run<T, F>(&self, f: F) -> Result<T, CpuError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
+        });
+        self.jobs.send(job).map_err(|_| CpuError::Closed)?;
+        match rx.await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(panic)) => Err(CpuError::Panicked(panic_message(panic.as_ref()))),
+            Err(_) => Err(CpuError::Closed),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Raises the calling thread's nice value by `nice` (Linux: per thread; elsewhere a no-op).
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+        // The thread starts at the process's nice value; this one adds to it, up to 19.
+        let (tid, rc) = unsafe {
+            let tid = libc::gettid();
+            let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            (tid, libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (current + nice).min(19)))
+        };
+        if rc != 0 {
+            tracing::warn!(tid, nice, error = %std::io::Error::last_os_error(), "cannot lower an ingestion thread's priority");
+        }
+    }
+}
+
+/// The calling thread's nice value (Linux), for tests.
+#[cfg(all(test, target_os = "linux"))]
+fn current_nice() -> i32 {
+    // SAFETY: reads the calling thread's own priority.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_run_on_the_pools_threads_with_their_priority_and_panics_are_caught() {
+        let pool = CpuPool::start(PoolSize { threads: 2, nice: 7 });
+        assert_eq!(pool.threads(), 2);
+        let (name, nice) =
+            pool.run(|| (std::thread::current().name().map(String::from), current_nice())).await.unwrap();
+        assert!(name.is_some_and(|n| n.starts_with("planfeed-ingest-")));
+        // The test's own thread started at some nice value n; the pool's threads are n + 7 (capped).
+        assert_eq!(nice, (current_nice() + 7).min(19));
+        let err = pool.run(|| -> u32 { panic!("bad chunk") }).await.unwrap_err();
+        assert!(matches!(&err, CpuError::Panicked(m) if m == "bad chunk"), "{err}");
+        // The pool survives a panic.
+        assert_eq!(pool.run(|| 2 + 2).await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn jobs_beyond_the_thread_count_wait_their_turn() {
+        let pool = CpuPool::start(PoolSize { threads: 1, nice: 0 });
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let jobs = (0..8).map(|_| {
+            let (running, most) = (running.clone(), most.clone());
+            pool.run(move || {
+                let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                std::hint::black_box((0..10_000u64).sum::<u64>());
+                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        });
+        for r in futures::future::join_all(jobs).await {
+            r.unwrap();
+        }
+        assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1, "one thread: one job at a time");
+    }
+
+    #[test]
+    fn the_default_leaves_one_core_to_searches() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(PoolSize::DEFAULT.thread_count(), cores.saturating_sub(1).max(1));
+        assert_eq!(PoolSize { threads: 3, nice: 0 }.thread_count(), 3);
+    }
+}
