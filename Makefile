@@ -30,7 +30,9 @@ contract-test:
 ## reads, criterion figures of the feed parser, the ingestion pipeline, criterion micro-benchmarks of
 ## search, ClickHouse search (cold, warm and direct reads side by side, far dates, a random replay),
 ## searches at 5/s over a 40 s ClickHouse freeze (p50/p99/max), then the bounded load test
-## (a few seconds per run, on 127.0.0.1; installs wrk when missing). See docs/performance.md.
+## (a few seconds per run, on 127.0.0.1; installs wrk when missing), then warm 1-day searches idle and
+## during continuous ingestion of a 61 MB changing feed, per ingestion profile (scripts/mixed.sh).
+## See docs/performance.md.
 bench:
 	$(CARGO) bench --bench clickhouse
 	$(CARGO) bench --bench parser
@@ -39,6 +41,7 @@ bench:
 	$(CARGO) bench --bench search_clickhouse
 	PLANFEED_FREEZE_SECS=40 $(CARGO) test --release --test search_cache a_hung_clickhouse_never_holds_a_search -- --nocapture
 	scripts/loadtest.sh
+	scripts/mixed.sh
 
 ## planfeed on ClickHouse with the provider simulator (docker-compose.yml; needs a Docker engine).
 up:

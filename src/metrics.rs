@@ -50,6 +50,8 @@ impl MetricsSource {
         abs("planfeed_search_stale_served_total", c.stale_served.load(Ordering::Relaxed));
         abs("planfeed_search_store_errors_total", c.store_errors.load(Ordering::Relaxed));
         abs("planfeed_search_store_deadlines_total", c.deadlines_passed.load(Ordering::Relaxed));
+        abs("planfeed_search_previous_served_total", c.previous_served.load(Ordering::Relaxed));
+        abs("planfeed_search_reloaded_days_total", c.reloaded_days.load(Ordering::Relaxed));
         if let Some(w) = &self.writer {
             for (outcome, v) in [
                 ("seen", &w.plans_seen),

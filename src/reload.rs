@@ -71,6 +71,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
         old.pipeline.max_base_plan_bytes != new.pipeline.max_base_plan_bytes,
     );
     restart("pipeline.queue_chunks", old.pipeline.queue_chunks != new.pipeline.queue_chunks);
+    restart("pipeline.ingest_threads", old.pipeline.cpu_pool() != new.pipeline.cpu_pool());
     restart("search.cache_bytes", old.search.cache_bytes != new.search.cache_bytes);
     restart("search.change_poll", old.search.change_poll != new.search.change_poll);
     restart("log.format", old.log.format != new.log.format);
