@@ -202,6 +202,12 @@ PY
 i, b, ip, bp, fi, fb = $IDLE_RPS, $BUSY_RPS, $IDLE_P99, $BUSY_P99, $IDLE_FIXED_P99, $BUSY_FIXED_P99
 print(f'busy/idle: closed loop req/s {b / i:.2f} (target >= 0.7), p99 {bp / ip:.2f}x (target <= 2x); '
       f'fixed-rate p99 {fb / fi:.2f}x')" | tee -a "$RESULTS"
+    # How the cache met the writes: days reloaded by invalidations, lookups served the previous copy
+    # meanwhile, misses (searches that read the store) and store deadlines passed.
+    echo "search cache: reloaded days $(metric planfeed_search_reloaded_days_total)," \
+        "previous copies served $(metric planfeed_search_previous_served_total)," \
+        "misses $(metric planfeed_search_cache_misses_total)," \
+        "store deadlines $(metric planfeed_search_store_deadlines_total)" | tee -a "$RESULTS"
     kill "$PF"
     wait "$PF" 2>/dev/null || true
     rm -rf "$STORE"
