@@ -13,21 +13,25 @@
 //! Files by job: [`schema`] (migrations), [`rows`] (row encoding), [`writes`] and [`reads`] (the
 //! statements), [`retry`] (timeouts, error classes, the retry loop).
 
+mod endpoints;
 mod reads;
 mod retry;
 mod rows;
 mod schema;
 mod writes;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{NaiveDate, Utc};
+use clickhouse::query::Query;
 use clickhouse::sql::Identifier;
-use clickhouse::Client;
+use clickhouse::{Client, RowOwned, RowRead};
 
 use super::{DayChange, DaySize, Store, StoreError, StoreResult};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
+use endpoints::Endpoints;
 use retry::{timed, with_attempts};
 
 /// How far back a change-feed read looks before its marker: a write becomes visible on the server a
@@ -35,18 +39,21 @@ use retry::{timed, with_attempts};
 /// covers late arrivals; the reader skips the days it already saw with the same marker.
 const CHANGE_OVERLAP_US: i64 = 10_000_000;
 
-/// Upper bound for one statement, from request to last row (the crate sets none by default).
-const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub use crate::config::ClickHouseSettings;
+pub use endpoints::endpoint_health;
 
-/// The ClickHouse implementation of [`Store`]. Cheap to clone (the client shares its pool).
+/// The ClickHouse implementation of [`Store`]. Cheap to clone (the replicas' clients share pools).
 #[derive(Clone)]
 pub struct ClickHouseStore {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     database: String,
-    /// URL and database, for [`Store::location`].
+    /// Cluster mode: the cluster the migrations run `ON CLUSTER` on.
+    cluster: Option<String>,
+    /// Longest wait for one statement on one replica.
+    query_timeout: Duration,
+    /// Replicas and database, for [`Store::location`].
     location: String,
 }
 
@@ -56,9 +63,9 @@ impl std::fmt::Debug for ClickHouseStore {
     }
 }
 
-fn base_client(settings: &ClickHouseSettings) -> Client {
+fn base_client(settings: &ClickHouseSettings, url: &str) -> Client {
     let mut client = Client::default()
-        .with_url(settings.url.trim_end_matches('/'))
+        .with_url(url)
         .with_user(settings.user.clone())
         .with_validation(false)
         .with_setting("wait_end_of_query", "1");
@@ -69,19 +76,38 @@ fn base_client(settings: &ClickHouseSettings) -> Client {
 }
 
 impl ClickHouseStore {
-    /// Connects and creates the database when missing. Does not migrate: call [`Self::migrate`].
+    /// Connects and creates the database when missing (on every replica in cluster mode). Does not
+    /// migrate: call [`Self::migrate`].
     pub async fn connect(settings: ClickHouseSettings) -> StoreResult<Self> {
         settings.validate().map_err(StoreError::Permanent)?;
-        let root = base_client(&settings);
-        timed(
-            QUERY_TIMEOUT,
-            root.query("CREATE DATABASE IF NOT EXISTS ?").bind(Identifier(&settings.database)).execute(),
-        )
-        .await?;
-        let location = format!("{}/{}", settings.url.trim_end_matches('/'), settings.database);
+        let urls = settings.endpoints();
+        let mut last = None;
+        for url in &urls {
+            match create_database(&base_client(&settings, url), &settings).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(e) = last {
+            return Err(e);
+        }
+        let location = match &settings.cluster {
+            Some(cluster) => format!("cluster {cluster}: {}/{}", urls.join(","), settings.database),
+            None => format!("{}/{}", urls.join(","), settings.database),
+        };
+        let clients = urls
+            .iter()
+            .map(|u| (u.clone(), base_client(&settings, u).with_database(settings.database.clone())))
+            .collect();
         Ok(Self {
-            client: root.with_database(settings.database.clone()),
+            endpoints: Endpoints::new(clients),
             database: settings.database,
+            cluster: settings.cluster,
+            query_timeout: settings.query_timeout,
             location,
         })
     }
@@ -90,9 +116,55 @@ impl ClickHouseStore {
         &self.database
     }
 
+    /// Runs one statement on the first replica that answers.
     async fn execute(&self, sql: &str) -> StoreResult<()> {
-        timed(QUERY_TIMEOUT, self.client.query(sql).execute()).await
+        let limit = self.query_timeout;
+        self.endpoints
+            .on_any("statement", |c| async move { timed(limit, c.query(sql).execute()).await })
+            .await
     }
+
+    /// Runs the query `build` makes on the first replica that answers; every row.
+    async fn fetch_all<T>(&self, what: &str, build: impl Fn(&Client) -> Query) -> StoreResult<Vec<T>>
+    where
+        T: RowOwned + RowRead,
+    {
+        let limit = self.query_timeout;
+        self.endpoints.on_any(what, |c| timed(limit, build(&c).fetch_all())).await
+    }
+
+    /// Like [`Self::fetch_all`], for a query of exactly one row.
+    async fn fetch_one<T>(&self, what: &str, build: impl Fn(&Client) -> Query) -> StoreResult<T>
+    where
+        T: RowOwned + RowRead,
+    {
+        let limit = self.query_timeout;
+        self.endpoints.on_any(what, |c| timed(limit, build(&c).fetch_one())).await
+    }
+}
+
+/// `CREATE DATABASE IF NOT EXISTS`, `ON CLUSTER` in cluster mode. A database that exists is left
+/// alone without a statement: an `ON CLUSTER` statement waits for every replica, even a down one.
+async fn create_database(root: &Client, settings: &ClickHouseSettings) -> StoreResult<()> {
+    if settings.cluster.is_none() {
+        let query = root.query("CREATE DATABASE IF NOT EXISTS ?").bind(Identifier(&settings.database));
+        return timed(settings.query_timeout, query.execute()).await;
+    }
+    let exists: u64 = timed(
+        settings.query_timeout,
+        root.query("SELECT count() FROM system.databases WHERE name = ?")
+            .bind(&settings.database)
+            .fetch_one(),
+    )
+    .await?;
+    if exists > 0 {
+        return Ok(());
+    }
+    let query = root
+        .query("CREATE DATABASE IF NOT EXISTS ? ON CLUSTER ?")
+        .bind(Identifier(&settings.database))
+        .bind(Identifier(settings.cluster.as_deref().unwrap_or_default()));
+    timed(settings.query_timeout, query.execute()).await
 }
 
 #[async_trait]
@@ -105,12 +177,19 @@ impl Store for ClickHouseStore {
         self.location.clone()
     }
 
+    /// Each attempt goes to the first replica that answers; the rows are the same in every
+    /// attempt (one `written_at` per call), so a replicated table drops a block that an attempt
+    /// which seemed to fail had already written (see ADR 10).
     async fn write_plans(&self, plans: &[StoredPlan]) -> StoreResult<()> {
         if plans.is_empty() {
             return Ok(());
         }
         let what = format!("clickhouse write of {} plans", plans.len());
-        with_attempts(&what, || self.write_batch(plans)).await
+        let written_at = Utc::now();
+        with_attempts(&what, || {
+            self.endpoints.on_any(&what, |c| async move { self.write_batch(&c, plans, written_at).await })
+        })
+        .await
     }
 
     /// Re-inserts each key's latest row with the flag set: the same version, so the replacing
@@ -153,12 +232,8 @@ impl Store for ClickHouseStore {
         self.read_recent_fetches(limit).await
     }
 
+    /// Answers when any replica answers; every replica's state is recorded on the way.
     async fn ping(&self) -> StoreResult<()> {
-        let one: u8 = timed(PING_TIMEOUT, self.client.query("SELECT toUInt8(1)").fetch_one()).await?;
-        if one == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Unavailable(format!("clickhouse ping answered {one}")))
-        }
+        self.endpoints.ping_all(PING_TIMEOUT).await
     }
 }

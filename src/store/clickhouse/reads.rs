@@ -3,30 +3,27 @@
 
 use chrono::{NaiveDate, Timelike};
 
-use super::retry::timed;
 use super::rows::{
     clamp_day, day_int, day_of, decode_price, instant_of, DayBoundsRow, DayChangeRow, DaySizeRow, EventRowCh,
     FetchRow, PlanStateRow,
 };
-use super::{ClickHouseStore, CHANGE_OVERLAP_US, QUERY_TIMEOUT};
+use super::{ClickHouseStore, CHANGE_OVERLAP_US};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState};
 use crate::store::{DayChange, DaySize, StoreResult};
 
 impl ClickHouseStore {
     pub(super) async fn read_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
-        let rows: Vec<PlanStateRow> = timed(
-            QUERY_TIMEOUT,
-            self.client
-                .query(
+        let rows: Vec<PlanStateRow> = self
+            .fetch_all("plan states", |c| {
+                c.query(
                     "SELECT provider, base_plan_id, plan_id, argMax(hash, version) AS last_hash, \
                             argMax(event_day, version) AS last_event_day, \
                             max(version) AS last_version, max(ever_online) AS any_online \
                      FROM plans WHERE superseded = 0 \
                      GROUP BY provider, base_plan_id, plan_id",
                 )
-                .fetch_all(),
-        )
-        .await?;
+            })
+            .await?;
         rows.into_iter()
             .map(|r| {
                 Ok((
@@ -52,10 +49,9 @@ impl ClickHouseStore {
         if from > to {
             return Ok(Vec::new());
         }
-        let rows: Vec<EventRowCh> = timed(
-            QUERY_TIMEOUT,
-            self.client
-                .query(
+        let rows: Vec<EventRowCh> = self
+            .fetch_all("plans by day", |c| {
+                c.query(
                     "SELECT id, title, start_local_us, end_local_us, start_us, end_us, \
                             min_price, max_price \
                      FROM plans FINAL \
@@ -68,9 +64,8 @@ impl ClickHouseStore {
                 .bind(day_int(to))
                 .bind(clamp_day(from).to_string())
                 .bind(clamp_day(to).to_string())
-                .fetch_all(),
-        )
-        .await?;
+            })
+            .await?;
         let mut events = Vec::with_capacity(rows.len());
         for r in rows {
             events.push(EventRow {
@@ -90,16 +85,14 @@ impl ClickHouseStore {
     }
 
     pub(super) async fn read_day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>> {
-        let row: DayBoundsRow = timed(
-            QUERY_TIMEOUT,
-            self.client
-                .query(
+        let row: DayBoundsRow = self
+            .fetch_one("day bounds", |c| {
+                c.query(
                     "SELECT count() AS count, min(event_day) AS first, max(event_day) AS last \
                      FROM plans FINAL WHERE ever_online = 1 AND superseded = 0",
                 )
-                .fetch_one(),
-        )
-        .await?;
+            })
+            .await?;
         if row.count == 0 {
             return Ok(None);
         }
@@ -107,38 +100,34 @@ impl ClickHouseStore {
     }
 
     pub(super) async fn read_day_directory(&self) -> StoreResult<Vec<DaySize>> {
-        let rows: Vec<DaySizeRow> = timed(
-            QUERY_TIMEOUT,
-            self.client
-                .query(
+        let rows: Vec<DaySizeRow> = self
+            .fetch_all("day directory", |c| {
+                c.query(
                     "SELECT event_day AS day, count() AS plans, sum(length(title)) AS text_bytes \
                      FROM plans FINAL WHERE ever_online = 1 AND superseded = 0 \
                      GROUP BY event_day ORDER BY event_day",
                 )
-                .fetch_all(),
-        )
-        .await?;
+            })
+            .await?;
         rows.into_iter()
             .map(|r| Ok(DaySize { day: day_of(r.day)?, plans: r.plans, text_bytes: r.text_bytes }))
             .collect()
     }
 
     pub(super) async fn read_change_marker(&self) -> StoreResult<i64> {
-        timed(QUERY_TIMEOUT, self.client.query("SELECT max(written_us) FROM day_changes").fetch_one()).await
+        self.fetch_one("change marker", |c| c.query("SELECT max(written_us) FROM day_changes")).await
     }
 
     pub(super) async fn read_days_changed_since(&self, since: i64) -> StoreResult<Vec<DayChange>> {
-        let rows: Vec<DayChangeRow> = timed(
-            QUERY_TIMEOUT,
-            self.client
-                .query(
+        let rows: Vec<DayChangeRow> = self
+            .fetch_all("days changed", |c| {
+                c.query(
                     "SELECT event_day, max(written_us) AS last_written FROM day_changes \
                      WHERE written_us > ? GROUP BY event_day ORDER BY last_written",
                 )
                 .bind(since.saturating_sub(CHANGE_OVERLAP_US))
-                .fetch_all(),
-        )
-        .await?;
+            })
+            .await?;
         rows.into_iter().map(|r| Ok(DayChange { day: day_of(r.event_day)?, marker: r.written_us })).collect()
     }
 
@@ -146,18 +135,16 @@ impl ClickHouseStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<FetchRow> = timed(
-            QUERY_TIMEOUT,
-            self.client
-                .query(
+        let rows: Vec<FetchRow> = self
+            .fetch_all("recent fetches", |c| {
+                c.query(
                     "SELECT provider, started_at, started_at_ns, duration_ms, http_status, bytes, \
                             plans_seen, plans_written, plans_unchanged, plans_skipped, error \
                      FROM fetches ORDER BY started_at DESC, started_at_ns DESC LIMIT ?",
                 )
                 .bind(limit as u64)
-                .fetch_all(),
-        )
-        .await?;
+            })
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| FetchRecord {

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, NaiveDate, Timelike, Utc};
+use clickhouse::Client;
 use uuid::Uuid;
 
 use super::retry::{timed, with_attempts};
@@ -11,7 +12,7 @@ use super::rows::{
     clamp_day, clamp_instant, day_int, micros, plan_rows, DayChangeRow, FetchRow, UuidRow, ZoneRow,
     PLAN_COLUMNS,
 };
-use super::{ClickHouseStore, QUERY_TIMEOUT};
+use super::ClickHouseStore;
 use crate::domain::{FetchRecord, PlanKey, StoredPlan};
 use crate::store::{day_number, StoreResult};
 
@@ -20,7 +21,7 @@ const LOOKUP_MAX_QUERY_SIZE: &str = "67108864";
 
 impl ClickHouseStore {
     /// One `INSERT` with all rows; nothing is sent when `rows` is empty.
-    pub(super) async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> StoreResult<()>
+    pub(super) async fn insert_rows<T>(&self, c: &Client, table: &str, rows: &[T]) -> StoreResult<()>
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
     {
@@ -28,23 +29,23 @@ impl ClickHouseStore {
             return Ok(());
         }
         let work = async {
-            let mut insert = self.client.insert::<T>(table).await?;
+            let mut insert = c.insert::<T>(table).await?;
             for row in rows {
                 insert.write(row).await?;
             }
             insert.end().await
         };
-        timed(QUERY_TIMEOUT, work).await
+        timed(self.query_timeout, work).await
     }
 
     /// One `INSERT` with the zones of every plan of the batch. The rows borrow from the plans and
     /// are serialized straight into the request body: no row is built on the heap.
-    pub(super) async fn insert_zones(&self, plans: &[StoredPlan]) -> StoreResult<()> {
+    pub(super) async fn insert_zones(&self, c: &Client, plans: &[StoredPlan]) -> StoreResult<()> {
         if plans.iter().all(|p| p.plan.zones.is_empty()) {
             return Ok(());
         }
         let work = async {
-            let mut insert = self.client.insert::<ZoneRow<'_>>("zones").await?;
+            let mut insert = c.insert::<ZoneRow<'_>>("zones").await?;
             for p in plans {
                 let key = &p.plan.key;
                 for (idx, z) in p.plan.zones.iter().enumerate() {
@@ -66,42 +67,51 @@ impl ClickHouseStore {
             }
             insert.end().await
         };
-        timed(QUERY_TIMEOUT, work).await
+        timed(self.query_timeout, work).await
     }
 
-    /// One attempt at a batch: the sticky-flag lookup, then one `INSERT` into `zones` and one into
-    /// `plans` (zones first: a visible plan row always has its zones).
-    pub(super) async fn write_batch(&self, plans: &[StoredPlan]) -> StoreResult<()> {
-        let sticky = self.ever_online_among(plans).await?;
-        let written_at = Utc::now();
+    /// One attempt at a batch on one replica: the sticky-flag lookup, then one `INSERT` into
+    /// `zones` and one into `plans` (zones first: a visible plan row always has its zones).
+    pub(super) async fn write_batch(
+        &self,
+        c: &Client,
+        plans: &[StoredPlan],
+        written_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let sticky = self.ever_online_among(c, plans).await?;
         let mut plan_batch = Vec::with_capacity(plans.len());
         for p in plans {
             let ever_online = p.ever_online || sticky.contains(&p.plan.key.id());
             plan_rows(p, ever_online, written_at, &mut plan_batch);
         }
-        self.insert_zones(plans).await?;
-        self.insert_rows("plans", &plan_batch).await?;
+        self.insert_zones(c, plans).await?;
+        self.insert_rows(c, "plans", &plan_batch).await?;
         let days = plans.iter().flat_map(|p| std::iter::once(p.event_date).chain(p.previous_event_date));
-        self.record_changes(days, written_at).await
+        self.record_changes(c, days, written_at).await
     }
 
     /// Stamps `days` in the change feed, after the rows they announce were written.
     pub(super) async fn record_changes(
         &self,
+        c: &Client,
         days: impl Iterator<Item = NaiveDate>,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
         let days: BTreeSet<i32> = days.map(day_int).collect();
         let rows: Vec<DayChangeRow> =
             days.into_iter().map(|event_day| DayChangeRow { event_day, written_us: micros(at) }).collect();
-        self.insert_rows("day_changes", &rows).await
+        self.insert_rows(c, "day_changes", &rows).await
     }
 
     /// Ids of the batch's not-yet-ever-online plans that a stored row marks ever-online, so the new
     /// rows keep the sticky flag. Every write carries the flag forward, so the key's latest row is
     /// enough: it lives on the plan's event day, or on its previous day when it moved. Nothing is
     /// read when every plan of the batch is already ever-online (the usual case).
-    pub(super) async fn ever_online_among(&self, plans: &[StoredPlan]) -> StoreResult<HashSet<Uuid>> {
+    pub(super) async fn ever_online_among(
+        &self,
+        c: &Client,
+        plans: &[StoredPlan],
+    ) -> StoreResult<HashSet<Uuid>> {
         let mut ids = BTreeSet::new();
         let mut days = BTreeSet::new();
         for p in plans.iter().filter(|p| !p.ever_online) {
@@ -122,8 +132,8 @@ impl ClickHouseStore {
             ids_sql.join(", ")
         );
         let rows: Vec<UuidRow> = timed(
-            QUERY_TIMEOUT,
-            self.client.query(&sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).fetch_all(),
+            self.query_timeout,
+            c.query(&sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).fetch_all(),
         )
         .await?;
         Ok(rows.into_iter().map(|r| r.id).collect())
@@ -153,10 +163,13 @@ impl ClickHouseStore {
             ids.iter().cloned().collect::<Vec<_>>().join(", ")
         );
         let what = format!("clickhouse ever-online marks of {} plans", keys.len());
-        with_attempts(&what, || async {
-            let run = self.client.query(&sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).execute();
-            timed(QUERY_TIMEOUT, run).await?;
-            self.record_changes(keys.iter().map(|(_, d)| *d), now).await
+        let (sql, limit) = (&sql, self.query_timeout);
+        with_attempts(&what, || {
+            self.endpoints.on_any(&what, |c| async move {
+                let run = c.query(sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).execute();
+                timed(limit, run).await?;
+                self.record_changes(&c, keys.iter().map(|(_, d)| *d), now).await
+            })
         })
         .await
     }
@@ -176,6 +189,11 @@ impl ClickHouseStore {
             plans_skipped: fetch.plans_skipped,
             error: fetch.error.clone(),
         };
-        self.insert_rows("fetches", std::slice::from_ref(&row)).await
+        let row = &row;
+        self.endpoints
+            .on_any("fetch log", |c| async move {
+                self.insert_rows(&c, "fetches", std::slice::from_ref(row)).await
+            })
+            .await
     }
 }
