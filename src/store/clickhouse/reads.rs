@@ -53,7 +53,7 @@ impl ClickHouseStore {
             .fetch_all("plans by day", |c| {
                 c.query(
                     "SELECT id, title, start_local_us, end_local_us, start_us, end_us, \
-                            min_price, max_price \
+                            min_price_text, max_price_text \
                      FROM plans FINAL \
                      WHERE event_day BETWEEN ? AND ? \
                        AND event_date BETWEEN toDate(?) AND toDate(?) \

@@ -16,7 +16,8 @@ use crate::store::{day_number, day_of_number, StoreError, StoreResult};
 pub(super) const PLAN_COLUMNS: &str = "provider, base_plan_id, plan_id, id, title, online, ever_online, \
     organizer_company_id, start_local, end_local, start_utc, end_utc, event_date, sell_from, sell_to, \
     sold_out, min_price, max_price, zone_count, version, hash, superseded, written_at, event_day, \
-    start_us, end_us, start_local_us, end_local_us, sell_from_us, sell_to_us, written_us";
+    start_us, end_us, start_local_us, end_local_us, sell_from_us, sell_to_us, written_us, \
+    min_price_text, max_price_text, fetched_at";
 
 /// What `Date` and `DateTime` hold on every server version: their columns keep values clamped to
 /// this span, the exact values live in the integer columns (`clickhouse/002_exact_days.sql`).
@@ -49,8 +50,9 @@ pub(super) struct PlanRow {
     #[serde(with = "clickhouse::serde::chrono::datetime::option")]
     pub(super) sell_to: Option<DateTime<Utc>>,
     pub(super) sold_out: u8,
-    pub(super) min_price: Option<String>,
-    pub(super) max_price: Option<String>,
+    /// `Decimal(18, 4)`: the price times 10^4 ([`price_number`]).
+    pub(super) min_price: Option<i64>,
+    pub(super) max_price: Option<i64>,
     pub(super) zone_count: u32,
     pub(super) version: u64,
     pub(super) hash: u64,
@@ -65,6 +67,11 @@ pub(super) struct PlanRow {
     pub(super) sell_from_us: Option<i64>,
     pub(super) sell_to_us: Option<i64>,
     pub(super) written_us: i64,
+    /// The feed's exact decimal text, which the API prints.
+    pub(super) min_price_text: Option<String>,
+    pub(super) max_price_text: Option<String>,
+    #[serde(with = "clickhouse::serde::chrono::datetime")]
+    pub(super) fetched_at: DateTime<Utc>,
 }
 
 /// A `zones` row borrowed from its plan (see [`ClickHouseStore::insert_zones`]).
@@ -81,9 +88,13 @@ pub(super) struct ZoneRow<'a> {
     pub(super) name: &'a str,
     pub(super) capacity: u32,
     /// Exact decimal text, written without a heap allocation.
-    #[serde(serialize_with = "price_text")]
-    pub(super) price: &'a Decimal,
+    pub(super) price: Option<i64>,
     pub(super) numbered: u8,
+    /// Exact decimal text, written without a heap allocation.
+    #[serde(serialize_with = "price_text")]
+    pub(super) price_text: &'a Decimal,
+    #[serde(with = "clickhouse::serde::chrono::datetime")]
+    pub(super) fetched_at: DateTime<Utc>,
 }
 
 /// Serializes a price as its decimal text ("20.00", "7.5"), formatted on the stack.
@@ -157,6 +168,27 @@ pub(super) struct FetchRow {
     pub(super) error: Option<String>,
 }
 
+/// Scale of the `Decimal(18, 4)` price columns.
+const PRICE_SCALE: u32 = 4;
+/// What `Decimal(18, 4)` holds: 14 integer digits.
+const PRICE_LIMIT: i64 = 1_000_000_000_000_000_000;
+
+/// `price` as `Decimal(18, 4)` holds it (times 10^4), truncated to 4 decimals like the upgrade
+/// (`clickhouse/004_analyst_schema.sql`); `None` beyond 14 integer digits. The exact text is
+/// stored beside it.
+pub(super) fn price_number(price: &Decimal) -> Option<i64> {
+    let mut d = price.trunc_with_scale(PRICE_SCALE);
+    d.rescale(PRICE_SCALE);
+    i64::try_from(d.mantissa()).ok().filter(|m| m.abs() < PRICE_LIMIT)
+}
+
+/// When the fetch that observed `version` started, to the second: the writer puts the fetch's
+/// start in milliseconds above the low 20 bits of each version.
+pub(super) fn fetched_at(version: u64) -> DateTime<Utc> {
+    let ms = i64::try_from(version >> 20).unwrap_or(i64::MAX);
+    clamp_instant(DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::UNIX_EPOCH))
+}
+
 /// Prices are stored as exact decimal text: `Decimal` keeps the feed's scale in its `Display`.
 pub(super) fn decode_price(text: Option<String>, id: Uuid) -> StoreResult<Option<Decimal>> {
     text.map(|t| {
@@ -228,8 +260,8 @@ pub(super) fn plan_rows(
         sell_from: plan.sell_from.map(|t| clamp_instant(wall(t))),
         sell_to: plan.sell_to.map(|t| clamp_instant(wall(t))),
         sold_out: plan.sold_out.into(),
-        min_price: plan.min_price().map(|d| d.to_string()),
-        max_price: plan.max_price().map(|d| d.to_string()),
+        min_price: plan.min_price().and_then(|d| price_number(&d)),
+        max_price: plan.max_price().and_then(|d| price_number(&d)),
         zone_count: u32::try_from(plan.zones.len()).unwrap_or(u32::MAX),
         version: p.version,
         hash: p.hash,
@@ -243,6 +275,9 @@ pub(super) fn plan_rows(
         sell_from_us: plan.sell_from.map(|t| micros(wall(t))),
         sell_to_us: plan.sell_to.map(|t| micros(wall(t))),
         written_us: micros(written_at),
+        min_price_text: plan.min_price().map(|d| d.to_string()),
+        max_price_text: plan.max_price().map(|d| d.to_string()),
+        fetched_at: fetched_at(p.version),
     };
     if let Some(previous) = p.previous_event_date.filter(|d| *d != p.event_date) {
         out.push(PlanRow {
@@ -268,5 +303,25 @@ mod tests {
         }
         assert_eq!(decode_price(None, id).unwrap(), None);
         assert!(matches!(decode_price(Some("abc".into()), id), Err(StoreError::Permanent(_))));
+    }
+
+    #[test]
+    fn price_numbers_are_ten_thousandths_truncated_like_the_upgrade() {
+        let n = |s: &str| price_number(&s.parse::<Decimal>().unwrap());
+        assert_eq!(n("20.00"), Some(200_000));
+        assert_eq!(n("7.5"), Some(75_000));
+        assert_eq!(n("-3.25"), Some(-32_500));
+        assert_eq!(n("123456789.123456789"), Some(1_234_567_891_234));
+        assert_eq!(n("0.00001"), Some(0));
+        assert_eq!(n("99999999999999.9999"), Some(999_999_999_999_999_999));
+        assert_eq!(n("100000000000000"), None);
+    }
+
+    #[test]
+    fn fetched_at_is_the_fetch_start_of_a_version() {
+        let start = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let version = (1_700_000_000_123u64 << 20) | 17;
+        assert_eq!(fetched_at(version), start.with_timezone(&Utc));
+        assert_eq!(fetched_at(7), DateTime::UNIX_EPOCH);
     }
 }

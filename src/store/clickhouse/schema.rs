@@ -13,6 +13,7 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("../../../clickhouse/001_init.sql")),
     ("002_exact_days", include_str!("../../../clickhouse/002_exact_days.sql")),
     ("003_day_changes", include_str!("../../../clickhouse/003_day_changes.sql")),
+    ("004_analyst_schema", include_str!("../../../clickhouse/004_analyst_schema.sql")),
 ];
 
 /// Where `schema_migrations` comes from; rendered like a migration.

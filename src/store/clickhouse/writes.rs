@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::retry::{timed, with_attempts};
 use super::rows::{
-    clamp_day, clamp_instant, day_int, micros, plan_rows, DayChangeRow, FetchRow, UuidRow, ZoneRow,
-    PLAN_COLUMNS,
+    clamp_day, clamp_instant, day_int, fetched_at, micros, plan_rows, price_number, DayChangeRow, FetchRow,
+    UuidRow, ZoneRow, PLAN_COLUMNS,
 };
 use super::ClickHouseStore;
 use crate::domain::{FetchRecord, PlanKey, StoredPlan};
@@ -48,6 +48,7 @@ impl ClickHouseStore {
             let mut insert = c.insert::<ZoneRow<'_>>("zones").await?;
             for p in plans {
                 let key = &p.plan.key;
+                let fetched = fetched_at(p.version);
                 for (idx, z) in p.plan.zones.iter().enumerate() {
                     let row = ZoneRow {
                         provider: &key.provider,
@@ -59,8 +60,10 @@ impl ClickHouseStore {
                         zone_id: z.zone_id,
                         name: &z.name,
                         capacity: z.capacity,
-                        price: &z.price,
+                        price: price_number(&z.price),
                         numbered: z.numbered.into(),
+                        price_text: &z.price,
+                        fetched_at: fetched,
                     };
                     insert.write(&row).await?;
                 }
@@ -154,7 +157,8 @@ impl ClickHouseStore {
              SELECT provider, base_plan_id, plan_id, id, title, online, toUInt8(1), organizer_company_id, \
                     start_local, end_local, start_utc, end_utc, event_date, sell_from, sell_to, sold_out, \
                     min_price, max_price, zone_count, version, hash, superseded, toDateTime({}), event_day, \
-                    start_us, end_us, start_local_us, end_local_us, sell_from_us, sell_to_us, toInt64({}) \
+                    start_us, end_us, start_local_us, end_local_us, sell_from_us, sell_to_us, toInt64({}), \
+                    min_price_text, max_price_text, fetched_at \
              FROM plans FINAL \
              WHERE event_day IN ({}) AND id IN ({}) AND superseded = 0 AND ever_online = 0",
             clamp_instant(now).timestamp(),
