@@ -42,6 +42,7 @@ async fn the_store_on_a_replicated_cluster() {
     conformance_on_the_cluster(&cluster).await;
     fixtures_end_to_end_on_the_cluster(&cluster).await;
     a_replica_killed_during_ingestion_and_searches_loses_nothing(&mut cluster).await;
+    a_frozen_replica_is_left_for_the_other(&cluster).await;
 }
 
 async fn store_on(cluster: &Cluster, database: &str) -> ClickHouseStore {
@@ -94,7 +95,7 @@ async fn conformance_on_the_cluster(cluster: &Cluster) {
     assert_same_rows(cluster, "conformance");
 }
 
-/// Both replicas hold exactly the same rows in every table.
+/// Both replicas hold exactly the same rows in every table (once merged).
 fn assert_same_rows(cluster: &Cluster, database: &str) {
     for table in ["plans", "zones", "fetches", "day_changes"] {
         let columns = cluster.query(
@@ -102,7 +103,10 @@ fn assert_same_rows(cluster: &Cluster, database: &str) {
             &format!("SELECT name FROM system.columns WHERE database = '{database}' AND table = '{table}'"),
         );
         let order = columns.lines().collect::<Vec<_>>().join(", ");
-        let sql = format!("SELECT * FROM {database}.{table} ORDER BY {order}");
+        // Replacing tables compare merged (`FINAL`): each replica runs the same merges, not at
+        // the same moment.
+        let merged = if table == "fetches" { "" } else { "FINAL" };
+        let sql = format!("SELECT * FROM {database}.{table} {merged} ORDER BY {order}");
         let first = cluster.query(0, &sql);
         assert!(!first.is_empty() || table == "fetches", "{database}.{table} is empty");
         for i in 1..cluster.nodes.len() {
@@ -118,6 +122,10 @@ fn service_settings(cluster: &Cluster, database: &str, provider: &str, extra: &[
         ("PLANFEED__PROVIDER__INTERVAL", "1h"),
         ("PLANFEED__PROVIDER__JITTER", "0s"),
         ("PLANFEED__PIPELINE__FLUSH_AGE", "20ms"),
+        // A ping of the live replica may take longer than the default 100 ms on a loaded 2-core
+        // machine running two servers, a keeper and the catch-up of the restarted replica; what
+        // is tested here is the failover, not the search deadline (tests/search_cache.rs).
+        ("PLANFEED__SEARCH__STORE_DEADLINE", "1s"),
     ]
     .iter()
     .chain([("PLANFEED__PROVIDER__TIMEOUT", "60s")].iter())
@@ -202,8 +210,10 @@ fn search_load(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(
         let mut i = 0u32;
         while !stop.load(Ordering::Relaxed) {
             i += 1;
-            let day = 1 + i % 28;
-            let q = format!("?starts_at=2030-01-{day:02}T00:00:00Z&ends_at=2031-12-31T00:00:00Z");
+            // One month of the generated plans' five years, a different one each time.
+            let (year, month) = (2021 + (i / 12) % 5, 1 + i % 12);
+            let q =
+                format!("?starts_at={year}-{month:02}-01T00:00:00Z&ends_at={year}-{month:02}-28T00:00:00Z");
             match events(&base, &q).await {
                 Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {
@@ -277,7 +287,10 @@ async fn a_replica_killed_during_ingestion_and_searches_loses_nothing(cluster: &
     }
     wait_for_fetches(&service.store, 1).await;
     tokio::time::sleep(fault().saturating_sub(down_at.elapsed())).await;
-    let searchable = events(&base, WIDE).await.expect("search with a replica down").len();
+    // Straight from the store in one query (a search over every day of five years would be a
+    // thousand queries of runs of days, beside the search load's).
+    let (first, last) = service.store.day_bounds().await.expect("day bounds with a replica down").unwrap();
+    let searchable = service.store.plans_by_day(first, last).await.expect("read with a replica down").len();
     cluster.nodes[0].start_again();
     cluster.wait_for_keeper();
     stop.store(true, Ordering::Relaxed);
@@ -286,7 +299,10 @@ async fn a_replica_killed_during_ingestion_and_searches_loses_nothing(cluster: &
     let fetch = &service.store.recent_fetches(1).await.unwrap()[0];
     assert_eq!(fetch.error, None, "{fetch:?}");
     assert!(written_before_kill < stats.online as u64, "the kill came before the last batch");
-    assert_eq!(searchable, stats.online, "every online plan is searchable");
+    // Rows node 0 acknowledged but node 1 had not fetched yet are out of sight until node 0 is
+    // back (ADR 10): the search answers with what the live replica holds.
+    assert!(searchable > 0 && searchable <= stats.online, "{searchable} searchable with node 0 down");
+    eprintln!("{searchable} of {} plans searchable while node 0 was down", stats.online);
     assert_eq!(service.counters.plans_written.load(Ordering::Relaxed), stats.online as u64);
     assert!(
         failed.is_empty(),
@@ -296,10 +312,58 @@ async fn a_replica_killed_during_ingestion_and_searches_loses_nothing(cluster: &
         &failed[..failed.len().min(3)]
     );
     assert!(answered > 0);
+    eprintln!("replica killed: {answered} searches answered, none failed");
     service.shutdown().await;
 
     cluster.sync_replicas("faults");
     assert_same_rows(cluster, "faults");
     let sql = "SELECT count() FROM faults.plans FINAL WHERE superseded = 0";
-    assert_eq!(cluster.query(0, sql).trim(), stats.online.to_string(), "the restarted replica caught up");
+    for i in 0..cluster.nodes.len() {
+        assert_eq!(cluster.query(i, sql).trim(), stats.online.to_string(), "every plan on node {i}");
+    }
+}
+
+/// Node 0 frozen (SIGSTOP: connections accepted, nothing answered) while searches run: statements
+/// in flight on it give up after `query_timeout` and go to node 1, the probe steers the next ones
+/// away at once, and every search is answered.
+async fn a_frozen_replica_is_left_for_the_other(cluster: &Cluster) {
+    let extra = [("PLANFEED__STORE__CLICKHOUSE__QUERY_TIMEOUT", "2s"), ("PLANFEED__ROLE", "api")];
+    let (service, base) = start(service_settings(cluster, "faults", "http://127.0.0.1:9/", &extra)).await;
+    let ready = base.clone();
+    wait_for("service ready", move || {
+        let url = format!("{ready}/ready");
+        async move { reqwest::get(url).await.map(|r| r.status() == 200).unwrap_or(false) }.boxed()
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = search_load(base.clone(), stop.clone());
+    cluster.nodes[0].pause();
+    let frozen_at = Instant::now();
+    let (ready, down) = (base.clone(), format!(r#""{}":"down""#, cluster.nodes[0].url()));
+    wait_for("/ready shows the frozen node down", move || {
+        let (url, down) = (format!("{ready}/ready"), down.clone());
+        async move {
+            let Ok(res) = reqwest::get(url).await else { return false };
+            res.status() == 200 && res.text().await.is_ok_and(|body| body.contains(&down))
+        }
+        .boxed()
+    })
+    .await;
+    tokio::time::sleep(fault().saturating_sub(frozen_at.elapsed())).await;
+    let (first, last) = service.store.day_bounds().await.expect("day bounds with a replica frozen").unwrap();
+    let wide = service.store.plans_by_day(first, last).await.expect("read with a replica frozen").len();
+    cluster.nodes[0].resume();
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = load.await.unwrap();
+    assert_eq!(wide, 3000);
+    assert!(
+        failed.is_empty(),
+        "{} of {} searches failed: {:?}",
+        failed.len(),
+        answered,
+        &failed[..failed.len().min(3)]
+    );
+    assert!(answered > 0);
+    eprintln!("replica frozen: {answered} searches answered, none failed");
+    service.shutdown().await;
 }

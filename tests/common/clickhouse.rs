@@ -169,7 +169,9 @@ impl ClickHouseServer {
         use std::io::{Read, Write};
         let mut stream =
             std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.http_port)).map_err(|e| e.to_string())?;
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        // A `SYSTEM SYNC REPLICA` waits for a catch-up: as long as the tests' safety net (this file
+        // is also included by the benches, without `common::PATIENCE`).
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
         let request = format!(
             "POST /?wait_end_of_query=1 HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{sql}",
             sql.len()

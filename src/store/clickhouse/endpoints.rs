@@ -91,7 +91,20 @@ impl Endpoints {
         Err(last.unwrap_or_else(|| StoreError::Unavailable("no clickhouse replica configured".into())))
     }
 
-    /// Pings every replica at once and records the answers: `Ok` when any answered, else the
+    /// Pings every replica at once and returns as soon as one answers (a frozen replica must not
+    /// hold up the readiness probe); the last failure when none does.
+    pub(super) async fn ping_any(&self, limit: Duration) -> StoreResult<()> {
+        let pings = self.list.iter().map(|e| {
+            Box::pin(async move {
+                let answer = ping(&e.client, limit).await;
+                e.mark(answer.is_ok());
+                answer
+            })
+        });
+        futures::future::select_ok(pings).await.map(|_| ())
+    }
+
+    /// Pings every replica at once and records every answer: `Ok` when any answered, else the
     /// first replica's failure.
     pub(super) async fn ping_all(&self, limit: Duration) -> StoreResult<()> {
         let pings = self.list.iter().map(|e| async move {
