@@ -55,12 +55,8 @@ async fn main() {
     );
 
     // 1. Straight through the store, batches of 5,000 plans.
-    let settings = |db: &str| ClickHouseSettings {
-        url: server.url(),
-        database: db.into(),
-        user: "default".into(),
-        password: None,
-    };
+    let settings =
+        |db: &str| ClickHouseSettings { url: server.url(), database: db.into(), ..Default::default() };
     let store = ClickHouseStore::connect(settings("bench_store")).await.unwrap();
     store.migrate().await.unwrap();
     let stored: Vec<StoredPlan> = parsed

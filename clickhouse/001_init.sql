@@ -1,13 +1,16 @@
 -- planfeed schema, first version. Keep to the subset that runs on ClickHouse 18.16 (Debian) and on a
 -- current server: no DateTime64, Map, Bool, Date32, LowCardinality, no server-side parameters.
 -- Statements are separated by a `;` at the end of a line (the HTTP interface runs one at a time).
+-- Placeholders make the same text serve one server and a cluster (src/store/clickhouse/schema.rs):
+-- `{{on_cluster}}` becomes `ON CLUSTER <name>` in cluster mode, `{{engine <table> <Engine>(args)}}`
+-- becomes `Replicated<Engine>(<ZooKeeper path of the table>, <replica>, args)` there.
 
 -- One row per written plan version. ReplacingMergeTree(version) keeps the newest row per
 -- (event_date, provider, base_plan_id, plan_id); a plan that moved to another day gets a tombstone
 -- (superseded = 1) at its old day with the new version, so the old day's row is replaced too.
 -- ever_online is sticky: the store carries it from the stored rows of the key into each new row.
 -- Search reads `FINAL` over the partitions of the requested days only.
-CREATE TABLE IF NOT EXISTS plans
+CREATE TABLE IF NOT EXISTS plans {{on_cluster}}
 (
     provider String,
     base_plan_id UInt64,
@@ -36,14 +39,14 @@ CREATE TABLE IF NOT EXISTS plans
     superseded UInt8,
     written_at DateTime('UTC')
 )
-ENGINE = ReplacingMergeTree(version)
+ENGINE = {{engine plans ReplacingMergeTree(version)}}
 PARTITION BY toYYYYMM(event_date)
 ORDER BY (event_date, provider, base_plan_id, plan_id);
 
 -- Zones of every written plan version, for ad-hoc price and capacity history. `idx` is the zone's
 -- position in the plan (zone ids may repeat); the replacing engine collapses the identical rows a
 -- retried batch may write twice.
-CREATE TABLE IF NOT EXISTS zones
+CREATE TABLE IF NOT EXISTS zones {{on_cluster}}
 (
     provider String,
     base_plan_id UInt64,
@@ -58,12 +61,12 @@ CREATE TABLE IF NOT EXISTS zones
     price String,
     numbered UInt8
 )
-ENGINE = ReplacingMergeTree
+ENGINE = {{engine zones ReplacingMergeTree}}
 PARTITION BY toYYYYMM(event_date)
 ORDER BY (event_date, provider, base_plan_id, plan_id, version, idx);
 
 -- One row per fetch attempt: provider reliability over time.
-CREATE TABLE IF NOT EXISTS fetches
+CREATE TABLE IF NOT EXISTS fetches {{on_cluster}}
 (
     provider String,
     started_at DateTime('UTC'),
@@ -77,6 +80,6 @@ CREATE TABLE IF NOT EXISTS fetches
     plans_skipped UInt64,
     error Nullable(String)
 )
-ENGINE = MergeTree
+ENGINE = {{engine fetches MergeTree}}
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (provider, started_at);

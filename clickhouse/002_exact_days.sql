@@ -9,7 +9,7 @@
 -- that span). `event_date` (clamped) still partitions by month: plans outside the span share the
 -- first or last partition. The sort key changes, so the rows are copied into a new table, which
 -- then takes the name `plans`; the old table stays as `plans_v1` (drop it once satisfied).
-CREATE TABLE IF NOT EXISTS plans_v2
+CREATE TABLE IF NOT EXISTS plans_v2 {{on_cluster}}
 (
     provider String,
     base_plan_id UInt64,
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS plans_v2
     sell_to_us Nullable(Int64),
     written_us Int64
 )
-ENGINE = ReplacingMergeTree(version)
+ENGINE = {{engine plans_v2 ReplacingMergeTree(version)}}
 PARTITION BY toYYYYMM(event_date)
 ORDER BY (event_day, provider, base_plan_id, plan_id);
 
@@ -58,4 +58,4 @@ SELECT provider, base_plan_id, plan_id, id, title, online, ever_online, organize
        toInt64(written_at) * 1000000
 FROM plans;
 
-RENAME TABLE plans TO plans_v1, plans_v2 TO plans;
+RENAME TABLE plans TO plans_v1, plans_v2 TO plans {{on_cluster}};

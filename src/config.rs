@@ -324,6 +324,19 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Apply pending migrations when the service starts (else run `planfeed migrate`).
     pub migrate_on_start: bool,
+    /// Several replicas' HTTP interfaces; when given, `url` is not used (see [`ClickHouseSettings`]).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Cluster mode: the `<remote_servers>` cluster the migrations run `ON CLUSTER` on.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Longest wait for one statement on one replica before trying the next.
+    #[serde(default = "default_query_timeout", with = "humantime_serde")]
+    pub query_timeout: Duration,
+}
+
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl ClickHouseConfig {
@@ -335,6 +348,9 @@ impl ClickHouseConfig {
             database: self.database.clone(),
             user: self.user.clone(),
             password: std::env::var(Self::PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
+            urls: self.urls.clone(),
+            cluster: self.cluster.clone().filter(|c| !c.is_empty()),
+            query_timeout: self.query_timeout,
         }
     }
 }
@@ -350,6 +366,14 @@ pub struct ClickHouseSettings {
     pub database: String,
     pub user: String,
     pub password: Option<String>,
+    /// Replicas of one shard (HTTP interfaces), tried in this order: reads and writes go to the
+    /// first healthy one and fail over to the next. Empty: `url` alone.
+    pub urls: Vec<String>,
+    /// Cluster mode: migrations run `ON CLUSTER` this cluster with replicated engines.
+    pub cluster: Option<String>,
+    /// Longest wait for one statement on one replica before trying the next.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
 }
 
 impl Default for ClickHouseSettings {
@@ -359,24 +383,41 @@ impl Default for ClickHouseSettings {
             database: "planfeed".into(),
             user: "default".into(),
             password: None,
+            urls: Vec::new(),
+            cluster: None,
+            query_timeout: default_query_timeout(),
         }
     }
 }
 
 impl ClickHouseSettings {
+    /// The replicas to talk to: `urls` when given, else `url`.
+    pub fn endpoints(&self) -> Vec<String> {
+        let urls = if self.urls.is_empty() { std::slice::from_ref(&self.url) } else { &self.urls[..] };
+        urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect()
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         // Built without TLS: put a TLS-terminating proxy in front of a remote server if needed.
-        if !self.url.starts_with("http://") {
-            return Err(format!(
-                "clickhouse url must start with http:// (no TLS support), got {:?}",
-                self.url
-            ));
+        if let Some(url) = self.endpoints().into_iter().find(|u| !u.starts_with("http://")) {
+            return Err(format!("clickhouse url must start with http:// (no TLS support), got {url:?}"));
+        }
+        if self.urls.len() > 16 {
+            return Err(format!("clickhouse urls lists {} replicas; at most 16", self.urls.len()));
+        }
+        if self.query_timeout.is_zero() {
+            return Err("clickhouse query_timeout must be positive".into());
         }
         let valid_name = |s: &str| {
             !s.is_empty()
                 && !s.starts_with(|c: char| c.is_ascii_digit())
                 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         };
+        if let Some(cluster) = self.cluster.as_deref().filter(|c| !valid_name(c)) {
+            return Err(format!(
+                "clickhouse cluster must be letters, digits and underscores, got {cluster:?}"
+            ));
+        }
         if !valid_name(&self.database) {
             return Err(format!(
                 "clickhouse database must be letters, digits and underscores, got {:?}",
@@ -425,6 +466,8 @@ impl Settings {
                     .prefix_separator("__")
                     .separator("__")
                     .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("store.clickhouse.urls")
                     .source(Some(env)),
             )
             .build()?

@@ -117,3 +117,12 @@ pub fn record_connection_closed(reason: &'static str) {
 pub fn set_connections_open(n: usize) {
     metrics::gauge!("planfeed_http_connections_open").set(n as f64);
 }
+
+/// Whether ClickHouse replica `endpoint` answered its last statement or probe (1) or not (0).
+pub fn record_store_endpoint(endpoint: &str, up: bool) {
+    metrics::gauge!("planfeed_clickhouse_endpoint_up", "endpoint" => endpoint.to_string()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
+}

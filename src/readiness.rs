@@ -63,3 +63,16 @@ impl Readiness {
         ok
     }
 }
+
+/// The body of a `/ready` answer: the status word and, when the process talks to several ClickHouse
+/// replicas, the state of each (`up`: answered its last statement or probe). Ready means at least
+/// one replica answers.
+pub fn describe(status: &str) -> String {
+    let endpoints = crate::store::clickhouse::endpoint_health();
+    if endpoints.len() < 2 {
+        return serde_json::json!({ "status": status }).to_string();
+    }
+    let states: serde_json::Map<String, serde_json::Value> =
+        endpoints.into_iter().map(|(url, up)| (url, (if up { "up" } else { "down" }).into())).collect();
+    serde_json::json!({ "status": status, "store_endpoints": states }).to_string()
+}

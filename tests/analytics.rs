@@ -39,32 +39,29 @@ async fn query(url: &str, database: &str, sql: &str) -> Result<Vec<Vec<String>>,
     Ok(body.lines().map(|l| l.split('\t').map(str::to_string).collect()).collect())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_documented_query_runs_and_answers_from_ingested_data() {
-    let Some(server) = common::clickhouse::ClickHouseServer::start() else { return };
-    let env = |url: &str| {
-        vec![
-            ("PLANFEED__STORE__BACKEND".to_string(), "clickhouse".to_string()),
-            ("PLANFEED__STORE__CLICKHOUSE__URL".to_string(), url.to_string()),
-            ("PLANFEED__STORE__CLICKHOUSE__DATABASE".to_string(), "analytics".to_string()),
-            ("PLANFEED__PIPELINE__FLUSH_AGE".to_string(), "20ms".to_string()),
-        ]
-    };
+/// Ingests the three fixture snapshots with `env` (the store's settings), then runs every documented
+/// query on `url` and checks the answers.
+async fn ingest_and_query(env: Vec<(String, String)>, url: &str, after_ingest: impl FnOnce()) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provider");
     for file in ["response_1.xml", "response_2.xml", "response_3.derived.xml"] {
-        let settings = Settings::load_with(Path::new("/nonexistent"), env(&server.url())).unwrap();
-        let url = format!("file://{}", fixtures.join(file).canonicalize().unwrap().display());
-        let record = planfeed::service::ingest_once(settings, Some(url), None, false).await.unwrap();
+        let mut env = env.clone();
+        env.push(("PLANFEED__PIPELINE__FLUSH_AGE".to_string(), "20ms".to_string()));
+        let settings = Settings::load_with(Path::new("/nonexistent"), env).unwrap();
+        let feed = format!("file://{}", fixtures.join(file).canonicalize().unwrap().display());
+        let record = planfeed::service::ingest_once(settings, Some(feed), None, false).await.unwrap();
         assert_eq!(record.error, None, "{file}");
     }
+    after_ingest();
 
     let queries = documented_queries();
-    assert!(queries.len() >= 6, "docs/analytics.md documents {} queries", queries.len());
+    assert!(queries.len() >= 9, "docs/analytics.md documents {} queries", queries.len());
     let mut results = std::collections::HashMap::new();
     for (title, sql) in &queries {
-        let rows = query(&server.url(), "analytics", sql)
-            .await
-            .unwrap_or_else(|e| panic!("query {title:?} failed: {e}"));
+        for conversion in ["toFloat64", "toDecimal", "bitShiftRight", "intDiv(", "OrNull("] {
+            assert!(!sql.contains(conversion), "query {title:?} converts with {conversion}");
+        }
+        let rows =
+            query(url, "analytics", sql).await.unwrap_or_else(|e| panic!("query {title:?} failed: {e}"));
         results.insert(title.split('.').next().unwrap().to_string(), rows);
     }
 
@@ -72,10 +69,13 @@ async fn every_documented_query_runs_and_answers_from_ingested_data() {
     let per_day: Vec<(String, String)> = results["1"].iter().map(|r| (r[0].clone(), r[1].clone())).collect();
     let expected = [("2021-02-10", "1"), ("2021-02-11", "1"), ("2021-06-30", "1"), ("2021-07-31", "1")];
     assert_eq!(per_day, expected.map(|(d, n)| (d.to_string(), n.to_string())));
-    // 2. Plan 291 changed in every snapshot: three versions of three zones, capacities as fed.
+    // 2. Plan 291 changed in every snapshot: three versions of three zones, capacities as fed, prices
+    //    as numbers, fetch times as instants of this run.
     let caps: Vec<&str> = results["2"].iter().map(|r| r[3].as_str()).collect();
     assert_eq!(caps, ["243", "100", "90", "240", "50", "90", "200", "0", "80"]);
-    assert_eq!(results["2"][0][4], "20.00");
+    assert_eq!(results["2"][0][4], "20.0000");
+    let this_year = chrono::Utc::now().format("%Y-").to_string();
+    assert!(results["2"].iter().all(|r| r[0].starts_with(&this_year)), "{:?}", results["2"]);
     // 4. Capacity-0 zones of the latest versions.
     let sold_out: Vec<String> = results["4"].iter().map(|r| format!("{}/{}/{}", r[1], r[2], r[3])).collect();
     assert_eq!(sold_out, ["291/291/38", "1591/1642/186"]);
@@ -91,4 +91,32 @@ async fn every_documented_query_runs_and_answers_from_ingested_data() {
         "{:?}",
         results["8"]
     );
+    // 9. The widest price range is plan 291's, computed on the numbers.
+    assert_eq!(
+        results["9"][0][..7],
+        ["fever", "291", "291", "Camela en concierto", "15.0000", "30.0000", "15.0000"]
+    );
+    assert_eq!(results["9"].len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_query_runs_and_answers_from_ingested_data() {
+    let Some(server) = common::clickhouse::ClickHouseServer::start() else { return };
+    let env = vec![
+        ("PLANFEED__STORE__BACKEND".to_string(), "clickhouse".to_string()),
+        ("PLANFEED__STORE__CLICKHOUSE__URL".to_string(), server.url()),
+        ("PLANFEED__STORE__CLICKHOUSE__DATABASE".to_string(), "analytics".to_string()),
+    ];
+    ingest_and_query(env, &server.url(), || ()).await;
+}
+
+/// The same on a two-replica cluster: written through the failover store, read on the replica
+/// that was not written to first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_query_runs_on_a_replica_of_the_cluster() {
+    let Some(cluster) = common::cluster::Cluster::start(2) else { return };
+    ingest_and_query(cluster.env("analytics"), &cluster.nodes[1].url(), || {
+        cluster.sync_replicas("analytics")
+    })
+    .await;
 }

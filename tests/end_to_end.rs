@@ -265,8 +265,7 @@ async fn fixtures_end_to_end_on_clickhouse() {
     let settings = planfeed::store::clickhouse::ClickHouseSettings {
         url: server.url(),
         database: "e2e".into(),
-        user: "default".into(),
-        password: None,
+        ..Default::default()
     };
     let store = planfeed::store::clickhouse::ClickHouseStore::connect(settings).await.unwrap();
     assert!(!store.migrate().await.unwrap().is_empty());

@@ -20,12 +20,7 @@ async fn status(base: &str, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_follows_the_store() {
     let Some(mut server) = common::clickhouse::ClickHouseServer::start() else { return };
-    let ch = ClickHouseSettings {
-        url: server.url(),
-        database: "ready".into(),
-        user: "default".into(),
-        password: None,
-    };
+    let ch = ClickHouseSettings { url: server.url(), database: "ready".into(), ..Default::default() };
     let store = ClickHouseStore::connect(ch).await.unwrap();
     store.migrate().await.unwrap();
     let env = [("PLANFEED__ROLE", "api"), ("PLANFEED__SEARCH__CACHE_TTL", "1h")];

@@ -163,7 +163,7 @@ async fn migrations_run_once() {
     assert_eq!(again.migrate().await.unwrap(), Vec::<String>::new());
     assert_eq!(
         raw_rows(&server, "SELECT name FROM schema_migrations ORDER BY name").await,
-        "001_init\n002_exact_days\n003_day_changes\n"
+        "001_init\n002_exact_days\n003_day_changes\n004_analyst_schema\n"
     );
     let tables = raw_rows(
         &server,
@@ -173,7 +173,8 @@ async fn migrations_run_once() {
     assert_eq!(
         tables,
         "day_changes\tReplacingMergeTree\nfetches\tMergeTree\nplans\tReplacingMergeTree\nplans_v1\tReplacingMergeTree\n\
-         schema_migrations\tMergeTree\nzones\tReplacingMergeTree\n"
+         plans_v2\tReplacingMergeTree\nschema_migrations\tMergeTree\nzones\tReplacingMergeTree\n\
+         zones_v1\tReplacingMergeTree\n"
     );
 
     // A fresh database reports what it applied.
@@ -186,7 +187,7 @@ async fn migrations_run_once() {
     .unwrap();
     assert_eq!(
         fresh.migrate().await.unwrap(),
-        vec!["001_init".to_string(), "002_exact_days".to_string(), "003_day_changes".to_string()]
+        ["001_init", "002_exact_days", "003_day_changes", "004_analyst_schema"].map(String::from).to_vec()
     );
     assert_eq!(fresh.migrate().await.unwrap(), Vec::<String>::new());
 }
@@ -196,24 +197,9 @@ async fn migrations_run_once() {
 #[tokio::test]
 async fn the_exact_days_migration_keeps_existing_plans() {
     let Some(server) = ClickHouseServer::start() else { return };
-    // Creates the database, migrates nothing.
+    // The schema as the first release left it.
     let store = ClickHouseStore::connect(settings_for(&server)).await.unwrap();
-    let first =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/clickhouse/001_init.sql")).unwrap();
-    for statement in first
-        .split(";\n")
-        .map(|s| s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n"))
-    {
-        if !statement.trim().is_empty() {
-            raw_exec(&server, statement.trim().trim_end_matches(';')).await;
-        }
-    }
-    raw_exec(
-        &server,
-        "CREATE TABLE schema_migrations (name String, applied_at DateTime('UTC')) ENGINE = MergeTree ORDER BY name",
-    )
-    .await;
-    raw_exec(&server, "INSERT INTO schema_migrations VALUES ('001_init', now())").await;
+    assert_eq!(store.migrate_to("001_init").await.unwrap(), vec!["001_init".to_string()]);
     let old = stored(
         plan(1, 1, "written before", "2021-06-30T21:00:00", "2021-06-30T23:00:00", true, &["20.00"]),
         7,
@@ -233,9 +219,19 @@ async fn the_exact_days_migration_keeps_existing_plans() {
     )
     .await;
 
+    // Zones as 001 kept them: exact text, one with more than 4 decimals, one beyond 14 digits.
+    raw_exec(
+        &server,
+        "INSERT INTO zones (provider, base_plan_id, plan_id, version, event_date, idx, zone_id, name, \
+             capacity, price, numbered) \
+         VALUES ('fever', 1, 1, 7, '2021-06-30', 0, 1, 'a', 10, '7.5', 1), \
+                ('fever', 1, 1, 7, '2021-06-30', 1, 2, 'b', 10, '123456789.123456789', 1), \
+                ('fever', 1, 1, 7, '2021-06-30', 2, 3, 'c', 10, '999999999999999999.99', 0)",
+    )
+    .await;
     assert_eq!(
         store.migrate().await.unwrap(),
-        vec!["002_exact_days".to_string(), "003_day_changes".to_string()]
+        ["002_exact_days", "003_day_changes", "004_analyst_schema"].map(String::from).to_vec()
     );
     let rows = store.plans_by_day(day("2021-06-30"), day("2021-06-30")).await.unwrap();
     assert_eq!(rows.len(), 1);
@@ -250,6 +246,20 @@ async fn the_exact_days_migration_keeps_existing_plans() {
         (day("2021-06-30"), 7, old.hash)
     );
     assert_eq!(raw_rows(&server, "SELECT count() FROM plans_v1").await, "1\n", "the old table is kept");
+    // 004: prices become numbers beside their exact text, the version's fetch time a column.
+    assert_eq!(
+        raw_rows(
+            &server,
+            "SELECT min_price, max_price, min_price_text, toUnixTimestamp(fetched_at), toTypeName(min_price) FROM plans"
+        )
+        .await,
+        "20.0000\t20.0000\t20.00\t0\tNullable(Decimal(18, 4))\n"
+    );
+    assert_eq!(
+        raw_rows(&server, "SELECT zone_id, price, price_text FROM zones ORDER BY idx").await,
+        "1\t7.5000\t7.5\n2\t123456789.1234\t123456789.123456789\n3\t\\N\t999999999999999999.99\n"
+    );
+    assert_eq!(raw_rows(&server, "SELECT count() FROM zones_v1").await, "3\n", "the old zones are kept");
 
     // A newer version after the upgrade replaces it; far days sit beside it.
     let newer = stored(
@@ -313,17 +323,18 @@ async fn round_trip_keeps_local_times_and_exact_prices() {
     assert_eq!(rows[0].min_price.unwrap().to_string(), "1.10");
     assert_eq!((rows[1].min_price, rows[1].max_price), (None, None));
 
-    // The zones rows carry the exact decimal text, in feed order.
-    let sql = "SELECT provider, idx, zone_id, name, capacity, price, numbered, version FROM zones \
+    // The zones rows carry the price as a number and as the feed's exact text, in feed order.
+    let sql =
+        "SELECT provider, idx, zone_id, name, capacity, price, price_text, numbered, version FROM zones \
                WHERE base_plan_id = 322 AND plan_id = 1642 ORDER BY idx FORMAT TSV";
     let sql = percent_encoding::utf8_percent_encode(sql, percent_encoding::NON_ALPHANUMERIC);
     let url = format!("{}/?database=planfeed_test&query={sql}", server.url());
     let zones = reqwest::get(url).await.unwrap().text().await.unwrap();
     assert_eq!(
         zones,
-        "fever\t0\t1\tZone 1\t100\t20.00\t1\t1\n\
-         fever\t1\t2\tZone 2\t100\t7.5\t1\t1\n\
-         fever\t2\t3\tZone 3\t100\t100\t1\t1\n"
+        "fever\t0\t1\tZone 1\t100\t20.0000\t20.00\t1\t1\n\
+         fever\t1\t2\tZone 2\t100\t7.5000\t7.5\t1\t1\n\
+         fever\t2\t3\tZone 3\t100\t100.0000\t100\t1\t1\n"
     );
 
     assert!(store.plans_by_day(day("2021-07-01"), day("2021-07-31")).await.unwrap().is_empty());
@@ -543,10 +554,7 @@ async fn a_bulk_batch_is_one_insert_per_table() {
     store.write_plans(&batch).await.unwrap();
     eprintln!("write_plans: 5 000 plans + 20 000 zones in {:?} (debug build)", started.elapsed());
     assert_eq!(raw_rows(&server, "SELECT count() FROM plans").await, "5000\n");
-    assert_eq!(
-        raw_rows(&server, "SELECT count(), sum(toFloat64(price)) FROM zones").await,
-        "20000\t650000\n"
-    );
+    assert_eq!(raw_rows(&server, "SELECT count(), sum(price) FROM zones").await, "20000\t650000.0000\n");
     // One insert per table: one part each.
     assert_eq!(
         raw_rows(&server, "SELECT table, count() FROM system.parts WHERE database = 'planfeed_test' AND table IN ('plans', 'zones') GROUP BY table ORDER BY table").await,

@@ -67,9 +67,9 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Inf
         .map(|| json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()));
     let ready = warp::path!("ready").and(get_or_head()).and(with(state)).then(|s: ApiState| async move {
         match s.readiness.check().await {
-            Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+            Ok(()) => json_response(StatusCode::OK, crate::readiness::describe("ready").into()),
             Err(status) => {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, format!(r#"{{"status":"{status}"}}"#).into())
+                json_response(StatusCode::SERVICE_UNAVAILABLE, crate::readiness::describe(status).into())
             }
         }
     });

@@ -150,6 +150,43 @@ impl ClickHouseServer {
         self.dir.path()
     }
 
+    /// Adds `xml` (a whole `<yandex>` document) as `config.d/<name>`, merged into the config on the
+    /// next start: how a cluster node gets its ZooKeeper, macros and peers.
+    pub fn add_config(&self, name: &str, xml: &str) {
+        let dir = self.dir.path().join("config.d");
+        fs::create_dir_all(&dir).expect("config.d");
+        fs::write(dir.join(name), xml).expect("config.d file");
+    }
+
+    /// True while the server runs (started and not stopped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Runs `sql` over plain HTTP (no client library: harness code runs before any store) and
+    /// returns the body, or the status line and body on failure.
+    pub fn query_blocking(&self, sql: &str) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.http_port)).map_err(|e| e.to_string())?;
+        // A `SYSTEM SYNC REPLICA` waits for a catch-up: as long as the tests' safety net (this file
+        // is also included by the benches, without `common::PATIENCE`).
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        let request = format!(
+            "POST /?wait_end_of_query=1 HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        );
+        stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+            Ok(body.to_string())
+        } else {
+            Err(format!("{}: {body}", head.lines().next().unwrap_or_default()))
+        }
+    }
+
     /// Kills the server now (`SIGKILL`, to test what clients see when it is down); its data stays
     /// for [`Self::start_again`].
     pub fn stop(&mut self) {
@@ -159,7 +196,7 @@ impl ClickHouseServer {
         }
     }
 
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let log = fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
@@ -181,7 +218,7 @@ fn find_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("free port").port()
 }
 

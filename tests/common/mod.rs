@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod clickhouse;
+pub mod cluster;
 pub mod conformance;
 
 use chrono::{NaiveDate, NaiveDateTime};
