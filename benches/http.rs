@@ -126,7 +126,8 @@ async fn start_planfeed(db: &std::path::Path) -> (SocketAddr, Bytes) {
         cache_bytes: 1 << 30,
         cache_ttl: Duration::from_secs(3600),
         change_poll: Duration::from_secs(1),
-        store_deadline: Duration::from_millis(500),
+        // The warm-up reads the whole store at once, on a machine other builds may be loading.
+        store_deadline: Duration::from_secs(60),
     };
     let searcher = Arc::new(Searcher::new(store.clone(), &settings));
     searcher.search(Default::default()).await.unwrap();
