@@ -29,6 +29,7 @@ contract-test:
 ## Benchmarks (release build), one command per line; each prints its figures: ClickHouse writes and
 ## reads, criterion figures of the feed parser, the ingestion pipeline, criterion micro-benchmarks of
 ## search, ClickHouse search (cold, warm and direct reads side by side, far dates, a random replay),
+## /search over HTTP (warm 1-day and 1-month plain vs gzip, 304s, each against a bare warp handler),
 ## searches at 5/s over a 40 s ClickHouse freeze (p50/p99/max), then the bounded load test
 ## (a few seconds per run, on 127.0.0.1; installs wrk when missing), then warm 1-day searches idle and
 ## during continuous ingestion of a 61 MB changing feed, per ingestion profile (scripts/mixed.sh).
@@ -39,6 +40,7 @@ bench:
 	$(CARGO) bench --bench pipeline
 	$(CARGO) bench --bench search
 	$(CARGO) bench --bench search_clickhouse
+	$(CARGO) bench --bench http
 	PLANFEED_FREEZE_SECS=40 $(CARGO) test --release --test search_cache a_hung_clickhouse_never_holds_a_search -- --nocapture
 	scripts/loadtest.sh
 	scripts/mixed.sh

@@ -83,6 +83,7 @@ fn bench_search(c: &mut Criterion) {
         limiter: Limiter::new(&limits),
         metrics: MetricsSource { searcher: searcher.clone(), writer: None, permits: None },
         readiness: Arc::new(planfeed::readiness::Readiness::new(searcher.clone(), readiness_store)),
+        cache_control: planfeed::http::cache_control(Duration::from_secs(1)),
     };
     // Warm every day once.
     rt.block_on(searcher.search(Default::default())).unwrap();

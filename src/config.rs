@@ -51,6 +51,8 @@ pub struct Settings {
     pub spool: SpoolSettings,
     pub search: SearchSettings,
     pub log: LogSettings,
+    #[serde(default)]
+    pub http: HttpSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -445,6 +447,33 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// `[http]`: what `/search` answers tell HTTP caches (see docs/adr/0011-http-caching.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `Cache-Control: max-age` of `/search` answers, in whole seconds.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_age: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { cache_max_age: Duration::from_secs(1) }
+    }
+}
+
+impl HttpSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cache_max_age.subsec_nanos() != 0 {
+            return Err(format!(
+                "http.cache_max_age must be whole seconds (Cache-Control counts seconds), got {:?}",
+                self.cache_max_age
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Settings {
     /// Defaults, then `<dir>/local.toml` when present, then the environment.
     pub fn load(config_dir: &Path) -> Result<Self, ConfigError> {
@@ -555,6 +584,7 @@ impl Settings {
         }
         self.server.rate_limit.validate().map_err(ConfigError::Invalid)?;
         self.server.connections.validate().map_err(ConfigError::Invalid)?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
         if self.search.cache_bytes < 1024 * 1024 {
             return bad(format!(
                 "search.cache_bytes must be at least 1048576, got {}",

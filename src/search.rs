@@ -254,11 +254,48 @@ impl DayEntry {
 #[derive(Debug)]
 struct CachedBody {
     body: Bytes,
+    /// The body's content hash (its ETag), computed once.
+    hash: u128,
+    /// The compressed form, made on the first request that accepts it; counted by the weigher
+    /// (the entry is inserted again once it is made, so the cache weighs it).
+    compressed: tokio::sync::OnceCell<Bytes>,
     /// The invalidation epoch the body was built under; any invalidation retires it.
     epoch: u64,
     /// Half a TTL after its oldest day was loaded: from then on its days are in their refresh
     /// window, so the body is rebuilt from them (and picks up what the refreshes bring).
     fresh_until: Instant,
+}
+
+impl CachedBody {
+    fn weight(&self) -> u32 {
+        let compressed = self.compressed.get().map_or(0, |c| c.len());
+        (self.body.len() + compressed + 64).min(u32::MAX as usize) as u32
+    }
+}
+
+/// A `/search` answer, with what HTTP needs to validate and compress it (see `http::encoding`).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub body: Bytes,
+    /// Content hash of `body` (xxh3-128): equal bodies, equal hashes, in any process.
+    pub hash: u128,
+    /// The cached body it was served from or stored as, which keeps its compressed form.
+    cached: Option<((i64, i64), Arc<CachedBody>)>,
+}
+
+impl Answer {
+    fn uncached(body: Bytes) -> Self {
+        Self { hash: crate::http::encoding::content_hash(&body), body, cached: None }
+    }
+
+    fn cached(key: (i64, i64), cached: Arc<CachedBody>) -> Self {
+        Self { body: cached.body.clone(), hash: cached.hash, cached: Some((key, cached)) }
+    }
+
+    /// True when [`Searcher::compressed`] gives a compressed form (the answer is cached).
+    pub fn compressible(&self) -> bool {
+        self.cached.is_some()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -409,7 +446,7 @@ impl Searcher {
         // Finished bodies duplicate day bytes: a quarter of the budget on top of the days.
         let bodies = moka::future::Cache::builder()
             .max_capacity((settings.cache_bytes / 4).max(1))
-            .weigher(|_k: &(i64, i64), v: &Arc<CachedBody>| (v.body.len() + 64).min(u32::MAX as usize) as u32)
+            .weigher(|_k: &(i64, i64), v: &Arc<CachedBody>| v.weight())
             .build();
         let counters = Arc::new(SearchCounters::default());
         let inner = Inner {
@@ -457,7 +494,42 @@ impl Searcher {
 
     /// The full response body of `GET /search` for `range`.
     pub async fn search(&self, range: TimeRange) -> Result<Bytes, StoreError> {
+        self.inner.search(range).await.map(|a| a.body)
+    }
+
+    /// The answer of `GET /search` for `range`, with its content hash.
+    pub async fn answer(&self, range: TimeRange) -> Result<Answer, StoreError> {
         self.inner.search(range).await
+    }
+
+    /// The compressed form of a cached `answer`, made by `compress` on first use and kept beside its
+    /// body (same byte budget); `None` for an answer that is not cached (too large, or stale), which
+    /// would cost a compression per request.
+    pub async fn compressed(&self, answer: &Answer, compress: fn(&[u8]) -> Bytes) -> Option<Bytes> {
+        let (key, cached) = answer.cached.as_ref()?;
+        if let Some(done) = cached.compressed.get() {
+            return Some(done.clone());
+        }
+        let mut made = false;
+        let packed = cached
+            .compressed
+            .get_or_init(|| async {
+                made = true;
+                // Compressing a large body takes milliseconds: let the runtime move other tasks.
+                if cached.body.len() >= BLOCKING_COPY_BYTES && multi_threaded() {
+                    tokio::task::block_in_place(|| compress(&cached.body))
+                } else {
+                    compress(&cached.body)
+                }
+            })
+            .await
+            .clone();
+        let current = self.inner.bodies.get(key).await;
+        if made && current.is_some_and(|c| Arc::ptr_eq(&c, cached)) {
+            // Inserted again so the weigher counts the compressed bytes too.
+            self.inner.bodies.insert(*key, cached.clone()).await;
+        }
+        Some(packed)
     }
 
     /// Reads the day directory from the store unless a fresh one is loaded (start-up warming).
@@ -721,7 +793,7 @@ impl Inner {
         out
     }
 
-    async fn search(self: &Arc<Self>, range: TimeRange) -> Result<Bytes, StoreError> {
+    async fn search(self: &Arc<Self>, range: TimeRange) -> Result<Answer, StoreError> {
         let starts = range.starts_at.map_or(i64::MIN, |t| t.timestamp_micros());
         let ends = range.ends_at.map_or(i64::MAX, |t| t.timestamp_micros());
         let key = (starts, ends);
@@ -731,11 +803,11 @@ impl Inner {
             if cached.epoch == epoch {
                 if Instant::now() < cached.fresh_until {
                     self.counters.body_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(cached.body.clone());
+                    return Ok(Answer::cached(key, cached));
                 }
                 if self.store_down() {
                     self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                    return Ok(cached.body.clone());
+                    return Ok(Answer::cached(key, cached));
                 }
             }
         }
@@ -743,11 +815,11 @@ impl Inner {
         let first = range.starts_at.map(|t| t.date_naive());
         let last = range.ends_at.map(|t| t.date_naive());
         if first.zip(last).is_some_and(|(f, l)| f > l) {
-            return Ok(Bytes::from_static(EMPTY));
+            return Ok(Answer::uncached(Bytes::from_static(EMPTY)));
         }
         let (days, directory_at, mut stale) = self.days_in(first, last, deadline).await?;
         if days.is_empty() {
-            return Ok(Bytes::from_static(EMPTY));
+            return Ok(Answer::uncached(Bytes::from_static(EMPTY)));
         }
         // Sized from the directory (exact for every day read before): one allocation for the body.
         let estimate = days.iter().map(|(_, i)| i.bytes as usize + 1).sum::<usize>();
@@ -783,9 +855,13 @@ impl Inner {
         let body = out.freeze();
         let fresh_until = oldest + self.ttl() / 2;
         if !stale && body.len() <= self.body_limit && Instant::now() < fresh_until {
-            self.bodies.insert(key, Arc::new(CachedBody { body: body.clone(), epoch, fresh_until })).await;
+            let hash = crate::http::encoding::content_hash(&body);
+            let compressed = tokio::sync::OnceCell::new();
+            let cached = Arc::new(CachedBody { body, hash, compressed, epoch, fresh_until });
+            self.bodies.insert(key, cached.clone()).await;
+            return Ok(Answer::cached(key, cached));
         }
-        Ok(body)
+        Ok(Answer::uncached(body))
     }
 
     /// The directory's non-empty days between `first` and `last` (open ends: every day), with when

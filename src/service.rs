@@ -155,7 +155,9 @@ impl Service {
                         .map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks)),
                 };
                 let readiness = Arc::new(Readiness::new(searcher.clone(), store.clone()));
-                let state = ApiState { searcher: searcher.clone(), limiter, metrics, readiness };
+                let cache_control = http::cache_control(settings.http.cache_max_age);
+                let state =
+                    ApiState { searcher: searcher.clone(), limiter, metrics, readiness, cache_control };
                 serve_api(listener, state, settings.server.connections.clone(), shutdown_rx.clone())
             }
             _ => (None, None),

@@ -1,8 +1,10 @@
 //! The warp server: `GET /search`, `GET /health`, `GET /ready`, `GET /openapi.yaml`.
 //!
 //! `*_filter()`s extract and validate, handlers take their dependencies explicitly, and
-//! [`error::ApiError`] is the one place that shapes error responses.
+//! [`error::ApiError`] is the one place that shapes error responses. [`encoding`] makes `/search`
+//! answers what HTTP caches expect: ETag, `If-None-Match` → `304`, gzip, `Cache-Control`, `Vary`.
 
+pub mod encoding;
 pub mod error;
 pub mod params;
 pub mod rate_limit;
@@ -13,14 +15,18 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::header::{
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY,
+};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::config::ConnectionSettings;
 use crate::domain::TimeRange;
 use crate::metrics::{self, MetricsSource};
-use crate::search::Searcher;
+use crate::search::{Answer, Searcher};
+use encoding::Coding;
 use error::ApiError;
 
 /// The published contract, served as-is.
@@ -33,6 +39,13 @@ pub struct ApiState {
     pub limiter: rate_limit::SharedRateLimiter,
     pub metrics: MetricsSource,
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// The `Cache-Control` of `/search` answers (from [`cache_control`]).
+    pub cache_control: HeaderValue,
+}
+
+/// `Cache-Control` for `/search` answers reusable for `max_age` (`http.cache_max_age`).
+pub fn cache_control(max_age: std::time::Duration) -> HeaderValue {
+    HeaderValue::try_from(format!("max-age={}", max_age.as_secs())).expect("digits are a valid header value")
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests and returns. Connections
@@ -55,8 +68,9 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Inf
     let search = warp::path!("search")
         .and(get_or_head())
         .and(search_filter())
+        .and(warp::header::headers_cloned())
         .and(with(state.clone()))
-        .then(search_handler);
+        .then(search_handler_with);
     let metrics = warp::path!("metrics").and(get_or_head()).and(with(state.clone())).map(|s: ApiState| {
         let mut res = Response::new(s.metrics.render().into());
         res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -111,15 +125,22 @@ pub fn search_filter() -> impl Filter<Extract = (SearchRequest,), Error = Reject
         .map(|remote, forwarded_for, query| SearchRequest { remote, forwarded_for, query })
 }
 
-/// The `/search` handler: rate limits, parameters, cached answer, metrics. Public for the benches.
+/// The `/search` handler for a request without conditional or content-coding headers (a plain
+/// answer). Public for the benches.
 pub async fn search_handler(req: SearchRequest, state: ApiState) -> Response {
+    search_handler_with(req, HeaderMap::new(), state).await
+}
+
+/// The `/search` handler: rate limits, parameters, cached answer, its representation for `headers`
+/// (`Accept-Encoding`, `If-None-Match`), metrics. Public for the benches.
+pub async fn search_handler_with(req: SearchRequest, headers: HeaderMap, state: ApiState) -> Response {
     let started = std::time::Instant::now();
-    let response = answer_search(&req, &state).await;
+    let response = answer_search(&req, &headers, &state).await;
     metrics::record_search(response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
-async fn answer_search(req: &SearchRequest, state: &ApiState) -> Response {
+async fn answer_search(req: &SearchRequest, headers: &HeaderMap, state: &ApiState) -> Response {
     if let Err(e) = state.limiter.check(req.remote, req.forwarded_for.as_deref()) {
         return e.into_response();
     }
@@ -127,13 +148,48 @@ async fn answer_search(req: &SearchRequest, state: &ApiState) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match state.searcher.search(range).await {
-        Ok(body) => json_response(StatusCode::OK, body),
+    match state.searcher.answer(range).await {
+        Ok(answer) => represent(answer, headers, state).await,
         Err(e) => {
             tracing::error!(error = %e, "search failed and no cached answer exists");
             ApiError::internal().into_response()
         }
     }
+}
+
+/// `answer` as the request asks: `304` when `If-None-Match` names the tag of the representation it
+/// would get, else `200` with the body, gzip-compressed when accepted, large enough and cached (an
+/// uncached answer would cost a compression per request: it goes out plain). Both carry the same
+/// `ETag`, `Cache-Control` and `Vary`, as RFC 9110 §15.4.5 requires of a `304`.
+async fn represent(answer: Answer, headers: &HeaderMap, state: &ApiState) -> Response {
+    let coding = if answer.body.len() >= encoding::GZIP_MIN_BYTES && answer.compressible() {
+        Coding::negotiate(headers.get_all(ACCEPT_ENCODING))
+    } else {
+        Coding::Identity
+    };
+    let etag = encoding::etag(answer.hash, coding);
+    let not_modified = encoding::none_match(headers.get_all(IF_NONE_MATCH), &etag);
+    let (status, body) = if not_modified {
+        (StatusCode::NOT_MODIFIED, bytes::Bytes::new())
+    } else if coding == Coding::Gzip {
+        let packed = state.searcher.compressed(&answer, encoding::gzip).await;
+        (StatusCode::OK, packed.expect("a compressible answer is cached"))
+    } else {
+        (StatusCode::OK, answer.body)
+    };
+    let mut res = Response::new(body.into());
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    if !not_modified {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(value) = coding.header() {
+            h.insert(CONTENT_ENCODING, value);
+        }
+    }
+    h.insert(ETAG, etag);
+    h.insert(CACHE_CONTROL, state.cache_control.clone());
+    h.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    res
 }
 
 fn json_response(status: StatusCode, body: warp::hyper::body::Bytes) -> Response {

@@ -1,0 +1,256 @@
+//! `cargo bench --bench http`: `/search` over real HTTP, closed loop, side by side in one run: warm
+//! 1-day and 1-month answers plain vs gzip (with the compressed size of each), the `304` path of
+//! `If-None-Match`, and a bare warp handler serving the same bytes (the ceiling of any handler on
+//! this machine) for the plain 1-day answer and for a bodiless `304`.
+//!
+//! The store is an embedded file of 300,000 generated plans over 5 years (about 160 a day: a 1-month
+//! answer of about 1 MB, as the marketplace sees). planfeed's routes run under the service's own
+//! server (`http::run`, metrics recorder installed) on a 2-thread runtime, each bare warp handler
+//! under `warp::serve` on the same kind of runtime, and the load comes from 32 keep-alive
+//! connections on one client thread in this process, each sending its next request as soon as the
+//! previous answer is read. `PLANFEED_HTTP_BENCH_SECS` sets the seconds per run (default 5).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use planfeed::config::{ConnectionSettings, RateLimitSettings, SearchSettings};
+use planfeed::feed::random_stored_plan;
+use planfeed::http::params::parse_range;
+use planfeed::http::rate_limit::Limiter;
+use planfeed::http::ApiState;
+use planfeed::metrics::MetricsSource;
+use planfeed::search::Searcher;
+use planfeed::store::sqlite::SqliteStore;
+use planfeed::store::SharedStore;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use warp::http::{HeaderValue, StatusCode};
+use warp::Filter;
+
+const PLANS: u64 = 300_000;
+const YEARS: i64 = 5;
+const CONNECTIONS: usize = 32;
+const DAY: &str = "starts_at=2023-06-15T00:00:00Z&ends_at=2023-06-15T23:59:59Z";
+const MONTH: &str = "starts_at=2023-06-01T00:00:00Z&ends_at=2023-07-01T00:00:00Z";
+
+fn main() {
+    let secs = std::env::var("PLANFEED_HTTP_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let run_for = Duration::from_secs(secs);
+    let server_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (planfeed, day_body) = server_rt.block_on(start_planfeed(&dir.path().join("bench.db")));
+    let bare_day = server_rt.block_on(start_bare(StatusCode::OK, day_body.clone()));
+    let bare_304 = server_rt.block_on(start_bare(StatusCode::NOT_MODIFIED, Bytes::new()));
+
+    let day_tag = client_rt.block_on(fetch(planfeed, DAY, "")).etag;
+    let not_modified = format!("if-none-match: {day_tag}\r\n");
+    let gzip = "accept-encoding: gzip\r\n";
+    let runs: [(&str, SocketAddr, &str, &str); 7] = [
+        ("bare warp, 1-day bytes", bare_day, DAY, ""),
+        ("1-day plain", planfeed, DAY, ""),
+        ("1-day gzip", planfeed, DAY, gzip),
+        ("1-month plain", planfeed, MONTH, ""),
+        ("1-month gzip", planfeed, MONTH, gzip),
+        ("bare warp, 304", bare_304, DAY, ""),
+        ("1-day If-None-Match (304)", planfeed, DAY, &not_modified),
+    ];
+    println!(
+        "GET /search over HTTP/1.1, closed loop, {CONNECTIONS} connections, {secs} s per run, \
+         {PLANS} plans ({} cores, load {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split(' ')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("{:<28} {:>10} {:>6} {:>12}", "run", "req/s", "status", "answer bytes");
+    let mut rps = Vec::new();
+    for (label, addr, query, headers) in runs {
+        let first = client_rt.block_on(fetch(addr, query, headers));
+        let result = client_rt.block_on(closed_loop(addr, request(query, headers), run_for));
+        println!("{label:<28} {:>10.0} {:>6} {:>12}", result.rps, first.status, first.body_len);
+        assert_eq!(result.errors, 0, "{label}: {} errors", result.errors);
+        rps.push((label, result.rps, first.body_len));
+    }
+    summary(&rps);
+    drop(dir);
+}
+
+/// The figures the targets are about, as ratios of the runs above.
+fn summary(rps: &[(&str, f64, usize)]) {
+    let get = |label: &str| rps.iter().find(|r| r.0 == label).map(|r| (r.1, r.2 as f64)).unwrap();
+    let ratio = |a: &str, b: &str| get(a).0 / get(b).0;
+    let size = |a: &str, b: &str| 100.0 * get(a).1 / get(b).1;
+    println!(
+        "gzip size, 1-day: {:.1} % of plain; 1-month: {:.1} % (target <= 15 %)",
+        size("1-day gzip", "1-day plain"),
+        size("1-month gzip", "1-month plain")
+    );
+    println!(
+        "gzip req/s / plain req/s, 1-day: {:.2}; 1-month: {:.2} (target >= 0.80)",
+        ratio("1-day gzip", "1-day plain"),
+        ratio("1-month gzip", "1-month plain")
+    );
+    println!(
+        "304 path / bare warp 304: {:.2} (target >= 0.90)",
+        ratio("1-day If-None-Match (304)", "bare warp, 304")
+    );
+    println!(
+        "plain 1-day / bare warp 1-day bytes: {:.2} (target >= 0.80)",
+        ratio("1-day plain", "bare warp, 1-day bytes")
+    );
+}
+
+/// planfeed's routes on a filled, warm store; returns their address and the 1-day body.
+async fn start_planfeed(db: &std::path::Path) -> (SocketAddr, Bytes) {
+    let store: SharedStore = Arc::new(SqliteStore::open(db).unwrap());
+    let mut rng = StdRng::seed_from_u64(PLANS);
+    let span_minutes = YEARS * 365 * 24 * 60;
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..PLANS {
+        batch.push(random_stored_plan(&mut rng, i, span_minutes));
+        if batch.len() == 10_000 {
+            store.write_plans(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    let settings = SearchSettings {
+        cache_bytes: 1 << 30,
+        cache_ttl: Duration::from_secs(3600),
+        change_poll: Duration::from_secs(1),
+        // The warm-up reads the whole store at once, on a machine other builds may be loading.
+        store_deadline: Duration::from_secs(60),
+    };
+    let searcher = Arc::new(Searcher::new(store.clone(), &settings));
+    searcher.search(Default::default()).await.unwrap();
+    let day_body = searcher.search(parse_range(DAY).unwrap()).await.unwrap();
+    let unlimited = u32::MAX / 2;
+    let limits = RateLimitSettings {
+        per_client_per_second: unlimited,
+        per_client_burst: unlimited,
+        global_per_second: unlimited,
+        global_burst: unlimited,
+        trust_forwarded_for: false,
+    };
+    planfeed::metrics::handle();
+    let state = ApiState {
+        searcher: searcher.clone(),
+        limiter: Limiter::new(&limits),
+        metrics: MetricsSource { searcher: searcher.clone(), writer: None, permits: None },
+        readiness: Arc::new(planfeed::readiness::Readiness::new(searcher, store)),
+        cache_control: planfeed::http::cache_control(Duration::from_secs(1)),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = ConnectionSettings::default();
+    tokio::spawn(planfeed::http::run(listener, state, connections, std::future::pending()));
+    (addr, day_body)
+}
+
+/// A bare warp handler answering `GET /search` with `status` and `body` (as
+/// `examples/baseline_server.rs` does, with an ETag for the 304).
+async fn start_bare(status: StatusCode, body: Bytes) -> SocketAddr {
+    let route = warp::path!("search").and(warp::get()).map(move || {
+        let mut res = warp::reply::Response::new(body.clone().into());
+        *res.status_mut() = status;
+        res.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+        res.headers_mut().insert("etag", HeaderValue::from_static("\"0123456789abcdef0123456789abcdef\""));
+        res
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    addr
+}
+
+fn request(query: &str, headers: &str) -> Arc<[u8]> {
+    format!("GET /search?{query} HTTP/1.1\r\nhost: 127.0.0.1\r\n{headers}\r\n").into_bytes().into()
+}
+
+struct Response {
+    status: u16,
+    etag: String,
+    body_len: usize,
+}
+
+/// One request on a fresh connection (it also makes the answer warm: cached, compressed).
+async fn fetch(addr: SocketAddr, query: &str, headers: &str) -> Response {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    stream.write_all(&request(query, headers)).await.unwrap();
+    read_response(&mut stream, &mut buf).await.unwrap()
+}
+
+/// Reads one response (its body sized by `content-length`) into `buf`.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Response> {
+    buf.clear();
+    let head_end = loop {
+        if let Some(at) = memchr::memmem::find(buf, b"\r\n\r\n") {
+            break at + 4;
+        }
+        read_more(stream, buf).await?;
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).expect("an ASCII head").to_ascii_lowercase();
+    let status = head[9..12].parse().expect("a status code");
+    let field = |name: &str| {
+        head.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default()
+    };
+    let body_len: usize = field("content-length:").parse().unwrap_or(0);
+    while buf.len() < head_end + body_len {
+        read_more(stream, buf).await?;
+    }
+    Ok(Response { status, etag: field("etag:"), body_len })
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.reserve(64 * 1024);
+    if stream.read_buf(buf).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+struct Outcome {
+    rps: f64,
+    errors: u64,
+}
+
+/// [`CONNECTIONS`] keep-alive connections sending `request` back to back for `run_for`.
+async fn closed_loop(addr: SocketAddr, request: Arc<[u8]>, run_for: Duration) -> Outcome {
+    let started = Instant::now();
+    let until = started + run_for;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let mut buf = Vec::with_capacity(1 << 20);
+                let (mut done, mut errors) = (0u64, 0u64);
+                while Instant::now() < until {
+                    stream.write_all(&request).await.unwrap();
+                    match read_response(&mut stream, &mut buf).await {
+                        Ok(r) if r.status == 200 || r.status == 304 => done += 1,
+                        _ => errors += 1,
+                    }
+                }
+                (done, errors)
+            })
+        })
+        .collect();
+    let (mut done, mut errors) = (0, 0);
+    for task in tasks {
+        let (d, e) = task.await.unwrap();
+        done += d;
+        errors += e;
+    }
+    Outcome { rps: done as f64 / started.elapsed().as_secs_f64(), errors }
+}
