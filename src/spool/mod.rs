@@ -417,4 +417,41 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.label(), "io", "{err}");
     }
+
+    /// A spool file an earlier build left (`tests/fixtures/spool/`, written when the fetch record
+    /// still had its own mirror type in the codec) is read back entry for entry: the on-disk format
+    /// is the spool's promise across upgrades, whatever the codec's types.
+    #[tokio::test]
+    async fn a_spool_file_from_an_earlier_build_is_read_back() {
+        let fixture =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spool/before-serde-fetch-record.sqlite");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        std::fs::copy(fixture, &path).unwrap();
+        let spool = Arc::new(Spool::open(path, 1 << 20).unwrap());
+        assert_eq!((spool.entries(), spool.plans()), (2, 2));
+        let batch = Entry::Batch {
+            plans: vec![plan(1, 10), plan(2, 11)],
+            marks: vec![(PlanKey::new("p", 1, 9), plan(9, 1).event_date)],
+        };
+        let fetch = Entry::Fetch(FetchRecord {
+            provider: "fever".into(),
+            started_at: chrono::DateTime::parse_from_rfc3339("2026-11-30T12:34:56.789Z").unwrap().to_utc(),
+            duration_ms: 1234,
+            http_status: Some(503),
+            bytes: 56789,
+            plans_seen: 40,
+            plans_written: 30,
+            plans_unchanged: 8,
+            plans_skipped: 2,
+            error: Some("provider answered HTTP 503 Service Unavailable (after 2 retries)".into()),
+        });
+        let (seq, first) = spool.first().await.unwrap().unwrap();
+        assert_eq!(first, batch);
+        spool.remove(seq).await.unwrap();
+        let (seq, second) = spool.first().await.unwrap().unwrap();
+        assert_eq!(second, fetch);
+        spool.remove(seq).await.unwrap();
+        assert_eq!(spool.first().await.unwrap(), None);
+    }
 }
