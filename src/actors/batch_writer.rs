@@ -43,7 +43,7 @@ mod sink;
 use fetch_log::FetchTally;
 pub use fetch_log::{SPOOL_REFUSED, STORE_REJECTED};
 
-use sink::{Fate, Marks, Sink, WriteOutcome};
+use sink::{Fate, FlushTrigger, Marks, Sink, WriteOutcome};
 
 use super::counters::WriterCounters;
 use super::messages::{ChunkPlans, FetchContext, WriterMsg};
@@ -59,18 +59,6 @@ use crate::store::{SharedStore, StoreError, StoreResult};
 /// (and the store's copy of it while writing) dominate the process's memory; this keeps the
 /// writer's share bounded whatever the feed looks like.
 pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
-
-/// Why a batch was flushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushTrigger {
-    Size,
-    /// [`BATCH_BYTES`] reached.
-    Bytes,
-    Age,
-    FetchEnd,
-    Requested,
-    Stop,
-}
 
 #[derive(Clone)]
 pub struct BatchWriterArgs {
