@@ -6,7 +6,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use quick_xml::events::attributes::Attribute;
 use rust_decimal::Decimal;
 
-use super::text::{value, Shown};
+use super::text::{clipped, value, Shown};
 
 /// Why a plan is invalid, as a stable label for log summaries and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +81,12 @@ pub(super) fn id_field(key: &str, v: &str) -> Field<u64> {
         Some(n) => Field::Ok(n),
         None => Field::Bad(Invalid::new(SkipKind::InvalidId, format!("invalid {key} {}", Shown(v)))),
     }
+}
+
+/// An id attribute `a` of a base plan or plan, with its raw value [`clipped`] for the skip log.
+pub(super) fn id_attr(key: &str, a: &Attribute<'_>) -> (Field<u64>, Option<String>) {
+    let v = value(a);
+    (id_field(key, &v), Some(clipped(&v)))
 }
 
 /// A zone's price: an unsigned decimal; a negative one is told apart.

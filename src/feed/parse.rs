@@ -14,10 +14,10 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 use super::fields::{
-    date_field, fmt_dt, id_field, parse_bool, parse_datetime, parse_u64, price_field, take, trim, Field,
-    Invalid, SkipKind,
+    date_field, fmt_dt, id_attr, id_field, parse_bool, parse_datetime, parse_u64, price_field, take, trim,
+    Field, Invalid, SkipKind,
 };
-use super::text::{clipped, text, value, Shown};
+use super::text::{text, value, Shown};
 use super::{Chunker, FeedError};
 use crate::domain::{Plan, PlanKey, Zone};
 
@@ -259,11 +259,7 @@ impl ChunkParser<'_> {
         for a in e.attributes().with_checks(false) {
             let a = a.map_err(|e| e.to_string())?;
             match a.key.as_ref() {
-                key @ ("base_plan_id" | "base_event_id") => {
-                    let v = value(&a);
-                    id = id_field(key, &v);
-                    raw_id = Some(clipped(&v));
-                }
+                key @ ("base_plan_id" | "base_event_id") => (id, raw_id) = id_attr(key, &a),
                 "title" => title = text(&a),
                 "sell_mode" => online = value(&a) == "online",
                 "organizer_company_id" => organizer_company_id = parse_u64(&value(&a)),
@@ -309,11 +305,7 @@ impl ChunkParser<'_> {
         for a in e.attributes().with_checks(false) {
             let a = a.map_err(|e| e.to_string())?;
             match a.key.as_ref() {
-                key @ ("plan_id" | "event_id") => {
-                    let v = value(&a);
-                    id = id_field(key, &v);
-                    raw_id = Some(clipped(&v));
-                }
+                key @ ("plan_id" | "event_id") => (id, raw_id) = id_attr(key, &a),
                 key @ ("plan_start_date" | "event_start_date") => start = date_field(key, &a),
                 key @ ("plan_end_date" | "event_end_date") => end = date_field(key, &a),
                 "sell_from" => sell_from = parse_datetime(&value(&a)),

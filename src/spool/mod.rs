@@ -350,6 +350,13 @@ mod tests {
         StoredPlan::new(plan, chrono_tz::UTC, false, version)
     }
 
+    /// The oldest entry, removed from the spool.
+    async fn take_first(spool: &Arc<Spool>) -> Entry {
+        let (seq, entry) = spool.first().await.unwrap().unwrap();
+        spool.remove(seq).await.unwrap();
+        entry
+    }
+
     #[tokio::test]
     async fn entries_come_back_in_order_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -379,12 +386,8 @@ mod tests {
             spool.plan_states().await.unwrap().into_iter().collect();
         assert_eq!(states[&PlanKey::new("p", 1, 1)].version, 10, "the newest version of a key wins");
         assert_eq!(states.len(), 2);
-        let (seq, first) = spool.first().await.unwrap().unwrap();
-        assert_eq!(first, batch);
-        spool.remove(seq).await.unwrap();
-        let (seq, second) = spool.first().await.unwrap().unwrap();
-        assert_eq!(second, fetch);
-        spool.remove(seq).await.unwrap();
+        assert_eq!(take_first(&spool).await, batch);
+        assert_eq!(take_first(&spool).await, fetch);
         assert_eq!(spool.entries(), 1);
     }
 
@@ -446,12 +449,8 @@ mod tests {
             plans_skipped: 2,
             error: Some("provider answered HTTP 503 Service Unavailable (after 2 retries)".into()),
         });
-        let (seq, first) = spool.first().await.unwrap().unwrap();
-        assert_eq!(first, batch);
-        spool.remove(seq).await.unwrap();
-        let (seq, second) = spool.first().await.unwrap().unwrap();
-        assert_eq!(second, fetch);
-        spool.remove(seq).await.unwrap();
+        assert_eq!(take_first(&spool).await, batch);
+        assert_eq!(take_first(&spool).await, fetch);
         assert_eq!(spool.first().await.unwrap(), None);
     }
 }
