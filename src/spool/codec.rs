@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::Entry;
+use super::entry::Entry;
 use crate::domain::{Plan, PlanKey, StoredPlan, Zone};
 
 /// Stored in the `kind` column: what `body` holds.

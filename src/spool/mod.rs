@@ -14,6 +14,7 @@
 //! into another store.
 
 pub mod codec;
+mod entry;
 pub mod replay;
 
 use std::path::{Path, PathBuf};
@@ -24,26 +25,9 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::Notify;
 
-use crate::domain::{FetchRecord, PlanKey, PlanState, StoredPlan};
+pub use entry::Entry;
 
-/// What waits in the spool.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Entry {
-    /// Plan versions the store refused, with the ever-online marks that follow them.
-    Batch { plans: Vec<StoredPlan>, marks: Vec<(PlanKey, chrono::NaiveDate)> },
-    /// A fetch record the store's fetch log refused.
-    Fetch(FetchRecord),
-}
-
-impl Entry {
-    /// Plans carried (0 for a fetch record).
-    pub fn plans(&self) -> usize {
-        match self {
-            Entry::Batch { plans, .. } => plans.len(),
-            Entry::Fetch(_) => 0,
-        }
-    }
-}
+use crate::domain::{PlanKey, PlanState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -324,7 +308,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> SpoolResult<T> + Send +
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Plan, Zone};
+    use crate::domain::{FetchRecord, Plan, StoredPlan, Zone};
     use chrono::NaiveDateTime;
 
     fn plan(plan_id: u64, version: u64) -> StoredPlan {
