@@ -305,8 +305,10 @@ impl TimeRange {
     }
 }
 
-/// One fetch attempt, as recorded in the store's fetch log.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// One fetch attempt, as recorded in the store's fetch log. Its serde form is what the spool keeps
+/// of a fetch record the store refused (`src/spool/codec.rs`): renaming a field changes that file
+/// format.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FetchRecord {
     pub provider: String,
     pub started_at: DateTime<Utc>,

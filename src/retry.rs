@@ -1,5 +1,6 @@
 //! Retries: one policy type ([`RetryPolicy`]: first delay, cap, jitter) and one retry loop
-//! ([`retry`]), shared by the fetcher, the batch writer, the spool replayer and the supervisor.
+//! ([`retry`]), shared by the fetcher, the batch writer, the spool replayer, the supervisor and the
+//! connecting store.
 //! Each operation retries at one level only, and every retry is counted in
 //! `planfeed_retries_total{operation}` (see [`crate::metrics::record_retry`]), whoever retries.
 //!

@@ -184,43 +184,20 @@ impl Simulator {
             tokio::time::sleep(faults.latency).await;
         }
         if self.fail_next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-            let mut res = Response::new("provider outage".into());
-            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            return res;
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "provider outage");
         }
         if faults.error_rate > 0.0 && rand::rng().random_bool(faults.error_rate.clamp(0.0, 1.0)) {
             let statuses =
                 if faults.error_statuses.is_empty() { vec![500, 503] } else { faults.error_statuses.clone() };
             let status = statuses[rand::rng().random_range(0..statuses.len())];
-            let mut res = Response::new("provider error".into());
-            *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return res;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return plain(status, "provider error");
         }
         let n = self.served.fetch_add(1, Ordering::Relaxed);
-        let Some(mut body) = self.body(n) else {
-            let mut res = Response::new("no feed configured".into());
-            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            return res;
+        let Some(body) = self.body(n) else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "no feed configured");
         };
-        if faults.malformed && body.len() > 16 {
-            let mut broken = body.to_vec();
-            // Turn the first '<' after the middle into garbage that is not XML.
-            let mid = broken.len() / 2;
-            if let Some(i) = broken[mid..].iter().position(|&b| b == b'<') {
-                broken[mid + i] = b'%';
-                broken.insert(mid + i + 1, b'<');
-                broken.insert(mid + i + 2, b'>');
-            }
-            body = broken.into();
-        }
-        if faults.truncate {
-            body = body.slice(..body.len() / 2);
-        }
-        if faults.gzip {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            let _ = enc.write_all(&body);
-            body = enc.finish().unwrap_or_default().into();
-        }
+        let body = damaged(body, &faults);
         let mut res = match (faults.stall, faults.piece_bytes) {
             // One piece with its length: hyper hands the whole buffer to the socket.
             (None, None) => Response::new(body.into()),
@@ -245,6 +222,37 @@ impl Simulator {
         }
         res
     }
+}
+
+/// A short text answer with `status`.
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    let mut res = Response::new(text.into());
+    *res.status_mut() = status;
+    res
+}
+
+/// `body` as the faults leave it: made malformed, truncated, gzipped.
+fn damaged(mut body: Bytes, faults: &Faults) -> Bytes {
+    if faults.malformed && body.len() > 16 {
+        let mut broken = body.to_vec();
+        // Turn the first '<' after the middle into garbage that is not XML.
+        let mid = broken.len() / 2;
+        if let Some(i) = broken[mid..].iter().position(|&b| b == b'<') {
+            broken[mid + i] = b'%';
+            broken.insert(mid + i + 1, b'<');
+            broken.insert(mid + i + 2, b'>');
+        }
+        body = broken.into();
+    }
+    if faults.truncate {
+        body = body.slice(..body.len() / 2);
+    }
+    if faults.gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(&body);
+        body = enc.finish().unwrap_or_default().into();
+    }
+    body
 }
 
 /// Streams `body` in pieces of `piece` bytes (chunked), pausing `stall` half-way.

@@ -25,11 +25,11 @@
 //! When the store cannot be read at start (not reachable yet), the writer loads in the background
 //! and holds the chunks it receives meanwhile, with their permits: ingestion waits.
 //!
-//! Files: this one holds the actor and its bookkeeping (what is stored, batched, in flight), which
-//! every message reads and changes, so it stays whole at about 650 lines; a batch's delivery is in
-//! [`sink`] and a fetch's record in [`fetch_log`].
+//! Files: this one holds the actor and its bookkeeping (what is stored, batched, in flight); the
+//! bookkeeping's loading is in `load`, a batch's delivery in `sink`, what a delivered batch
+//! changes in the bookkeeping in `settle`, and a fetch's tally and record in `fetch_log`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,39 +38,28 @@ use chrono::NaiveDate;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 mod fetch_log;
+mod load;
+mod settle;
 mod sink;
 
 use fetch_log::FetchTally;
 pub use fetch_log::{SPOOL_REFUSED, STORE_REJECTED};
 
-use sink::{Fate, Marks, Sink, WriteOutcome};
+use sink::{FlushTrigger, Sink, WriteOutcome};
 
 use super::counters::WriterCounters;
 use super::messages::{ChunkPlans, FetchContext, WriterMsg};
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
-use crate::retry::{retry, RetryPolicy};
 use crate::search::Searcher;
-use crate::spool::replay::{bounded, Replayer};
-use crate::spool::{Entry, Spool};
-use crate::store::{SharedStore, StoreError, StoreResult};
+use crate::spool::replay::Replayer;
+use crate::spool::Spool;
+use crate::store::SharedStore;
 
 /// Estimated memory of a batch that triggers a flush. Plans vary a hundredfold in size (a plan
 /// with 200 zones weighs ~16 KiB in memory), so a plan count alone lets a batch of big plans
 /// (and the store's copy of it while writing) dominate the process's memory; this keeps the
 /// writer's share bounded whatever the feed looks like.
 pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
-
-/// Why a batch was flushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushTrigger {
-    Size,
-    /// [`BATCH_BYTES`] reached.
-    Bytes,
-    Age,
-    FetchEnd,
-    Requested,
-    Stop,
-}
 
 #[derive(Clone)]
 pub struct BatchWriterArgs {
@@ -140,13 +129,13 @@ impl Actor for BatchWriter {
         me: ActorRef<WriterMsg>,
         args: BatchWriterArgs,
     ) -> Result<BatchWriterState, ActorProcessingErr> {
-        let (persisted, loading) = match load_states(&args).await {
+        let (persisted, loading) = match load::load_states(&args.store, args.spool.as_ref()).await {
             Ok(persisted) => (persisted, None),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "store not readable yet: ingestion waits for it");
                 let (args, me) = (args.clone(), me.clone());
                 tokio::spawn(async move {
-                    let persisted = load_until_done(&args).await;
+                    let persisted = load::load_until_done(&args.store, args.spool.as_ref()).await;
                     let _ = me.cast(WriterMsg::Loaded(persisted));
                 });
                 (HashMap::new(), Some(Vec::new()))
@@ -223,50 +212,6 @@ impl Actor for BatchWriter {
         state.replayer.take();
         Ok(())
     }
-}
-
-/// The bookkeeping: the spool's pending plans, then the store's (read in this order, a plan
-/// replayed in between is found in the store).
-async fn load_states(args: &BatchWriterArgs) -> StoreResult<HashMap<PlanKey, PlanState>> {
-    let started = Instant::now();
-    let spooled = match &args.spool {
-        Some(spool) if spool.entries() > 0 => {
-            spool.plan_states().await.map_err(|e| StoreError::Unavailable(e.to_string()))?
-        }
-        _ => Vec::new(),
-    };
-    let mut persisted: HashMap<_, _> = args.store.load_plan_states().await?.into_iter().collect();
-    let pending = spooled.len();
-    for (key, state) in spooled {
-        match persisted.get(&key) {
-            Some(s) if s.version > state.version => {}
-            _ => {
-                persisted.insert(key, state);
-            }
-        }
-    }
-    tracing::info!(
-        plans = persisted.len(),
-        spooled = pending,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "writer loaded plan states"
-    );
-    Ok(persisted)
-}
-
-/// [`load_states`] retried with capped backoff until it succeeds.
-async fn load_until_done(args: &BatchWriterArgs) -> HashMap<PlanKey, PlanState> {
-    let policy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1));
-    let loaded = retry(
-        &policy,
-        u32::MAX,
-        "load_plan_states",
-        || load_states(args),
-        |_| true,
-        |e, _, delay| tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "plan states not readable yet"),
-    );
-    // Only `u32::MAX` failures in a row (decades) end the loop: then start empty.
-    loaded.await.unwrap_or_default()
 }
 
 impl BatchWriterState {
@@ -469,127 +414,6 @@ impl BatchWriterState {
         self.finish_write().await;
     }
 
-    /// Awaits the write in flight, if any, and records its outcome.
-    async fn finish_write(&mut self) {
-        let Some(f) = self.in_flight.take() else { return };
-        let outcome = match f.handle.await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                // Nothing is known to be durable: the fetch says so, the next fetch offers the plans again.
-                tracing::error!(error = %e, plans = f.batch.len(), "store write task failed: batch not written");
-                WriteOutcome::failed(f.batch.len(), format!("store write task failed: {e}"))
-            }
-        };
-        let mut days = HashSet::<NaiveDate>::new();
-        let written = self.settle_plans(&f.batch, &outcome.fates, &mut days);
-        let counters = &self.args.counters;
-        counters.plans_written.fetch_add(written, Ordering::Relaxed);
-        if written > 0 {
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.fates.contains(&Fate::Dropped) {
-            counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        self.tally_outcome(&f.origins, &outcome);
-        tracing::debug!(
-            plans = f.batch.len(),
-            written,
-            trigger = ?f.trigger,
-            retries = outcome.retries,
-            elapsed_ms = f.started.elapsed().as_millis() as u64,
-            "batch delivered"
-        );
-        self.settle_marks(f.marks, outcome.marked, &mut days);
-        if let Some(searcher) = self.args.searcher.as_ref().filter(|_| !days.is_empty()) {
-            let days: Vec<_> = days.into_iter().collect();
-            searcher.invalidate(&days).await;
-        }
-    }
-
-    /// Takes the written and spooled plans of a delivered batch into the bookkeeping and collects
-    /// the days a written one changed; returns how many were written.
-    fn settle_plans(&mut self, batch: &[StoredPlan], fates: &[Fate], days: &mut HashSet<NaiveDate>) -> u64 {
-        let mut written = 0u64;
-        for (p, fate) in batch.iter().zip(fates) {
-            if *fate == Fate::Dropped {
-                continue;
-            }
-            if *fate == Fate::Written {
-                // Spooled plans' days are invalidated by the replayer, once they are in the store.
-                days.insert(p.event_date);
-                days.extend(p.previous_event_date);
-                written += 1;
-            }
-            let state = PlanState {
-                hash: p.hash,
-                event_date: p.event_date,
-                version: p.version,
-                ever_online: p.ever_online,
-            };
-            self.persisted.insert(p.plan.key.clone(), state);
-        }
-        written
-    }
-
-    /// Applied or spooled marks go into the bookkeeping (an applied one changes its day); marks
-    /// not applied go back in line for the next write (or into the row of a newer version).
-    fn settle_marks(
-        &mut self,
-        marks: HashMap<PlanKey, NaiveDate>,
-        marked: Marks,
-        days: &mut HashSet<NaiveDate>,
-    ) {
-        if marked == Marks::NotApplied {
-            if !marks.is_empty() {
-                tracing::warn!(
-                    marks = marks.len(),
-                    "ever-online marks not applied; retrying with the next write"
-                );
-            }
-            for (key, day) in marks {
-                match self.in_batch.get(&key) {
-                    Some(&i) => self.batch[i].ever_online = true,
-                    None => {
-                        self.marks.entry(key).or_insert(day);
-                    }
-                }
-            }
-            return;
-        }
-        for (key, day) in &marks {
-            if let Some(state) = self.persisted.get_mut(key) {
-                state.ever_online = true;
-            }
-            if marked == Marks::Applied {
-                days.insert(*day);
-            }
-        }
-    }
-
-    /// Adds what became of each observation of a delivered batch to its fetch's tally.
-    fn tally_outcome(&mut self, origins: &[(usize, u64)], outcome: &WriteOutcome) {
-        let mut touched = HashSet::new();
-        for &(slot, fetch_id) in origins {
-            let Some(tally) = self.fetches.get_mut(&fetch_id) else { continue };
-            match outcome.fates.get(slot) {
-                Some(Fate::Written) => tally.written += 1,
-                Some(Fate::Spooled) => tally.spooled += 1,
-                Some(Fate::Dropped) | None => tally.dropped += 1,
-            }
-            touched.insert(fetch_id);
-        }
-        for fetch_id in touched {
-            let Some(tally) = self.fetches.get_mut(&fetch_id) else { continue };
-            tally.store_retries += outcome.retries;
-            if outcome.held.is_some() {
-                tally.held_reason.clone_from(&outcome.held);
-            }
-            if outcome.dropped.is_some() {
-                tally.dropped_reason.clone_from(&outcome.dropped);
-            }
-        }
-    }
-
     /// Once every chunk of an ended fetch is in, flushes and records the fetch in the store's log.
     async fn maybe_finish_fetch(&mut self, me: &ActorRef<WriterMsg>, fetch_id: u64) {
         let done = self
@@ -605,7 +429,8 @@ impl BatchWriterState {
         let (record, outcome) = tally.complete(end);
         crate::metrics::record_fetch(&record.provider, outcome);
         let announced = self.args.recorded.as_ref().map(|tx| (tx, record.clone()));
-        self.record(record).await;
+        fetch_log::record_fetch(&self.args.store, self.args.spool.as_ref(), self.args.write_timeout, record)
+            .await;
         if let Some((tx, record)) = announced {
             let _ = tx.send(record);
         }
@@ -614,31 +439,6 @@ impl BatchWriterState {
         if self.fetches.len() > 64 {
             let oldest = *self.fetches.keys().min().unwrap_or(&0);
             self.fetches.remove(&oldest);
-        }
-    }
-}
-
-impl BatchWriterState {
-    /// Appends a fetch record to the store's log; behind spooled entries (or when the store
-    /// refuses it) it goes to the spool, so it lands after the plans it counts.
-    async fn record(&self, record: FetchRecord) {
-        let spool = self.args.spool.as_ref();
-        if spool.is_none_or(|s| s.entries() == 0) {
-            match bounded(self.args.write_timeout, self.args.store.record_fetch(&record)).await {
-                Ok(()) => return,
-                Err(e) if e.is_transient() && spool.is_some() => {
-                    tracing::debug!(error = %e, "fetch record goes to the spool");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not record the fetch in the store's log");
-                    return;
-                }
-            }
-        }
-        if let Some(spool) = spool {
-            if let Err(e) = spool.append(Arc::new(Entry::Fetch(record))).await {
-                tracing::warn!(error = %e, "could not spool the fetch record: not recorded");
-            }
         }
     }
 }

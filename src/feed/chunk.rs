@@ -157,6 +157,31 @@ impl PrologScan {
         None
     }
 
+    /// The root element opening at `b[i]` (`<` there): its name, where its open tag ends and
+    /// whether it closes itself; `None` while more bytes are needed; an error for a name that is
+    /// not one of [`ROOTS`].
+    fn root_open(&mut self, b: &[u8], i: usize) -> Result<Option<(&'static str, usize, bool)>, FeedError> {
+        let rest = &b[i..];
+        let window = &rest[1..rest.len().min(MAX_NAME + 2)];
+        let name_end = window.iter().position(|&c| is_ws(c) || c == b'/' || c == b'>');
+        let name = &window[..name_end.unwrap_or(window.len())];
+        let wrong = || {
+            let shown: String = String::from_utf8_lossy(name).chars().take(MAX_NAME).collect();
+            FeedError::WrongShape(format!("unexpected root element <{shown}>"))
+        };
+        let Some(_) = name_end else {
+            if name.len() > MAX_NAME || !ROOTS.iter().any(|r| r.as_bytes().starts_with(name)) {
+                return Err(wrong());
+            }
+            return Ok(None);
+        };
+        let Some(root) = ROOTS.iter().find(|r| r.as_bytes() == name) else {
+            return Err(wrong());
+        };
+        self.resume = self.resume.max(i + 1 + name.len());
+        Ok(self.root_tag_end(b).map(|(end, self_closing)| (*root, end, self_closing)))
+    }
+
     /// End (one past) of the root open tag and whether it is self-closing, skipping quoted
     /// attribute values; resumes inside a quote.
     fn root_tag_end(&mut self, b: &[u8]) -> Option<(usize, bool)> {
@@ -342,24 +367,7 @@ impl Chunker {
                 // `<!DOCTYPE ...>`, maybe with an internal subset in brackets.
                 b'!' => p.doctype_end(b, i + 2),
                 _ => {
-                    let window = &rest[1..rest.len().min(MAX_NAME + 2)];
-                    let name_end = window.iter().position(|&c| is_ws(c) || c == b'/' || c == b'>');
-                    let name = &window[..name_end.unwrap_or(window.len())];
-                    let wrong = || {
-                        let shown: String = String::from_utf8_lossy(name).chars().take(MAX_NAME).collect();
-                        FeedError::WrongShape(format!("unexpected root element <{shown}>"))
-                    };
-                    let Some(_) = name_end else {
-                        if name.len() > MAX_NAME || !ROOTS.iter().any(|r| r.as_bytes().starts_with(name)) {
-                            return Err(wrong());
-                        }
-                        return Ok(false);
-                    };
-                    let Some(root) = ROOTS.iter().find(|r| r.as_bytes() == name) else {
-                        return Err(wrong());
-                    };
-                    p.resume = p.resume.max(i + 1 + name.len());
-                    let Some((end, self_closing)) = p.root_tag_end(b) else {
+                    let Some((root, end, self_closing)) = p.root_open(b, i)? else {
                         return Ok(false);
                     };
                     self.state = State::Body { root };

@@ -64,22 +64,55 @@ pub fn generate(spec: &GenSpec, round: u32) -> Vec<u8> {
 pub fn generate_into(spec: &GenSpec, round: u32, out: &mut Vec<u8>) -> GenStats {
     out.clear();
     out.reserve(200 + spec.base_plans * (150 + spec.plans_per_base * (250 + spec.zones_per_plan * 95)));
-    let mut stats = GenStats::default();
-    let offline_share = spec.offline_share.clamp(0.0, 1.0);
-    let invalid_share = spec.invalid_share.clamp(0.0, 1.0);
-    let epoch = NaiveDate::from_ymd_opt(2021, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap();
-    let r = u64::from(round);
-
+    let mut gen = Round {
+        spec,
+        round,
+        r: u64::from(round),
+        offline_share: spec.offline_share.clamp(0.0, 1.0),
+        invalid_share: spec.invalid_share.clamp(0.0, 1.0),
+        epoch: NaiveDate::from_ymd_opt(2021, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap(),
+        stats: GenStats::default(),
+    };
     out.extend_from_slice(
         b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<planList xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" version=\"1.0\" xsi:noNamespaceSchemaLocation=\"planList.xsd\">\n   <output>\n",
     );
     for b in 0..spec.base_plans as u64 {
+        gen.base_plan(out, b);
+    }
+    out.extend_from_slice(b"   </output>\n</planList>\n");
+    gen.stats
+}
+
+/// One round being written: what every base plan, plan and zone draws from.
+struct Round<'a> {
+    spec: &'a GenSpec,
+    round: u32,
+    r: u64,
+    offline_share: f64,
+    invalid_share: f64,
+    epoch: NaiveDateTime,
+    stats: GenStats,
+}
+
+/// What a plan's zones need to know of their plan.
+struct ZoneDraw<'r> {
+    /// Draws that stay the same across rounds, and those of this round.
+    rng: &'r mut StdRng,
+    rr: &'r mut StdRng,
+    /// The plan's first zone gets a price in the wrong format.
+    bad_price: bool,
+}
+
+impl Round<'_> {
+    /// Base plan `b` with its plans. Its title and sell mode are its own; a few change per round.
+    fn base_plan(&mut self, out: &mut Vec<u8>, b: u64) {
+        let (spec, round) = (self.spec, self.round);
         let base_id = 100 + b;
         let mut base_rng = StdRng::seed_from_u64(mix(&[spec.seed, 1, b]));
-        let mut base_round = StdRng::seed_from_u64(mix(&[spec.seed, 2, b, r]));
+        let mut base_round = StdRng::seed_from_u64(mix(&[spec.seed, 2, b, self.r]));
         let title = TITLES[base_rng.random_range(0..TITLES.len())];
         let organizer = base_rng.random_bool(0.8).then(|| base_rng.random_range(1..50u32));
-        let mut offline = base_rng.random_bool(offline_share);
+        let mut offline = base_rng.random_bool(self.offline_share);
         if round > 0 && base_round.random_bool(0.03) {
             offline = !offline;
         }
@@ -99,93 +132,100 @@ pub fn generate_into(spec: &GenSpec, round: u32, out: &mut Vec<u8>) -> GenStats 
             let _ = write!(out, " (nueva fecha {round})");
         }
         out.extend_from_slice(b"\">\n");
-
         for p in 0..spec.plans_per_base as u64 {
-            // Plans in a slot get replaced every `period` rounds: plans appear and disappear while
-            // the count stays the same.
-            let slot = mix(&[spec.seed, 3, b, p]);
-            let period = 4 + slot % 12;
-            let phase = (slot >> 8) % period;
-            let generation = (r + phase) / period;
-            let plan_id = 1 + p + generation * spec.plans_per_base as u64;
-
-            let mut rng = StdRng::seed_from_u64(mix(&[spec.seed, 4, b, plan_id]));
-            let mut rr = StdRng::seed_from_u64(mix(&[spec.seed, 5, b, plan_id, r]));
-            let start = epoch + Duration::minutes(15 * rng.random_range(0..5 * 365 * 24 * 4i64));
-            let mut length = 15 * rng.random_range(2..=16i64);
-            if round > 0 && rr.random_bool(0.05) {
-                length += 15 * rr.random_range(1..=4i64);
-            }
-            let end = start + Duration::minutes(length);
-            let sell_from = start - Duration::days(rng.random_range(20..200i64));
-            let sell_to = start - Duration::minutes(10);
-            let sold_out = rr.random_bool(0.05);
-            let invalid = rng.random_bool(invalid_share);
-            let mut kind = rng.random_range(0..5u32);
-            if kind == 2 && spec.zones_per_plan == 0 {
-                kind = 3;
-            }
-            stats.plans += 1;
-            if invalid {
-                stats.invalid += 1;
-            } else if online {
-                stats.online += 1;
-            }
-
-            out.extend_from_slice(b"         <plan plan_start_date=\"");
-            if invalid && kind == 0 {
-                // An impossible date, like the provider's 2021-09-31.
-                let month = [4, 6, 9, 11][rng.random_range(0..4usize)];
-                let _ =
-                    write!(out, "{}-{month:02}-31T{:02}:00:00", 2021 + rng.random_range(0..5), start.hour());
-            } else {
-                write_dt(out, start);
-            }
-            if !(invalid && kind == 4) {
-                out.extend_from_slice(b"\" plan_end_date=\"");
-                write_dt(out, if invalid && kind == 3 { start - Duration::minutes(length) } else { end });
-            }
-            out.push(b'"');
-            if !(invalid && kind == 1) {
-                let _ = write!(out, " plan_id=\"{plan_id}\"");
-            }
-            out.extend_from_slice(b" sell_from=\"");
-            write_dt(out, sell_from);
-            out.extend_from_slice(b"\" sell_to=\"");
-            write_dt(out, sell_to);
-            let _ = writeln!(out, "\" sold_out=\"{sold_out}\">");
-
-            let mut zone_id = 0u64;
-            for z in 0..spec.zones_per_plan {
-                // Now and then a zone id repeats, as in the real feed.
-                if z == 0 || !rng.random_bool(0.03) {
-                    zone_id = 1 + rng.random_range(0..5000u64);
-                }
-                let name = ZONE_NAMES[rng.random_range(0..ZONE_NAMES.len())];
-                let base_capacity = rng.random_range(0..500u32);
-                let mut cents = 50 * rng.random_range(10..400i64);
-                let style = rng.random_range(0..3u32);
-                let numbered = rng.random_bool(0.5);
-                let capacity =
-                    base_capacity.saturating_sub(rr.random_range(0..=base_capacity.min(20) * r as u32));
-                if round > 0 && rr.random_bool(0.1) {
-                    cents += 50 * rr.random_range(-5..=10i64);
-                }
-                let _ =
-                    write!(out, "            <zone zone_id=\"{zone_id}\" capacity=\"{capacity}\" price=\"");
-                if invalid && kind == 2 && z == 0 {
-                    let _ = write!(out, "{},{:02}", cents / 100, cents % 100);
-                } else {
-                    write_price(out, cents, style);
-                }
-                let _ = writeln!(out, "\" name=\"{name}\" numbered=\"{numbered}\" />");
-            }
-            out.extend_from_slice(b"         </plan>\n");
+            self.plan(out, b, p, online);
         }
         out.extend_from_slice(b"      </base_plan>\n");
     }
-    out.extend_from_slice(b"   </output>\n</planList>\n");
-    stats
+
+    /// Plan slot `p` of base plan `b`: which plan holds the slot this round, its dates, and now
+    /// and then one of the provider's kinds of invalid plan.
+    fn plan(&mut self, out: &mut Vec<u8>, b: u64, p: u64, online: bool) {
+        let (spec, round, r) = (self.spec, self.round, self.r);
+        // Plans in a slot get replaced every `period` rounds: plans appear and disappear while
+        // the count stays the same.
+        let slot = mix(&[spec.seed, 3, b, p]);
+        let period = 4 + slot % 12;
+        let phase = (slot >> 8) % period;
+        let generation = (r + phase) / period;
+        let plan_id = 1 + p + generation * spec.plans_per_base as u64;
+
+        let mut rng = StdRng::seed_from_u64(mix(&[spec.seed, 4, b, plan_id]));
+        let mut rr = StdRng::seed_from_u64(mix(&[spec.seed, 5, b, plan_id, r]));
+        let start = self.epoch + Duration::minutes(15 * rng.random_range(0..5 * 365 * 24 * 4i64));
+        let mut length = 15 * rng.random_range(2..=16i64);
+        if round > 0 && rr.random_bool(0.05) {
+            length += 15 * rr.random_range(1..=4i64);
+        }
+        let end = start + Duration::minutes(length);
+        let sell_from = start - Duration::days(rng.random_range(20..200i64));
+        let sell_to = start - Duration::minutes(10);
+        let sold_out = rr.random_bool(0.05);
+        let invalid = rng.random_bool(self.invalid_share);
+        let mut kind = rng.random_range(0..5u32);
+        if kind == 2 && spec.zones_per_plan == 0 {
+            kind = 3;
+        }
+        self.stats.plans += 1;
+        if invalid {
+            self.stats.invalid += 1;
+        } else if online {
+            self.stats.online += 1;
+        }
+
+        out.extend_from_slice(b"         <plan plan_start_date=\"");
+        if invalid && kind == 0 {
+            // An impossible date, like the provider's 2021-09-31.
+            let month = [4, 6, 9, 11][rng.random_range(0..4usize)];
+            let _ = write!(out, "{}-{month:02}-31T{:02}:00:00", 2021 + rng.random_range(0..5), start.hour());
+        } else {
+            write_dt(out, start);
+        }
+        if !(invalid && kind == 4) {
+            out.extend_from_slice(b"\" plan_end_date=\"");
+            write_dt(out, if invalid && kind == 3 { start - Duration::minutes(length) } else { end });
+        }
+        out.push(b'"');
+        if !(invalid && kind == 1) {
+            let _ = write!(out, " plan_id=\"{plan_id}\"");
+        }
+        out.extend_from_slice(b" sell_from=\"");
+        write_dt(out, sell_from);
+        out.extend_from_slice(b"\" sell_to=\"");
+        write_dt(out, sell_to);
+        let _ = writeln!(out, "\" sold_out=\"{sold_out}\">");
+        self.zones(out, ZoneDraw { rng: &mut rng, rr: &mut rr, bad_price: invalid && kind == 2 });
+        out.extend_from_slice(b"         </plan>\n");
+    }
+
+    /// A plan's zones; capacities shrink and prices move a little from round to round.
+    fn zones(&self, out: &mut Vec<u8>, d: ZoneDraw<'_>) {
+        let (rng, rr, r) = (d.rng, d.rr, self.r);
+        let mut zone_id = 0u64;
+        for z in 0..self.spec.zones_per_plan {
+            // Now and then a zone id repeats, as in the real feed.
+            if z == 0 || !rng.random_bool(0.03) {
+                zone_id = 1 + rng.random_range(0..5000u64);
+            }
+            let name = ZONE_NAMES[rng.random_range(0..ZONE_NAMES.len())];
+            let base_capacity = rng.random_range(0..500u32);
+            let mut cents = 50 * rng.random_range(10..400i64);
+            let style = rng.random_range(0..3u32);
+            let numbered = rng.random_bool(0.5);
+            let capacity =
+                base_capacity.saturating_sub(rr.random_range(0..=base_capacity.min(20) * r as u32));
+            if self.round > 0 && rr.random_bool(0.1) {
+                cents += 50 * rr.random_range(-5..=10i64);
+            }
+            let _ = write!(out, "            <zone zone_id=\"{zone_id}\" capacity=\"{capacity}\" price=\"");
+            if d.bad_price && z == 0 {
+                let _ = write!(out, "{},{:02}", cents / 100, cents % 100);
+            } else {
+                write_price(out, cents, style);
+            }
+            let _ = writeln!(out, "\" name=\"{name}\" numbered=\"{numbered}\" />");
+        }
+    }
 }
 
 /// Prices in the provider's formats: `20.00`, `7.5`, `100`.

@@ -8,14 +8,16 @@
 
 use std::sync::Arc;
 
-use chrono::{NaiveDate, NaiveDateTime};
+use chrono::NaiveDateTime;
 use memchr::memmem;
-use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
-use rust_decimal::Decimal;
 
-use super::text::{clipped, text, value, Shown};
+use super::fields::{
+    date_field, fmt_dt, id_attr, id_field, parse_bool, parse_datetime, parse_u64, price_field, take, trim,
+    Field, Invalid, SkipKind,
+};
+use super::text::{text, value, Shown};
 use super::{Chunker, FeedError};
 use crate::domain::{Plan, PlanKey, Zone};
 
@@ -43,49 +45,6 @@ pub struct Skipped {
     pub plan_id: Option<String>,
     pub kind: SkipKind,
     pub reason: String,
-}
-
-/// Why a plan is invalid, as a stable label for log summaries and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SkipKind {
-    /// A required attribute (an id, a date, a zone's id or price) is absent.
-    MissingAttribute,
-    /// An id (base plan, plan, zone) is not an unsigned integer.
-    InvalidId,
-    /// A date is unparsable or impossible.
-    InvalidDate,
-    /// The end date is before the start date.
-    EndBeforeStart,
-    /// A price is not an unsigned decimal.
-    InvalidPrice,
-    /// A price carries a minus sign.
-    NegativePrice,
-}
-
-impl SkipKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::MissingAttribute => "missing_attribute",
-            Self::InvalidId => "invalid_id",
-            Self::InvalidDate => "invalid_date",
-            Self::EndBeforeStart => "end_before_start",
-            Self::InvalidPrice => "invalid_price",
-            Self::NegativePrice => "negative_price",
-        }
-    }
-}
-
-/// Why a plan (or its base plan) is invalid; the detail names the attribute and a [`Shown`] value.
-#[derive(Debug, Clone)]
-struct Invalid {
-    kind: SkipKind,
-    detail: String,
-}
-
-impl Invalid {
-    fn new(kind: SkipKind, detail: String) -> Self {
-        Self { kind, detail }
-    }
 }
 
 /// Parses a chunk produced by [`Chunker`]. Never fails as a whole: malformed XML stops the parse
@@ -220,13 +179,6 @@ struct PlanDraft {
     invalid: Option<Invalid>,
 }
 
-/// A required attribute as read.
-enum Field<T> {
-    Missing,
-    Bad(Invalid),
-    Ok(T),
-}
-
 struct ChunkParser<'p> {
     provider: &'p Arc<str>,
     out: ParsedChunk,
@@ -307,17 +259,7 @@ impl ChunkParser<'_> {
         for a in e.attributes().with_checks(false) {
             let a = a.map_err(|e| e.to_string())?;
             match a.key.as_ref() {
-                key @ ("base_plan_id" | "base_event_id") => {
-                    let v = value(&a);
-                    id = match parse_u64(&v) {
-                        Some(n) => Field::Ok(n),
-                        None => Field::Bad(Invalid::new(
-                            SkipKind::InvalidId,
-                            format!("invalid {key} {}", Shown(&v)),
-                        )),
-                    };
-                    raw_id = Some(clipped(&v));
-                }
+                key @ ("base_plan_id" | "base_event_id") => (id, raw_id) = id_attr(key, &a),
                 "title" => title = text(&a),
                 "sell_mode" => online = value(&a) == "online",
                 "organizer_company_id" => organizer_company_id = parse_u64(&value(&a)),
@@ -363,17 +305,7 @@ impl ChunkParser<'_> {
         for a in e.attributes().with_checks(false) {
             let a = a.map_err(|e| e.to_string())?;
             match a.key.as_ref() {
-                key @ ("plan_id" | "event_id") => {
-                    let v = value(&a);
-                    id = match parse_u64(&v) {
-                        Some(n) => Field::Ok(n),
-                        None => Field::Bad(Invalid::new(
-                            SkipKind::InvalidId,
-                            format!("invalid {key} {}", Shown(&v)),
-                        )),
-                    };
-                    raw_id = Some(clipped(&v));
-                }
+                key @ ("plan_id" | "event_id") => (id, raw_id) = id_attr(key, &a),
                 key @ ("plan_start_date" | "event_start_date") => start = date_field(key, &a),
                 key @ ("plan_end_date" | "event_end_date") => end = date_field(key, &a),
                 "sell_from" => sell_from = parse_datetime(&value(&a)),
@@ -430,27 +362,9 @@ impl ChunkParser<'_> {
             match a.key.as_ref() {
                 "zone_id" => {
                     let v = value(&a);
-                    zone_id = match parse_u64(&v) {
-                        Some(n) => Field::Ok(n),
-                        None => Field::Bad(Invalid::new(
-                            SkipKind::InvalidId,
-                            format!("invalid zone_id {}", Shown(&v)),
-                        )),
-                    };
+                    zone_id = id_field("zone_id", &v);
                 }
-                "price" => {
-                    let v = value(&a);
-                    price = match parse_price(&v) {
-                        Some(d) => Field::Ok(d),
-                        None if trim(&v).strip_prefix('-').and_then(parse_price).is_some() => Field::Bad(
-                            Invalid::new(SkipKind::NegativePrice, format!("negative price {}", Shown(&v))),
-                        ),
-                        None => Field::Bad(Invalid::new(
-                            SkipKind::InvalidPrice,
-                            format!("invalid price {}", Shown(&v)),
-                        )),
-                    };
-                }
+                "price" => price = price_field(&value(&a)),
                 "capacity" => capacity = trim(&value(&a)).parse().unwrap_or(0),
                 "numbered" => numbered = parse_bool(&value(&a)),
                 "name" => name = text(&a),
@@ -521,23 +435,6 @@ impl ChunkParser<'_> {
     }
 }
 
-/// The value of a required field; the first problem found is kept in `invalid`.
-fn take<T>(f: Field<T>, naming: &str, what: &str, invalid: &mut Option<Invalid>) -> Option<T> {
-    match f {
-        Field::Ok(v) => Some(v),
-        Field::Bad(why) => {
-            invalid.get_or_insert(why);
-            None
-        }
-        Field::Missing => {
-            invalid.get_or_insert_with(|| {
-                Invalid::new(SkipKind::MissingAttribute, format!("missing {naming}_{what}"))
-            });
-            None
-        }
-    }
-}
-
 fn base_label(b: &Base) -> String {
     match (&b.id, &b.raw_id) {
         (Ok(id), _) => format!("base plan {id}"),
@@ -546,103 +443,11 @@ fn base_label(b: &Base) -> String {
     }
 }
 
-fn date_field(key: &str, a: &Attribute<'_>) -> Field<NaiveDateTime> {
-    let v = value(a);
-    match parse_datetime(&v) {
-        Some(d) => Field::Ok(d),
-        None => Field::Bad(Invalid::new(SkipKind::InvalidDate, format!("invalid {key} {}", Shown(&v)))),
-    }
-}
-
-/// `s` without surrounding whitespace; the common case (nothing to trim) is checked on two bytes.
-fn trim(s: &str) -> &str {
-    match s.as_bytes() {
-        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
-        [only] if only.is_ascii_graphic() => s,
-        _ => s.trim(),
-    }
-}
-
-fn parse_u64(s: &str) -> Option<u64> {
-    let s = trim(s);
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-fn parse_bool(s: &str) -> bool {
-    matches!(trim(s), "true" | "1")
-}
-
-/// An unsigned decimal price string (`20.00`, `7.5`, `100`); the scale is kept.
-fn parse_price(s: &str) -> Option<Decimal> {
-    let s = trim(s);
-    // The usual shape (digits, maybe one point between digits, at most 18 digits) in one pass;
-    // anything else goes through the checks and `Decimal`'s own parser below.
-    let b = s.as_bytes();
-    if !b.is_empty() && b.len() <= 19 && b[0].is_ascii_digit() && b[b.len() - 1].is_ascii_digit() {
-        let mut mantissa = 0i64;
-        let mut point = None;
-        let mut plain = true;
-        for (i, &c) in b.iter().enumerate() {
-            if c.is_ascii_digit() {
-                // 19 digits may not fit: such a value is thrown away by the digit count below.
-                mantissa = mantissa.wrapping_mul(10).wrapping_add(i64::from(c - b'0'));
-            } else if c == b'.' && point.is_none() {
-                point = Some(i);
-            } else {
-                plain = false;
-                break;
-            }
-        }
-        if plain && b.len() - usize::from(point.is_some()) <= 18 {
-            let scale = point.map_or(0, |p| b.len() - p - 1) as u32;
-            return Some(Decimal::new(mantissa, scale));
-        }
-    }
-    // Unsigned only: `-5` is as invalid as `+5` (a zone cannot pay the buyer).
-    let ok = !s.is_empty()
-        && s.bytes().all(|c| c.is_ascii_digit() || c == b'.')
-        && s.bytes().filter(|&c| c == b'.').count() <= 1
-        && s.bytes().any(|c| c.is_ascii_digit());
-    if !ok {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` with optional fractional seconds; impossible dates are `None`.
-pub(crate) fn parse_datetime(s: &str) -> Option<NaiveDateTime> {
-    let b = s.trim().as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |from: usize, to: usize| -> Option<u32> {
-        b[from..to].iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
-    };
-    let mut nanos = 0;
-    if b.len() > 19 {
-        let frac = &b[20..];
-        if b[19] != b'.' || frac.is_empty() || !frac.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let mut scale = 100_000_000;
-        for &c in frac.iter().take(9) {
-            nanos += u32::from(c - b'0') * scale;
-            scale /= 10;
-        }
-    }
-    let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
-    date.and_hms_nano_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, nanos)
-}
-
-fn fmt_dt(d: NaiveDateTime) -> String {
-    d.format("%Y-%m-%dT%H:%M:%S").to_string()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use rust_decimal::Decimal;
+
+    use super::super::fields::parse_price;
     use super::*;
     use crate::feed::MAX_TEXT_BYTES;
 
@@ -692,6 +497,15 @@ pub(crate) mod tests {
         FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1
     }
 
+    /// Plan 291's zones in the first snapshot, in feed order.
+    fn camela_zones() -> Vec<Zone> {
+        vec![
+            Zone { zone_id: 40, name: "Platea".into(), capacity: 243, price: dec("20.00"), numbered: true },
+            Zone { zone_id: 38, name: "Grada 2".into(), capacity: 100, price: dec("15.00"), numbered: false },
+            Zone { zone_id: 30, name: "A28".into(), capacity: 90, price: dec("30.00"), numbered: true },
+        ]
+    }
+
     #[test]
     fn response_1_parses_to_the_exact_plans_in_both_namings() {
         for name in ["response_1.xml", "eventList/response_1.xml"] {
@@ -715,32 +529,7 @@ pub(crate) mod tests {
             assert_eq!(camela.sell_from, Some(dt("2020-07-01T00:00:00")));
             assert_eq!(camela.sell_to, Some(dt("2021-06-30T20:00:00")));
             assert!(!camela.sold_out);
-            assert_eq!(
-                camela.zones,
-                vec![
-                    Zone {
-                        zone_id: 40,
-                        name: "Platea".into(),
-                        capacity: 243,
-                        price: dec("20.00"),
-                        numbered: true
-                    },
-                    Zone {
-                        zone_id: 38,
-                        name: "Grada 2".into(),
-                        capacity: 100,
-                        price: dec("15.00"),
-                        numbered: false
-                    },
-                    Zone {
-                        zone_id: 30,
-                        name: "A28".into(),
-                        capacity: 90,
-                        price: dec("30.00"),
-                        numbered: true
-                    },
-                ]
-            );
+            assert_eq!(camela.zones, camela_zones());
             assert_eq!(camela.min_price().unwrap().to_string(), "15.00");
             assert_eq!(camela.max_price().unwrap().to_string(), "30.00");
 

@@ -1,13 +1,19 @@
-//! The spool's on-disk encoding of an entry: JSON of plain mirror types, so the domain types stay
-//! free of serde and an operator can read a stuck entry with `sqlite3` (`SELECT body FROM entries`).
-//! Prices are decimal strings (scale kept), date-times RFC 3339 / ISO 8601.
+//! The spool's on-disk encoding of an entry: JSON, so an operator can read a stuck entry with
+//! `sqlite3` (`SELECT body FROM entries`). Prices are decimal strings (scale kept), date-times
+//! RFC 3339 / ISO 8601.
+//!
+//! A fetch record is written as [`FetchRecord`]'s own serde form (a flat record of plain fields).
+//! Plans go through mirror rows instead: a plan's key holds a shared `Arc<str>` and the batch adds
+//! the writer's bookkeeping, so the rows keep the file's shape apart from the domain's. The shape
+//! is a promise across upgrades: a file an earlier build wrote is read back (tested with
+//! `tests/fixtures/spool/`).
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::Entry;
-use crate::domain::{FetchRecord, Plan, PlanKey, StoredPlan, Zone};
+use super::entry::Entry;
+use crate::domain::{Plan, PlanKey, StoredPlan, Zone};
 
 /// Stored in the `kind` column: what `body` holds.
 pub const KIND_BATCH: &str = "batch";
@@ -56,20 +62,6 @@ struct BatchBody {
     marks: Vec<(KeyRow, NaiveDate)>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct FetchBody {
-    provider: String,
-    started_at: DateTime<Utc>,
-    duration_ms: u64,
-    http_status: Option<u16>,
-    bytes: u64,
-    plans_seen: u64,
-    plans_written: u64,
-    plans_unchanged: u64,
-    plans_skipped: u64,
-    error: Option<String>,
-}
-
 /// `(kind, body)` of an entry.
 pub fn encode(entry: &Entry) -> Result<(&'static str, Vec<u8>), serde_json::Error> {
     match entry {
@@ -80,21 +72,7 @@ pub fn encode(entry: &Entry) -> Result<(&'static str, Vec<u8>), serde_json::Erro
             };
             Ok((KIND_BATCH, serde_json::to_vec(&body)?))
         }
-        Entry::Fetch(f) => {
-            let body = FetchBody {
-                provider: f.provider.clone(),
-                started_at: f.started_at,
-                duration_ms: f.duration_ms,
-                http_status: f.http_status,
-                bytes: f.bytes,
-                plans_seen: f.plans_seen,
-                plans_written: f.plans_written,
-                plans_unchanged: f.plans_unchanged,
-                plans_skipped: f.plans_skipped,
-                error: f.error.clone(),
-            };
-            Ok((KIND_FETCH, serde_json::to_vec(&body)?))
-        }
+        Entry::Fetch(f) => Ok((KIND_FETCH, serde_json::to_vec(f)?)),
     }
 }
 
@@ -108,21 +86,7 @@ pub fn decode(kind: &str, body: &[u8]) -> Result<Entry, String> {
                 marks: b.marks.into_iter().map(|(k, d)| (plan_key(k), d)).collect(),
             })
         }
-        KIND_FETCH => {
-            let f: FetchBody = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-            Ok(Entry::Fetch(FetchRecord {
-                provider: f.provider,
-                started_at: f.started_at,
-                duration_ms: f.duration_ms,
-                http_status: f.http_status,
-                bytes: f.bytes,
-                plans_seen: f.plans_seen,
-                plans_written: f.plans_written,
-                plans_unchanged: f.plans_unchanged,
-                plans_skipped: f.plans_skipped,
-                error: f.error,
-            }))
-        }
+        KIND_FETCH => serde_json::from_slice(body).map(Entry::Fetch).map_err(|e| e.to_string()),
         other => Err(format!("unknown entry kind {other:?}")),
     }
 }

@@ -14,6 +14,7 @@
 //! into another store.
 
 pub mod codec;
+mod entry;
 pub mod replay;
 
 use std::path::{Path, PathBuf};
@@ -24,26 +25,9 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::Notify;
 
-use crate::domain::{FetchRecord, PlanKey, PlanState, StoredPlan};
+pub use entry::Entry;
 
-/// What waits in the spool.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Entry {
-    /// Plan versions the store refused, with the ever-online marks that follow them.
-    Batch { plans: Vec<StoredPlan>, marks: Vec<(PlanKey, chrono::NaiveDate)> },
-    /// A fetch record the store's fetch log refused.
-    Fetch(FetchRecord),
-}
-
-impl Entry {
-    /// Plans carried (0 for a fetch record).
-    pub fn plans(&self) -> usize {
-        match self {
-            Entry::Batch { plans, .. } => plans.len(),
-            Entry::Fetch(_) => 0,
-        }
-    }
-}
+use crate::domain::{PlanKey, PlanState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -324,7 +308,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> SpoolResult<T> + Send +
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Plan, Zone};
+    use crate::domain::{FetchRecord, Plan, StoredPlan, Zone};
     use chrono::NaiveDateTime;
 
     fn plan(plan_id: u64, version: u64) -> StoredPlan {
@@ -348,6 +332,13 @@ mod tests {
             }],
         };
         StoredPlan::new(plan, chrono_tz::UTC, false, version)
+    }
+
+    /// The oldest entry, removed from the spool.
+    async fn take_first(spool: &Arc<Spool>) -> Entry {
+        let (seq, entry) = spool.first().await.unwrap().unwrap();
+        spool.remove(seq).await.unwrap();
+        entry
     }
 
     #[tokio::test]
@@ -379,12 +370,8 @@ mod tests {
             spool.plan_states().await.unwrap().into_iter().collect();
         assert_eq!(states[&PlanKey::new("p", 1, 1)].version, 10, "the newest version of a key wins");
         assert_eq!(states.len(), 2);
-        let (seq, first) = spool.first().await.unwrap().unwrap();
-        assert_eq!(first, batch);
-        spool.remove(seq).await.unwrap();
-        let (seq, second) = spool.first().await.unwrap().unwrap();
-        assert_eq!(second, fetch);
-        spool.remove(seq).await.unwrap();
+        assert_eq!(take_first(&spool).await, batch);
+        assert_eq!(take_first(&spool).await, fetch);
         assert_eq!(spool.entries(), 1);
     }
 
@@ -416,5 +403,38 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.label(), "io", "{err}");
+    }
+
+    /// A spool file an earlier build left (`tests/fixtures/spool/`, written when the fetch record
+    /// still had its own mirror type in the codec) is read back entry for entry: the on-disk format
+    /// is the spool's promise across upgrades, whatever the codec's types.
+    #[tokio::test]
+    async fn a_spool_file_from_an_earlier_build_is_read_back() {
+        let fixture =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spool/before-serde-fetch-record.sqlite");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        std::fs::copy(fixture, &path).unwrap();
+        let spool = Arc::new(Spool::open(path, 1 << 20).unwrap());
+        assert_eq!((spool.entries(), spool.plans()), (2, 2));
+        let batch = Entry::Batch {
+            plans: vec![plan(1, 10), plan(2, 11)],
+            marks: vec![(PlanKey::new("p", 1, 9), plan(9, 1).event_date)],
+        };
+        let fetch = Entry::Fetch(FetchRecord {
+            provider: "fever".into(),
+            started_at: chrono::DateTime::parse_from_rfc3339("2026-11-30T12:34:56.789Z").unwrap().to_utc(),
+            duration_ms: 1234,
+            http_status: Some(503),
+            bytes: 56789,
+            plans_seen: 40,
+            plans_written: 30,
+            plans_unchanged: 8,
+            plans_skipped: 2,
+            error: Some("provider answered HTTP 503 Service Unavailable (after 2 retries)".into()),
+        });
+        assert_eq!(take_first(&spool).await, batch);
+        assert_eq!(take_first(&spool).await, fetch);
+        assert_eq!(spool.first().await.unwrap(), None);
     }
 }

@@ -1,7 +1,8 @@
 //! A store that connects in the background: the service starts at once whether its store answers
 //! or not, and every call fails fast with [`StoreError::Unavailable`] until the store is reached
-//! (and migrated). Connection attempts repeat with capped backoff, so the service is ready within
-//! about a second of the store appearing.
+//! (and migrated). Connection attempts repeat on the shared retry loop (`src/retry.rs`, counted in
+//! `planfeed_retries_total{operation="store_connect"}`) with capped backoff, so the service is
+//! ready within about a second of the store appearing.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -13,11 +14,11 @@ use parking_lot::Mutex;
 
 use super::{DayChange, DaySize, SharedStore, Store, StoreError, StoreResult};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
+use crate::retry::{retry, RetryPolicy};
 
-/// Delay before the second attempt; it doubles up to [`CONNECT_BACKOFF_CAP`].
-const CONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
-/// Longest wait between two attempts: bounds how late the service notices its store.
-const CONNECT_BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// 100 ms before the second attempt, doubling up to 1 s: the cap bounds how late the service
+/// notices its store. No jitter: one process connects to one store.
+const CONNECT_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1));
 
 pub struct ConnectingStore {
     name: &'static str,
@@ -43,32 +44,32 @@ impl ConnectingStore {
         });
         let me = store.clone();
         tokio::spawn(async move {
-            let mut delay = CONNECT_BACKOFF_FIRST;
-            let mut attempts = 0u32;
-            loop {
-                attempts += 1;
-                match connect().await {
-                    Ok(inner) => {
-                        tracing::info!(store = me.name, location = %me.location, attempts, "store connected");
-                        let _ = me.inner.set(inner);
-                        return;
-                    }
-                    Err(e) => {
-                        // The first failure and then one in 30, not one line a second. A permanent
-                        // error (a migration the server refuses) needs an operator: say so louder.
-                        if attempts % 30 == 1 && e.is_transient() {
-                            tracing::warn!(store = me.name, location = %me.location, error = %e, attempts, "store not reachable yet; retrying");
-                        } else if attempts % 30 == 1 {
-                            tracing::error!(store = me.name, location = %me.location, error = %e, attempts, "store refuses to open; retrying");
-                        }
-                        *me.last_error.lock() = e.to_string();
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(CONNECT_BACKOFF_CAP);
+            let retryable = |_: &StoreError| true;
+            let mut failures = 0;
+            let log = |e: &StoreError, retries: u32, _: Duration| {
+                failures = retries;
+                me.failed(e, retries)
+            };
+            // Never gives up: the service keeps answering (from caches, with 503s) meanwhile.
+            if let Ok(inner) = retry(&CONNECT_RETRY, u32::MAX, "store_connect", connect, retryable, log).await
+            {
+                tracing::info!(store = me.name, location = %me.location, attempts = failures + 1, "store connected");
+                let _ = me.inner.set(inner);
             }
         });
         store
+    }
+
+    /// Keeps why attempt `retries` (from 1: the first failure) failed, and logs the first failure
+    /// and then one in 30, not one line a second. A permanent error (a migration the server
+    /// refuses) needs an operator: said louder.
+    fn failed(&self, e: &StoreError, retries: u32) {
+        if retries % 30 == 1 && e.is_transient() {
+            tracing::warn!(store = self.name, location = %self.location, error = %e, attempts = retries, "store not reachable yet; retrying");
+        } else if retries % 30 == 1 {
+            tracing::error!(store = self.name, location = %self.location, error = %e, attempts = retries, "store refuses to open; retrying");
+        }
+        *self.last_error.lock() = e.to_string();
     }
 
     /// True once the store was reached.
@@ -147,10 +148,28 @@ mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
 
+    /// `planfeed_retries_total{operation="store_connect"}` as the exporter renders it.
+    fn connect_retries() -> u64 {
+        let text = crate::metrics::handle().render();
+        let line = "planfeed_retries_total{operation=\"store_connect\"} ";
+        text.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Waits (10 s at most) until `done` holds, checking every 20 ms.
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "10 s without {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The store appears later (its folder is blocked by a file at first): calls fail fast as
-    /// unavailable meanwhile, and the store is used as soon as it opens.
+    /// unavailable meanwhile, naming why, each failed attempt is counted as a retry, and the store
+    /// is used as soon as it opens.
     #[tokio::test]
     async fn fails_fast_until_the_store_opens_then_delegates() {
+        let retries_before = connect_retries();
         let dir = tempfile::tempdir().unwrap();
         let blocker = dir.path().join("db");
         std::fs::write(&blocker, b"not a folder").unwrap();
@@ -162,18 +181,17 @@ mod tests {
                 async move { Ok(Arc::new(SqliteStore::open(&path)?) as SharedStore) }
             }
         });
+        assert_eq!(store.location(), path.display().to_string());
+        wait_until("a failed attempt counted", || connect_retries() > retries_before).await;
         let started = std::time::Instant::now();
         let err = store.ping().await.unwrap_err();
         assert!(started.elapsed() < Duration::from_millis(100));
-        assert!(err.is_transient() && err.to_string().contains("not connected yet"), "{err}");
-        assert_eq!(store.location(), path.display().to_string());
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().starts_with("store unavailable: embedded not connected yet: "), "{err}");
+        assert!(err.to_string().contains(&format!("creating folder {}", blocker.display())), "{err}");
 
         std::fs::remove_file(&blocker).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !store.connected() {
-            assert!(std::time::Instant::now() < deadline, "not connected 10 s after the store could open");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("a connection once the store could open", || store.connected()).await;
         store.ping().await.unwrap();
         assert_eq!(store.day_bounds().await.unwrap(), None);
     }

@@ -8,13 +8,24 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 
-use super::FlushTrigger;
 use crate::actors::counters::WriterCounters;
 use crate::domain::{PlanKey, StoredPlan};
 use crate::retry::{retry, RetryPolicy};
 use crate::spool::replay::{bounded, isolate, record_drop};
 use crate::spool::{Entry, Spool};
 use crate::store::{SharedStore, StoreError, StoreResult};
+
+/// Why a batch was flushed (logged with its delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushTrigger {
+    Size,
+    /// The batch's estimated memory reached `batch_writer::BATCH_BYTES`.
+    Bytes,
+    Age,
+    FetchEnd,
+    Requested,
+    Stop,
+}
 
 /// What became of one plan of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,175 @@
+//! Embedded store: one SQLite file (WAL), the default when no ClickHouse is configured.
+//!
+//! The store keeps one row per plan key holding its latest version, so a plan whose start date moved
+//! simply changes its `event_date` and is found only on its new day. Event days are integers (days
+//! since 1970-01-01), so every valid day from year 1 to the UTC day after 9999-12-31 orders as a
+//! number.
+//!
+//! One file per job: `schema` (migrations), `pool` (the writer, the readers and the blocking pool),
+//! `checkpoint` (the background WAL checkpoint), `write` and `read` (the statements), `rows` (the
+//! column codec), `json` (the zones column), `error` (transient or permanent). This file ties them
+//! to the [`Store`] trait.
+
+mod checkpoint;
+mod error;
+mod json;
+mod pool;
+mod read;
+mod rows;
+mod schema;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use rusqlite::Connection;
+
+use self::checkpoint::Checkpointer;
+use self::pool::{blocking, open_connection, Pool};
+use super::{DayChange, DaySize, Store, StoreError, StoreResult};
+use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
+
+/// The embedded store. Cheap to clone; every clone shares the same connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// First: fields drop in order, and it must close before the other connections.
+    checkpointer: Checkpointer,
+    path: PathBuf,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file, creating its parent folders, and brings the schema up
+    /// to date. Blocking: call it at start-up or from `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Unavailable(format!("creating folder {}: {e}", parent.display())))?;
+        }
+        let mut writer = open_connection(path, false)?;
+        schema::migrate(&mut writer, path)?;
+        let pool = Pool::new(path, writer)?;
+        let checkpointer = Checkpointer::spawn(path)?;
+        Ok(SqliteStore { inner: Arc::new(Inner { path: path.to_owned(), pool, checkpointer }) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// SQLite's `EXPLAIN QUERY PLAN` details for the statement `plans_by_day(from, to)` runs, so
+    /// tests and operators can check that searches read the index and never scan the table.
+    pub async fn explain_plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<String>> {
+        self.read(move |conn| read::explain_plans_by_day(conn, from, to)).await
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || f(&mut inner.pool.writer.lock())).await
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || f(&inner.pool.reader())).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn location(&self) -> String {
+        self.inner.path.display().to_string()
+    }
+
+    async fn write_plans(&self, plans: &[StoredPlan]) -> StoreResult<()> {
+        if plans.is_empty() {
+            return Ok(());
+        }
+        self.write_plans_shared(Arc::new(plans.to_vec())).await
+    }
+
+    async fn write_plans_shared(&self, plans: Arc<Vec<StoredPlan>>) -> StoreResult<()> {
+        if plans.is_empty() {
+            return Ok(());
+        }
+        // Rows are encoded (zones to JSON, dates to text) on the blocking thread, not here.
+        self.write(move |conn| write::write_batch(conn, &plans)).await?;
+        self.inner.checkpointer.nudge();
+        Ok(())
+    }
+
+    async fn mark_ever_online(&self, keys: &[(PlanKey, NaiveDate)]) -> StoreResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let days: Vec<NaiveDate> = keys.iter().map(|(_, d)| *d).collect();
+        let keys: Vec<PlanKey> = keys.iter().map(|(k, _)| k.clone()).collect();
+        self.write(move |conn| write::mark_ever_online(conn, &keys, days)).await
+    }
+
+    async fn load_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
+        self.read(read::plan_states).await
+    }
+
+    async fn plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<EventRow>> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        self.read(move |conn| read::plans_by_day(conn, from, to)).await
+    }
+
+    async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>> {
+        self.read(read::day_bounds).await
+    }
+
+    async fn day_directory(&self) -> StoreResult<Vec<DaySize>> {
+        self.read(read::day_directory).await
+    }
+
+    async fn change_marker(&self) -> StoreResult<i64> {
+        self.read(read::change_marker).await
+    }
+
+    async fn days_changed_since(&self, since: i64) -> StoreResult<Vec<DayChange>> {
+        self.read(move |conn| read::days_changed_since(conn, since)).await
+    }
+
+    async fn record_fetch(&self, fetch: &FetchRecord) -> StoreResult<()> {
+        let f = fetch.clone();
+        self.write(move |conn| write::insert_fetch(conn, &f)).await
+    }
+
+    async fn recent_fetches(&self, limit: usize) -> StoreResult<Vec<FetchRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| read::recent_fetches(conn, limit)).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        use self::error::SqlContext;
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).ctx(|| "pinging the database")).await
+    }
+}
