@@ -17,7 +17,6 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::config::ConnectionSettings;
 use crate::domain::TimeRange;
 use crate::metrics::{self, MetricsSource};
 use crate::search::Searcher;
@@ -40,7 +39,7 @@ pub struct ApiState {
 pub async fn run(
     listener: TcpListener,
     state: ApiState,
-    connections: ConnectionSettings,
+    connections: Arc<server::ConnectionLimits>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     server::serve(listener, routes(state), connections, shutdown).await;
