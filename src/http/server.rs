@@ -8,7 +8,9 @@
 //!   client IP; a connection over either limit gets an immediate `503` in the contract's error
 //!   shape and is closed, so a flood costs an accept and a write, not a file descriptor held;
 //! - `idle_timeout`: no byte either way and no request being answered for that long closes the
-//!   connection (between keep-alive requests, or a client that connects and says nothing);
+//!   connection (between keep-alive requests, or a client that connects and says nothing, or
+//!   stopped reading its answers); during a flood (1,024 connections open at once, until no more
+//!   than 128 are left) 2 s of idleness is enough, so what a flood leaves behind goes at once;
 //! - `header_read_timeout`: a request's headers must be complete within that long of their first
 //!   byte, however slowly they trickle in (slowloris).
 //!
@@ -73,7 +75,7 @@ pub async fn serve<F>(
 ) where
     F: Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(limits.clone()));
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -88,7 +90,7 @@ pub async fn serve<F>(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = registry.admit(client.ip(), &limits) else {
+        let Some(slot) = registry.admit(client.ip()) else {
             refuse(stream, client, &lingering);
             continue;
         };
@@ -125,14 +127,18 @@ pub async fn serve<F>(
 }
 
 /// Answers a connection over the limits with a `503` and closes it. The response is written
-/// at once (a fresh socket's send buffer takes it); when a lingering slot is free, the request is
-/// then read and discarded for a moment so the close does not reset the connection before the
-/// client read the answer.
+/// at once, straight to the socket (a fresh socket's send buffer takes it; tokio's `try_write`
+/// would wait for the reactor to have seen the socket writable, which a loaded reactor has not
+/// yet); when a lingering slot is free, the request is then read and discarded for a moment so
+/// the close does not reset the connection before the client read the answer.
 fn refuse(stream: TcpStream, client: SocketAddr, lingering: &Arc<Semaphore>) {
+    use std::io::Write;
     tracing::debug!(%client, "connection refused: too many open connections");
     let response = refusal_response();
-    let written = stream.try_write(response.as_bytes()).unwrap_or(0);
+    let Ok(mut raw) = stream.into_std() else { return };
+    let written = raw.write(response.as_bytes()).unwrap_or(0);
     let Ok(permit) = lingering.clone().try_acquire_owned() else { return };
+    let Ok(stream) = TcpStream::from_std(raw) else { return };
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = stream;

@@ -22,6 +22,8 @@ pub struct ConnectionLimits {
     max_per_client: AtomicUsize,
     idle_ms: AtomicU64,
     header_ms: AtomicU64,
+    /// A flood is on: idle connections are closed after [`FLOOD_IDLE`].
+    flood: AtomicBool,
     /// Wakes the watchdogs so they measure against the new timeouts.
     changed: Notify,
 }
@@ -33,6 +35,7 @@ impl ConnectionLimits {
             max_per_client: AtomicUsize::new(0),
             idle_ms: AtomicU64::new(0),
             header_ms: AtomicU64::new(0),
+            flood: AtomicBool::new(false),
             changed: Notify::new(),
         };
         limits.update(s);
@@ -56,8 +59,23 @@ impl ConnectionLimits {
         self.max_per_client.load(Ordering::Relaxed)
     }
 
+    /// `idle_timeout`, or [`FLOOD_IDLE`] while a flood is on.
     fn idle_ms(&self) -> u64 {
-        self.idle_ms.load(Ordering::Relaxed)
+        let idle = self.idle_ms.load(Ordering::Relaxed);
+        if self.flood.load(Ordering::Relaxed) {
+            idle.min(FLOOD_IDLE.as_millis() as u64)
+        } else {
+            idle
+        }
+    }
+
+    /// Turns the flood state on or off; says whether it changed.
+    fn set_flood(&self, on: bool) -> bool {
+        let changed = self.flood.swap(on, Ordering::Relaxed) != on;
+        if changed {
+            self.changed.notify_waiters();
+        }
+        changed
     }
 
     fn header_ms(&self) -> u64 {
@@ -66,18 +84,22 @@ impl ConnectionLimits {
 }
 
 /// Open connections, in total and per client IP.
-#[derive(Default)]
 pub(super) struct Registry {
+    limits: Arc<ConnectionLimits>,
     per_client: Mutex<HashMap<IpAddr, usize>>,
     total: AtomicUsize,
-    /// [`FLOOD_CONNECTIONS`] were open at once since memory was last handed back.
-    flooded: AtomicBool,
 }
 
-/// A flood of at least this many open connections is followed by [`release_memory`] once no more
-/// than [`FLOOD_OVER`] are left.
+/// A flood: at least this many connections open at once. It is over once no more than
+/// [`FLOOD_OVER`] are left.
 const FLOOD_CONNECTIONS: usize = 1024;
 const FLOOD_OVER: usize = FLOOD_CONNECTIONS / 8;
+/// While a flood is on, a connection idle this long is closed whatever `idle_timeout` says.
+/// A flood's clients may leave thousands of sockets behind (a client that pipelines requests and
+/// stops reading): each holds ~27 KB, and waiting the full idle timeout for them kept RSS at
+/// several times its idle level for 20 s after the flood. Keep-alive clients reconnect in a
+/// millisecond; memory and descriptors come back within seconds.
+pub const FLOOD_IDLE: Duration = Duration::from_secs(2);
 
 /// Hands the allocator's free pages back to the system. glibc keeps the freed buffers of
 /// thousands of closed connections in its heaps for good (a 10,000-connection flood left RSS at
@@ -100,8 +122,13 @@ pub(super) struct Slot {
 }
 
 impl Registry {
+    pub(super) fn new(limits: Arc<ConnectionLimits>) -> Self {
+        Self { limits, per_client: Mutex::default(), total: AtomicUsize::new(0) }
+    }
+
     /// A slot for a new connection from `ip`, or `None` (counted by reason) over a limit.
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr, limits: &ConnectionLimits) -> Option<Slot> {
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let limits = &self.limits;
         let mut per_client = self.per_client.lock();
         let total = self.total.load(Ordering::Relaxed);
         let mine = per_client.get(&ip).copied().unwrap_or(0);
@@ -115,8 +142,12 @@ impl Registry {
         }
         per_client.insert(ip, mine + 1);
         self.total.store(total + 1, Ordering::Relaxed);
-        if total + 1 >= FLOOD_CONNECTIONS {
-            self.flooded.store(true, Ordering::Relaxed);
+        if total + 1 >= FLOOD_CONNECTIONS && limits.set_flood(true) {
+            tracing::info!(
+                open = total + 1,
+                idle_close_ms = FLOOD_IDLE.as_millis() as u64,
+                "connection flood: idle connections are closed sooner until it is over"
+            );
         }
         crate::metrics::set_connections_open(total + 1);
         Some(Slot { registry: self.clone(), ip })
@@ -134,7 +165,8 @@ impl Drop for Slot {
         }
         let total = self.registry.total.fetch_sub(1, Ordering::Relaxed) - 1;
         crate::metrics::set_connections_open(total);
-        if total <= FLOOD_OVER && self.registry.flooded.swap(false, Ordering::Relaxed) {
+        if total <= FLOOD_OVER && self.registry.limits.set_flood(false) {
+            tracing::info!(open = total, "connection flood over: memory handed back");
             release_memory();
         }
     }
