@@ -96,6 +96,36 @@ impl Socket {
         Poll::Ready(Ok(()))
     }
 
+    /// Reads straight into hyper's buffer and checks the new bytes there (no copy when they are
+    /// whole heads, the usual case); an unfinished head at their end is taken back into `held`.
+    /// Returns whether hyper may have what is in its buffer now.
+    fn poll_read_direct(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<bool>> {
+        let before = out.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, out))?;
+        let new = &out.filled()[before..];
+        if new.is_empty() {
+            self.eof = true;
+            return Poll::Ready(Ok(true));
+        }
+        self.activity.read();
+        if self.check.pass_through() {
+            return Poll::Ready(Ok(true));
+        }
+        match self.check.check(new) {
+            Ok(n) if n == new.len() => Poll::Ready(Ok(true)),
+            Ok(n) => {
+                self.held.extend_from_slice(&new[n..]);
+                out.set_filled(before + n);
+                Poll::Ready(Ok(n > 0))
+            }
+            Err(why) => {
+                out.set_filled(before);
+                self.refuse(why);
+                Poll::Ready(Ok(true))
+            }
+        }
+    }
+
     /// Writes the refusal, shuts the sending side, then discards what the client still sends
     /// until it closes or [`LINGER`] passes.
     fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -148,13 +178,11 @@ impl AsyncRead for Socket {
             if me.eof || me.refused.is_some() {
                 return Poll::Ready(Ok(()));
             }
-            if me.check.pass_through() && me.held.is_empty() {
-                let before = out.filled().len();
-                ready!(Pin::new(&mut me.stream).poll_read(cx, out))?;
-                if out.filled().len() > before {
-                    me.activity.read();
+            if me.held.is_empty() {
+                if ready!(me.poll_read_direct(cx, out))? {
+                    return Poll::Ready(Ok(()));
                 }
-                return Poll::Ready(Ok(()));
+                continue;
             }
             ready!(me.poll_fill(cx))?;
         }
