@@ -150,7 +150,7 @@ async fn start_planfeed(db: &std::path::Path) -> (SocketAddr, Bytes) {
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let connections = ConnectionSettings::default();
+    let connections = planfeed::http::server::ConnectionLimits::new(&ConnectionSettings::default());
     tokio::spawn(planfeed::http::run(listener, state, connections, std::future::pending()));
     (addr, day_body)
 }

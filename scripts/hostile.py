@@ -11,6 +11,8 @@
   while 127.0.0.1 searches every 100 ms: the slowest answer.
 - flood: 10,000 connections from 127.0.0.1 sending requests for 5 s: RSS idle, at the end, and
   10 s after (limits raised so every connection is served).
+- heads: request heads hyper would refuse bodiless (a 100 KB header block, a 70 KB target, 150
+  header fields, the start of a TLS handshake): the status and error code each gets.
 
 Only the standard library; each case starts its own planfeed and provider simulator.
 """
@@ -235,9 +237,45 @@ def flood(extra_label=""):
     svc.stop()
 
 
+def exchange(port, data):
+    """Sends data on a fresh connection and returns all the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(10)
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # the server may stop reading once it refused
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except OSError:
+            pass
+    return got.decode("latin-1")
+
+
+def heads():
+    svc = Service(["--base-plans", "10"])
+    cases = {
+        "100 KB header block": b"GET /search HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n",
+        "70 KB request target": b"GET /search?x=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        "150 header fields": b"GET /search HTTP/1.1\r\n" + b"".join(b"x-h%d: 1\r\n" % i for i in range(150)) + b"\r\n",
+        "TLS handshake bytes": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+    }
+    for name, data in cases.items():
+        text = exchange(svc.port, data)
+        status = text.split("\r\n", 1)[0]
+        try:
+            code = json.loads(text.split("\r\n\r\n", 1)[1])["error"]["code"]
+        except (IndexError, ValueError, KeyError, TypeError):
+            code = "(no contract body)"
+        print(f"heads: {name}: {status} {code}")
+    svc.stop()
+
+
 if __name__ == "__main__":
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    cases = sys.argv[1:] or ["amplification", "doctype", "idle", "flood"]
+    cases = sys.argv[1:] or ["amplification", "doctype", "idle", "flood", "heads"]
     for case in cases:
         globals()[case]()

@@ -16,8 +16,9 @@ use parking_lot::Mutex;
 use ractor::ActorRef;
 
 use crate::actors::SupervisorMsg;
-use crate::config::{ConfigError, ProviderSettings, RateLimitSettings, Settings};
+use crate::config::{ConfigError, ConnectionSettings, ProviderSettings, RateLimitSettings, Settings};
 use crate::http::rate_limit::SharedRateLimiter;
+use crate::http::server::ConnectionLimits;
 use crate::search::Searcher;
 
 /// One change that can be applied without a restart.
@@ -37,6 +38,8 @@ pub enum Action {
     },
     Parsers(usize),
     LogLevel(String),
+    /// `server.connections`: limits and timeouts of the API's connections.
+    Connections(ConnectionSettings),
 }
 
 /// What a new configuration means for the running service.
@@ -63,7 +66,6 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
     };
     restart("role", old.role != new.role);
     restart("server.listen", old.server.listen != new.server.listen);
-    restart("server.connections", old.server.connections != new.server.connections);
     restart("store", old.store != new.store);
     restart("pipeline.chunk_bytes", old.pipeline.chunk_bytes != new.pipeline.chunk_bytes);
     restart(
@@ -91,6 +93,9 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
     }
     if old.server.rate_limit != new.server.rate_limit {
         plan.actions.push(Action::RateLimits(new.server.rate_limit.clone()));
+    }
+    if old.server.connections != new.server.connections {
+        plan.actions.push(Action::Connections(new.server.connections.clone()));
     }
     if old.search.cache_ttl != new.search.cache_ttl {
         plan.actions.push(Action::CacheTtl(new.search.cache_ttl));
@@ -134,6 +139,8 @@ pub struct Reloader {
     pub(crate) searcher: Arc<Searcher>,
     pub(crate) pipeline: Option<ActorRef<SupervisorMsg>>,
     log_level: Mutex<Option<LogLevelSetter>>,
+    /// The API's connection limits, when this process serves the API.
+    connections: std::sync::OnceLock<Arc<ConnectionLimits>>,
 }
 
 impl Reloader {
@@ -143,7 +150,19 @@ impl Reloader {
         searcher: Arc<Searcher>,
         pipeline: Option<ActorRef<SupervisorMsg>>,
     ) -> Self {
-        Self { current: Mutex::new(settings), limiter, searcher, pipeline, log_level: Mutex::new(None) }
+        Self {
+            current: Mutex::new(settings),
+            limiter,
+            searcher,
+            pipeline,
+            log_level: Mutex::new(None),
+            connections: Default::default(),
+        }
+    }
+
+    /// Lets reloads change the API's connection limits (set by the service that serves them).
+    pub fn set_connection_limits(&self, limits: Arc<ConnectionLimits>) {
+        let _ = self.connections.set(limits);
     }
 
     /// Lets reloads change the log level (only the binary owns the subscriber).
@@ -221,6 +240,19 @@ impl Reloader {
             Action::Provider { .. } | Action::Batching { .. } | Action::Parsers(_) => {
                 self.tell_pipeline(action)
             }
+            Action::Connections(c) => match self.connections.get() {
+                Some(limits) => {
+                    limits.update(c);
+                    tracing::info!(
+                        max_connections = c.max_connections,
+                        max_connections_per_client = c.max_connections_per_client,
+                        idle_timeout_ms = c.idle_timeout.as_millis() as u64,
+                        header_read_timeout_ms = c.header_read_timeout.as_millis() as u64,
+                        "connection limits updated"
+                    );
+                }
+                None => tracing::debug!("no API in this process: connection limits ignored"),
+            },
             Action::LogLevel(level) => match self.log_level.lock().as_ref() {
                 Some(set) => match set(level) {
                     Ok(()) => tracing::info!(level = %level, "log level updated"),

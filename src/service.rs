@@ -17,6 +17,7 @@ use crate::actors::{BatchWriterArgs, PipelineArgs, SchedulerMsg, Supervisor, Sup
 use crate::config::{Backend, Role, Settings};
 use crate::domain::FetchRecord;
 use crate::http::rate_limit::Limiter;
+use crate::http::server::ConnectionLimits;
 use crate::http::{self, ApiState};
 use crate::metrics::MetricsSource;
 use crate::readiness::Readiness;
@@ -145,6 +146,8 @@ impl Service {
             None
         };
         let limiter = listener.as_ref().map(|_| Limiter::new(&settings.server.rate_limit));
+        // Read by the accept loop, changed by reloads.
+        let connections = ConnectionLimits::new(&settings.server.connections);
         let (addr, server) = match (listener, limiter.clone()) {
             (Some(listener), Some(limiter)) => {
                 let metrics = MetricsSource {
@@ -158,7 +161,7 @@ impl Service {
                 let cache_control = http::cache_control(settings.http.cache_max_age);
                 let state =
                     ApiState { searcher: searcher.clone(), limiter, metrics, readiness, cache_control };
-                serve_api(listener, state, settings.server.connections.clone(), shutdown_rx.clone())
+                serve_api(listener, state, connections.clone(), shutdown_rx.clone())
             }
             _ => (None, None),
         };
@@ -168,6 +171,7 @@ impl Service {
         }
         let supervisor = pipeline.as_ref().map(|(sup, _)| sup.clone());
         let reloader = Arc::new(Reloader::new(settings, limiter, searcher.clone(), supervisor));
+        reloader.set_connection_limits(connections);
         warm(searcher.clone());
         Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server, reloader })
     }
@@ -239,7 +243,7 @@ async fn spawn_pipeline(
 fn serve_api(
     listener: TcpListener,
     state: ApiState,
-    connections: crate::config::ConnectionSettings,
+    connections: Arc<ConnectionLimits>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (Option<SocketAddr>, Option<JoinHandle<()>>) {
     let addr = listener.local_addr().ok();

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::messages::{ChunkJob, FetchContext, FetchEnd, FetcherMsg, ParserMsg, SchedulerMsg, WriterMsg};
 use super::slot::{ParserPool, Slot};
@@ -48,6 +49,10 @@ pub struct FetcherArgs {
     /// This provider's breaker. The supervisor keeps it, so a restarted fetcher goes on with the
     /// state its predecessor left (an open circuit stays open).
     pub breaker: SharedBreaker,
+    /// Cancelled by the supervisor when the service stops: a fetch in progress stops reading where
+    /// it stands, hands on the complete base plans it holds and is recorded as `shutdown`, instead
+    /// of vanishing with the actor.
+    pub shutdown: CancellationToken,
 }
 
 pub struct FetcherState {
@@ -99,6 +104,10 @@ impl FetcherState {
     /// One fetch, from the breaker's admission to the [`FetchEnd`] handed to the writer. Returns
     /// whether it failed.
     async fn fetch(&mut self) -> bool {
+        if self.args.shutdown.is_cancelled() {
+            // Asked between the stop and the actor's end: nothing was fetched, nothing to record.
+            return false;
+        }
         let started_at = Utc::now();
         // Fetch ids order observations: strictly increasing even if the clock stalls.
         let fetch_id = (started_at.timestamp_millis().max(0) as u64).max(self.last_fetch_id + 1);
@@ -138,6 +147,10 @@ impl FetcherState {
 
     /// Records the fetch's outcome in the breaker and says when the circuit opens.
     fn count_in_breaker(&self, error: Option<&FetchError>) {
+        if matches!(error, Some(FetchError::Interrupted { .. })) {
+            // Our own stop says nothing about the provider.
+            return;
+        }
         let (opened, failed_before, failures) = {
             let mut breaker = self.args.breaker.lock();
             let before = breaker.failures();
@@ -186,22 +199,18 @@ impl FetcherState {
         max_retries: u32,
         end: &mut FetchEnd,
     ) -> Result<(), FetchError> {
-        let mut body = self.body(deadline, max_retries, end).await?;
+        let mut body = tokio::select! {
+            body = self.body(deadline, max_retries, end) => body?,
+            () = self.args.shutdown.cancelled() => return Err(FetchError::Interrupted { bytes: 0 }),
+        };
         let pl = &self.args.pipeline;
         let max_body = self.args.provider.max_body_bytes;
         let mut chunker = Chunker::new(pl.chunk_bytes, pl.max_base_plan_bytes);
-        let bytes = |end: &FetchEnd| end.record.bytes;
         let failure = loop {
-            let piece = match tokio::time::timeout_at(deadline, body.next()).await {
-                Ok(Some(Ok(piece))) => piece,
+            let piece = match self.next_piece(&mut body, deadline, end.record.bytes).await {
+                Ok(Some(piece)) => piece,
                 Ok(None) => break None,
-                Ok(Some(Err((chain, timed_out)))) => {
-                    break Some(FetchError::BodyRead { bytes: bytes(end), chain, timed_out })
-                }
-                Err(_) => {
-                    let timeout = self.args.provider.timeout;
-                    break Some(FetchError::BodyTimeout { timeout, bytes: bytes(end) });
-                }
+                Err(e) => break Some(e),
             };
             let room = max_body.saturating_sub(end.record.bytes);
             let over = piece.len() as u64 > room;
@@ -227,6 +236,27 @@ impl FetcherState {
             self.send_chunk(ctx, &mut end.chunks, last, deadline).await?;
         }
         Ok(())
+    }
+
+    /// The body's next piece (`None` at its end), waiting no longer than the fetch's deadline or
+    /// the service's stop; `read`: the bytes read so far, for the error.
+    async fn next_piece(
+        &self,
+        body: &mut Body,
+        deadline: Instant,
+        read: u64,
+    ) -> Result<Option<bytes::Bytes>, FetchError> {
+        let next = tokio::select! {
+            biased;
+            () = self.args.shutdown.cancelled() => return Err(FetchError::Interrupted { bytes: read }),
+            next = tokio::time::timeout_at(deadline, body.next()) => next,
+        };
+        match next {
+            Ok(Some(Ok(piece))) => Ok(Some(piece)),
+            Ok(None) => Ok(None),
+            Ok(Some(Err((chain, timed_out)))) => Err(FetchError::BodyRead { bytes: read, chain, timed_out }),
+            Err(_) => Err(FetchError::BodyTimeout { timeout: self.args.provider.timeout, bytes: read }),
+        }
     }
 
     /// The body as a stream of pieces; a failed piece carries its error chain and whether it was

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::batch_writer::{BatchWriter, BatchWriterArgs};
 use super::fetcher::{Fetcher, FetcherArgs};
@@ -23,6 +24,10 @@ use crate::retry::RetryPolicy;
 
 /// Restart delays per child: 100 ms doubling to 30 s; no jitter, nobody else shares the wait.
 const RESTART_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(30));
+
+/// How long a stopping fetch may take to hand on the base plans it holds (it waits for pipeline
+/// permits, which the draining parsers give back).
+const FETCH_STOP_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
@@ -38,8 +43,9 @@ pub enum SupervisorMsg {
     Restart(Child),
     /// Flush the writer and answer (tests).
     FlushWriter(ractor::RpcReplyPort<()>),
-    /// Graceful stop: no new fetch, the download in progress is abandoned, every chunk already cut
-    /// is parsed and written, then the children stop. Answers when done.
+    /// Graceful stop: no new fetch, the download in progress is cut short and recorded
+    /// (`shutdown`), every complete base plan it read is parsed and written, then the children
+    /// stop. Answers when done.
     Shutdown(ractor::RpcReplyPort<()>),
     /// Configuration reload: provider `index` gets new settings (same name). Kept in the
     /// supervisor's arguments too, so a restarted fetcher or scheduler starts with them.
@@ -99,6 +105,8 @@ pub struct SupervisorState {
     children: HashMap<ActorId, Child>,
     restarts: HashMap<Child, (u32, Instant)>,
     stopping: bool,
+    /// Cancelled on shutdown: the running fetches end, recorded as `shutdown`.
+    fetches_stop: CancellationToken,
 }
 
 pub struct Supervisor;
@@ -121,6 +129,7 @@ impl Actor for Supervisor {
             children: HashMap::new(),
             restarts: HashMap::new(),
             stopping: false,
+            fetches_stop: CancellationToken::new(),
         };
         // Downstream first, so every actor's next stage exists when it starts.
         let mut order = vec![Child::Writer];
@@ -259,15 +268,21 @@ impl SupervisorState {
         }
     }
 
-    /// No new fetch, the download in progress abandoned, every chunk already cut parsed and
-    /// written, then the children stopped.
+    /// No new fetch, the download in progress cut short and recorded, every complete base plan it
+    /// read parsed and written, then the children stopped.
     async fn shutdown(&mut self, me: &ActorRef<SupervisorMsg>) {
         self.stopping = true;
         for s in self.handles.schedulers.iter().filter_map(Slot::get) {
             s.stop(Some("shutdown".into()));
         }
+        // A fetch in progress stops reading, hands on what it holds and sends its end to the
+        // writer (recorded as `shutdown`); the stop waits for that.
+        self.fetches_stop.cancel();
         for f in self.handles.fetchers.iter().filter_map(Slot::get) {
-            f.kill();
+            if f.stop_and_wait(Some("shutdown".into()), Some(FETCH_STOP_WAIT)).await.is_err() {
+                tracing::warn!("a fetch did not end within {FETCH_STOP_WAIT:?} of the stop; abandoning it");
+                f.kill();
+            }
         }
         // Every permit back means every chunk cut so far reached the writer's batch.
         let capacity = self.args.pipeline.queue_chunks;
@@ -306,6 +321,7 @@ impl SupervisorState {
                     writer: h.writer.clone(),
                     permits: h.permits.clone(),
                     breaker: self.breakers[i].clone(),
+                    shutdown: self.fetches_stop.clone(),
                 };
                 let (a, _) = Actor::spawn_linked(None, Fetcher, args, sup).await?;
                 h.fetchers[i].set(a.clone());

@@ -33,6 +33,11 @@ pub enum FetchError {
     /// the spool behind it) did not keep up. Not the provider's fault.
     #[error("fetch timed out after {timeout:?} waiting for the pipeline (store too slow?)")]
     Backpressure { timeout: Duration },
+    /// The service was asked to stop (`SIGTERM`) while the fetch ran: the download was cut where it
+    /// stood, and the complete base plans read until then were handed on. Its own outcome, so the
+    /// fetch log tells an operator's stop from a provider's failure.
+    #[error("fetch interrupted by shutdown after {bytes} bytes; the complete base plans read until then were kept")]
+    Interrupted { bytes: u64 },
     #[error("pipeline is shutting down")]
     ShuttingDown,
     #[error("no parser is running")]
@@ -70,6 +75,7 @@ impl FetchError {
             Self::Feed(FeedError::Truncated { .. }) => "truncated",
             Self::Feed(_) => "bad_feed",
             Self::Backpressure { .. } => "backpressure",
+            Self::Interrupted { .. } => "shutdown",
             Self::ShuttingDown | Self::NoParser => "pipeline",
         }
     }
@@ -130,6 +136,9 @@ mod tests {
         assert_eq!(FetchError::Feed(FeedError::Truncated { bytes: 9 }).outcome(), "truncated");
         assert_eq!(FetchError::Feed(FeedError::Empty).outcome(), "bad_feed");
         assert_eq!(FetchError::TooLarge { limit: 6000 }.outcome(), "too_large");
+        let stopped = FetchError::Interrupted { bytes: 4096 };
+        assert_eq!(stopped.outcome(), "shutdown");
+        assert!(stopped.to_string().starts_with("fetch interrupted by shutdown after 4096 bytes"));
     }
 
     #[test]

@@ -22,7 +22,6 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::config::ConnectionSettings;
 use crate::domain::TimeRange;
 use crate::metrics::{self, MetricsSource};
 use crate::search::{Answer, Searcher};
@@ -53,7 +52,7 @@ pub fn cache_control(max_age: std::time::Duration) -> HeaderValue {
 pub async fn run(
     listener: TcpListener,
     state: ApiState,
-    connections: ConnectionSettings,
+    connections: Arc<server::ConnectionLimits>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     server::serve(listener, routes(state), connections, shutdown).await;

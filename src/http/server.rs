@@ -8,35 +8,43 @@
 //!   client IP; a connection over either limit gets an immediate `503` in the contract's error
 //!   shape and is closed, so a flood costs an accept and a write, not a file descriptor held;
 //! - `idle_timeout`: no byte either way and no request being answered for that long closes the
-//!   connection (between keep-alive requests, or a client that connects and says nothing);
+//!   connection (between keep-alive requests, or a client that connects and says nothing, or
+//!   stopped reading its answers); during a flood (1,024 connections open at once, until no more
+//!   than 128 are left) 2 s of idleness is enough, so what a flood leaves behind goes at once;
 //! - `header_read_timeout`: a request's headers must be complete within that long of their first
 //!   byte, however slowly they trickle in (slowloris).
 //!
-//! A client that goes away mid-request is its own business: connection errors are logged at debug
-//! level and counted, never as errors of the service.
+//! - request heads: each is checked before hyper sees it ([`head`]), so a head hyper would refuse
+//!   with its own bodiless answer (over its buffer, too many headers, not HTTP at all) gets a
+//!   `431`/`414`/`400` in the contract's shape.
+//!
+//! The limits and timeouts are [`ConnectionLimits`], which a configuration reload changes under
+//! the running loop. A client that goes away mid-request is its own business: connection errors
+//! are logged at debug level and counted, never as errors of the service.
 
-use std::collections::HashMap;
+mod connections;
+mod head;
+mod socket;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use warp::Filter;
 
 use super::error::ApiError;
-use crate::config::ConnectionSettings;
+pub use connections::ConnectionLimits;
+use connections::{Activity, Registry};
+use head::{MAX_HEADERS, MAX_HEAD_BYTES};
+use socket::Socket;
 
 /// The client's address, put in each request's extensions (warp's own `addr::remote()` only
 /// works under warp's server).
@@ -44,14 +52,14 @@ use crate::config::ConnectionSettings;
 pub struct ClientAddr(pub SocketAddr);
 
 /// Longest request target answered by the routes; a longer one gets a `414` in the contract's
-/// shape. (Targets beyond hyper's own limit of 64 KiB get hyper's bodiless `414`.)
+/// shape (from the service, or from the head check beyond 64 KiB).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Largest header block (names, values and their separators) answered by the routes; a larger one
-/// gets a `431` in the contract's shape, up to [`READ_BUF_BYTES`] where hyper answers alone.
+/// gets a `431` in the contract's shape (from the service, or from the head check beyond 64 KiB).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// hyper's read buffer limit per connection: a request head beyond it gets hyper's own bodiless
-/// `431`. Four times [`MAX_HEADER_BYTES`], so any oversized head that fits gets the contract's shape.
-const READ_BUF_BYTES: usize = 64 * 1024;
+/// hyper's read buffer limit per connection, above the head check's limit so that hyper never
+/// refuses a head first (it only ever gets whole heads of at most [`MAX_HEAD_BYTES`]).
+const READ_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
 
 /// Refusals written in the background at most at once; beyond, a refused socket is closed
 /// after a best-effort write without waiting for the client to read it.
@@ -62,12 +70,12 @@ const MAX_LINGERING_REFUSALS: usize = 256;
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
-    settings: ConnectionSettings,
+    limits: Arc<ConnectionLimits>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     F: Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(limits.clone()));
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -82,29 +90,33 @@ pub async fn serve<F>(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = registry.admit(client.ip(), &settings) else {
+        let Some(slot) = registry.admit(client.ip()) else {
             refuse(stream, client, &lingering);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc =
-            Service { filter: warp::service(filter.clone()), client, activity: Arc::new(Activity::new()) };
+        let activity = Arc::new(Activity::new());
+        let svc = Service { filter: warp::service(filter.clone()), client, activity: activity.clone() };
         let watcher = graceful.watcher();
-        let settings = settings.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let activity = svc.activity.clone();
-            let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
+            let io = TokioIo::new(Socket::new(stream, activity.clone()));
             let mut builder = hyper::server::conn::http1::Builder::new();
             // Our own watchdog measures header reads from their first byte; hyper's would also
-            // count the wait before it.
-            builder.header_read_timeout(None).max_buf_size(READ_BUF_BYTES);
+            // count the wait before it. Half-close: hyper looks for the end of the stream only
+            // between requests (see `socket`).
+            builder
+                .header_read_timeout(None)
+                .half_close(true)
+                .max_buf_size(READ_BUF_BYTES)
+                .max_headers(MAX_HEADERS);
             let conn = watcher.watch(builder.serve_connection(io, svc));
             let closed = tokio::select! {
                 served = conn => match served {
-                    Ok(()) => "done",
+                    Ok(()) => activity.refusal().unwrap_or("done"),
                     Err(e) => connection_error(&e, client),
                 },
-                why = activity.expired(&settings) => why,
+                why = activity.expired(&limits) => why,
             };
             crate::metrics::record_connection_closed(closed);
             drop(slot);
@@ -114,89 +126,19 @@ pub async fn serve<F>(
     graceful.shutdown().await;
 }
 
-/// Open connections, in total and per client IP.
-#[derive(Default)]
-struct Registry {
-    per_client: Mutex<HashMap<IpAddr, usize>>,
-    total: AtomicUsize,
-    /// [`FLOOD_CONNECTIONS`] were open at once since memory was last handed back.
-    flooded: AtomicBool,
-}
-
-/// A flood of at least this many open connections is followed by [`release_memory`] once no more
-/// than [`FLOOD_OVER`] are left.
-const FLOOD_CONNECTIONS: usize = 1024;
-const FLOOD_OVER: usize = FLOOD_CONNECTIONS / 8;
-
-/// Hands the allocator's free pages back to the system. glibc keeps the freed buffers of
-/// thousands of closed connections in its heaps for good (a 10,000-connection flood left RSS at
-/// 9x its idle level; mimalloc did no better and doubled the idle level), so once a flood is over
-/// the free pages are released, off the async threads.
-fn release_memory() {
-    tokio::task::spawn_blocking(|| {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free memory to the system; any thread may call it.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    });
-}
-
-/// A connection's place in the [`Registry`], given back when dropped.
-struct Slot {
-    registry: Arc<Registry>,
-    ip: IpAddr,
-}
-
-impl Registry {
-    fn admit(self: &Arc<Self>, ip: IpAddr, s: &ConnectionSettings) -> Option<Slot> {
-        let mut per_client = self.per_client.lock();
-        let total = self.total.load(Ordering::Relaxed);
-        let mine = per_client.get(&ip).copied().unwrap_or(0);
-        if total >= s.max_connections {
-            crate::metrics::record_connection_refused("total_limit");
-            return None;
-        }
-        if mine >= s.max_connections_per_client {
-            crate::metrics::record_connection_refused("client_limit");
-            return None;
-        }
-        per_client.insert(ip, mine + 1);
-        self.total.store(total + 1, Ordering::Relaxed);
-        if total + 1 >= FLOOD_CONNECTIONS {
-            self.flooded.store(true, Ordering::Relaxed);
-        }
-        crate::metrics::set_connections_open(total + 1);
-        Some(Slot { registry: self.clone(), ip })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut per_client = self.registry.per_client.lock();
-        if let Some(n) = per_client.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_client.remove(&self.ip);
-            }
-        }
-        let total = self.registry.total.fetch_sub(1, Ordering::Relaxed) - 1;
-        crate::metrics::set_connections_open(total);
-        if total <= FLOOD_OVER && self.registry.flooded.swap(false, Ordering::Relaxed) {
-            release_memory();
-        }
-    }
-}
-
 /// Answers a connection over the limits with a `503` and closes it. The response is written
-/// at once (a fresh socket's send buffer takes it); when a lingering slot is free, the request is
-/// then read and discarded for a moment so the close does not reset the connection before the
-/// client read the answer.
+/// at once, straight to the socket (a fresh socket's send buffer takes it; tokio's `try_write`
+/// would wait for the reactor to have seen the socket writable, which a loaded reactor has not
+/// yet); when a lingering slot is free, the request is then read and discarded for a moment so
+/// the close does not reset the connection before the client read the answer.
 fn refuse(stream: TcpStream, client: SocketAddr, lingering: &Arc<Semaphore>) {
+    use std::io::Write;
     tracing::debug!(%client, "connection refused: too many open connections");
     let response = refusal_response();
-    let written = stream.try_write(response.as_bytes()).unwrap_or(0);
+    let Ok(mut raw) = stream.into_std() else { return };
+    let written = raw.write(response.as_bytes()).unwrap_or(0);
     let Ok(permit) = lingering.clone().try_acquire_owned() else { return };
+    let Ok(stream) = TcpStream::from_std(raw) else { return };
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = stream;
@@ -223,7 +165,13 @@ fn refusal_response() -> String {
 /// The label of a connection that ended with an error. Clients going away, resetting, or
 /// sending garbage are not faults of the service: debug level.
 fn connection_error(e: &hyper::Error, client: SocketAddr) -> &'static str {
-    let label = if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+    let gone = std::error::Error::source(e).and_then(|s| s.downcast_ref::<io::Error>()).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+        )
+    });
+    let label = if gone || e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         "client_gone"
     } else if e.is_parse() || e.is_parse_status() || e.is_user() {
         "bad_request"
@@ -250,81 +198,6 @@ async fn accept_error(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// What the watchdog of one connection knows: milliseconds since `epoch`.
-struct Activity {
-    epoch: Instant,
-    /// Last byte read or written.
-    last_io: AtomicU64,
-    /// First byte of the request head being read, or `u64::MAX` when none is.
-    head_started: AtomicU64,
-    /// Requests handed to the service and not answered yet.
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            last_io: AtomicU64::new(0),
-            head_started: AtomicU64::new(u64::MAX),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn read(&self) {
-        let now = self.now();
-        self.last_io.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_started.load(Ordering::Relaxed) == u64::MAX
-        {
-            self.head_started.store(now, Ordering::Relaxed);
-        }
-    }
-
-    fn wrote(&self) {
-        self.last_io.store(self.now(), Ordering::Relaxed);
-    }
-
-    /// Resolves, with the reason, once the connection overstays one of its timeouts while no
-    /// request is being answered.
-    async fn expired(&self, s: &ConnectionSettings) -> &'static str {
-        let idle = s.idle_timeout.as_millis() as u64;
-        let header = s.header_read_timeout.as_millis() as u64;
-        loop {
-            let now = self.now();
-            let deadline = if self.in_flight.load(Ordering::Relaxed) > 0 {
-                // A request is being answered: look again after the idle period.
-                now + idle
-            } else {
-                let head = self.head_started.load(Ordering::Relaxed);
-                let idle_at = self.last_io.load(Ordering::Relaxed) + idle;
-                let (at, why) =
-                    if head == u64::MAX { (idle_at, "idle") } else { (head + header, "header_timeout") };
-                if now >= at {
-                    tracing::debug!(reason = why, "connection closed by its timeout");
-                    return why;
-                }
-                at
-            };
-            tokio::time::sleep_until(self.epoch + Duration::from_millis(deadline)).await;
-        }
-    }
-}
-
-/// Marks a request answered when dropped, also when the client went away mid-request.
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.wrote();
-    }
-}
-
 /// The warp filter as a hyper service, with the client's address and the watchdog's bookkeeping.
 struct Service<S> {
     filter: S,
@@ -346,9 +219,7 @@ where
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.client));
-        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.activity.head_started.store(u64::MAX, Ordering::Relaxed);
-        let guard = InFlight(self.activity.clone());
+        let guard = self.activity.request_started();
         if let Some(e) = oversized(&req) {
             drop(guard);
             return Box::pin(std::future::ready(Ok(e.into_response())));
@@ -371,59 +242,4 @@ fn oversized<B>(req: &hyper::Request<B>) -> Option<ApiError> {
     }
     let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     (headers > MAX_HEADER_BYTES).then(|| ApiError::headers_too_large(MAX_HEADER_BYTES))
-}
-
-/// The socket, telling the watchdog about every byte that passes.
-struct Watched {
-    inner: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.read();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

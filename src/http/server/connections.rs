@@ -1,0 +1,271 @@
+//! Who may hold a connection and for how long: the limits in force (changed by a reload without
+//! a restart), the count of open connections per client, and each connection's watchdog.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::ConnectionSettings;
+
+/// `server.connections` as the accept loop and the watchdogs read it: atomics, so a reload
+/// changes them under a running server. A lower limit refuses new connections until enough
+/// have closed (open ones are not cut); new timeouts apply to every connection at once.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    max_connections: AtomicUsize,
+    max_per_client: AtomicUsize,
+    idle_ms: AtomicU64,
+    header_ms: AtomicU64,
+    /// A flood is on: idle connections are closed after [`FLOOD_IDLE`].
+    flood: AtomicBool,
+    /// Wakes the watchdogs so they measure against the new timeouts.
+    changed: Notify,
+}
+
+impl ConnectionLimits {
+    pub fn new(s: &ConnectionSettings) -> Arc<Self> {
+        let limits = Self {
+            max_connections: AtomicUsize::new(0),
+            max_per_client: AtomicUsize::new(0),
+            idle_ms: AtomicU64::new(0),
+            header_ms: AtomicU64::new(0),
+            flood: AtomicBool::new(false),
+            changed: Notify::new(),
+        };
+        limits.update(s);
+        Arc::new(limits)
+    }
+
+    /// Puts `s` in force (it must be valid).
+    pub fn update(&self, s: &ConnectionSettings) {
+        self.max_connections.store(s.max_connections, Ordering::Relaxed);
+        self.max_per_client.store(s.max_connections_per_client, Ordering::Relaxed);
+        self.idle_ms.store(s.idle_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.header_ms.store(s.header_read_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn max_connections_per_client(&self) -> usize {
+        self.max_per_client.load(Ordering::Relaxed)
+    }
+
+    /// `idle_timeout`, or [`FLOOD_IDLE`] while a flood is on.
+    fn idle_ms(&self) -> u64 {
+        let idle = self.idle_ms.load(Ordering::Relaxed);
+        if self.flood.load(Ordering::Relaxed) {
+            idle.min(FLOOD_IDLE.as_millis() as u64)
+        } else {
+            idle
+        }
+    }
+
+    /// Turns the flood state on or off; says whether it changed.
+    fn set_flood(&self, on: bool) -> bool {
+        let changed = self.flood.swap(on, Ordering::Relaxed) != on;
+        if changed {
+            self.changed.notify_waiters();
+        }
+        changed
+    }
+
+    fn header_ms(&self) -> u64 {
+        self.header_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// Open connections, in total and per client IP.
+pub(super) struct Registry {
+    limits: Arc<ConnectionLimits>,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    total: AtomicUsize,
+}
+
+/// A flood: at least this many connections open at once. It is over once no more than
+/// [`FLOOD_OVER`] are left.
+const FLOOD_CONNECTIONS: usize = 1024;
+const FLOOD_OVER: usize = FLOOD_CONNECTIONS / 8;
+/// While a flood is on, a connection idle this long is closed whatever `idle_timeout` says.
+/// A flood's clients may leave thousands of sockets behind (a client that pipelines requests and
+/// stops reading): each holds ~27 KB, and waiting the full idle timeout for them kept RSS at
+/// several times its idle level for 20 s after the flood. Keep-alive clients reconnect in a
+/// millisecond; memory and descriptors come back within seconds.
+pub const FLOOD_IDLE: Duration = Duration::from_secs(2);
+
+/// Hands the allocator's free pages back to the system. glibc keeps the freed buffers of
+/// thousands of closed connections in its heaps for good (a 10,000-connection flood left RSS at
+/// 9x its idle level; mimalloc did no better and doubled the idle level), so once a flood is over
+/// the free pages are released, off the async threads.
+fn release_memory() {
+    tokio::task::spawn_blocking(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free memory to the system; any thread may call it.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
+}
+
+/// A connection's place in the [`Registry`], given back when dropped.
+pub(super) struct Slot {
+    registry: Arc<Registry>,
+    ip: IpAddr,
+}
+
+impl Registry {
+    pub(super) fn new(limits: Arc<ConnectionLimits>) -> Self {
+        Self { limits, per_client: Mutex::default(), total: AtomicUsize::new(0) }
+    }
+
+    /// A slot for a new connection from `ip`, or `None` (counted by reason) over a limit.
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let limits = &self.limits;
+        let mut per_client = self.per_client.lock();
+        let total = self.total.load(Ordering::Relaxed);
+        let mine = per_client.get(&ip).copied().unwrap_or(0);
+        if total >= limits.max_connections() {
+            crate::metrics::record_connection_refused("total_limit");
+            return None;
+        }
+        if mine >= limits.max_connections_per_client() {
+            crate::metrics::record_connection_refused("client_limit");
+            return None;
+        }
+        per_client.insert(ip, mine + 1);
+        self.total.store(total + 1, Ordering::Relaxed);
+        if total + 1 >= FLOOD_CONNECTIONS && limits.set_flood(true) {
+            tracing::info!(
+                open = total + 1,
+                idle_close_ms = FLOOD_IDLE.as_millis() as u64,
+                "connection flood: idle connections are closed sooner until it is over"
+            );
+        }
+        crate::metrics::set_connections_open(total + 1);
+        Some(Slot { registry: self.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_client = self.registry.per_client.lock();
+        if let Some(n) = per_client.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_client.remove(&self.ip);
+            }
+        }
+        let total = self.registry.total.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::metrics::set_connections_open(total);
+        if total <= FLOOD_OVER && self.registry.limits.set_flood(false) {
+            tracing::info!(open = total, "connection flood over: memory handed back");
+            release_memory();
+        }
+    }
+}
+
+/// What the watchdog of one connection knows: milliseconds since `epoch`.
+pub(super) struct Activity {
+    epoch: Instant,
+    /// Last byte read or written.
+    last_io: AtomicU64,
+    /// First byte of the request head being read, or `u64::MAX` when none is.
+    head_started: AtomicU64,
+    /// Requests handed to the service and not answered yet.
+    in_flight: AtomicUsize,
+    /// Why a request head was refused before hyper saw it (the connection's close reason).
+    refusal: OnceLock<&'static str>,
+}
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_io: AtomicU64::new(0),
+            head_started: AtomicU64::new(u64::MAX),
+            in_flight: AtomicUsize::new(0),
+            refusal: OnceLock::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(super) fn read(&self) {
+        let now = self.now();
+        self.last_io.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == u64::MAX
+        {
+            self.head_started.store(now, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn wrote(&self) {
+        self.last_io.store(self.now(), Ordering::Relaxed);
+    }
+
+    pub(super) fn refused(&self, reason: &'static str) {
+        let _ = self.refusal.set(reason);
+    }
+
+    pub(super) fn refusal(&self) -> Option<&'static str> {
+        self.refusal.get().copied()
+    }
+
+    /// A request was handed to the service: its head is complete.
+    pub(super) fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(u64::MAX, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves, with the reason, once the connection overstays one of its timeouts while no
+    /// request is being answered. Follows the limits when a reload changes them.
+    pub(super) async fn expired(&self, limits: &ConnectionLimits) -> &'static str {
+        loop {
+            let now = self.now();
+            let idle = limits.idle_ms();
+            let deadline = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // A request is being answered: look again after the idle period.
+                now + idle
+            } else {
+                let head = self.head_started.load(Ordering::Relaxed);
+                let idle_at = self.last_io.load(Ordering::Relaxed) + idle;
+                let (at, why) = if head == u64::MAX {
+                    (idle_at, "idle")
+                } else {
+                    (head + limits.header_ms(), "header_timeout")
+                };
+                if now >= at {
+                    tracing::debug!(reason = why, "connection closed by its timeout");
+                    return why;
+                }
+                at
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(self.epoch + Duration::from_millis(deadline)) => {}
+                () = limits.changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// Marks a request answered when dropped, also when the client went away mid-request.
+pub(super) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.wrote();
+    }
+}
