@@ -5,10 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::day::DayEntry;
-use super::state::{DayInfo, Inner, RunLoad};
 use chrono::NaiveDate;
 use tokio::sync::watch;
+
+use super::day::DayEntry;
+use super::state::{DayInfo, Inner, RunLoad};
+use crate::store::{DayChange, StoreError};
 
 /// Reads of the same days an invalidation makes before it returns (a read that raced with a later
 /// write is repeated; a store written faster than it is read is not chased forever).
@@ -54,21 +56,7 @@ impl Inner {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             self.counters.change_polls.fetch_add(1, Ordering::Relaxed);
-            let result = match marker {
-                None => {
-                    let asked = Instant::now();
-                    match self.store.change_marker().await {
-                        Ok(m) => {
-                            marker = Some(m);
-                            // A directory read before the marker may miss a write made in between.
-                            let _ = self.load_directory(Some(asked)).await;
-                            Ok(Vec::new())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Some(since) => self.store.days_changed_since(since).await,
-            };
+            let result = self.poll_changes(&mut marker).await;
             let changes = match result {
                 Ok(changes) => changes,
                 Err(e) if !e.is_transient() && marker.is_none() => {
@@ -102,6 +90,26 @@ impl Inner {
                 );
                 self.invalidate(&days).await;
             }
+        }
+    }
+
+    /// One poll of the change feed: the first takes the store's marker (and reads the directory,
+    /// which a write made before the marker may have missed), the next ones the days changed since.
+    async fn poll_changes(&self, marker: &mut Option<i64>) -> Result<Vec<DayChange>, StoreError> {
+        match *marker {
+            None => {
+                let asked = Instant::now();
+                match self.store.change_marker().await {
+                    Ok(m) => {
+                        *marker = Some(m);
+                        // A directory read before the marker may miss a write made in between.
+                        let _ = self.load_directory(Some(asked)).await;
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Some(since) => self.store.days_changed_since(since).await,
         }
     }
 

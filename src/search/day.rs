@@ -8,8 +8,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::NaiveDate;
 
-use super::render::write_event;
-use super::render::EVENT_OVERHEAD;
+use super::render::{write_event, EVENT_OVERHEAD};
 use crate::domain::EventRow;
 
 /// Where one plan's JSON sits in its day's joined bytes, with its instants (unix microseconds).

@@ -30,6 +30,11 @@
 //! as down for [`STORE_DOWN_BACKOFF`] as if it had failed. A search with nothing cached goes on
 //! waiting only while the store answers a ping within the deadline (a long read of a healthy store),
 //! and fails as unavailable as soon as a ping goes unanswered.
+//!
+//! Files by job: `state` (the shared state and limits), `render` (`EventSummary` JSON), `day` (one
+//! day's rendered plans), `body` (finished bodies and the JSON envelope), `directory` (the day
+//! directory), `runs` (reads of missing days), `changes` (invalidations, change feed, reloads),
+//! `health` (store deadlines and backoff); this file holds the public `Searcher` and a search's flow.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -197,19 +202,9 @@ impl Inner {
         let key = (starts, ends);
         let deadline = Instant::now() + self.store_deadline();
         let epoch = self.epoch.load(Ordering::Acquire);
-        if let Some(cached) = self.bodies.get(&key).await {
-            if cached.epoch == epoch {
-                if Instant::now() < cached.fresh_until {
-                    self.counters.body_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Answer::cached(key, cached));
-                }
-                if self.store_down() {
-                    self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Answer::cached(key, cached));
-                }
-            }
+        if let Some(answer) = self.cached_body(key, epoch).await {
+            return Ok(answer);
         }
-
         let first = range.starts_at.map(|t| t.date_naive());
         let last = range.ends_at.map(|t| t.date_naive());
         if first.zip(last).is_some_and(|(f, l)| f > l) {
@@ -252,14 +247,34 @@ impl Inner {
         out.put_slice(SUFFIX);
         let body = out.freeze();
         let fresh_until = oldest + self.ttl() / 2;
-        if !stale && body.len() <= self.body_limit && Instant::now() < fresh_until {
-            let hash = crate::http::encoding::content_hash(&body);
-            let compressed = tokio::sync::OnceCell::new();
-            let cached = Arc::new(CachedBody { body, hash, compressed, epoch, fresh_until });
-            self.bodies.insert(key, cached.clone()).await;
-            return Ok(Answer::cached(key, cached));
+        if stale || body.len() > self.body_limit || Instant::now() >= fresh_until {
+            return Ok(Answer::uncached(body));
         }
-        Ok(Answer::uncached(body))
+        Ok(self.keep_body(key, body, epoch, fresh_until).await)
+    }
+
+    /// The finished body of the range `key` if it was built under `epoch` and is fresh (or stale
+    /// while the store is down).
+    async fn cached_body(&self, key: (i64, i64), epoch: u64) -> Option<Answer> {
+        let cached = self.bodies.get(&key).await.filter(|c| c.epoch == epoch)?;
+        if Instant::now() < cached.fresh_until {
+            self.counters.body_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(Answer::cached(key, cached));
+        }
+        if self.store_down() {
+            self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+            return Some(Answer::cached(key, cached));
+        }
+        None
+    }
+
+    /// Caches a finished `body` for the range `key` with its content hash.
+    async fn keep_body(&self, key: (i64, i64), body: Bytes, epoch: u64, fresh_until: Instant) -> Answer {
+        let hash = crate::http::encoding::content_hash(&body);
+        let compressed = tokio::sync::OnceCell::new();
+        let cached = Arc::new(CachedBody { body, hash, compressed, epoch, fresh_until });
+        self.bodies.insert(key, cached.clone()).await;
+        Answer::cached(key, cached)
     }
 }
 

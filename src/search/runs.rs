@@ -9,8 +9,7 @@ use std::time::Instant;
 use chrono::NaiveDate;
 use futures::future::FutureExt;
 
-use super::day::by_day;
-use super::day::DayEntry;
+use super::day::{by_day, DayEntry};
 use super::state::{DayInfo, Inner, RunLoad, RunResult, RUNS_IN_FLIGHT};
 use crate::store::StoreError;
 
@@ -84,34 +83,23 @@ impl Inner {
         }
         self.counters.hits.fetch_add(hits, Ordering::Relaxed);
         if !refresh.is_empty() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let mut loads: Vec<(u64, RunLoad)> = me.start_runs(&refresh).into_values().collect();
-                loads.sort_by_key(|(id, _)| *id);
-                loads.dedup_by_key(|(id, _)| *id);
-                futures::future::join_all(loads.into_iter().map(|(_, l)| l)).await;
-            });
+            self.refresh_in_background(refresh);
         }
         self.counters.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
         let loads = if missing.is_empty() { HashMap::new() } else { self.start_runs(&missing) };
-        // Consecutive missing days of one load become one part (a run's new days come with it).
-        let mut parts: Vec<Part> = Vec::new();
-        for slot in slots {
-            match slot {
-                Slot::Ready(entry, stale) => parts.push(Part::Ready(entry, stale)),
-                Slot::Missing(day, old) => {
-                    let (id, load) = loads.get(&day).cloned().expect("every missing day has a load");
-                    match parts.last_mut() {
-                        Some(Part::Load { id: last_id, to, olds, .. }) if *last_id == id => {
-                            *to = day;
-                            olds.push((day, old));
-                        }
-                        _ => parts.push(Part::Load { id, load, from: day, to: day, olds: vec![(day, old)] }),
-                    }
-                }
-            }
-        }
-        parts
+        group_parts(slots, &loads)
+    }
+
+    /// Reloads days in their refresh window in a task of its own, while searches serve the
+    /// current copies.
+    fn refresh_in_background(self: &Arc<Self>, refresh: Vec<(NaiveDate, DayInfo, bool)>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut loads: Vec<(u64, RunLoad)> = me.start_runs(&refresh).into_values().collect();
+            loads.sort_by_key(|(id, _)| *id);
+            loads.dedup_by_key(|(id, _)| *id);
+            futures::future::join_all(loads.into_iter().map(|(_, l)| l)).await;
+        });
     }
 
     /// The entries of one part, in day order, and whether a stale copy stands in for a failed read.
@@ -261,4 +249,26 @@ impl Inner {
         tracing::trace!(%from, %to, ok = outcome.is_ok(), "day run loaded");
         outcome
     }
+}
+
+/// The parts of a search in day order: `slots` as classified, with `loads` reading the missing days.
+fn group_parts(slots: Vec<Slot>, loads: &HashMap<NaiveDate, (u64, RunLoad)>) -> Vec<Part> {
+    // Consecutive missing days of one load become one part (a run's new days come with it).
+    let mut parts: Vec<Part> = Vec::new();
+    for slot in slots {
+        match slot {
+            Slot::Ready(entry, stale) => parts.push(Part::Ready(entry, stale)),
+            Slot::Missing(day, old) => {
+                let (id, load) = loads.get(&day).cloned().expect("every missing day has a load");
+                match parts.last_mut() {
+                    Some(Part::Load { id: last_id, to, olds, .. }) if *last_id == id => {
+                        *to = day;
+                        olds.push((day, old));
+                    }
+                    _ => parts.push(Part::Load { id, load, from: day, to: day, olds: vec![(day, old)] }),
+                }
+            }
+        }
+    }
+    parts
 }
