@@ -1,0 +1,382 @@
+//! Answers searches from the store through a cache of per-day results.
+//!
+//! A plan lives on the day bucket of its start instant (UTC date). Since a matching plan starts
+//! inside the searched range, a search reads only the buckets from `date(starts_at)` to
+//! `date(ends_at)`. Which of those days hold plans at all comes from the *day directory*, an ordered
+//! map of the non-empty event days (with their plan counts and sizes) loaded from the store once and
+//! kept current by invalidations: a search costs the days that hold plans plus the plans it returns,
+//! never the calendar days of its range (a plan in year 9999 costs what any other plan costs).
+//!
+//! Each bucket keeps every plan's `EventSummary` JSON rendered once, joined in answer order, so an
+//! answer is a concatenation of ready-made bytes (a day wholly inside the range is one copy). The
+//! days of a range missing from the cache are read with one store query per run of consecutive
+//! missing days (bounded in bytes, a few in flight at once), and the search keeps every bucket it
+//! uses until its answer is built, so a range never expires while it is being assembled. The
+//! finished body of a range is cached too (keyed by the exact instants) unless it is large, so a hot
+//! query costs one cache lookup however many days it spans.
+//!
+//! Freshness: the batch writer calls [`Searcher::invalidate`] for the days it changed (the next
+//! search reloads them, and every cached body is dropped); processes that do not write poll the
+//! store's change feed ([`Searcher::spawn_change_feed`]) and invalidate exactly the days changed
+//! since their last poll. Entries older than the TTL are reloaded too, as a safety net. A day used in
+//! the second half of its TTL is reloaded in the background while the current copy is served. When
+//! the store fails, the last loaded copy of a day is served instead, and for a short while
+//! ([`STORE_DOWN_BACKOFF`]) cached days stop asking it at all: a down store costs one failing call
+//! per second, not one per request.
+//!
+//! No search waits on a hung store: every store read runs in a task of its own, and a search waits
+//! for it only until its store deadline (`search.store_deadline`). Past it, the last copy of what it
+//! needs (day directory, days) is served, the read goes on in the background, and the store is taken
+//! as down for [`STORE_DOWN_BACKOFF`] as if it had failed. A search with nothing cached goes on
+//! waiting only while the store answers a ping within the deadline (a long read of a healthy store),
+//! and fails as unavailable as soon as a ping goes unanswered.
+//!
+//! Files by job: `state` (the shared state and limits), `render` (`EventSummary` JSON), `day` (one
+//! day's rendered plans), `body` (finished bodies and the JSON envelope), `directory` (the day
+//! directory), `runs` (reads of missing days), `changes` (invalidations, change feed, reloads),
+//! `health` (store deadlines and backoff); this file holds the public `Searcher` and a search's flow.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use chrono::NaiveDate;
+use futures::stream::{self, StreamExt};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+mod body;
+mod changes;
+mod day;
+mod directory;
+mod health;
+mod render;
+mod runs;
+mod state;
+
+pub use body::Answer;
+pub use render::render_event;
+pub use state::{SearchCounters, RUNS_IN_FLIGHT, RUN_BYTES, STORE_DOWN_BACKOFF};
+
+use body::{CachedBody, EMPTY, PREFIX, SUFFIX};
+use day::DayEntry;
+use state::{multi_threaded, nanos, Inner, BLOCKING_COPY_BYTES, BODY_FRACTION};
+
+use crate::config::SearchSettings;
+use crate::domain::TimeRange;
+use crate::store::{SharedStore, StoreError};
+
+/// The search cache. Cheap to share behind an `Arc`; background refreshes hold its inner state.
+pub struct Searcher {
+    inner: Arc<Inner>,
+    pub counters: Arc<SearchCounters>,
+}
+
+impl Searcher {
+    pub fn new(store: SharedStore, settings: &SearchSettings) -> Self {
+        let days = moka::future::Cache::builder()
+            .max_capacity(settings.cache_bytes)
+            .weigher(|_k: &NaiveDate, v: &Arc<DayEntry>| v.bytes)
+            .build();
+        // Finished bodies duplicate day bytes: a quarter of the budget on top of the days.
+        let bodies = moka::future::Cache::builder()
+            .max_capacity((settings.cache_bytes / 4).max(1))
+            .weigher(|_k: &(i64, i64), v: &Arc<CachedBody>| v.weight())
+            .build();
+        let counters = Arc::new(SearchCounters::default());
+        let inner = Inner {
+            store,
+            days,
+            bodies,
+            body_limit: (settings.cache_bytes / BODY_FRACTION) as usize,
+            directory: RwLock::new(None),
+            directory_load: tokio::sync::Mutex::new(()),
+            directory_refreshing: AtomicBool::new(false),
+            directory_task: Mutex::new(None),
+            deadline_nanos: AtomicU64::new(nanos(settings.store_deadline)),
+            in_flight: Mutex::new(HashMap::new()),
+            next_run: AtomicU64::new(0),
+            run_bytes: AtomicU64::new(RUN_BYTES),
+            ttl_nanos: AtomicU64::new(nanos(settings.cache_ttl)),
+            epoch: AtomicU64::new(0),
+            origin: Instant::now(),
+            store_down_until: AtomicU64::new(0),
+            counters: counters.clone(),
+        };
+        Self { inner: Arc::new(inner), counters }
+    }
+
+    /// Bounds the estimated bytes of one run query (default [`RUN_BYTES`]); small values let tests
+    /// and benches exercise the splitting of wide ranges.
+    pub fn set_run_bytes(&self, bytes: u64) {
+        self.inner.run_bytes.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.inner.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
+    }
+
+    pub fn set_store_deadline(&self, deadline: Duration) {
+        self.inner.deadline_nanos.store(nanos(deadline), Ordering::Relaxed);
+    }
+
+    /// Called by the batch writer after a successful flush with the days it touched (and by the
+    /// change feed with the days another process changed): the next search reads them again, and
+    /// the directory lists them until a read shows them empty.
+    pub async fn invalidate(&self, days: &[NaiveDate]) {
+        self.inner.invalidate(days).await
+    }
+
+    /// The full response body of `GET /search` for `range`.
+    pub async fn search(&self, range: TimeRange) -> Result<Bytes, StoreError> {
+        self.inner.search(range).await.map(|a| a.body)
+    }
+
+    /// The answer of `GET /search` for `range`, with its content hash.
+    pub async fn answer(&self, range: TimeRange) -> Result<Answer, StoreError> {
+        self.inner.search(range).await
+    }
+
+    /// The compressed form of a cached `answer`, made by `compress` on first use and kept beside its
+    /// body (same byte budget); `None` for an answer that is not cached (too large, or stale), which
+    /// would cost a compression per request.
+    pub async fn compressed(&self, answer: &Answer, compress: fn(&[u8]) -> Bytes) -> Option<Bytes> {
+        let (key, cached) = answer.cached.as_ref()?;
+        if let Some(done) = cached.compressed.get() {
+            return Some(done.clone());
+        }
+        let mut made = false;
+        let packed = cached
+            .compressed
+            .get_or_init(|| async {
+                made = true;
+                // Compressing a large body takes milliseconds: let the runtime move other tasks.
+                if cached.body.len() >= BLOCKING_COPY_BYTES && multi_threaded() {
+                    tokio::task::block_in_place(|| compress(&cached.body))
+                } else {
+                    compress(&cached.body)
+                }
+            })
+            .await
+            .clone();
+        let current = self.inner.bodies.get(key).await;
+        if made && current.is_some_and(|c| Arc::ptr_eq(&c, cached)) {
+            // Inserted again so the weigher counts the compressed bytes too.
+            self.inner.bodies.insert(*key, cached.clone()).await;
+        }
+        Some(packed)
+    }
+
+    /// Reads the day directory from the store unless a fresh one is loaded (start-up warming).
+    pub async fn load_directory(&self) -> Result<(), StoreError> {
+        self.inner.load_directory(None).await.map(|_| ())
+    }
+
+    /// Follows the store's change feed: every `interval`, reads the days written since the last
+    /// poll and invalidates exactly those (for processes whose own writer does not: role `api`).
+    /// A poll costs one small query however much is cached; a write becomes visible here within
+    /// about one interval plus one day reload. Ends when `shutdown` turns true, or at once when the
+    /// store keeps no change feed (the TTL alone then bounds staleness).
+    pub fn spawn_change_feed(&self, interval: Duration, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(self.inner.clone().follow_changes(interval, shutdown))
+    }
+
+    /// For `/ready`: true once the day directory was read from the store at least once.
+    pub fn warmed(&self) -> bool {
+        self.inner.directory.read().is_some()
+    }
+
+    /// The number of non-empty days the directory lists (for tests and metrics).
+    pub fn directory_len(&self) -> usize {
+        self.inner.directory.read().as_ref().map_or(0, |d| d.days.len())
+    }
+}
+
+impl Inner {
+    async fn search(self: &Arc<Self>, range: TimeRange) -> Result<Answer, StoreError> {
+        let starts = range.starts_at.map_or(i64::MIN, |t| t.timestamp_micros());
+        let ends = range.ends_at.map_or(i64::MAX, |t| t.timestamp_micros());
+        let key = (starts, ends);
+        let deadline = Instant::now() + self.store_deadline();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if let Some(answer) = self.cached_body(key, epoch).await {
+            return Ok(answer);
+        }
+        let first = range.starts_at.map(|t| t.date_naive());
+        let last = range.ends_at.map(|t| t.date_naive());
+        if first.zip(last).is_some_and(|(f, l)| f > l) {
+            return Ok(Answer::uncached(Bytes::from_static(EMPTY)));
+        }
+        let (days, directory_at, mut stale) = self.days_in(first, last, deadline).await?;
+        if days.is_empty() {
+            return Ok(Answer::uncached(Bytes::from_static(EMPTY)));
+        }
+        // Sized from the directory (exact for every day read before): one allocation for the body.
+        let estimate = days.iter().map(|(_, i)| i.bytes as usize + 1).sum::<usize>();
+        let mut out = BytesMut::with_capacity(PREFIX.len() + SUFFIX.len() + estimate);
+        out.put_slice(PREFIX);
+        let mut first_event = true;
+        let mut oldest = directory_at;
+        // Parts resolve in day order, a few runs ahead; each is written out and dropped at once, so
+        // a wide answer holds the cache, the runs in flight and the body, never a second copy.
+        let in_range = move |d: &NaiveDate| first.is_none_or(|f| *d >= f) && last.is_none_or(|l| *d <= l);
+        let parts = self.parts(&days).await;
+        let mut resolved =
+            stream::iter(parts).map(|part| self.resolve(part, in_range, deadline)).buffered(RUNS_IN_FLIGHT);
+        while let Some(result) = resolved.next().await {
+            let (entries, part_stale) = result?;
+            stale |= part_stale;
+            let bytes: usize = entries.iter().map(|e| e.joined.len()).sum();
+            let mut copy = || {
+                for entry in &entries {
+                    oldest = oldest.min(entry.loaded_at);
+                    entry.write_matching(starts, ends, &mut out, &mut first_event);
+                }
+            };
+            // Copying megabytes takes milliseconds: let the runtime move its other tasks elsewhere.
+            if bytes >= BLOCKING_COPY_BYTES && multi_threaded() {
+                tokio::task::block_in_place(copy);
+            } else {
+                copy();
+            }
+        }
+        drop(resolved);
+        out.put_slice(SUFFIX);
+        let body = out.freeze();
+        let fresh_until = oldest + self.ttl() / 2;
+        if stale || body.len() > self.body_limit || Instant::now() >= fresh_until {
+            return Ok(Answer::uncached(body));
+        }
+        Ok(self.keep_body(key, body, epoch, fresh_until).await)
+    }
+
+    /// The finished body of the range `key` if it was built under `epoch` and is fresh (or stale
+    /// while the store is down).
+    async fn cached_body(&self, key: (i64, i64), epoch: u64) -> Option<Answer> {
+        let cached = self.bodies.get(&key).await.filter(|c| c.epoch == epoch)?;
+        if Instant::now() < cached.fresh_until {
+            self.counters.body_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(Answer::cached(key, cached));
+        }
+        if self.store_down() {
+            self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+            return Some(Answer::cached(key, cached));
+        }
+        None
+    }
+
+    /// Caches a finished `body` for the range `key` with its content hash.
+    async fn keep_body(&self, key: (i64, i64), body: Bytes, epoch: u64, fresh_until: Instant) -> Answer {
+        let hash = crate::http::encoding::content_hash(&body);
+        let compressed = tokio::sync::OnceCell::new();
+        let cached = Arc::new(CachedBody { body, hash, compressed, epoch, fresh_until });
+        self.bodies.insert(key, cached.clone()).await;
+        Answer::cached(key, cached)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::day::by_day;
+    use super::render::{push_date, push_time};
+    use super::*;
+    use crate::domain::EventRow;
+    use chrono::{DateTime, NaiveDateTime, Utc};
+
+    fn row(id: u128, title: &str, start: &str, end: &str, price: Option<&str>) -> EventRow {
+        let local = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap();
+        EventRow {
+            id: uuid::Uuid::from_u128(id),
+            title: title.into(),
+            start_local: local(start),
+            end_local: local(end),
+            start_utc: local(start).and_utc(),
+            end_utc: local(end).and_utc(),
+            min_price: price.map(|p| p.parse().unwrap()),
+            max_price: price.map(|p| p.parse().unwrap()),
+        }
+    }
+
+    fn micros(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc).timestamp_micros()
+    }
+
+    #[test]
+    fn fast_dates_and_times_match_chrono() {
+        let cases =
+            ["0001-01-01T00:00:00", "0999-02-03T04:05:06", "2021-12-31T23:59:59", "9999-12-31T12:00:00"];
+        for c in cases {
+            let t = NaiveDateTime::parse_from_str(c, "%Y-%m-%dT%H:%M:%S").unwrap();
+            let mut out = String::new();
+            push_date(&mut out, t.date());
+            out.push(' ');
+            push_time(&mut out, t.time() + chrono::Duration::milliseconds(250));
+            assert_eq!(out, t.format("%Y-%m-%d %H:%M:%S").to_string());
+        }
+        let far = NaiveDate::from_ymd_opt(10000, 1, 1).unwrap();
+        let mut out = String::new();
+        push_date(&mut out, far);
+        assert_eq!(out, far.format("%Y-%m-%d").to_string());
+    }
+
+    #[test]
+    fn events_render_as_the_contract_says() {
+        let json = render_event(&row(
+            1,
+            "a \"quoted\"\n title ñ",
+            "0001-01-01T00:00:00",
+            "9999-12-31T23:59:59",
+            Some("20.00"),
+        ));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["title"], "a \"quoted\"\n title ñ");
+        assert_eq!(
+            (v["start_date"].as_str(), v["start_time"].as_str()),
+            (Some("0001-01-01"), Some("00:00:00"))
+        );
+        assert_eq!((v["end_date"].as_str(), v["end_time"].as_str()), (Some("9999-12-31"), Some("23:59:59")));
+        assert!(json.contains(r#""min_price":20.00,"max_price":20.00}"#), "{json}");
+        let none = render_event(&row(2, "", "2021-01-01T00:00:00", "2021-01-01T01:00:00", None));
+        assert!(none.ends_with(r#""min_price":null,"max_price":null}"#), "{none}");
+    }
+
+    #[test]
+    fn a_day_inside_the_range_is_copied_whole_and_a_cut_day_plan_by_plan() {
+        let rows = [
+            row(1, "a", "2021-07-01T09:00:00", "2021-07-01T10:00:00", Some("1")),
+            row(2, "b", "2021-07-01T12:00:00", "2021-07-02T01:00:00", Some("2")),
+            row(3, "c", "2021-07-01T20:00:00", "2021-07-01T21:00:00", Some("3")),
+        ];
+        let entry = DayEntry::new(&rows);
+        let render = |starts: i64, ends: i64| {
+            let mut out = BytesMut::new();
+            let mut first = true;
+            entry.write_matching(starts, ends, &mut out, &mut first);
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        let all: Vec<String> = rows.iter().map(render_event).collect();
+        assert_eq!(render(i64::MIN, i64::MAX), all.join(","));
+        assert_eq!(render(micros("2021-07-01T09:00:01Z"), i64::MAX), all[1..].join(","));
+        assert_eq!(
+            render(i64::MIN, micros("2021-07-01T23:00:00Z")),
+            [all[0].clone(), all[2].clone()].join(",")
+        );
+        assert_eq!(render(micros("2021-07-02T00:00:00Z"), i64::MAX), "");
+    }
+
+    #[test]
+    fn rows_of_a_run_are_grouped_by_utc_day() {
+        let rows = [
+            row(1, "a", "2021-07-01T09:00:00", "2021-07-01T10:00:00", None),
+            row(2, "b", "2021-07-01T23:59:59", "2021-07-02T01:00:00", None),
+            row(3, "c", "2021-07-09T00:00:00", "2021-07-09T01:00:00", None),
+        ];
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let days = by_day(&rows, d("2021-07-01"), d("2021-07-31"));
+        let counts: Vec<(NaiveDate, usize)> = days.iter().map(|(k, v)| (*k, v.spans.len())).collect();
+        assert_eq!(counts, vec![(d("2021-07-01"), 2), (d("2021-07-09"), 1)]);
+    }
+}
