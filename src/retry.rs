@@ -1,11 +1,10 @@
 //! Retries: one policy type ([`RetryPolicy`]: first delay, cap, jitter) and one retry loop
 //! ([`retry`]), shared by the fetcher, the batch writer, the spool replayer, the supervisor and the
-//! connecting store.
+//! connecting store and the ClickHouse store's statements.
 //! Each operation retries at one level only, and every retry is counted in
 //! `planfeed_retries_total{operation}` (see [`crate::metrics::record_retry`]), whoever retries.
-//!
-//! The ClickHouse store's statement-level retry lives in `src/store/clickhouse.rs` and is not yet on
-//! this policy.
+//! The one nesting, the ClickHouse store's single statement repeat inside the writer's retries,
+//! is bounded and written down in `src/store/clickhouse/retry.rs`.
 
 use std::future::Future;
 use std::time::Duration;

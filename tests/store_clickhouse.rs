@@ -696,6 +696,6 @@ async fn transient_errors_are_retried_permanent_ones_are_not() {
         let err = store.write_plans(std::slice::from_ref(&p)).await.unwrap_err();
         assert_eq!(err.is_transient(), transient, "{status} {body}: {err:?}");
         let attempts = count.load(Ordering::SeqCst) - 1;
-        assert_eq!(attempts, if transient { 3 } else { 1 }, "{status} {body}");
+        assert_eq!(attempts, if transient { 2 } else { 1 }, "{status} {body}");
     }
 }

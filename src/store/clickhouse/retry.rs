@@ -1,16 +1,26 @@
 //! Timeouts, error classification and the retry loop of the ClickHouse store: which failures are
 //! worth another attempt (network trouble, overload, read-only replicas) and which are not.
+//!
+//! Retries are counted, and bounded so that levels multiply to a small, written-down number:
+//! one write (a batch or its ever-online marks) is one pass over the replicas in order (a
+//! transient failure moves the whole batch to the next replica, see [`super::endpoints`]),
+//! repeated once ([`STATEMENT_RETRIES`], `planfeed_retries_total{operation="clickhouse_statement"}`)
+//! on the shared [`RetryPolicy`]. The batch writer makes at most 5 calls per batch
+//! (`store_write`), so one batch costs at most 5 × 2 × R INSERTs with R replicas: 10 with one
+//! replica, 20 with two. Reads and the fetch log are not repeated here (one pass over the replicas).
 
 use std::time::Duration;
 
-use rand::Rng;
-
+use crate::retry::{retry, RetryPolicy};
 use crate::store::{StoreError, StoreResult};
 
-/// Attempts per batch inside the store; the batch writer retries further on `Unavailable`.
-pub(super) const WRITE_ATTEMPTS: u32 = 3;
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// Repeats of a statement inside the store after its first pass over the replicas failed
+/// transiently: one, because the batch writer and the spool replayer retry the whole call again.
+pub(super) const STATEMENT_RETRIES: u32 = 1;
+/// Wait before that repeat: long enough for a replica that just restarted to be found by the
+/// probe, short against the writer's own backoff (200 ms to 5 s).
+const STATEMENT_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2)).jittered(0.5);
 
 pub(super) async fn timed<T>(
     limit: Duration,
@@ -65,38 +75,22 @@ fn server_code(body: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Runs `op` up to [`WRITE_ATTEMPTS`] times while it fails transiently, each time with a fresh
-/// statement (the crate's insert cannot be reused after an error), waiting [`backoff`] between.
-pub(super) async fn with_attempts<F, Fut>(what: &str, mut op: F) -> StoreResult<()>
+/// Runs `op` (one pass over the replicas, see [`super::endpoints`]) and, while it fails
+/// transiently, repeats it up to [`STATEMENT_RETRIES`] times on the shared [`RetryPolicy`], each
+/// time with a fresh statement (the crate's insert cannot be reused after an error). Every repeat
+/// is counted as `planfeed_retries_total{operation="clickhouse_statement"}`.
+pub(super) async fn with_attempts<F, Fut>(what: &str, op: F) -> StoreResult<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = StoreResult<()>>,
 {
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && attempt + 1 < WRITE_ATTEMPTS => {
-                let wait = backoff(attempt);
-                tracing::warn!(
-                    error = %e,
-                    attempt = attempt + 1,
-                    wait_ms = wait.as_millis() as u64,
-                    "{what} failed, retrying"
-                );
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
+    let log = |e: &StoreError, attempt: u32, wait: Duration| {
+        tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "{what} failed, retrying");
+    };
+    retry(&STATEMENT_RETRY, STATEMENT_RETRIES, "clickhouse_statement", op, StoreError::is_transient, log)
+        .await
 }
 
-fn backoff(attempt: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1 << attempt.min(8)).min(BACKOFF_CAP);
-    // Full jitter in [exp/2, exp].
-    let half = exp / 2;
-    half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
-}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,14 +104,5 @@ mod tests {
         assert!(bad(new).is_transient());
         assert!(bad("503 Service Unavailable").is_transient());
         assert!(matches!(bad("400 Bad Request"), StoreError::Permanent(_)));
-    }
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        for attempt in 0..20 {
-            let d = backoff(attempt);
-            assert!(d <= BACKOFF_CAP);
-            assert!(d >= BACKOFF_BASE / 2);
-        }
     }
 }
