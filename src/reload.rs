@@ -78,19 +78,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
     restart("search.change_poll", old.search.change_poll != new.search.change_poll);
     restart("log.format", old.log.format != new.log.format);
 
-    let (op, np) = (old.effective_providers(), new.effective_providers());
-    if op.len() != np.len() {
-        restart("providers", true);
-    } else {
-        for (index, (o, n)) in op.iter().zip(np).enumerate() {
-            if o.name != n.name {
-                // The name is part of every plan key: a rename is a new provider.
-                restart(&format!("provider name {:?}", o.name), true);
-            } else if *o != n {
-                plan.actions.push(Action::Provider { index, settings: n });
-            }
-        }
-    }
+    diff_providers(old, new, &mut plan);
     if old.server.rate_limit != new.server.rate_limit {
         plan.actions.push(Action::RateLimits(new.server.rate_limit.clone()));
     }
@@ -117,6 +105,24 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
         plan.actions.push(Action::LogLevel(new.log.level.clone()));
     }
     plan
+}
+
+/// The providers' part of [`diff`]: a changed count or name needs a restart, other changes are
+/// applied to the provider's fetcher.
+fn diff_providers(old: &Settings, new: &Settings, plan: &mut ReloadPlan) {
+    let (op, np) = (old.effective_providers(), new.effective_providers());
+    if op.len() != np.len() {
+        plan.restart_required.push("providers".to_string());
+        return;
+    }
+    for (index, (o, n)) in op.iter().zip(np).enumerate() {
+        if o.name != n.name {
+            // The name is part of every plan key: a rename is a new provider.
+            plan.restart_required.push(format!("provider name {:?}", o.name));
+        } else if *o != n {
+            plan.actions.push(Action::Provider { index, settings: n });
+        }
+    }
 }
 
 /// Replaces the log filter of the running subscriber (set up by the binary).
