@@ -14,11 +14,12 @@ run:
 demo:
 	CARGO=$(CARGO) ./scripts/demo.sh
 
-## The complete test suite (unit, store conformance, end-to-end, then the schemathesis contract test
+## The complete test suite (the layout check of ADR 13, unit, store conformance, end-to-end, then the schemathesis contract test
 ## against the running binary). The ClickHouse tests need clickhouse-server on PATH: run
 ## scripts/install-clickhouse.sh once (CI does). The contract test needs python3 (it installs
 ## schemathesis into target/contract/venv on first use).
 test:
+	./scripts/check-structure.sh
 	$(CARGO) test --no-fail-fast
 	CARGO=$(CARGO) ./scripts/contract-test.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Structure targets of src/ (issue 13): functions over 60 lines, production files over 500 lines
+"""Structure targets of src/ (ADR 13): functions over 60 lines, production files over 500 lines
 (the lines before a file's `#[cfg(test)] mod tests`), and import cycles between the files of src/
 (through `crate::`, `super::`, `self::` and child-module paths; `pub use` re-exports are followed,
 not counted). A file whose header explains why it is longer (a `//!` line containing "lines")
