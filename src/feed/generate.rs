@@ -307,6 +307,94 @@ pub fn random_stored_plan(rng: &mut StdRng, i: u64, span_minutes: i64) -> crate:
     StoredPlan::new(plan, chrono_tz::UTC, true, 1)
 }
 
+/// Catalogue names for [`feed_shaped_stored_plan`]: a show tours cities, as in the provider's feed.
+const SHOWS: [&str; 24] = [
+    "Camela en concierto",
+    "Pantomima Full",
+    "Los Morancos",
+    "Tributo a Juanito Valderrama",
+    "Rock & Roll Night",
+    "Mike's Comedy Club",
+    "Noche de Flamenco",
+    "Jazz & Blues",
+    "O'Brien Live",
+    "El Rey León",
+    "La Traviata",
+    "Stand-up sin censura",
+    "Cirque du Soleil: Kooza",
+    "El Lago de los Cisnes",
+    "Monólogos en el Teatro",
+    "Mamma Mia! El musical",
+    "Candlelight: Vivaldi",
+    "Les Luthiers",
+    "Concierto de Año Nuevo",
+    "Tributo a Queen",
+    "Dani Martín en directo",
+    "La Casa de Bernarda Alba",
+    "Noche de Boleros",
+    "Magia para toda la familia",
+];
+const CITIES: [&str; 12] = [
+    "Madrid",
+    "Barcelona",
+    "Valencia",
+    "Sevilla",
+    "Bilbao",
+    "Málaga",
+    "Zaragoza",
+    "Murcia",
+    "Palma",
+    "Alicante",
+    "Granada",
+    "Valladolid",
+];
+
+/// One online plan shaped like the provider's feed (tests/fixtures/provider): base plan `i / 8`
+/// is a show in a city with a run of 8 dates on consecutive days at one hour (on the hour or half
+/// hour), one length and one set of round prices; the base plans start at random within
+/// `span_minutes` of [`stored_plan_origin`]. The compression figures of `benches/http.rs` use it
+/// beside [`random_stored_plan`], whose times, prices and titles are all different.
+pub fn feed_shaped_stored_plan(i: u64, span_minutes: i64) -> crate::domain::StoredPlan {
+    use crate::domain::{Plan, PlanKey, StoredPlan, Zone};
+    let base = i / 8;
+    let mut rng = StdRng::seed_from_u64(base ^ 0x5eed_f00d);
+    let day =
+        stored_plan_origin().date() + Duration::days(rng.random_range(0..span_minutes / (24 * 60)).max(0));
+    let start =
+        day.and_hms_opt(rng.random_range(17..23), [0, 30][rng.random_range(0..2)], 0).expect("valid time")
+            + Duration::days((i % 8) as i64);
+    let end = start + Duration::minutes([60, 75, 90, 120][rng.random_range(0..4)]);
+    const EUROS: [i64; 12] = [10, 12, 15, 18, 20, 25, 30, 35, 40, 45, 55, 75];
+    let zones = (0..rng.random_range(1..4u64))
+        .map(|z| Zone {
+            zone_id: z + 1,
+            name: ["Platea", "Grada 2", "Amfiteatre", "Palco", "Pista", "VIP & Backstage"]
+                [(base + z) as usize % 6]
+                .to_owned(),
+            capacity: 100,
+            price: rust_decimal::Decimal::new(EUROS[rng.random_range(0..EUROS.len())] * 100, 2),
+            numbered: z % 2 == 0,
+        })
+        .collect();
+    let plan = Plan {
+        key: PlanKey::new("fever", base, i),
+        title: format!(
+            "{} · {}",
+            SHOWS[base as usize % SHOWS.len()],
+            CITIES[(base as usize / SHOWS.len()) % CITIES.len()]
+        ),
+        online: true,
+        organizer_company_id: Some(1),
+        start,
+        end,
+        sell_from: Some(stored_plan_origin()),
+        sell_to: Some(end),
+        sold_out: false,
+        zones,
+    };
+    StoredPlan::new(plan, chrono_tz::UTC, true, 1)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -324,6 +412,30 @@ mod tests {
             offline_share: 0.25,
             invalid_share: 0.1,
         }
+    }
+
+    #[test]
+    fn a_feed_shaped_show_runs_on_consecutive_days_with_one_title_hour_and_prices() {
+        let span = 5 * 365 * 24 * 60;
+        let run: Vec<_> = (16..24).map(|i| feed_shaped_stored_plan(i, span)).collect();
+        let first = &run[0].plan;
+        for (k, p) in run.iter().map(|s| &s.plan).enumerate() {
+            assert_eq!((p.key.base_plan_id, p.key.plan_id), (2, 16 + k as u64));
+            assert_eq!(p.title, first.title);
+            assert_eq!(p.start, first.start + Duration::days(k as i64));
+            assert_eq!(p.end - p.start, first.end - first.start);
+            assert_eq!(
+                p.zones.iter().map(|z| z.price).collect::<Vec<_>>(),
+                first.zones.iter().map(|z| z.price).collect::<Vec<_>>()
+            );
+            assert!(p.start.minute() == 0 || p.start.minute() == 30, "{}", p.start);
+        }
+        assert_eq!(feed_shaped_stored_plan(16, span).plan.start, first.start, "deterministic");
+        assert_ne!(
+            feed_shaped_stored_plan(24, span).plan.title,
+            first.title,
+            "the next base plan is another show"
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ mod text;
 pub use chunk::Chunker;
 pub use error::FeedError;
 pub use fields::SkipKind;
-pub use generate::{generate, generate_into, random_stored_plan, stored_plan_origin, GenSpec, GenStats};
+pub use generate::{
+    feed_shaped_stored_plan, generate, generate_into, random_stored_plan, stored_plan_origin, GenSpec,
+    GenStats,
+};
 pub use parse::{parse_chunk, parse_document, ParsedChunk, Skipped};
 pub use text::{Shown, MAX_TEXT_BYTES, SHOWN_BYTES};
