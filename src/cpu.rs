@@ -104,6 +104,11 @@ impl CpuPool {
         self.threads
     }
 
+    /// The niceness its threads add to the process's.
+    pub fn nice(&self) -> i32 {
+        self.nice
+    }
+
     /// Runs `f` on one of the pool's threads and waits for its result; a panic in `f` is caught and
     /// returned as [`CpuError::Panicked`].
     pub async fn run<T, F>(&self, f: F) -> Result<T, CpuError>
@@ -130,6 +135,18 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Lowers the calling thread's priority as much as the pool's threads', once per thread: for
+/// ingestion's background threads that are not in the pool (the embedded store's WAL checkpoint).
+/// Called by the thread itself when it first has work, after [`configure`] ran.
+pub fn lower_current_thread() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !LOWERED.with(|l| l.replace(true)) {
+        lower_priority(pool().nice);
+    }
 }
 
 /// Raises the calling thread's nice value by `nice` (Linux: per thread; elsewhere a no-op).
