@@ -9,6 +9,9 @@
 //! idle ingestion runs at full speed. Ingestion is never stopped, only given a smaller share, so every
 //! feed still finishes.
 //!
+//! The embedded store's writes run here too (`SqliteStore::write`): encoding and writing a round's
+//! rows is about as much CPU as parsing it.
+//!
 //! The pool is process-wide ([`configure`] once at start, from the settings), because every parser
 //! actor of every pipeline in the process shares the same cores; a job waits in an unbounded queue,
 //! which holds at most one job per parser actor (each awaits its job before taking the next chunk).
