@@ -14,19 +14,28 @@
 # phase: a wrk closed loop (-t2 -c$CONNS) and a fixed rate (examples/loadgen.rs, latency from each
 # request's scheduled time) on the same 1-day range. A busy phase also reports the rounds ingested,
 # plans/s and MB/s, failed fetches, and the CPU seconds of planfeed's ingestion threads, its other
-# threads and the simulator.
+# threads and the simulator (with planfeed's busiest threads by id).
+#
+# The machine may be shared: a neighbour's build can halve the req/s of an idle phase against one a
+# minute later. So each profile runs MIXED_PAIRS (default 3) pairs of phases, idle then busy, and
+# judges by each pair's ratios and their median, printing the load average with each pair.
+# The simulator stands for a provider on another machine: it runs at nice MIXED_SIM_NICE (default
+# 19), so generating the feed does not count against searches (MIXED_SIM_NICE=0 to charge it).
 #
 # Profiles (MIXED_PROFILES, space-separated): `default` (config/default.toml: every core but one for
-# parsing, nice +10), `same-priority` (two parse threads at the searches' priority: what tokio's
-# blocking pool gave before), `bound-only` (one thread, no nice), `nice19` (one thread, nice +19).
+# parsing and the store's writes, nice +10), `same-priority` (two ingestion threads at the searches'
+# priority: close to what tokio's blocking pool gave before), `bound-only` (one thread, no nice),
+# `nice19` (one thread, nice +19), `idle` (the default under SCHED_IDLE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS=${MIXED_SECONDS:-10}
+PAIRS=${MIXED_PAIRS:-3}
+SIM_NICE=${MIXED_SIM_NICE:-19}
 RATE=${MIXED_RATE:-10000}
 CONNS=${MIXED_CONNECTIONS:-32}
 BASE_PLANS=${MIXED_BASE_PLANS:-3000}
-PROFILES=${MIXED_PROFILES:-default same-priority bound-only nice19}
+PROFILES=${MIXED_PROFILES:-default idle same-priority bound-only nice19}
 SIM_PORT=18190
 PORT=18191
 WORK=target/mixed
@@ -55,7 +64,7 @@ for port in $SIM_PORT $PORT; do
         exit 1
     fi
 done
-"$BIN" simulate-provider --listen "127.0.0.1:$SIM_PORT" --base-plans "$BASE_PLANS" --plans 4 --zones 50 \
+nice -n "$SIM_NICE" "$BIN" simulate-provider --listen "127.0.0.1:$SIM_PORT" --base-plans "$BASE_PLANS" --plans 4 --zones 50 \
     >"$WORK/simulator.log" 2>&1 &
 SIM=$!
 PIDS+=("$SIM")
@@ -108,6 +117,16 @@ cpu_secs() { # PID PATTERN [invert]
     python3 -c "print(round($total / $tick, 2))"
 }
 
+# The CPU seconds (user + system) of each of a process's threads: "TID NAME SECONDS" lines.
+thread_secs() { # PID
+    local tick t
+    tick=$(getconf CLK_TCK)
+    for t in /proc/"$1"/task/*; do
+        printf '%s %s ' "${t##*/}" "$(tr ' ' _ <"$t/comm" 2>/dev/null)"
+        sed 's/.*) //' "$t/stat" 2>/dev/null | awk -v k="$tick" '{print ($12 + $13) / k}'
+    done
+}
+
 # Stops the simulator and waits until the pipeline holds no chunk and the writer's count stands.
 pause_ingestion() {
     kill -STOP "$SIM"
@@ -132,13 +151,14 @@ profile_env() {
     same-priority) echo "PLANFEED__PIPELINE__INGEST_THREADS=2 PLANFEED__PIPELINE__INGEST_NICE=0" ;;
     bound-only) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=0" ;;
     nice19) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=19" ;;
+    idle) echo "PLANFEED__PIPELINE__INGEST_IDLE_POLICY=true" ;;
     *) echo "unknown profile $1" >&2; exit 1 ;;
     esac
 }
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); feed $((FEED_BYTES / 1000000)) MB" \
-    "($BASE_PLANS x 4 x 50), fetched every 1 s; ${SECS} s per run, fixed rate ${RATE}/s, $CONNS connections" |
-    tee -a "$RESULTS"
+    "($BASE_PLANS x 4 x 50), fetched every 1 s; ${SECS} s per run, fixed rate ${RATE}/s, $CONNS connections;" \
+    "$PAIRS idle/busy pairs per profile; simulator at nice $SIM_NICE" | tee -a "$RESULTS"
 for profile in $PROFILES; do
     STORE=$(mktemp -d /tmp/planfeed-mixed.XXXXXX)
     # shellcheck disable=SC2046
@@ -162,46 +182,70 @@ for profile in $PROFILES; do
     done
     curl -sf -o /dev/null "http://127.0.0.1:$PORT$DAY"
     echo "# profile $profile: $(profile_env "$profile" | sed 's/PLANFEED__PIPELINE__//g')" | tee -a "$RESULTS"
-
-    pause_ingestion
-    closed "idle, closed loop"
-    IDLE_RPS=$LAST_RPS IDLE_P99=$LAST_P99
-    fixed "idle, fixed ${RATE}/s"
-    IDLE_FIXED_P99=$LAST_P99
-
+    RATIOS=$WORK/ratios-$profile.txt
+    : >"$RATIOS"
+    BUSY_SECS=0
     OK0=$(metric planfeed_fetches_total 'outcome="ok"')
     ALL0=$(metric planfeed_fetches_total)
     SEEN0=$(metric planfeed_plans_total 'outcome="seen"')
-    ING0=$(cpu_secs "$PF" 'planfeed-ingest*')
-    REST0=$(cpu_secs "$PF" 'planfeed-ingest*' invert)
+    SPOOLED0=$(metric planfeed_plans_total 'outcome="spooled"')
     SIM0=$(cpu_secs "$SIM" '*')
-    T0=$(date +%s.%N)
-    kill -CONT "$SIM"
-    closed "busy, closed loop"
-    BUSY_RPS=$LAST_RPS BUSY_P99=$LAST_P99
-    fixed "busy, fixed ${RATE}/s"
-    BUSY_FIXED_P99=$LAST_P99
-    T1=$(date +%s.%N)
+    thread_secs "$PF" >"$WORK/threads0.txt"
+    for pair in $(seq 1 "$PAIRS"); do
+        echo "pair $pair, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS"
+        pause_ingestion
+        closed "idle, closed loop"
+        IDLE_RPS=$LAST_RPS IDLE_P99=$LAST_P99
+        fixed "idle, fixed ${RATE}/s"
+        IDLE_FIXED_P99=$LAST_P99
+        T0=$(date +%s.%N)
+        kill -CONT "$SIM"
+        closed "busy, closed loop"
+        BUSY_RPS=$LAST_RPS BUSY_P99=$LAST_P99
+        fixed "busy, fixed ${RATE}/s"
+        BUSY_FIXED_P99=$LAST_P99
+        BUSY_SECS=$(python3 -c "print($BUSY_SECS + $(date +%s.%N) - $T0)")
+        python3 -c "
+i, b, ip, bp, fi, fb = $IDLE_RPS, $BUSY_RPS, $IDLE_P99, $BUSY_P99, $IDLE_FIXED_P99, $BUSY_FIXED_P99
+print(f'{b / i:.3f} {bp / ip:.3f} {fb / fi:.3f}')" | tee -a "$RATIOS" |
+            awk '{printf "pair busy/idle: closed loop req/s %.2f, p99 %.2fx; fixed-rate p99 %.2fx\n", $1, $2, $3}' |
+            tee -a "$RESULTS"
+    done
+    thread_secs "$PF" >"$WORK/threads1.txt"
+    SIM1=$(cpu_secs "$SIM" '*')
     OK1=$(metric planfeed_fetches_total 'outcome="ok"')
     ALL1=$(metric planfeed_fetches_total)
     SEEN1=$(metric planfeed_plans_total 'outcome="seen"')
-    ING1=$(cpu_secs "$PF" 'planfeed-ingest*')
-    REST1=$(cpu_secs "$PF" 'planfeed-ingest*' invert)
-    SIM1=$(cpu_secs "$SIM" '*')
-    python3 - "$T0" "$T1" "$OK0" "$OK1" "$ALL0" "$ALL1" "$SEEN0" "$SEEN1" "$FEED_BYTES" \
-        "$ING0" "$ING1" "$REST0" "$REST1" "$SIM0" "$SIM1" <<'PY' | tee -a "$RESULTS"
-import sys
-t0, t1, ok0, ok1, all0, all1, seen0, seen1, feed, i0, i1, r0, r1, s0, s1 = map(float, sys.argv[1:])
-secs = t1 - t0
+    SPOOLED1=$(metric planfeed_plans_total 'outcome="spooled"')
+    python3 - "$BUSY_SECS" "$OK0" "$OK1" "$ALL0" "$ALL1" "$SEEN0" "$SEEN1" "$FEED_BYTES" "$SPOOLED0" "$SPOOLED1" \
+        "$SIM0" "$SIM1" "$WORK/threads0.txt" "$WORK/threads1.txt" "$RATIOS" <<'PY' | tee -a "$RESULTS"
+import statistics, sys
+secs, ok0, ok1, all0, all1, seen0, seen1, feed, sp0, sp1, s0, s1 = map(float, sys.argv[1:13])
+def threads(path):
+    out = {}
+    for line in open(path):
+        tid, name, cpu = line.split()
+        out[tid] = (name, float(cpu))
+    return out
+before, after = threads(sys.argv[13]), threads(sys.argv[14])
+used = {tid: (name, cpu - before.get(tid, (name, 0.0))[1]) for tid, (name, cpu) in after.items()}
+groups = {}
+for name, cpu in used.values():
+    group = "ingestion pool" if name.startswith("planfeed-ingest") else name
+    groups[group] = groups.get(group, 0.0) + cpu
 rounds = ok1 - ok0
-print(f"busy ingestion: {rounds:.0f} rounds ok, {all1 - all0 - rounds:.0f} failed in {secs:.1f} s; "
-      f"{(seen1 - seen0) / secs:,.0f} plans/s, {rounds * feed / 1e6 / secs:.1f} MB/s; CPU s: ingestion threads "
-      f"{i1 - i0:.1f}, other planfeed threads {r1 - r0:.1f}, simulator {s1 - s0:.1f}")
+print(f"busy ingestion: {rounds:.0f} rounds ok, {all1 - all0 - rounds:.0f} failed, {sp1 - sp0:.0f} plans spooled in "
+      f"{secs:.1f} busy s; {(seen1 - seen0) / secs:,.0f} plans/s, {rounds * feed / 1e6 / secs:.1f} MB/s")
+print("CPU s over the pairs (idle phases included): "
+      + ", ".join(f"{g} {c:.1f}" for g, c in sorted(groups.items(), key=lambda x: -x[1]) if c >= 0.05)
+      + f"; simulator {s1 - s0:.1f}")
+top = sorted(used.items(), key=lambda x: -x[1][1])[:6]
+print("busiest threads: " + ", ".join(f"{name}/{tid} {cpu:.1f}" for tid, (name, cpu) in top))
+rows = [list(map(float, line.split())) for line in open(sys.argv[15])]
+med = [statistics.median(col) for col in zip(*rows)]
+print(f"median of {len(rows)} pairs, busy/idle: closed loop req/s {med[0]:.2f} (target >= 0.7), "
+      f"p99 {med[1]:.2f}x (target <= 2x); fixed-rate p99 {med[2]:.2f}x (target <= 2x)")
 PY
-    python3 -c "
-i, b, ip, bp, fi, fb = $IDLE_RPS, $BUSY_RPS, $IDLE_P99, $BUSY_P99, $IDLE_FIXED_P99, $BUSY_FIXED_P99
-print(f'busy/idle: closed loop req/s {b / i:.2f} (target >= 0.7), p99 {bp / ip:.2f}x (target <= 2x); '
-      f'fixed-rate p99 {fb / fi:.2f}x')" | tee -a "$RESULTS"
     # How the cache met the writes: days reloaded by invalidations, lookups served the previous copy
     # meanwhile, misses (searches that read the store) and store deadlines passed.
     echo "search cache: reloaded days $(metric planfeed_search_reloaded_days_total)," \

@@ -9,6 +9,9 @@
 //! idle ingestion runs at full speed. Ingestion is never stopped, only given a smaller share, so every
 //! feed still finishes.
 //!
+//! The embedded store's writes run here too (`SqliteStore::write`): encoding and writing a round's
+//! rows is about as much CPU as parsing it.
+//!
 //! The pool is process-wide ([`configure`] once at start, from the settings), because every parser
 //! actor of every pipeline in the process shares the same cores; a job waits in an unbounded queue,
 //! which holds at most one job per parser actor (each awaits its job before taking the next chunk).
@@ -27,18 +30,22 @@ pub enum CpuError {
     Closed,
 }
 
-/// How the pool is sized: `pipeline.ingest_threads` and `pipeline.ingest_nice`.
+/// How the pool is sized: `pipeline.ingest_threads`, `pipeline.ingest_nice` and
+/// `pipeline.ingest_idle_policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSize {
     /// 0: every core but one (at least one thread).
     pub threads: usize,
     /// Added niceness, 0 (same priority as searches) to 19 (lowest).
     pub nice: i32,
+    /// Linux `SCHED_IDLE` for the threads: any other thread that wakes up takes the core from them
+    /// at once (a niced thread may first finish its slice), and they weigh less than nice 19.
+    pub idle: bool,
 }
 
 impl PoolSize {
     /// The default of `config/default.toml`.
-    pub const DEFAULT: PoolSize = PoolSize { threads: 0, nice: 10 };
+    pub const DEFAULT: PoolSize = PoolSize { threads: 0, nice: 10, idle: false };
 
     fn thread_count(self) -> usize {
         if self.threads > 0 {
@@ -54,6 +61,7 @@ pub struct CpuPool {
     jobs: crossbeam_channel::Sender<Job>,
     threads: usize,
     nice: i32,
+    idle: bool,
 }
 
 static POOL: OnceLock<CpuPool> = OnceLock::new();
@@ -62,12 +70,14 @@ static POOL: OnceLock<CpuPool> = OnceLock::new();
 /// a later call with other values is logged and ignored, as a restart is needed to change them.
 pub fn configure(size: PoolSize) {
     let pool = POOL.get_or_init(|| CpuPool::start(size));
-    if pool.threads != size.thread_count() || pool.nice != size.nice {
+    if pool.threads != size.thread_count() || pool.nice != size.nice || pool.idle != size.idle {
         tracing::warn!(
             threads = pool.threads,
             nice = pool.nice,
+            idle = pool.idle,
             wanted_threads = size.thread_count(),
             wanted_nice = size.nice,
+            wanted_idle = size.idle,
             "ingestion threads are sized at start: restart to change them"
         );
     }
@@ -84,9 +94,8 @@ impl CpuPool {
         let threads = size.thread_count();
         for i in 0..threads {
             let rx = rx.clone();
-            let nice = size.nice;
             let spawned = std::thread::Builder::new().name(format!("planfeed-ingest-{i}")).spawn(move || {
-                lower_priority(nice);
+                lower_priority(size.nice, size.idle);
                 for job in rx {
                     job();
                 }
@@ -95,13 +104,18 @@ impl CpuPool {
                 tracing::error!(error = %e, thread = i, "cannot start an ingestion thread");
             }
         }
-        tracing::info!(threads, nice = size.nice, "ingestion threads started");
-        Self { jobs: tx, threads, nice: size.nice }
+        tracing::info!(threads, nice = size.nice, idle = size.idle, "ingestion threads started");
+        Self { jobs: tx, threads, nice: size.nice, idle: size.idle }
     }
 
     /// Threads in the pool.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The niceness its threads add to the process's.
+    pub fn nice(&self) -> i32 {
+        self.nice
     }
 
     /// Runs `f` on one of the pool's threads and waits for its result; a panic in `f` is caught and
@@ -132,24 +146,43 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Raises the calling thread's nice value by `nice` (Linux: per thread; elsewhere a no-op).
-fn lower_priority(nice: i32) {
-    if nice <= 0 {
-        return;
+/// Lowers the calling thread's priority as much as the pool's threads', once per thread: for
+/// ingestion's background threads that are not in the pool (the embedded store's WAL checkpoint).
+/// Called by the thread itself when it first has work, after [`configure`] ran.
+pub fn lower_current_thread() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
+    if !LOWERED.with(|l| l.replace(true)) {
+        lower_priority(pool().nice, pool().idle);
+    }
+}
+
+/// Raises the calling thread's nice value by `nice`, and with `idle` puts it under `SCHED_IDLE`
+/// (Linux: per thread; elsewhere a no-op).
+fn lower_priority(nice: i32, idle: bool) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
         // The thread starts at the process's nice value; this one adds to it, up to 19.
-        let (tid, rc) = unsafe {
-            let tid = libc::gettid();
-            let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-            (tid, libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (current + nice).min(19)))
-        };
-        if rc != 0 {
-            tracing::warn!(tid, nice, error = %std::io::Error::last_os_error(), "cannot lower an ingestion thread's priority");
+        let tid = unsafe { libc::gettid() };
+        if nice > 0 {
+            let rc = unsafe {
+                let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (current + nice).min(19))
+            };
+            if rc != 0 {
+                tracing::warn!(tid, nice, error = %std::io::Error::last_os_error(), "cannot lower an ingestion thread's priority");
+            }
+        }
+        // SAFETY: as above; `param` lives across the call. Lowering needs no privilege.
+        let param = libc::sched_param { sched_priority: 0 };
+        if idle && unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::warn!(tid, error = %std::io::Error::last_os_error(), "cannot put an ingestion thread under SCHED_IDLE");
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (nice, idle);
 }
 
 /// The calling thread's nice value (Linux), for tests.
@@ -165,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_on_the_pools_threads_with_their_priority_and_panics_are_caught() {
-        let pool = CpuPool::start(PoolSize { threads: 2, nice: 7 });
+        let pool = CpuPool::start(PoolSize { threads: 2, nice: 7, idle: false });
         assert_eq!(pool.threads(), 2);
         let (name, nice) =
             pool.run(|| (std::thread::current().name().map(String::from), current_nice())).await.unwrap();
@@ -180,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_beyond_the_thread_count_wait_their_turn() {
-        let pool = CpuPool::start(PoolSize { threads: 1, nice: 0 });
+        let pool = CpuPool::start(PoolSize { threads: 1, nice: 0, idle: false });
         let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let jobs = (0..8).map(|_| {
@@ -198,10 +231,23 @@ mod tests {
         assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1, "one thread: one job at a time");
     }
 
+    #[tokio::test]
+    async fn the_idle_policy_puts_the_threads_under_sched_idle() {
+        let pool = CpuPool::start(PoolSize { threads: 1, nice: 3, idle: true });
+        // SAFETY: reads the calling thread's own policy.
+        let (policy, nice) =
+            pool.run(|| (unsafe { libc::sched_getscheduler(0) }, current_nice())).await.unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        assert_eq!(nice, (current_nice() + 3).min(19));
+        let normal = CpuPool::start(PoolSize { threads: 1, nice: 0, idle: false });
+        let policy = normal.run(|| unsafe { libc::sched_getscheduler(0) }).await.unwrap();
+        assert_eq!(policy, libc::SCHED_OTHER);
+    }
+
     #[test]
     fn the_default_leaves_one_core_to_searches() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(PoolSize::DEFAULT.thread_count(), cores.saturating_sub(1).max(1));
-        assert_eq!(PoolSize { threads: 3, nice: 0 }.thread_count(), 3);
+        assert_eq!(PoolSize { threads: 3, nice: 0, idle: false }.thread_count(), 3);
     }
 }

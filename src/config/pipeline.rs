@@ -20,12 +20,19 @@ pub struct PipelineSettings {
     pub ingest_threads: usize,
     /// Niceness those threads add to the process's (0 to 19): searches get the CPU first.
     pub ingest_nice: i32,
+    /// Those threads under Linux `SCHED_IDLE`: a search thread waking up takes the core at once.
+    #[serde(default)]
+    pub ingest_idle_policy: bool,
 }
 
 impl PipelineSettings {
     /// The size of the ingestion thread pool these settings ask for.
     pub fn cpu_pool(&self) -> crate::cpu::PoolSize {
-        crate::cpu::PoolSize { threads: self.ingest_threads, nice: self.ingest_nice }
+        crate::cpu::PoolSize {
+            threads: self.ingest_threads,
+            nice: self.ingest_nice,
+            idle: self.ingest_idle_policy,
+        }
     }
 }
 

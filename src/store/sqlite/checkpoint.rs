@@ -25,6 +25,8 @@ impl Checkpointer {
             .name("sqlite-checkpoint".into())
             .spawn(move || {
                 while rx.recv().is_ok() {
+                    // Copying the WAL is ingestion's work: at ingestion's priority, not searches'.
+                    crate::cpu::lower_current_thread();
                     let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                         Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                     });

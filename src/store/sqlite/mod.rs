@@ -76,13 +76,22 @@ impl SqliteStore {
         self.read(move |conn| read::explain_plans_by_day(conn, from, to)).await
     }
 
+    /// Runs a write on ingestion's low-priority threads ([`crate::cpu`]): encoding and writing a
+    /// batch (a 61 MB feed is 600k zone rows a round) is seconds of CPU, which on tokio's blocking
+    /// pool ran at the priority of the threads answering searches and beside the parsers, so
+    /// ingestion took both cores of a 2-core machine. On the pool it shares the parsers' threads
+    /// (by default every core but one) and yields the CPU to searches. Reads stay on the blocking
+    /// pool: they are searches.
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let inner = self.inner.clone();
-        blocking(move || f(&mut inner.pool.writer.lock())).await
+        crate::cpu::pool().run(move || f(&mut inner.pool.writer.lock())).await.map_err(|e| match e {
+            crate::cpu::CpuError::Panicked(m) => StoreError::Permanent(format!("sqlite write panicked: {m}")),
+            crate::cpu::CpuError::Closed => StoreError::Unavailable(format!("sqlite write not run: {e}")),
+        })?
     }
 
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
@@ -171,5 +180,30 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         use self::error::SqlContext;
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).ctx(|| "pinging the database")).await
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The calling thread's name and nice value.
+    fn thread_and_nice() -> (String, i32) {
+        // SAFETY: reads the calling thread's own priority.
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        (std::thread::current().name().unwrap_or_default().to_string(), nice)
+    }
+
+    #[tokio::test]
+    async fn writes_run_on_ingestions_low_priority_threads_and_reads_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("plans.db")).unwrap();
+        let (base_name, base_nice) = thread_and_nice();
+        let (name, nice) = store.write(|_| Ok(thread_and_nice())).await.unwrap();
+        assert!(name.starts_with("planfeed-ingest-"), "write ran on {name:?}");
+        assert_eq!(nice, (base_nice + crate::cpu::pool().nice()).min(19));
+        let (name, nice) = store.read(|_| Ok(thread_and_nice())).await.unwrap();
+        assert!(!name.starts_with("planfeed-ingest-"), "read ran on {name:?} (test thread {base_name:?})");
+        assert_eq!(nice, base_nice, "reads keep the searches' priority");
     }
 }

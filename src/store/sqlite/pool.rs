@@ -1,7 +1,8 @@
 //! The embedded store's connections: one writer behind a mutex (SQLite admits one writer at a
 //! time anyway) and a few readers, so searches proceed while a batch is being written (under WAL a
 //! reader sees the last committed batch and never waits for the writer). rusqlite calls block, so
-//! every call runs on tokio's blocking pool, never on the runtime's threads.
+//! every read runs on tokio's blocking pool and every write on ingestion's low-priority threads
+//! ([`crate::cpu`]), never on the runtime's threads.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

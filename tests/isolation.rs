@@ -1,0 +1,124 @@
+//! Searches keep their speed while a feed is ingested (ADR 12): in the real binary, ingestion's
+//! CPU work (parsing, hashing, the embedded store's writes and its WAL checkpoint) runs on threads
+//! of lower priority, as many as `pipeline.ingest_threads`, while the threads answering searches
+//! keep the process's priority; and ingestion still completes a feed. Read from `/proc` (Linux).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::Instant;
+
+use common::binary::{free_port, Planfeed};
+use common::PATIENCE;
+use planfeed::feed::GenSpec;
+use planfeed::simulator::{self, Faults, FeedSource, Simulator};
+
+/// One thread of a process, from `/proc/PID/task/TID/{comm,stat}`.
+#[derive(Debug)]
+struct Thread {
+    tid: u32,
+    /// The first 15 bytes of the thread's name (all `comm` keeps).
+    name: String,
+    nice: i32,
+    /// User + system CPU, in clock ticks.
+    ticks: u64,
+}
+
+impl Thread {
+    /// Whether this is the thread named `full` (or one whose name starts like it, past 15 bytes).
+    fn is(&self, full: &str) -> bool {
+        self.name.starts_with(full) || (self.name.len() == 15 && full.starts_with(&self.name))
+    }
+}
+
+fn threads(pid: u32) -> Vec<Thread> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // After "TID (comm) ": field 3 (state) is index 0, so utime (14) is 11, stime 12, nice 16.
+        let fields: Vec<&str> = stat[stat.rfind(") ").unwrap() + 2..].split(' ').collect();
+        out.push(Thread {
+            tid: task.file_name().to_string_lossy().parse().unwrap(),
+            name: comm.trim().to_string(),
+            nice: fields[16].parse().unwrap(),
+            ticks: fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap(),
+        });
+    }
+    out
+}
+
+/// A counter of `/metrics`, summed over the series whose labels contain `filter`.
+async fn metric(base: &str, name: &str, filter: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_runs_on_its_low_priority_threads_and_still_completes_the_feed() {
+    let spec = GenSpec {
+        base_plans: 500,
+        plans_per_base: 4,
+        zones_per_plan: 50,
+        seed: 17,
+        offline_share: 0.0,
+        invalid_share: 0.0,
+    };
+    let total = (spec.base_plans * spec.plans_per_base) as u64;
+    let url =
+        simulator::spawn_local(Simulator::new(FeedSource::Generated(spec), Faults::default())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("local.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [provider]\nurl = \"{url}\"\ninterval = \"1h\"\njitter = \"0s\"\n\
+             [pipeline]\ningest_threads = 1\ningest_nice = 5\n\
+             [store]\npath = \"{}\"\n",
+            dir.path().join("plans.db").display()
+        ),
+    )
+    .unwrap();
+    let mut pf = Planfeed::serve(dir.path(), port);
+    pf.wait_ready().await;
+    let pid = pf.child.id();
+
+    // The feed is ingested whole: one fetch recorded ok, every plan written.
+    let deadline = Instant::now() + PATIENCE;
+    while metric(&pf.base, "planfeed_fetches_total", "outcome=\"ok\"").await < 1 {
+        assert!(Instant::now() < deadline, "no fetch recorded within {PATIENCE:?}:\n{}", pf.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&pf.base, "planfeed_plans_total", "outcome=\"written\"").await, total);
+    assert_eq!(metric(&pf.base, "planfeed_plans_total", "outcome=\"spooled\"").await, 0);
+
+    // The process's own priority (its main thread's) is what searches run at.
+    let base = threads(pid).into_iter().find(|t| t.tid == pid).unwrap().nice;
+    let low = (base + 5).min(19);
+    // The checkpoint thread lowers itself when it is first woken, after the first write: wait for it.
+    let deadline = Instant::now() + PATIENCE;
+    let all = loop {
+        let all = threads(pid);
+        if all.iter().any(|t| t.is("sqlite-checkpoint") && t.nice == low) {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "checkpoint thread not lowered to {low}: {all:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let ingest: Vec<&Thread> = all.iter().filter(|t| t.is("planfeed-ingest-")).collect();
+    assert_eq!(ingest.len(), 1, "pipeline.ingest_threads = 1: {all:?}");
+    assert_eq!(ingest[0].nice, low, "{all:?}");
+    // It did the parsing and the writes: a feed of 2,000 plans × 50 zones is far more than a tick.
+    assert!(ingest[0].ticks > 0, "{all:?}");
+    let searching: Vec<&Thread> = all.iter().filter(|t| t.is("tokio-r")).collect();
+    assert!(!searching.is_empty(), "{all:?}");
+    assert!(searching.iter().all(|t| t.nice == base), "searches keep the process's priority: {all:?}");
+}
