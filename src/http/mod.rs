@@ -14,17 +14,19 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::net::TcpListener;
 use warp::http::header::{
-    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY,
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY,
 };
-use warp::http::{HeaderMap, HeaderValue, StatusCode};
+use warp::http::uri::PathAndQuery;
+use warp::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::domain::TimeRange;
 use crate::metrics::{self, MetricsSource};
-use crate::search::{Answer, Searcher};
+use crate::search::{Answer, Content, Searcher};
 use encoding::Coding;
 use error::ApiError;
 
@@ -64,28 +66,31 @@ fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 }
 
 pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    // Shared once: a request clones one `Arc`, not the state's fields.
+    let state = Arc::new(state);
     let search = warp::path!("search")
         .and(get_or_head())
-        .and(search_filter())
-        .and(warp::header::headers_cloned())
+        .and(warp::ext::get::<SearchRequest>())
         .and(with(state.clone()))
-        .then(search_handler_with);
-    let metrics = warp::path!("metrics").and(get_or_head()).and(with(state.clone())).map(|s: ApiState| {
-        let mut res = Response::new(s.metrics.render().into());
-        res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
-        res
-    });
+        .then(search_handler);
+    let metrics =
+        warp::path!("metrics").and(get_or_head()).and(with(state.clone())).map(|s: Arc<ApiState>| {
+            let mut res = Response::new(s.metrics.render().into());
+            res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
+            res
+        });
     let health = warp::path!("health")
         .and(get_or_head())
         .map(|| json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()));
-    let ready = warp::path!("ready").and(get_or_head()).and(with(state)).then(|s: ApiState| async move {
-        match s.readiness.check().await {
-            Ok(()) => json_response(StatusCode::OK, crate::readiness::describe("ready").into()),
-            Err(status) => {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, crate::readiness::describe(status).into())
+    let ready =
+        warp::path!("ready").and(get_or_head()).and(with(state)).then(|s: Arc<ApiState>| async move {
+            match s.readiness.check().await {
+                Ok(()) => json_response(StatusCode::OK, crate::readiness::describe("ready").into()),
+                Err(status) => {
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, crate::readiness::describe(status).into())
+                }
             }
-        }
-    });
+        });
     let openapi = warp::path!("openapi.yaml").and(get_or_head()).map(|| {
         let mut res = Response::new(OPENAPI_YAML.into());
         res.headers_mut().insert("content-type", HeaderValue::from_static("application/yaml"));
@@ -108,47 +113,77 @@ fn with<T: Clone + Send>(t: T) -> impl Filter<Extract = (T,), Error = Infallible
     warp::any().map(move || t.clone())
 }
 
-/// What `/search` needs from the request: who asks (for the rate limits) and the raw query string
-/// (parsed by the handler so repeated parameters can be detected).
+/// What `/search` needs of a request, taken from it once by the server ([`server::serve`] puts it
+/// in the request's extensions): who asks (for the rate limits), the target (its query is parsed
+/// by the handler so repeated parameters are detected), and the two headers that choose the
+/// representation. Shares the request's bytes: no copy of the header map or the target.
+#[derive(Debug, Clone, Default)]
 pub struct SearchRequest {
     pub remote: Option<std::net::SocketAddr>,
-    pub forwarded_for: Option<String>,
-    pub query: String,
+    /// The first `X-Forwarded-For` line (used when `trust_forwarded_for` is set).
+    pub forwarded_for: Option<HeaderValue>,
+    pub target: Option<PathAndQuery>,
+    /// Every `If-None-Match` line, joined into one list.
+    pub if_none_match: Option<HeaderValue>,
+    /// Every `Accept-Encoding` line, joined into one list.
+    pub accept_encoding: Option<HeaderValue>,
 }
 
-pub fn search_filter() -> impl Filter<Extract = (SearchRequest,), Error = Rejection> + Clone {
-    warp::ext::optional::<server::ClientAddr>()
-        .map(|client: Option<server::ClientAddr>| client.map(|c| c.0))
-        .and(warp::header::optional::<String>("x-forwarded-for"))
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .map(|remote, forwarded_for, query| SearchRequest { remote, forwarded_for, query })
+impl SearchRequest {
+    /// The facts of `req`, from `remote`.
+    pub fn of<B>(req: &warp::http::Request<B>, remote: std::net::SocketAddr) -> Self {
+        let headers = req.headers();
+        Self {
+            remote: Some(remote),
+            forwarded_for: headers.get(X_FORWARDED_FOR).cloned(),
+            target: req.uri().path_and_query().cloned(),
+            if_none_match: joined(headers, &IF_NONE_MATCH),
+            accept_encoding: joined(headers, &ACCEPT_ENCODING),
+        }
+    }
+
+    /// The raw query string (empty without one).
+    pub fn query(&self) -> &str {
+        self.target.as_ref().and_then(PathAndQuery::query).unwrap_or("")
+    }
 }
 
-/// The `/search` handler for a request without conditional or content-coding headers (a plain
-/// answer). Public for the benches.
-pub async fn search_handler(req: SearchRequest, state: ApiState) -> Response {
-    search_handler_with(req, HeaderMap::new(), state).await
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// All lines of a list header as one value (RFC 9110 §5.3: equivalent to the separate lines);
+/// the usual single line is shared, not copied.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next()?;
+    let Some(second) = lines.next() else { return Some(first.clone()) };
+    let mut list = first.as_bytes().to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        list.extend_from_slice(b", ");
+        list.extend_from_slice(line.as_bytes());
+    }
+    HeaderValue::from_bytes(&list).ok()
 }
 
-/// The `/search` handler: rate limits, parameters, cached answer, its representation for `headers`
-/// (`Accept-Encoding`, `If-None-Match`), metrics. Public for the benches.
-pub async fn search_handler_with(req: SearchRequest, headers: HeaderMap, state: ApiState) -> Response {
+/// The `/search` handler: rate limits, parameters, cached answer, its representation for the
+/// request's `Accept-Encoding` and `If-None-Match`, metrics. Public for the benches.
+pub async fn search_handler(req: SearchRequest, state: Arc<ApiState>) -> Response {
     let started = std::time::Instant::now();
-    let response = answer_search(&req, &headers, &state).await;
-    metrics::record_search(response.status().as_u16(), started.elapsed().as_secs_f64());
+    let response = answer_search(&req, &state).await;
+    metrics::record_search(response.status(), started.elapsed().as_secs_f64());
     response
 }
 
-async fn answer_search(req: &SearchRequest, headers: &HeaderMap, state: &ApiState) -> Response {
-    if let Err(e) = state.limiter.check(req.remote, req.forwarded_for.as_deref()) {
+async fn answer_search(req: &SearchRequest, state: &ApiState) -> Response {
+    let forwarded_for = req.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
+    if let Err(e) = state.limiter.check(req.remote, forwarded_for) {
         return e.into_response();
     }
-    let range: TimeRange = match params::parse_range(&req.query) {
+    let range: TimeRange = match params::parse_range(req.query()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     match state.searcher.answer(range).await {
-        Ok(answer) => represent(answer, headers, state).await,
+        Ok(answer) => represent(answer, req, state).await,
         Err(e) => {
             tracing::error!(error = %e, "search failed and no cached answer exists");
             ApiError::internal().into_response()
@@ -158,36 +193,50 @@ async fn answer_search(req: &SearchRequest, headers: &HeaderMap, state: &ApiStat
 
 /// `answer` as the request asks: `304` when `If-None-Match` names the tag of the representation it
 /// would get, else `200` with the body, gzip-compressed when accepted, large enough and cached (an
-/// uncached answer would cost a compression per request: it goes out plain). Both carry the same
-/// `ETag`, `Cache-Control` and `Vary`, as RFC 9110 §15.4.5 requires of a `304`.
-async fn represent(answer: Answer, headers: &HeaderMap, state: &ApiState) -> Response {
-    let coding = if answer.body.len() >= encoding::GZIP_MIN_BYTES && answer.compressible() {
-        Coding::negotiate(headers.get_all(ACCEPT_ENCODING))
+/// uncached answer would cost a compression per request: it goes out plain; so does a streamed
+/// one, see [`streamed`]). Both carry the same `ETag`, `Cache-Control` and `Vary`, as RFC 9110
+/// §15.4.5 requires of a `304`.
+async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Response {
+    let coding = if answer.compressible() && answer.len() >= encoding::GZIP_MIN_BYTES {
+        Coding::negotiate(req.accept_encoding.as_ref())
     } else {
         Coding::Identity
     };
-    let etag = encoding::etag(answer.hash, coding);
-    let not_modified = encoding::none_match(headers.get_all(IF_NONE_MATCH), &etag);
-    let (status, body) = if not_modified {
-        (StatusCode::NOT_MODIFIED, bytes::Bytes::new())
+    let etag = answer.etag(coding);
+    let not_modified = encoding::none_match(req.if_none_match.as_ref(), &etag);
+    let mut res = if not_modified {
+        let mut res = Response::new(warp::hyper::body::Bytes::new().into());
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        res
     } else if coding == Coding::Gzip {
         let packed = state.searcher.compressed(&answer, encoding::gzip).await;
-        (StatusCode::OK, packed.expect("a compressible answer is cached"))
+        let mut res = Response::new(packed.expect("a compressible answer is cached").into());
+        res.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        res
     } else {
-        (StatusCode::OK, answer.body)
+        match answer.content() {
+            Content::Whole(body) => Response::new(body.clone().into()),
+            Content::Pieces(pieces) => streamed(pieces.clone(), answer.len()),
+        }
     };
-    let mut res = Response::new(body.into());
-    *res.status_mut() = status;
     let h = res.headers_mut();
     if !not_modified {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(value) = coding.header() {
-            h.insert(CONTENT_ENCODING, value);
-        }
     }
     h.insert(ETAG, etag);
     h.insert(CACHE_CONTROL, state.cache_control.clone());
     h.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    res
+}
+
+/// A large answer written to the socket piece by piece from the cached days' bytes, with its
+/// `Content-Length` (known before the first byte). It goes out plain: compressing hundreds of
+/// megabytes per request would cost seconds of CPU, and caching the compressed form is what the
+/// body cache refuses for its size (ADR 0014).
+fn streamed(pieces: Arc<[Bytes]>, len: usize) -> Response {
+    let chunks = (0..pieces.len()).map(move |i| Ok::<_, Infallible>(pieces[i].clone()));
+    let mut res = warp::reply::stream(futures::stream::iter(chunks)).into_response();
+    res.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
     res
 }
 

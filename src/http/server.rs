@@ -46,11 +46,6 @@ use connections::{Activity, Registry};
 use head::{MAX_HEADERS, MAX_HEAD_BYTES};
 use socket::Socket;
 
-/// The client's address, put in each request's extensions (warp's own `addr::remote()` only
-/// works under warp's server).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
 /// Longest request target answered by the routes; a longer one gets a `414` in the contract's
 /// shape (from the service, or from the head check beyond 64 KiB).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -218,12 +213,15 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(ClientAddr(self.client));
         let guard = self.activity.request_started();
         if let Some(e) = oversized(&req) {
             drop(guard);
             return Box::pin(std::future::ready(Ok(e.into_response())));
         }
+        // The client's address (warp's own `addr::remote()` only works under warp's server) and
+        // what `/search` reads of the request, taken once without copying the header map.
+        let facts = super::SearchRequest::of(&req, self.client);
+        req.extensions_mut().insert(facts);
         let mut filter = self.filter.clone();
         let response = tower_service::Service::call(&mut filter, req);
         Box::pin(async move {
