@@ -18,7 +18,7 @@ use super::super::error::ApiError;
 /// Largest request head taken; a larger one is answered `431` (or `414` when its request line
 /// alone is that long). hyper's own read buffer is set above it, so hyper never refuses first.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Most header fields in a head (hyper's default, set on hyper too); more are answered `431`.
+/// Most header fields in a head (hyper's default, which hyper keeps); more are answered `431`.
 pub const MAX_HEADERS: usize = 100;
 /// Longest request target hyper takes (`u16::MAX - 1`); a longer one is a `414`.
 const MAX_URI_BYTES: usize = u16::MAX as usize - 1;
