@@ -57,7 +57,8 @@ pub async fn run(
     connections: Arc<server::ConnectionLimits>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    server::serve(listener, routes(state), connections, shutdown).await;
+    let state = Arc::new(state);
+    server::serve(listener, shared_routes(state.clone()), Some(state), connections, shutdown).await;
 }
 
 /// `GET`, or `HEAD` answered as `GET` (hyper sends the headers and leaves the body out).
@@ -66,8 +67,11 @@ fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 }
 
 pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    // Shared once: a request clones one `Arc`, not the state's fields.
-    let state = Arc::new(state);
+    shared_routes(Arc::new(state))
+}
+
+/// The routes on `state`, shared once: a request clones one `Arc`, not the state's fields.
+fn shared_routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let search = warp::path!("search")
         .and(get_or_head())
         .and(warp::ext::get::<SearchRequest>())

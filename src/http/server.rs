@@ -65,6 +65,7 @@ const MAX_LINGERING_REFUSALS: usize = 256;
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
+    search: Option<Arc<super::ApiState>>,
     limits: Arc<ConnectionLimits>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -91,7 +92,12 @@ pub async fn serve<F>(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let svc = Service { filter: warp::service(filter.clone()), client, activity: activity.clone() };
+        let svc = Service {
+            filter: warp::service(filter.clone()),
+            search: search.clone(),
+            client,
+            activity: activity.clone(),
+        };
         let watcher = graceful.watcher();
         let limits = limits.clone();
         tokio::spawn(async move {
@@ -195,6 +201,11 @@ async fn accept_error(e: io::Error) {
 /// The warp filter as a hyper service, with the client's address and the watchdog's bookkeeping.
 struct Service<S> {
     filter: S,
+    /// When set, `GET`/`HEAD /search` (exactly) goes straight to [`super::search_handler`]
+    /// instead of through warp's routes: the same handler, without the filter chain's futures,
+    /// the request body's wrapping and the route bookkeeping (ADR 14). Anything else, `/search/`
+    /// included, goes through the routes.
+    search: Option<Arc<super::ApiState>>,
     client: SocketAddr,
     activity: Arc<Activity>,
 }
@@ -220,6 +231,14 @@ where
         // The client's address (warp's own `addr::remote()` only works under warp's server) and
         // what `/search` reads of the request, taken once without copying the header map.
         let facts = super::SearchRequest::of(&req, self.client);
+        if let Some(state) = self.search.as_ref().filter(|_| is_search(&req)) {
+            let state = state.clone();
+            return Box::pin(async move {
+                let response = super::search_handler(facts, state).await;
+                drop(guard);
+                Ok(response)
+            });
+        }
         req.extensions_mut().insert(facts);
         let mut filter = self.filter.clone();
         let response = tower_service::Service::call(&mut filter, req);
@@ -229,6 +248,12 @@ where
             response
         })
     }
+}
+
+/// `GET` or `HEAD` of exactly `/search` (any query).
+fn is_search<B>(req: &hyper::Request<B>) -> bool {
+    let method = req.method();
+    (method == hyper::Method::GET || method == hyper::Method::HEAD) && req.uri().path() == "/search"
 }
 
 /// The `414`/`431` a request over [`MAX_URI_BYTES`] or [`MAX_HEADER_BYTES`] gets.
