@@ -65,7 +65,7 @@ const MAX_LINGERING_REFUSALS: usize = 256;
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
-    search: Option<Arc<super::ApiState>>,
+    search: Option<Arc<super::search::ApiState>>,
     limits: Arc<ConnectionLimits>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -102,15 +102,7 @@ pub async fn serve<F>(
         let limits = limits.clone();
         tokio::spawn(async move {
             let io = TokioIo::new(Socket::new(stream, activity.clone()));
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            // Our own watchdog measures header reads from their first byte; hyper's would also
-            // count the wait before it. Half-close: hyper looks for the end of the stream only
-            // between requests (see `socket`). hyper's own header limit is left at its default
-            // (100, = `MAX_HEADERS`, which the head check enforces first): setting it, even to the
-            // same value, makes hyper fill two 100-slot arrays per request (2.6 % of a warm
-            // search's CPU in a profile).
-            builder.header_read_timeout(None).half_close(true).max_buf_size(READ_BUF_BYTES);
-            let conn = watcher.watch(builder.serve_connection(io, svc));
+            let conn = watcher.watch(http1().serve_connection(io, svc));
             let closed = tokio::select! {
                 served = conn => match served {
                     Ok(()) => activity.refusal().unwrap_or("done"),
@@ -124,6 +116,18 @@ pub async fn serve<F>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// hyper's HTTP/1 connection settings. Our own watchdog measures header reads from their first
+/// byte; hyper's would also count the wait before it. Half-close: hyper looks for the end of the
+/// stream only between requests (see `socket`). hyper's own header limit is left at its default
+/// (100, = `MAX_HEADERS`, which the head check enforces first): setting it, even to the same
+/// value, makes hyper fill two 100-slot arrays per request (2.6 % of a warm search's CPU in a
+/// profile).
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.header_read_timeout(None).half_close(true).max_buf_size(READ_BUF_BYTES);
+    builder
 }
 
 /// Answers a connection over the limits with a `503` and closes it. The response is written
@@ -201,11 +205,11 @@ async fn accept_error(e: io::Error) {
 /// The warp filter as a hyper service, with the client's address and the watchdog's bookkeeping.
 struct Service<S> {
     filter: S,
-    /// When set, `GET`/`HEAD /search` (exactly) goes straight to [`super::search_handler`]
+    /// When set, `GET`/`HEAD /search` (exactly) goes straight to [`super::search::search_handler`]
     /// instead of through warp's routes: the same handler, without the filter chain's futures,
     /// the request body's wrapping and the route bookkeeping (ADR 14). Anything else, `/search/`
     /// included, goes through the routes.
-    search: Option<Arc<super::ApiState>>,
+    search: Option<Arc<super::search::ApiState>>,
     client: SocketAddr,
     activity: Arc<Activity>,
 }
@@ -230,11 +234,11 @@ where
         }
         // The client's address (warp's own `addr::remote()` only works under warp's server) and
         // what `/search` reads of the request, taken once without copying the header map.
-        let facts = super::SearchRequest::of(&req, self.client);
+        let facts = super::search::SearchRequest::of(&req, self.client);
         if let Some(state) = self.search.as_ref().filter(|_| is_search(&req)) {
             let state = state.clone();
             return Box::pin(async move {
-                let response = super::search_handler(facts, state).await;
+                let response = super::search::search_handler(facts, state).await;
                 drop(guard);
                 Ok(response)
             });

@@ -15,8 +15,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use warp::http::HeaderValue;
 
 use super::day::DayEntry;
-use super::state::{multi_threaded, BLOCKING_COPY_BYTES};
 use crate::http::encoding::{self, Coding};
+
+/// A streamed body at least this large is hashed with the runtime told it blocks (as the search
+/// copies large parts, `state::BLOCKING_COPY_BYTES`).
+const BLOCKING_HASH_BYTES: usize = 1 << 20;
 
 /// A finished `/search` body for one exact range.
 #[derive(Debug)]
@@ -194,7 +197,9 @@ impl BodyBuilder {
             hasher.digest128()
         };
         // Hashing hundreds of megabytes takes milliseconds: let the runtime move its other tasks.
-        let hash = if len >= BLOCKING_COPY_BYTES && multi_threaded() {
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let hash = if len >= BLOCKING_HASH_BYTES && multi_threaded {
             tokio::task::block_in_place(hash)
         } else {
             hash()
