@@ -1,14 +1,18 @@
 //! `cargo bench --bench http`: `/search` over real HTTP, closed loop, side by side in one run: warm
 //! 1-day and 1-month answers plain vs gzip (with the compressed size of each), the `304` path of
 //! `If-None-Match`, and a bare warp handler serving the same bytes (the ceiling of any handler on
-//! this machine) for the plain 1-day answer and for a bodiless `304`.
+//! this machine) for the plain 1-day answer and for a bodiless `304`, the ratios to it measured A/B
+//! interleaved: several rounds of (bare, planfeed) a few seconds each, every round printed with the
+//! load average, and the median round reported.
 //!
 //! The store is an embedded file of 300,000 generated plans over 5 years (about 160 a day: a 1-month
 //! answer of about 1 MB, as the marketplace sees). planfeed's routes run under the service's own
 //! server (`http::run`, metrics recorder installed) on a 2-thread runtime, each bare warp handler
-//! under `warp::serve` on the same kind of runtime, and the load comes from 32 keep-alive
+//! under `warp::serve` on the same kind of runtime, and the load comes from 64 keep-alive
 //! connections on one client thread in this process, each sending its next request as soon as the
-//! previous answer is read. `PLANFEED_HTTP_BENCH_SECS` sets the seconds per run (default 5).
+//! previous answer is read. `PLANFEED_HTTP_BENCH_SECS` sets the seconds per run (default 3),
+//! `PLANFEED_HTTP_BENCH_ROUNDS` the interleaved rounds (default 5), and
+//! `PLANFEED_HTTP_BENCH_CONNECTIONS` the connections (default 64).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,12 +37,15 @@ use warp::Filter;
 
 const PLANS: u64 = 300_000;
 const YEARS: i64 = 5;
-const CONNECTIONS: usize = 32;
 const DAY: &str = "starts_at=2023-06-15T00:00:00Z&ends_at=2023-06-15T23:59:59Z";
 const MONTH: &str = "starts_at=2023-06-01T00:00:00Z&ends_at=2023-07-01T00:00:00Z";
 
 fn main() {
-    let secs = std::env::var("PLANFEED_HTTP_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let env =
+        |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let secs = env("PLANFEED_HTTP_BENCH_SECS", 3);
+    let rounds = env("PLANFEED_HTTP_BENCH_ROUNDS", 5) as usize;
+    let connections = env("PLANFEED_HTTP_BENCH_CONNECTIONS", 64) as usize;
     let run_for = Duration::from_secs(secs);
     let server_rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -51,61 +58,84 @@ fn main() {
     let day_tag = client_rt.block_on(fetch(planfeed, DAY, "")).etag;
     let not_modified = format!("if-none-match: {day_tag}\r\n");
     let gzip = "accept-encoding: gzip\r\n";
-    let runs: [(&str, SocketAddr, &str, &str); 7] = [
-        ("bare warp, 1-day bytes", bare_day, DAY, ""),
-        ("1-day plain", planfeed, DAY, ""),
-        ("1-day gzip", planfeed, DAY, gzip),
-        ("1-month plain", planfeed, MONTH, ""),
-        ("1-month gzip", planfeed, MONTH, gzip),
-        ("bare warp, 304", bare_304, DAY, ""),
-        ("1-day If-None-Match (304)", planfeed, DAY, &not_modified),
-    ];
     println!(
-        "GET /search over HTTP/1.1, closed loop, {CONNECTIONS} connections, {secs} s per run, \
+        "GET /search over HTTP/1.1, closed loop, {connections} connections, {secs} s per run, \
          {PLANS} plans ({} cores, load {})",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split(' ')
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load()
     );
-    println!("{:<28} {:>10} {:>6} {:>12}", "run", "req/s", "status", "answer bytes");
-    let mut rps = Vec::new();
-    for (label, addr, query, headers) in runs {
+    let run = |label: &str, addr: SocketAddr, query: &str, headers: &str| {
         let first = client_rt.block_on(fetch(addr, query, headers));
-        let result = client_rt.block_on(closed_loop(addr, request(query, headers), run_for));
-        println!("{label:<28} {:>10.0} {:>6} {:>12}", result.rps, first.status, first.body_len);
+        let result = client_rt.block_on(closed_loop(addr, request(query, headers), run_for, connections));
         assert_eq!(result.errors, 0, "{label}: {} errors", result.errors);
-        rps.push((label, result.rps, first.body_len));
+        println!("{label:<28} {:>10.0} {:>6} {:>12}", result.rps, first.status, first.body_len);
+        (result.rps, first.body_len)
+    };
+    println!("{:<28} {:>10} {:>6} {:>12}", "run", "req/s", "status", "answer bytes");
+    let sizes: Vec<(f64, usize)> = [
+        ("1-day plain", DAY, ""),
+        ("1-day gzip", DAY, gzip),
+        ("1-month plain", MONTH, ""),
+        ("1-month gzip", MONTH, gzip),
+    ]
+    .into_iter()
+    .map(|(label, query, headers)| run(label, planfeed, query, headers))
+    .collect();
+    summary_coding(&sizes);
+    // The ratios to the bare handler, A/B interleaved: on a shared machine the load changes from
+    // second to second, so each round runs the two side by side and the median round is reported.
+    let (mut day_ratios, mut not_modified_ratios) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        println!("round {round} of {rounds} (load {})", load());
+        let bare = run("  bare warp, 1-day bytes", bare_day, DAY, "").0;
+        let ours = run("  1-day plain", planfeed, DAY, "").0;
+        day_ratios.push(ours / bare);
+        let bare = run("  bare warp, 304", bare_304, DAY, "").0;
+        let ours = run("  1-day If-None-Match (304)", planfeed, DAY, &not_modified).0;
+        not_modified_ratios.push(ours / bare);
+        println!("  ratios: 1-day {:.2}, 304 {:.2}", day_ratios[round - 1], not_modified_ratios[round - 1]);
     }
-    summary(&rps);
+    println!(
+        "plain 1-day / bare warp 1-day bytes: median {:.2} of rounds {} (target >= 0.80)",
+        median(&day_ratios),
+        listed(&day_ratios)
+    );
+    println!(
+        "304 path / bare warp 304: median {:.2} of rounds {} (target >= 0.90)",
+        median(&not_modified_ratios),
+        listed(&not_modified_ratios)
+    );
     drop(dir);
 }
 
-/// The figures the targets are about, as ratios of the runs above.
-fn summary(rps: &[(&str, f64, usize)]) {
-    let get = |label: &str| rps.iter().find(|r| r.0 == label).map(|r| (r.1, r.2 as f64)).unwrap();
-    let ratio = |a: &str, b: &str| get(a).0 / get(b).0;
-    let size = |a: &str, b: &str| 100.0 * get(a).1 / get(b).1;
-    println!(
-        "gzip size, 1-day: {:.1} % of plain; 1-month: {:.1} % (target <= 15 %)",
-        size("1-day gzip", "1-day plain"),
-        size("1-month gzip", "1-month plain")
-    );
+/// The 1-minute, 5-minute and 15-minute load averages.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn listed(values: &[f64]) -> String {
+    values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The compression figures, from the runs of 1-day plain, 1-day gzip, 1-month plain, 1-month gzip.
+fn summary_coding(runs: &[(f64, usize)]) {
+    let size = |gz: usize, plain: usize| 100.0 * runs[gz].1 as f64 / runs[plain].1 as f64;
+    println!("gzip size, 1-day: {:.1} % of plain; 1-month: {:.1} % (target <= 15 %)", size(1, 0), size(3, 2));
     println!(
         "gzip req/s / plain req/s, 1-day: {:.2}; 1-month: {:.2} (target >= 0.80)",
-        ratio("1-day gzip", "1-day plain"),
-        ratio("1-month gzip", "1-month plain")
-    );
-    println!(
-        "304 path / bare warp 304: {:.2} (target >= 0.90)",
-        ratio("1-day If-None-Match (304)", "bare warp, 304")
-    );
-    println!(
-        "plain 1-day / bare warp 1-day bytes: {:.2} (target >= 0.80)",
-        ratio("1-day plain", "bare warp, 1-day bytes")
+        runs[1].0 / runs[0].0,
+        runs[3].0 / runs[2].0
     );
 }
 
@@ -223,11 +253,11 @@ struct Outcome {
     errors: u64,
 }
 
-/// [`CONNECTIONS`] keep-alive connections sending `request` back to back for `run_for`.
-async fn closed_loop(addr: SocketAddr, request: Arc<[u8]>, run_for: Duration) -> Outcome {
+/// `connections` keep-alive connections sending `request` back to back for `run_for`.
+async fn closed_loop(addr: SocketAddr, request: Arc<[u8]>, run_for: Duration, connections: usize) -> Outcome {
     let started = Instant::now();
     let until = started + run_for;
-    let tasks: Vec<_> = (0..CONNECTIONS)
+    let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let request = request.clone();
             tokio::spawn(async move {

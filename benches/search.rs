@@ -78,13 +78,13 @@ fn bench_search(c: &mut Criterion) {
         global_burst: u32::MAX / 2,
         trust_forwarded_for: false,
     };
-    let state = ApiState {
+    let state = Arc::new(ApiState {
         searcher: searcher.clone(),
         limiter: Limiter::new(&limits),
         metrics: MetricsSource { searcher: searcher.clone(), writer: None, permits: None },
         readiness: Arc::new(planfeed::readiness::Readiness::new(searcher.clone(), readiness_store)),
         cache_control: planfeed::http::cache_control(Duration::from_secs(1)),
-    };
+    });
     // Warm every day once.
     rt.block_on(searcher.search(Default::default())).unwrap();
 
@@ -94,10 +94,11 @@ fn bench_search(c: &mut Criterion) {
         ("1-month", "starts_at=2023-06-01T00:00:00Z&ends_at=2023-07-01T00:00:00Z"),
         ("1-year", "starts_at=2023-01-01T00:00:00Z&ends_at=2024-01-01T00:00:00Z"),
     ] {
+        let target: warp::http::uri::PathAndQuery = format!("/search?{query}").parse().unwrap();
         let req = || SearchRequest {
             remote: Some(([127, 0, 0, 1], 40000).into()),
-            forwarded_for: None,
-            query: query.to_owned(),
+            target: Some(target.clone()),
+            ..SearchRequest::default()
         };
         let body = rt.block_on(searcher.search(parse_range(query).unwrap())).unwrap();
         group.throughput(Throughput::Bytes(body.len() as u64));

@@ -79,10 +79,37 @@ impl MetricsSource {
 }
 
 /// Records one answered search.
-pub fn record_search(status: u16, seconds: f64) {
-    metrics::counter!("planfeed_http_requests_total", "path" => "/search", "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("planfeed_search_duration_seconds").record(seconds);
+pub fn record_search(status: warp::http::StatusCode, seconds: f64) {
+    let handles = search_handles();
+    match handles.by_status.iter().find(|(s, _)| *s == status) {
+        Some((_, counter)) => counter.increment(1),
+        None => search_counter(status).increment(1),
+    }
+    handles.duration.record(seconds);
+}
+
+/// `/search`'s metric handles, resolved once: looking a labelled counter up per request (a label
+/// string made, its key hashed, the registry searched) cost a measurable share of a cached answer.
+struct SearchHandles {
+    by_status: Vec<(warp::http::StatusCode, metrics::Counter)>,
+    duration: metrics::Histogram,
+}
+
+fn search_handles() -> &'static SearchHandles {
+    static HANDLES: OnceLock<SearchHandles> = OnceLock::new();
+    HANDLES.get_or_init(|| {
+        // Resolved against our recorder: it is installed first.
+        handle();
+        let by_status = [200, 304, 400, 429, 500, 503]
+            .map(|s| warp::http::StatusCode::from_u16(s).expect("a valid status"))
+            .map(|s| (s, search_counter(s)))
+            .into();
+        SearchHandles { by_status, duration: metrics::histogram!("planfeed_search_duration_seconds") }
+    })
+}
+
+fn search_counter(status: warp::http::StatusCode) -> metrics::Counter {
+    metrics::counter!("planfeed_http_requests_total", "path" => "/search", "status" => status.as_u16().to_string())
 }
 
 /// What waits in the spool now (set by the spool on every change).

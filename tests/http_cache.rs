@@ -39,12 +39,17 @@ async fn fill_store(db: &Path) {
 
 /// An `api` replica on the store `db`, from its own config folder `dir`, with `max-age` 7 s.
 async fn replica(dir: &Path, db: &Path, port: u16) -> Planfeed {
+    replica_with(dir, db, port, "").await
+}
+
+/// [`replica`] with `extra` appended to its configuration.
+async fn replica_with(dir: &Path, db: &Path, port: u16, extra: &str) -> Planfeed {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
         dir.join("local.toml"),
         format!(
             "role = \"api\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\n\
-             [spool]\npath = \"{}\"\n[http]\ncache_max_age = \"7s\"\n",
+             [spool]\npath = \"{}\"\n[http]\ncache_max_age = \"7s\"\n{extra}",
             db.display(),
             dir.join("spool").display()
         ),
@@ -238,4 +243,64 @@ async fn head_carries_the_headers_of_get_and_errors_are_unchanged() {
     let v: serde_json::Value = serde_json::from_slice(&bad.body).unwrap();
     assert_eq!(v["error"]["code"], "invalid_parameter");
     assert_eq!((bad.header(ETAG), bad.header(CONTENT_ENCODING)), (None, None));
+}
+
+/// Four days of 80 plans each (about 20 KB a day), and a small day: answers above the body cache
+/// limit of a 1 MiB cache (16 KiB), made of whole days, cut days and a small day.
+async fn fill_big_store(db: &Path) {
+    let store: SharedStore = Arc::new(SqliteStore::open(db).unwrap());
+    let mut plans = Vec::new();
+    for day in 1..=4u64 {
+        for i in 0..80u64 {
+            let (h, m) = (1 + i / 4, (i % 4) * 15);
+            let start = format!("2021-08-{day:02}T{h:02}:{m:02}:00");
+            let end = format!("2021-08-{day:02}T{:02}:{m:02}:00", h + 1);
+            let title = format!("Evening number {i} of day {day}, with a \"quoted\" title");
+            plans.push(stored(plan("fever", day, day * 1000 + i, &title, &start, &end), 1));
+        }
+    }
+    plans.push(stored(plan("fever", 9, 9, "Lonely", "2021-08-05T10:00:00", "2021-08-05T11:00:00"), 1));
+    store.write_plans(&plans).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_equals_the_buffered_one_and_carries_its_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("planfeed.db");
+    fill_big_store(&db).await;
+    // `small` streams every answer above 16 KiB from its days; `big` (default budget) copies and
+    // caches them.
+    let small_cache = "[search]\ncache_bytes = 1048576\n";
+    let small = replica_with(&dir.path().join("small"), &db, free_port(), small_cache).await;
+    let big = replica(&dir.path().join("big"), &db, free_port()).await;
+    let open = "/search";
+    let cut = "/search?starts_at=2021-08-01T12:00:00Z&ends_at=2021-08-04T12:00:00Z";
+    for (path, events) in [(open, 321), (cut, 237)] {
+        let buffered = get(&format!("{}{path}", big.base), &[]).await;
+        let streamed = get(&format!("{}{path}", small.base), &[]).await;
+        assert_eq!(streamed.status, 200, "{path}");
+        assert!(streamed.body.len() > 16 * 1024, "{path}: {} bytes", streamed.body.len());
+        assert_eq!(event_count(&streamed.body), events, "{path}");
+        assert_eq!(streamed.body, buffered.body, "{path}");
+        let tag = buffered.header(ETAG).unwrap();
+        assert_eq!(streamed.header(ETAG), Some(tag), "{path}");
+        let length = streamed.body.len().to_string();
+        assert_eq!(streamed.header(CONTENT_LENGTH), Some(length.as_str()), "{path}");
+        for name in [CONTENT_TYPE, CACHE_CONTROL, VARY] {
+            assert_eq!(streamed.header(name.clone()), buffered.header(name.clone()), "{path}: {name}");
+        }
+        // HEAD: the same headers, no body.
+        let head = request(Method::HEAD, &format!("{}{path}", small.base), &[]).await;
+        assert_eq!((head.status, head.header(CONTENT_LENGTH)), (StatusCode::OK, Some(length.as_str())));
+        assert_eq!(head.header(ETAG), Some(tag));
+        assert!(head.body.is_empty());
+        // A streamed answer goes out plain even when gzip is accepted, with the plain tag.
+        let gz = get(&format!("{}{path}", small.base), &[(ACCEPT_ENCODING, "gzip")]).await;
+        assert_eq!((gz.header(CONTENT_ENCODING), gz.header(ETAG)), (None, Some(tag)), "{path}");
+        assert_eq!(gz.body, buffered.body);
+        // And revalidates like any other.
+        let res = get(&format!("{}{path}", small.base), &[(IF_NONE_MATCH, tag)]).await;
+        assert_eq!((res.status, res.header(ETAG)), (StatusCode::NOT_MODIFIED, Some(tag)), "{path}");
+        assert!(res.body.is_empty());
+    }
 }

@@ -43,13 +43,8 @@ use warp::Filter;
 use super::error::ApiError;
 pub use connections::ConnectionLimits;
 use connections::{Activity, Registry};
-use head::{MAX_HEADERS, MAX_HEAD_BYTES};
+use head::MAX_HEAD_BYTES;
 use socket::Socket;
-
-/// The client's address, put in each request's extensions (warp's own `addr::remote()` only
-/// works under warp's server).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// Longest request target answered by the routes; a longer one gets a `414` in the contract's
 /// shape (from the service, or from the head check beyond 64 KiB).
@@ -70,6 +65,7 @@ const MAX_LINGERING_REFUSALS: usize = 256;
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
+    search: Option<Arc<super::search::ApiState>>,
     limits: Arc<ConnectionLimits>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -96,21 +92,17 @@ pub async fn serve<F>(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let svc = Service { filter: warp::service(filter.clone()), client, activity: activity.clone() };
+        let svc = Service {
+            filter: warp::service(filter.clone()),
+            search: search.clone(),
+            client,
+            activity: activity.clone(),
+        };
         let watcher = graceful.watcher();
         let limits = limits.clone();
         tokio::spawn(async move {
             let io = TokioIo::new(Socket::new(stream, activity.clone()));
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            // Our own watchdog measures header reads from their first byte; hyper's would also
-            // count the wait before it. Half-close: hyper looks for the end of the stream only
-            // between requests (see `socket`).
-            builder
-                .header_read_timeout(None)
-                .half_close(true)
-                .max_buf_size(READ_BUF_BYTES)
-                .max_headers(MAX_HEADERS);
-            let conn = watcher.watch(builder.serve_connection(io, svc));
+            let conn = watcher.watch(http1().serve_connection(io, svc));
             let closed = tokio::select! {
                 served = conn => match served {
                     Ok(()) => activity.refusal().unwrap_or("done"),
@@ -124,6 +116,18 @@ pub async fn serve<F>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// hyper's HTTP/1 connection settings. Our own watchdog measures header reads from their first
+/// byte; hyper's would also count the wait before it. Half-close: hyper looks for the end of the
+/// stream only between requests (see `socket`). hyper's own header limit is left at its default
+/// (100, = `MAX_HEADERS`, which the head check enforces first): setting it, even to the same
+/// value, makes hyper fill two 100-slot arrays per request (2.6 % of a warm search's CPU in a
+/// profile).
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.header_read_timeout(None).half_close(true).max_buf_size(READ_BUF_BYTES);
+    builder
 }
 
 /// Answers a connection over the limits with a `503` and closes it. The response is written
@@ -201,6 +205,11 @@ async fn accept_error(e: io::Error) {
 /// The warp filter as a hyper service, with the client's address and the watchdog's bookkeeping.
 struct Service<S> {
     filter: S,
+    /// When set, `GET`/`HEAD /search` (exactly) goes straight to [`super::search::search_handler`]
+    /// instead of through warp's routes: the same handler, without the filter chain's futures,
+    /// the request body's wrapping and the route bookkeeping (ADR 14). Anything else, `/search/`
+    /// included, goes through the routes.
+    search: Option<Arc<super::search::ApiState>>,
     client: SocketAddr,
     activity: Arc<Activity>,
 }
@@ -218,12 +227,23 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(ClientAddr(self.client));
         let guard = self.activity.request_started();
         if let Some(e) = oversized(&req) {
             drop(guard);
             return Box::pin(std::future::ready(Ok(e.into_response())));
         }
+        // The client's address (warp's own `addr::remote()` only works under warp's server) and
+        // what `/search` reads of the request, taken once without copying the header map.
+        let facts = super::search::SearchRequest::of(&req, self.client);
+        if let Some(state) = self.search.as_ref().filter(|_| is_search(&req)) {
+            let state = state.clone();
+            return Box::pin(async move {
+                let response = super::search::search_handler(facts, state).await;
+                drop(guard);
+                Ok(response)
+            });
+        }
+        req.extensions_mut().insert(facts);
         let mut filter = self.filter.clone();
         let response = tower_service::Service::call(&mut filter, req);
         Box::pin(async move {
@@ -232,6 +252,12 @@ where
             response
         })
     }
+}
+
+/// `GET` or `HEAD` of exactly `/search` (any query).
+fn is_search<B>(req: &hyper::Request<B>) -> bool {
+    let method = req.method();
+    (method == hyper::Method::GET || method == hyper::Method::HEAD) && req.uri().path() == "/search"
 }
 
 /// The `414`/`431` a request over [`MAX_URI_BYTES`] or [`MAX_HEADER_BYTES`] gets.

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::NaiveDate;
 use futures::stream::{self, StreamExt};
 use parking_lot::{Mutex, RwLock};
@@ -57,11 +57,11 @@ mod render;
 mod runs;
 mod state;
 
-pub use body::Answer;
+pub use body::{Answer, Content};
 pub use render::render_event;
 pub use state::{SearchCounters, RUNS_IN_FLIGHT, RUN_BYTES, STORE_DOWN_BACKOFF};
 
-use body::{CachedBody, EMPTY, PREFIX, SUFFIX};
+use body::{BodyBuilder, Built, CachedBody, EMPTY};
 use day::DayEntry;
 use state::{multi_threaded, nanos, Inner, BLOCKING_COPY_BYTES, BODY_FRACTION};
 
@@ -132,7 +132,7 @@ impl Searcher {
 
     /// The full response body of `GET /search` for `range`.
     pub async fn search(&self, range: TimeRange) -> Result<Bytes, StoreError> {
-        self.inner.search(range).await.map(|a| a.body)
+        self.inner.search(range).await.map(Answer::into_bytes)
     }
 
     /// The answer of `GET /search` for `range`, with its content hash.
@@ -216,9 +216,7 @@ impl Inner {
         }
         // Sized from the directory (exact for every day read before): one allocation for the body.
         let estimate = days.iter().map(|(_, i)| i.bytes as usize + 1).sum::<usize>();
-        let mut out = BytesMut::with_capacity(PREFIX.len() + SUFFIX.len() + estimate);
-        out.put_slice(PREFIX);
-        let mut first_event = true;
+        let mut out = BodyBuilder::new(estimate, self.body_limit);
         let mut oldest = directory_at;
         // Parts resolve in day order, a few runs ahead; each is written out and dropped at once, so
         // a wide answer holds the cache, the runs in flight and the body, never a second copy.
@@ -233,7 +231,7 @@ impl Inner {
             let mut copy = || {
                 for entry in &entries {
                     oldest = oldest.min(entry.loaded_at);
-                    entry.write_matching(starts, ends, &mut out, &mut first_event);
+                    out.push(entry, starts, ends);
                 }
             };
             // Copying megabytes takes milliseconds: let the runtime move its other tasks elsewhere.
@@ -244,8 +242,11 @@ impl Inner {
             }
         }
         drop(resolved);
-        out.put_slice(SUFFIX);
-        let body = out.freeze();
+        let body = match out.finish() {
+            Built::Whole(body) => body,
+            // Too large to cache: streamed from the days' own bytes.
+            Built::Streamed(answer) => return Ok(answer),
+        };
         let fresh_until = oldest + self.ttl() / 2;
         if stale || body.len() > self.body_limit || Instant::now() >= fresh_until {
             return Ok(Answer::uncached(body));
@@ -270,9 +271,7 @@ impl Inner {
 
     /// Caches a finished `body` for the range `key` with its content hash.
     async fn keep_body(&self, key: (i64, i64), body: Bytes, epoch: u64, fresh_until: Instant) -> Answer {
-        let hash = crate::http::encoding::content_hash(&body);
-        let compressed = tokio::sync::OnceCell::new();
-        let cached = Arc::new(CachedBody { body, hash, compressed, epoch, fresh_until });
+        let cached = Arc::new(CachedBody::new(body, epoch, fresh_until));
         self.bodies.insert(key, cached.clone()).await;
         Answer::cached(key, cached)
     }
@@ -284,6 +283,7 @@ mod tests {
     use super::render::{push_date, push_time};
     use super::*;
     use crate::domain::EventRow;
+    use bytes::BytesMut;
     use chrono::{DateTime, NaiveDateTime, Utc};
 
     fn row(id: u128, title: &str, start: &str, end: &str, price: Option<&str>) -> EventRow {

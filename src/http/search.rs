@@ -1,0 +1,165 @@
+//! `/search` itself: what it reads of a request, its handler (rate limits, parameters, the cached
+//! answer) and the answer's representation (ETag, `If-None-Match` → `304`, gzip, a large answer
+//! streamed from the cached days), and the state the handlers share.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use warp::http::header::{
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY,
+};
+use warp::http::uri::PathAndQuery;
+use warp::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Reply;
+
+use super::encoding::{self, Coding};
+use super::error::ApiError;
+use super::{params, rate_limit};
+use crate::domain::TimeRange;
+use crate::metrics::{self, MetricsSource};
+use crate::search::{Answer, Content, Searcher};
+
+/// What the handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub searcher: Arc<Searcher>,
+    pub limiter: rate_limit::SharedRateLimiter,
+    pub metrics: MetricsSource,
+    pub readiness: Arc<crate::readiness::Readiness>,
+    /// The `Cache-Control` of `/search` answers (from [`cache_control`]).
+    pub cache_control: HeaderValue,
+}
+
+/// `Cache-Control` for `/search` answers reusable for `max_age` (`http.cache_max_age`).
+pub fn cache_control(max_age: std::time::Duration) -> HeaderValue {
+    HeaderValue::try_from(format!("max-age={}", max_age.as_secs())).expect("digits are a valid header value")
+}
+
+/// What `/search` needs of a request, taken from it once by the server ([`super::server::serve`] puts it
+/// in the request's extensions): who asks (for the rate limits), the target (its query is parsed
+/// by the handler so repeated parameters are detected), and the two headers that choose the
+/// representation. Shares the request's bytes: no copy of the header map or the target.
+#[derive(Debug, Clone, Default)]
+pub struct SearchRequest {
+    pub remote: Option<std::net::SocketAddr>,
+    /// The first `X-Forwarded-For` line (used when `trust_forwarded_for` is set).
+    pub forwarded_for: Option<HeaderValue>,
+    pub target: Option<PathAndQuery>,
+    /// Every `If-None-Match` line, joined into one list.
+    pub if_none_match: Option<HeaderValue>,
+    /// Every `Accept-Encoding` line, joined into one list.
+    pub accept_encoding: Option<HeaderValue>,
+}
+
+impl SearchRequest {
+    /// The facts of `req`, from `remote`.
+    pub fn of<B>(req: &warp::http::Request<B>, remote: std::net::SocketAddr) -> Self {
+        let headers = req.headers();
+        Self {
+            remote: Some(remote),
+            forwarded_for: headers.get(X_FORWARDED_FOR).cloned(),
+            target: req.uri().path_and_query().cloned(),
+            if_none_match: joined(headers, &IF_NONE_MATCH),
+            accept_encoding: joined(headers, &ACCEPT_ENCODING),
+        }
+    }
+
+    /// The raw query string (empty without one).
+    pub fn query(&self) -> &str {
+        self.target.as_ref().and_then(PathAndQuery::query).unwrap_or("")
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// All lines of a list header as one value (RFC 9110 §5.3: equivalent to the separate lines);
+/// the usual single line is shared, not copied.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next()?;
+    let Some(second) = lines.next() else { return Some(first.clone()) };
+    let mut list = first.as_bytes().to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        list.extend_from_slice(b", ");
+        list.extend_from_slice(line.as_bytes());
+    }
+    HeaderValue::from_bytes(&list).ok()
+}
+
+/// The `/search` handler: rate limits, parameters, cached answer, its representation for the
+/// request's `Accept-Encoding` and `If-None-Match`, metrics. Public for the benches.
+pub async fn search_handler(req: SearchRequest, state: Arc<ApiState>) -> Response {
+    let started = std::time::Instant::now();
+    let response = answer_search(&req, &state).await;
+    metrics::record_search(response.status(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer_search(req: &SearchRequest, state: &ApiState) -> Response {
+    let forwarded_for = req.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
+    if let Err(e) = state.limiter.check(req.remote, forwarded_for) {
+        return e.into_response();
+    }
+    let range: TimeRange = match params::parse_range(req.query()) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match state.searcher.answer(range).await {
+        Ok(answer) => represent(answer, req, state).await,
+        Err(e) => {
+            tracing::error!(error = %e, "search failed and no cached answer exists");
+            ApiError::internal().into_response()
+        }
+    }
+}
+
+/// `answer` as the request asks: `304` when `If-None-Match` names the tag of the representation it
+/// would get, else `200` with the body, gzip-compressed when accepted, large enough and cached (an
+/// uncached answer would cost a compression per request: it goes out plain; so does a streamed
+/// one, see [`streamed`]). Both carry the same `ETag`, `Cache-Control` and `Vary`, as RFC 9110
+/// §15.4.5 requires of a `304`.
+async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Response {
+    let coding = if answer.compressible() && answer.len() >= encoding::GZIP_MIN_BYTES {
+        Coding::negotiate(req.accept_encoding.as_ref())
+    } else {
+        Coding::Identity
+    };
+    let etag = answer.etag(coding);
+    let not_modified = encoding::none_match(req.if_none_match.as_ref(), &etag);
+    let mut res = if not_modified {
+        let mut res = Response::new(warp::hyper::body::Bytes::new().into());
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        res
+    } else if coding == Coding::Gzip {
+        let packed = state.searcher.compressed(&answer, encoding::gzip).await;
+        let mut res = Response::new(packed.expect("a compressible answer is cached").into());
+        res.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        res
+    } else {
+        match answer.content() {
+            Content::Whole(body) => Response::new(body.clone().into()),
+            Content::Pieces(pieces) => streamed(pieces.clone(), answer.len()),
+        }
+    };
+    let h = res.headers_mut();
+    if !not_modified {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    h.insert(ETAG, etag);
+    h.insert(CACHE_CONTROL, state.cache_control.clone());
+    h.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    res
+}
+
+/// A large answer written to the socket piece by piece from the cached days' bytes, with its
+/// `Content-Length` (known before the first byte). It goes out plain: compressing hundreds of
+/// megabytes per request would cost seconds of CPU, and caching the compressed form is what the
+/// body cache refuses for its size (ADR 0014).
+fn streamed(pieces: Arc<[Bytes]>, len: usize) -> Response {
+    let chunks = (0..pieces.len()).map(move |i| Ok::<_, Infallible>(pieces[i].clone()));
+    let mut res = warp::reply::stream(futures::stream::iter(chunks)).into_response();
+    res.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+    res
+}
