@@ -175,10 +175,12 @@ impl Inner {
         self.start_runs_owned(days).0
     }
 
-    /// [`Self::start_runs`], with the ids of the runs this call started. New runs wait for a
-    /// process-wide lane: the short one when all they read is under
-    /// [`SHORT_READ_BYTES`](super::SHORT_READ_BYTES), else the
-    /// wide one, so short reads never queue behind wide ones.
+    /// [`Self::start_runs`], with the ids of the runs this call started. A short call (all its
+    /// days under [`SHORT_READ_BYTES`](super::SHORT_READ_BYTES)) reads on the short lane and joins
+    /// only short reads in flight: a day that a wide run is reading is read again on its own, since
+    /// waiting for a wide run costs the whole run (measured: most slow 1-day searches of the
+    /// replay were waiting on a wide run they joined). Wider calls read on the wide lane and join
+    /// any read in flight.
     fn start_runs_owned(
         self: &Arc<Self>,
         days: &[(NaiveDate, DayInfo, bool)],
@@ -187,11 +189,13 @@ impl Inner {
         let mut runs: Vec<Vec<NaiveDate>> = Vec::new();
         let mut in_flight = self.in_flight.lock();
         let budget = self.run_bytes.load(Ordering::Relaxed);
-        let (mut run_bytes, mut new_bytes) = (0, 0);
+        let short = days.iter().map(|(_, i, _)| i.bytes).sum::<u64>()
+            <= self.short_read_bytes.load(Ordering::Relaxed);
+        let mut run_bytes = 0;
         let mut extend = false;
         for &(day, info, continues) in days {
-            if let Some(load) = in_flight.get(&day) {
-                loads.insert(day, load.clone());
+            if let Some((id, load, _)) = in_flight.get(&day).filter(|(_, _, wide)| !(short && *wide)) {
+                loads.insert(day, (*id, load.clone()));
                 extend = false;
                 continue;
             }
@@ -203,11 +207,9 @@ impl Inner {
                 }
             }
             run_bytes += info.bytes;
-            new_bytes += info.bytes;
             extend = true;
         }
         // Runs query the store a few at a time, in the order they were started (the lanes are fair).
-        let short = new_bytes <= self.short_read_bytes.load(Ordering::Relaxed);
         let lane = if short { &self.short_lane } else { &self.wide_lane };
         let first = self.next_run.load(Ordering::Relaxed);
         for run in runs {
@@ -228,7 +230,7 @@ impl Inner {
             .boxed()
             .shared();
             for day in &run {
-                in_flight.insert(*day, (id, load.clone()));
+                in_flight.insert(*day, (id, load.clone(), !short));
                 loads.insert(*day, (id, load.clone()));
             }
         }
@@ -259,7 +261,7 @@ impl Inner {
                 let entries = match entries {
                     Ok(entries) => entries,
                     Err(e) => {
-                        self.in_flight.lock().retain(|_, (run, _)| *run != id);
+                        self.in_flight.lock().retain(|_, (run, _, _)| *run != id);
                         return Err(e);
                     }
                 };
@@ -281,7 +283,7 @@ impl Inner {
                 Err(e)
             }
         };
-        self.in_flight.lock().retain(|_, (run, _)| *run != id);
+        self.in_flight.lock().retain(|_, (run, _, _)| *run != id);
         tracing::trace!(%from, %to, ok = outcome.is_ok(), "day run loaded");
         outcome
     }

@@ -92,8 +92,9 @@ pub(super) struct Inner {
     /// The process-wide lanes run queries wait on ([`SHORT_LANE`], [`WIDE_LANE`]).
     pub(super) short_lane: Arc<tokio::sync::Semaphore>,
     pub(super) wide_lane: Arc<tokio::sync::Semaphore>,
-    /// Days being read from the store, with the shared load that reads them (single flight).
-    pub(super) in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad)>>,
+    /// Days being read from the store, with the shared load that reads them (single flight) and
+    /// whether it is a wide read (which short reads do not join).
+    pub(super) in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad, bool)>>,
     pub(super) next_run: AtomicU64,
     /// Estimated bytes one run query may bring ([`RUN_BYTES`] unless set).
     pub(super) run_bytes: AtomicU64,
