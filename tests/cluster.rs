@@ -6,7 +6,9 @@
 //! One cluster serves the whole binary (one test running the scenarios in order, each in its own
 //! database): starting a cluster costs seconds, and the fault scenario runs last because it kills
 //! and restarts a node. How long the replica stays down comes from `PLANFEED_CLUSTER_FAULT_SECS`
-//! (2 s by default).
+//! (2 s by default). The service runs on the default search and store settings (100 ms store
+//! deadline, 30 s `query_timeout`), and each fault phase prints its searches' p50/max and the
+//! search cache's store counters.
 
 mod common;
 

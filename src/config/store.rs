@@ -201,3 +201,21 @@ impl Settings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_insert_quorum_needs_as_many_replicas() {
+        let two = ClickHouseSettings {
+            urls: vec!["http://a:8123".into(), "http://b:8123".into()],
+            insert_quorum: 2,
+            ..Default::default()
+        };
+        assert_eq!(two.validate(), Ok(()));
+        let three = ClickHouseSettings { insert_quorum: 3, ..two.clone() };
+        assert!(three.validate().unwrap_err().contains("insert_quorum 3 exceeds the 2 replicas"));
+        assert_eq!(ClickHouseSettings { insert_quorum: 1, ..Default::default() }.validate(), Ok(()));
+    }
+}
