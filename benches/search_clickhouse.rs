@@ -7,7 +7,9 @@
 //!   moved by one second: assembled from cached days, not a cached body);
 //! - far dates: warm searches at years 1 and 9999, with the process RSS before and after;
 //! - a fixed-rate replay of random ranges on a fresh cache: every search's latency from its
-//!   scheduled start, p50/p99/max, and the searches over 100 ms.
+//!   scheduled start, p50/p99/max, and the searches over 100 ms, overall and by range width; the
+//!   slow searches by cause (their own store reads, another search's read they joined, CPU) and
+//!   where the run queries spent their time (waiting for a lane, the store, rendering).
 //!
 //! Needs `clickhouse-server` (scripts/install-clickhouse.sh); starts its own on free loopback ports.
 
@@ -335,5 +337,50 @@ async fn main() {
         "replay store queries: {} runs for {} day misses",
         searcher.counters.run_queries.load(std::sync::atomic::Ordering::Relaxed),
         searcher.counters.misses.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    print_by_width(&results);
+    print_causes(&searcher.counters);
+}
+
+/// p50/p99/max and the count over 100 ms of the replay's searches, by range width.
+fn print_by_width(results: &[(Duration, i64)]) {
+    println!(
+        "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "width", "count", "p50 ms", "p99 ms", "max ms", ">100 ms"
+    );
+    for (name, days) in [("1 day", 1), ("1 week", 7), ("1 month", 31), ("1 year", 365), ("open", -1)] {
+        let mut of: Vec<Duration> = results.iter().filter(|(_, d)| *d == days).map(|(l, _)| *l).collect();
+        if of.is_empty() {
+            continue;
+        }
+        of.sort();
+        let over = of.iter().filter(|l| **l > Duration::from_millis(100)).count();
+        println!(
+            "{:<8} {:>6} {:>9.2} {:>9.2} {:>9.1} {:>9}",
+            name,
+            of.len(),
+            ms(percentile(&of, 0.5)),
+            ms(percentile(&of, 0.99)),
+            ms(of[of.len() - 1]),
+            over
+        );
+    }
+}
+
+/// The searches over 100 ms by what took most of their time, and the run queries' time split.
+fn print_causes(c: &planfeed::search::SearchCounters) {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "replay slow searches by cause: {} own store reads, {} joined another search's read, {} CPU/render",
+        get(&c.slow_by_store),
+        get(&c.slow_by_shared),
+        get(&c.slow_by_cpu)
+    );
+    let runs = get(&c.run_queries).max(1) as f64;
+    println!(
+        "replay run queries: {:.1} ms waiting for a lane, {:.1} ms in the store, {:.1} ms rendering (mean per run)",
+        get(&c.run_queued_us) as f64 / runs / 1e3,
+        get(&c.run_store_us) as f64 / runs / 1e3,
+        get(&c.run_render_us) as f64 / runs / 1e3
     );
 }

@@ -33,11 +33,21 @@ struct Counting {
     plans_by_day_calls: AtomicUsize,
     delay: Duration,
     down: AtomicBool,
+    /// `plans_by_day` calls under way now, and the most at once.
+    reading: AtomicUsize,
+    most_reading: AtomicUsize,
 }
 
 impl Counting {
     fn new(inner: SharedStore, delay: Duration) -> Arc<Self> {
-        Arc::new(Self { inner, plans_by_day_calls: AtomicUsize::new(0), delay, down: AtomicBool::new(false) })
+        Arc::new(Self {
+            inner,
+            plans_by_day_calls: AtomicUsize::new(0),
+            delay,
+            down: AtomicBool::new(false),
+            reading: AtomicUsize::new(0),
+            most_reading: AtomicUsize::new(0),
+        })
     }
 
     fn calls(&self) -> usize {
@@ -71,9 +81,15 @@ impl Store for Counting {
     }
     async fn plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<EventRow>> {
         self.plans_by_day_calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.reading.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_reading.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
-        self.check_up()?;
-        self.inner.plans_by_day(from, to).await
+        let out = match self.check_up() {
+            Ok(()) => self.inner.plans_by_day(from, to).await,
+            Err(e) => Err(e),
+        };
+        self.reading.fetch_sub(1, Ordering::SeqCst);
+        out
     }
     async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>> {
         self.check_up()?;
@@ -585,23 +601,7 @@ async fn an_api_process_follows_the_change_feed_on_clickhouse() {
 async fn a_wide_answer_is_read_in_bounded_runs_and_not_kept_twice() {
     let dir = tempfile::tempdir().unwrap();
     let real = sqlite(&dir);
-    let mut plans = Vec::new();
-    let mut d = day("2021-01-01");
-    for i in 0..300u64 {
-        for (j, hour) in ["09", "18"].iter().enumerate() {
-            let id = i * 2 + j as u64 + 1;
-            plans.push(at(
-                id,
-                &format!("plan {id:04}"),
-                &d.to_string(),
-                &format!("{hour}:00:00"),
-                &format!("{hour}:30:00"),
-                1,
-            ));
-        }
-        d += chrono::Duration::days(1);
-    }
-    real.write_plans(&plans).await.unwrap();
+    real.write_plans(&daily_plans(300)).await.unwrap();
     let store = Counting::new(real, Duration::ZERO);
     // 1 MiB of cache: bodies above 16 KiB are not kept.
     let settings = SearchSettings {
@@ -627,6 +627,71 @@ async fn a_wide_answer_is_read_in_bounded_runs_and_not_kept_twice() {
     assert_eq!(searcher.search(Default::default()).await.unwrap(), body);
     assert_eq!(store.calls(), queries, "the second ask is served from the cached days");
     assert_eq!(searcher.counters.body_hits.load(Ordering::Relaxed), 0, "too large to keep as a body");
+}
+
+/// Two plans a day (09:00 and 18:00, half an hour each) on `days` days from 2021-01-01.
+fn daily_plans(days: u64) -> Vec<StoredPlan> {
+    let mut plans = Vec::new();
+    let mut d = day("2021-01-01");
+    for i in 0..days {
+        for (j, hour) in ["09", "18"].iter().enumerate() {
+            let id = i * 2 + j as u64 + 1;
+            let (from, to) = (format!("{hour}:00:00"), format!("{hour}:30:00"));
+            plans.push(at(id, &format!("plan {id:04}"), &d.to_string(), &from, &to, 1));
+        }
+        d += chrono::Duration::days(1);
+    }
+    plans
+}
+
+/// Wide cold searches of different ranges share one bounded lane of store reads (not a few each),
+/// and a cold day read meanwhile takes the short lane, also a day the wide searches are reading: it
+/// costs one store read, not a place in the wide searches' queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_day_is_not_queued_behind_wide_reads_and_reads_in_flight_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sqlite(&dir);
+    real.write_plans(&daily_plans(300)).await.unwrap();
+    let delay = Duration::from_millis(300);
+    let store = Counting::new(real, delay);
+    let searcher = Arc::new(Searcher::new(store.clone(), &cache(Duration::from_secs(3600))));
+    searcher.load_directory().await.unwrap();
+    // About 10 days per run; anything over one run is a wide read.
+    searcher.set_run_bytes(4 * 1024);
+    searcher.set_short_read_bytes(4 * 1024);
+    let wide = ["2021-01-01", "2021-03-01", "2021-05-01"].map(|from| {
+        let searcher = searcher.clone();
+        let range = parse_range(&format!("starts_at={from}T00:00:00Z&ends_at=2021-10-01T00:00:00Z")).unwrap();
+        tokio::spawn(async move { searcher.search(range).await.map(|b| titles(&b).len()) })
+    });
+    let started = std::time::Instant::now();
+    while store.reading.load(Ordering::SeqCst) < planfeed::search::WIDE_LANE {
+        assert!(started.elapsed() < common::PATIENCE, "the wide reads never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = std::time::Instant::now();
+    assert_eq!(titles(&searcher.search(whole("2021-10-20")).await.unwrap()).len(), 2);
+    let day_took = asked.elapsed();
+    // A day the wide searches are reading (or have queued): read again on the short lane rather
+    // than waited for behind the wide runs.
+    let asked = std::time::Instant::now();
+    assert_eq!(titles(&searcher.search(whole("2021-08-20")).await.unwrap()).len(), 2);
+    let joined_took = asked.elapsed();
+    let mut counts = Vec::new();
+    for search in wide {
+        counts.push(search.await.unwrap().unwrap());
+    }
+    let wide_took = started.elapsed();
+    assert_eq!(counts, [546, 428, 306]);
+    let most = store.most_reading.load(Ordering::SeqCst);
+    assert!(most <= planfeed::search::WIDE_LANE + planfeed::search::SHORT_LANE, "{most} store reads at once");
+    assert!(day_took < delay * 3, "the cold day took {day_took:?} beside wide reads of {wide_took:?}");
+    assert!(joined_took < delay * 3, "a day of the wide reads took {joined_took:?} (wide: {wide_took:?})");
+    assert!(wide_took > delay * 5, "the wide reads took {wide_took:?}: not queued on one lane");
+    eprintln!(
+        "cold day {day_took:?} (one of the wide days: {joined_took:?}) beside three wide cold searches of \
+         {wide_took:?}; {most} reads at once"
+    );
 }
 
 /// How long [`a_hung_clickhouse_never_holds_a_search`] keeps the server frozen:

@@ -54,6 +54,10 @@ pub struct ClickHouseConfig {
     /// Longest wait for one statement on one replica before trying the next.
     #[serde(default = "default_query_timeout", with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// Cluster mode: replicas that must hold a write before it is acknowledged (0 or 1: the one
+    /// that took it). See [`ClickHouseSettings::insert_quorum`].
+    #[serde(default)]
+    pub insert_quorum: u32,
 }
 
 fn default_query_timeout() -> Duration {
@@ -72,6 +76,7 @@ impl ClickHouseConfig {
             urls: self.urls.clone(),
             cluster: self.cluster.clone().filter(|c| !c.is_empty()),
             query_timeout: self.query_timeout,
+            insert_quorum: self.insert_quorum,
         }
     }
 }
@@ -95,6 +100,11 @@ pub struct ClickHouseSettings {
     /// Longest wait for one statement on one replica before trying the next.
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// Replicas that must hold an `INSERT` before it is acknowledged (ClickHouse's
+    /// `insert_quorum`); 0 or 1 leaves it to the replica that took it. With 2 on two replicas, no
+    /// acknowledged row is out of sight while one replica is down, but every write is refused
+    /// (and spooled) while one is (ADR 10).
+    pub insert_quorum: u32,
 }
 
 impl Default for ClickHouseSettings {
@@ -107,6 +117,7 @@ impl Default for ClickHouseSettings {
             urls: Vec::new(),
             cluster: None,
             query_timeout: default_query_timeout(),
+            insert_quorum: 0,
         }
     }
 }
@@ -128,6 +139,13 @@ impl ClickHouseSettings {
         }
         if self.query_timeout.is_zero() {
             return Err("clickhouse query_timeout must be positive".into());
+        }
+        if self.insert_quorum > 1 && self.insert_quorum as usize > self.endpoints().len() {
+            return Err(format!(
+                "clickhouse insert_quorum {} exceeds the {} replicas listed in urls",
+                self.insert_quorum,
+                self.endpoints().len()
+            ));
         }
         let valid_name = |s: &str| {
             !s.is_empty()
@@ -181,5 +199,23 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_insert_quorum_needs_as_many_replicas() {
+        let two = ClickHouseSettings {
+            urls: vec!["http://a:8123".into(), "http://b:8123".into()],
+            insert_quorum: 2,
+            ..Default::default()
+        };
+        assert_eq!(two.validate(), Ok(()));
+        let three = ClickHouseSettings { insert_quorum: 3, ..two.clone() };
+        assert!(three.validate().unwrap_err().contains("insert_quorum 3 exceeds the 2 replicas"));
+        assert_eq!(ClickHouseSettings { insert_quorum: 1, ..Default::default() }.validate(), Ok(()));
     }
 }

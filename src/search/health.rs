@@ -1,12 +1,19 @@
 //! The store's health as searches see it: deadlines, pings, and the short backoff after a failure.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Future;
 
 use super::state::{nanos, Inner, STORE_DOWN_BACKOFF};
 use crate::store::StoreError;
+
+/// Shortest bound on the ping that tells a slow store from a hung one. A live replica busy with a
+/// failover (catching up, merging, taking every read) may answer `SELECT 1` in a few hundred
+/// milliseconds; a search with nothing cached has no better answer than waiting for it, so the
+/// ping gets at least this long even when the store deadline is shorter. A hung store still fails
+/// such a search within the deadline plus this.
+pub(super) const LIVENESS_PING: Duration = Duration::from_millis(500);
 
 impl Inner {
     /// A store read outlived a search's deadline: the store is taken as down, as if it had failed,
@@ -35,8 +42,9 @@ impl Inner {
     }
 
     /// `load` for a search with no copy to fall back on: past `deadline` it goes on waiting only
-    /// while the store answers a ping within one store deadline (a long read of a healthy store),
-    /// and fails as unavailable as soon as a ping goes unanswered (a hung or unreachable store).
+    /// while the store answers a ping within one store deadline, or [`LIVENESS_PING`] if longer
+    /// (a long read of a healthy store), and fails as unavailable as soon as a ping goes
+    /// unanswered (a hung or unreachable store).
     pub(super) async fn answer_or_hung<T>(
         &self,
         mut load: impl Future<Output = Result<T, StoreError>> + Unpin,
@@ -47,7 +55,7 @@ impl Inner {
         }
         loop {
             let step = self.store_deadline();
-            let ping = tokio::time::timeout(step, self.store.ping());
+            let ping = tokio::time::timeout(step.max(LIVENESS_PING), self.store.ping());
             tokio::select! {
                 out = &mut load => return out,
                 ping = ping => match ping {
@@ -59,8 +67,8 @@ impl Inner {
                     Err(_) => {
                         self.deadline_passed();
                         return Err(StoreError::Unavailable(format!(
-                            "store gave no answer within the search deadline of {} ms",
-                            step.as_millis()
+                            "store answered neither the read nor a ping within {} ms",
+                            step.max(LIVENESS_PING).as_millis()
                         )));
                     }
                 },

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::NaiveDate;
+use futures::future::FutureExt;
 use futures::stream::{self, StreamExt};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
@@ -59,10 +60,14 @@ mod state;
 
 pub use body::{Answer, Content};
 pub use render::render_event;
-pub use state::{SearchCounters, RUNS_IN_FLIGHT, RUN_BYTES, STORE_DOWN_BACKOFF};
+pub use state::{
+    SearchCounters, RUNS_IN_FLIGHT, RUN_BYTES, SHORT_LANE, SHORT_READ_BYTES, SLOW_SEARCH, STORE_DOWN_BACKOFF,
+    WIDE_LANE,
+};
 
 use body::{BodyBuilder, Built, CachedBody, EMPTY};
 use day::DayEntry;
+use runs::Part;
 use state::{multi_threaded, nanos, Inner, BLOCKING_COPY_BYTES, BODY_FRACTION};
 
 use crate::config::SearchSettings;
@@ -97,9 +102,12 @@ impl Searcher {
             directory_refreshing: AtomicBool::new(false),
             directory_task: Mutex::new(None),
             deadline_nanos: AtomicU64::new(nanos(settings.store_deadline)),
+            short_lane: Arc::new(tokio::sync::Semaphore::new(SHORT_LANE)),
+            wide_lane: Arc::new(tokio::sync::Semaphore::new(WIDE_LANE)),
             in_flight: Mutex::new(HashMap::new()),
             next_run: AtomicU64::new(0),
             run_bytes: AtomicU64::new(RUN_BYTES),
+            short_read_bytes: AtomicU64::new(SHORT_READ_BYTES),
             ttl_nanos: AtomicU64::new(nanos(settings.cache_ttl)),
             epoch: AtomicU64::new(0),
             origin: Instant::now(),
@@ -113,6 +121,12 @@ impl Searcher {
     /// and benches exercise the splitting of wide ranges.
     pub fn set_run_bytes(&self, bytes: u64) {
         self.inner.run_bytes.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// Bounds the estimated bytes of a read on the short lane (default [`SHORT_READ_BYTES`]), for
+    /// tests and benches with small data.
+    pub fn set_short_read_bytes(&self, bytes: u64) {
+        self.inner.short_read_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub fn set_ttl(&self, ttl: Duration) {
@@ -195,8 +209,62 @@ impl Searcher {
     }
 }
 
+/// Where one search waited: on store reads it started (directory included), on reads another
+/// search started; the rest of its time is CPU (copying, the runtime).
+#[derive(Default)]
+struct Waits {
+    own: Duration,
+    shared: Duration,
+}
+
+impl Waits {
+    /// `own`: `Some(true)` for a part this search reads, `Some(false)` for one it joined.
+    fn add(&mut self, own: Option<bool>, waited: Duration) {
+        match own {
+            Some(true) => self.own += waited,
+            Some(false) => self.shared += waited,
+            None => {}
+        }
+    }
+
+    /// Counts a search slower than [`SLOW_SEARCH`] under the cause that took most of its time.
+    fn count_if_slow(&self, took: Duration, counters: &SearchCounters) {
+        if took < SLOW_SEARCH {
+            return;
+        }
+        let cpu = took.saturating_sub(self.own + self.shared);
+        let counter = if self.own >= self.shared && self.own >= cpu {
+            &counters.slow_by_store
+        } else if self.shared >= cpu {
+            &counters.slow_by_shared
+        } else {
+            &counters.slow_by_cpu
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            took_ms = took.as_millis() as u64,
+            own_reads_ms = self.own.as_millis() as u64,
+            shared_reads_ms = self.shared.as_millis() as u64,
+            cpu_ms = cpu.as_millis() as u64,
+            "slow search"
+        );
+    }
+}
+
 impl Inner {
     async fn search(self: &Arc<Self>, range: TimeRange) -> Result<Answer, StoreError> {
+        let began = Instant::now();
+        let mut waits = Waits::default();
+        let answer = self.search_timed(range, &mut waits).await;
+        waits.count_if_slow(began.elapsed(), &self.counters);
+        answer
+    }
+
+    async fn search_timed(
+        self: &Arc<Self>,
+        range: TimeRange,
+        waits: &mut Waits,
+    ) -> Result<Answer, StoreError> {
         let starts = range.starts_at.map_or(i64::MIN, |t| t.timestamp_micros());
         let ends = range.ends_at.map_or(i64::MAX, |t| t.timestamp_micros());
         let key = (starts, ends);
@@ -210,21 +278,56 @@ impl Inner {
         if first.zip(last).is_some_and(|(f, l)| f > l) {
             return Ok(Answer::uncached(Bytes::from_static(EMPTY)));
         }
+        let asked = Instant::now();
         let (days, directory_at, mut stale) = self.days_in(first, last, deadline).await?;
+        waits.own += asked.elapsed();
         if days.is_empty() {
             return Ok(Answer::uncached(Bytes::from_static(EMPTY)));
         }
         // Sized from the directory (exact for every day read before): one allocation for the body.
         let estimate = days.iter().map(|(_, i)| i.bytes as usize + 1).sum::<usize>();
         let mut out = BodyBuilder::new(estimate, self.body_limit);
-        let mut oldest = directory_at;
-        // Parts resolve in day order, a few runs ahead; each is written out and dropped at once, so
-        // a wide answer holds the cache, the runs in flight and the body, never a second copy.
         let in_range = move |d: &NaiveDate| first.is_none_or(|f| *d >= f) && last.is_none_or(|l| *d <= l);
         let parts = self.parts(&days).await;
-        let mut resolved =
-            stream::iter(parts).map(|part| self.resolve(part, in_range, deadline)).buffered(RUNS_IN_FLIGHT);
-        while let Some(result) = resolved.next().await {
+        let range = (starts, ends, in_range);
+        let (parts_stale, parts_oldest) = self.write_parts(parts, range, deadline, &mut out, waits).await?;
+        stale |= parts_stale;
+        let oldest = directory_at.min(parts_oldest);
+        let body = match out.finish() {
+            Built::Whole(body) => body,
+            // Too large to cache: streamed from the days' own bytes.
+            Built::Streamed(answer) => return Ok(answer),
+        };
+        let fresh_until = oldest + self.ttl() / 2;
+        if stale || body.len() > self.body_limit || Instant::now() >= fresh_until {
+            return Ok(Answer::uncached(body));
+        }
+        Ok(self.keep_body(key, body, epoch, fresh_until).await)
+    }
+
+    /// Writes the plans of `parts` inside `[starts, ends]` to `out`; whether a stale copy stood in,
+    /// and when the oldest day used was loaded. Parts resolve in day order, a few runs ahead; each
+    /// is written out and dropped at once, so a wide answer holds the cache, the runs in flight and
+    /// the body, never a second copy.
+    async fn write_parts(
+        &self,
+        parts: Vec<Part>,
+        (starts, ends, in_range): (i64, i64, impl Fn(&NaiveDate) -> bool + Copy),
+        deadline: Instant,
+        out: &mut BodyBuilder,
+        waits: &mut Waits,
+    ) -> Result<(bool, Instant), StoreError> {
+        let (mut stale, mut oldest) = (false, Instant::now());
+        let mut resolved = stream::iter(parts)
+            .map(|part| {
+                let own = part.started_by_this_search();
+                self.resolve(part, in_range, deadline).map(move |r| (own, r))
+            })
+            .buffered(RUNS_IN_FLIGHT);
+        loop {
+            let waited = Instant::now();
+            let Some((own, result)) = resolved.next().await else { break };
+            waits.add(own, waited.elapsed());
             let (entries, part_stale) = result?;
             stale |= part_stale;
             let bytes: usize = entries.iter().map(|e| e.joined.len()).sum();
@@ -241,17 +344,7 @@ impl Inner {
                 copy();
             }
         }
-        drop(resolved);
-        let body = match out.finish() {
-            Built::Whole(body) => body,
-            // Too large to cache: streamed from the days' own bytes.
-            Built::Streamed(answer) => return Ok(answer),
-        };
-        let fresh_until = oldest + self.ttl() / 2;
-        if stale || body.len() > self.body_limit || Instant::now() >= fresh_until {
-            return Ok(Answer::uncached(body));
-        }
-        Ok(self.keep_body(key, body, epoch, fresh_until).await)
+        Ok((stale, oldest))
     }
 
     /// The finished body of the range `key` if it was built under `epoch` and is fresh (or stale

@@ -2,6 +2,7 @@
 //! queries over runs of consecutive missing days.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use chrono::NaiveDate;
 use futures::future::FutureExt;
 
 use super::day::{by_day, DayEntry};
-use super::state::{DayInfo, Inner, RunLoad, RunResult, RUNS_IN_FLIGHT};
+use super::state::{micros, DayInfo, Inner, RunLoad, RunResult};
 use crate::store::StoreError;
 
 /// A day of a search as classified before anything is awaited.
@@ -24,14 +25,26 @@ pub(super) enum Slot {
 /// A piece of a search's answer, resolved in day order.
 pub(super) enum Part {
     Ready(Arc<DayEntry>, bool),
-    /// Consecutive days `from..=to` read by one load (`id`), with their last copies.
+    /// Consecutive days `from..=to` read by one load (`id`), with their last copies; `own` when
+    /// this search started the load (else it joined another's).
     Load {
         id: u64,
+        own: bool,
         load: RunLoad,
         from: NaiveDate,
         to: NaiveDate,
         olds: Vec<(NaiveDate, Option<Arc<DayEntry>>)>,
     },
+}
+
+impl Part {
+    /// `None` for a cached day; for a read, whether this search started it.
+    pub(super) fn started_by_this_search(&self) -> Option<bool> {
+        match self {
+            Part::Ready(..) => None,
+            Part::Load { own, .. } => Some(*own),
+        }
+    }
 }
 
 impl Inner {
@@ -86,8 +99,9 @@ impl Inner {
             self.refresh_in_background(refresh);
         }
         self.counters.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
-        let loads = if missing.is_empty() { HashMap::new() } else { self.start_runs(&missing) };
-        group_parts(slots, &loads)
+        let (loads, own) =
+            if missing.is_empty() { (HashMap::new(), 0..0) } else { self.start_runs_owned(&missing) };
+        group_parts(slots, &loads, &own)
     }
 
     /// Reloads days in their refresh window in a task of its own, while searches serve the
@@ -153,20 +167,35 @@ impl Inner {
 
     /// Loads for `days` (ascending, each with whether it continues the previous one's run): the
     /// in-flight loads that already cover some of them, and new runs of consecutive days for the
-    /// rest, each under [`RUN_BYTES`].
+    /// rest, each under [`RUN_BYTES`](super::RUN_BYTES).
     pub(super) fn start_runs(
         self: &Arc<Self>,
         days: &[(NaiveDate, DayInfo, bool)],
     ) -> HashMap<NaiveDate, (u64, RunLoad)> {
+        self.start_runs_owned(days).0
+    }
+
+    /// [`Self::start_runs`], with the ids of the runs this call started. A short call (all its
+    /// days under [`SHORT_READ_BYTES`](super::SHORT_READ_BYTES)) reads on the short lane and joins
+    /// only short reads in flight: a day that a wide run is reading is read again on its own, since
+    /// waiting for a wide run costs the whole run (measured: most slow 1-day searches of the
+    /// replay were waiting on a wide run they joined). Wider calls read on the wide lane and join
+    /// any read in flight.
+    fn start_runs_owned(
+        self: &Arc<Self>,
+        days: &[(NaiveDate, DayInfo, bool)],
+    ) -> (HashMap<NaiveDate, (u64, RunLoad)>, Range<u64>) {
         let mut loads: HashMap<NaiveDate, (u64, RunLoad)> = HashMap::with_capacity(days.len());
         let mut runs: Vec<Vec<NaiveDate>> = Vec::new();
         let mut in_flight = self.in_flight.lock();
         let budget = self.run_bytes.load(Ordering::Relaxed);
+        let short = days.iter().map(|(_, i, _)| i.bytes).sum::<u64>()
+            <= self.short_read_bytes.load(Ordering::Relaxed);
         let mut run_bytes = 0;
         let mut extend = false;
         for &(day, info, continues) in days {
-            if let Some(load) = in_flight.get(&day) {
-                loads.insert(day, load.clone());
+            if let Some((id, load, _)) = in_flight.get(&day).filter(|(_, _, wide)| !(short && *wide)) {
+                loads.insert(day, (*id, load.clone()));
                 extend = false;
                 continue;
             }
@@ -180,15 +209,18 @@ impl Inner {
             run_bytes += info.bytes;
             extend = true;
         }
-        // This call's runs query the store a few at a time, in day order (the semaphore is fair).
-        let permits = Arc::new(tokio::sync::Semaphore::new(RUNS_IN_FLIGHT));
+        // Runs query the store a few at a time, in the order they were started (the lanes are fair).
+        let lane = if short { &self.short_lane } else { &self.wide_lane };
+        let first = self.next_run.load(Ordering::Relaxed);
         for run in runs {
             let id = self.next_run.fetch_add(1, Ordering::Relaxed);
             let (from, to) = (run[0], run[run.len() - 1]);
             let me = self.clone();
-            let permits = permits.clone();
+            let permit = lane.clone().acquire_owned();
             let task = tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await;
+                let queued = Instant::now();
+                let _permit = permit.await;
+                me.counters.run_queued_us.fetch_add(micros(queued.elapsed()), Ordering::Relaxed);
                 me.load_run(id, from, to).await
             });
             let load: RunLoad = async move {
@@ -198,11 +230,13 @@ impl Inner {
             .boxed()
             .shared();
             for day in &run {
-                in_flight.insert(*day, (id, load.clone()));
+                in_flight.insert(*day, (id, load.clone(), !short));
                 loads.insert(*day, (id, load.clone()));
             }
         }
-        loads
+        // Ids are taken under the `in_flight` lock, so this call's are contiguous.
+        let own = first..self.next_run.load(Ordering::Relaxed);
+        (loads, own)
     }
 
     /// One store query for the days `from..=to`: caches each day's entry, brings the directory up
@@ -210,20 +244,24 @@ impl Inner {
     pub(super) async fn load_run(self: Arc<Self>, id: u64, from: NaiveDate, to: NaiveDate) -> RunResult {
         let epoch = self.epoch.load(Ordering::Acquire);
         self.counters.run_queries.fetch_add(1, Ordering::Relaxed);
+        let asked = Instant::now();
         let result = self.store.plans_by_day(from, to).await;
+        self.counters.run_store_us.fetch_add(micros(asked.elapsed()), Ordering::Relaxed);
         let outcome = match result {
             Ok(rows) => {
                 self.store_answered();
                 // Rendering a run is CPU work of up to a few tens of milliseconds: off the runtime's
                 // threads, so searches answered from memory never queue behind it.
+                let rendering = Instant::now();
                 let entries =
                     tokio::task::spawn_blocking(move || by_day(&rows, from, to)).await.map_err(|e| {
                         StoreError::Unavailable(format!("rendering days {from}..={to} failed: {e}"))
                     });
+                self.counters.run_render_us.fetch_add(micros(rendering.elapsed()), Ordering::Relaxed);
                 let entries = match entries {
                     Ok(entries) => entries,
                     Err(e) => {
-                        self.in_flight.lock().retain(|_, (run, _)| *run != id);
+                        self.in_flight.lock().retain(|_, (run, _, _)| *run != id);
                         return Err(e);
                     }
                 };
@@ -245,14 +283,14 @@ impl Inner {
                 Err(e)
             }
         };
-        self.in_flight.lock().retain(|_, (run, _)| *run != id);
+        self.in_flight.lock().retain(|_, (run, _, _)| *run != id);
         tracing::trace!(%from, %to, ok = outcome.is_ok(), "day run loaded");
         outcome
     }
 }
 
 /// The parts of a search in day order: `slots` as classified, with `loads` reading the missing days.
-fn group_parts(slots: Vec<Slot>, loads: &HashMap<NaiveDate, (u64, RunLoad)>) -> Vec<Part> {
+fn group_parts(slots: Vec<Slot>, loads: &HashMap<NaiveDate, (u64, RunLoad)>, own: &Range<u64>) -> Vec<Part> {
     // Consecutive missing days of one load become one part (a run's new days come with it).
     let mut parts: Vec<Part> = Vec::new();
     for slot in slots {
@@ -265,7 +303,14 @@ fn group_parts(slots: Vec<Slot>, loads: &HashMap<NaiveDate, (u64, RunLoad)>) -> 
                         *to = day;
                         olds.push((day, old));
                     }
-                    _ => parts.push(Part::Load { id, load, from: day, to: day, olds: vec![(day, old)] }),
+                    _ => parts.push(Part::Load {
+                        id,
+                        own: own.contains(&id),
+                        load,
+                        from: day,
+                        to: day,
+                        olds: vec![(day, old)],
+                    }),
                 }
             }
         }

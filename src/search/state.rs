@@ -23,6 +23,17 @@ pub const STORE_DOWN_BACKOFF: Duration = Duration::from_secs(1);
 pub const RUN_BYTES: u64 = 8 << 20;
 /// Store queries of one search (or background refresh) in flight at once.
 pub const RUNS_IN_FLIGHT: usize = 4;
+/// A search (or reload) whose missing days come to at most this many estimated bytes reads them on
+/// the short lane: about a month of a busy feed. Wider reads take the wide lane, so a cold day or
+/// month never queues behind the runs of a cold year or of the open range.
+pub const SHORT_READ_BYTES: u64 = 2 << 20;
+/// Run queries in flight at once in the whole process, per lane. Bounded across searches, so a
+/// burst of cold searches does not open a connection and a server query per run at once (a
+/// replica left alone by a failover refused connections under such a burst).
+pub const SHORT_LANE: usize = 4;
+pub const WIDE_LANE: usize = RUNS_IN_FLIGHT;
+/// A search slower than this is counted by its main cause ([`SearchCounters::slow_by_store`] …).
+pub const SLOW_SEARCH: Duration = Duration::from_millis(100);
 /// A finished body larger than the cache budget divided by this is not kept (it would evict many
 /// days to save one concatenation).
 pub(super) const BODY_FRACTION: u64 = 64;
@@ -50,6 +61,17 @@ pub struct SearchCounters {
     pub previous_served: AtomicU64,
     /// Days an invalidation reloaded at once because searches use them.
     pub reloaded_days: AtomicU64,
+    /// Where run queries spent their time, summed in microseconds: waiting for a lane, waiting for
+    /// the store's rows, rendering the rows into days.
+    pub run_queued_us: AtomicU64,
+    pub run_store_us: AtomicU64,
+    pub run_render_us: AtomicU64,
+    /// Searches slower than [`SLOW_SEARCH`], by what took most of their time: runs they started
+    /// (lane, store and render), runs another search started, or building the answer (CPU, the
+    /// directory and the runtime).
+    pub slow_by_store: AtomicU64,
+    pub slow_by_shared: AtomicU64,
+    pub slow_by_cpu: AtomicU64,
 }
 
 pub(super) struct Inner {
@@ -67,11 +89,18 @@ pub(super) struct Inner {
     pub(super) directory_task: Mutex<Option<(tokio::task::AbortHandle, DirectoryLoad)>>,
     /// How long a search waits for the store (`search.store_deadline`).
     pub(super) deadline_nanos: AtomicU64,
-    /// Days being read from the store, with the shared load that reads them (single flight).
-    pub(super) in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad)>>,
+    /// The process-wide lanes run queries wait on ([`SHORT_LANE`], [`WIDE_LANE`]).
+    pub(super) short_lane: Arc<tokio::sync::Semaphore>,
+    pub(super) wide_lane: Arc<tokio::sync::Semaphore>,
+    /// Days being read from the store, with the shared load that reads them (single flight) and
+    /// whether it is a wide read (which short reads do not join).
+    pub(super) in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad, bool)>>,
     pub(super) next_run: AtomicU64,
     /// Estimated bytes one run query may bring ([`RUN_BYTES`] unless set).
     pub(super) run_bytes: AtomicU64,
+    /// Most estimated bytes a read may bring and still take the short lane ([`SHORT_READ_BYTES`]
+    /// unless set).
+    pub(super) short_read_bytes: AtomicU64,
     pub(super) ttl_nanos: AtomicU64,
     /// Bumped by every invalidation; a load that saw it move may hold pre-write data.
     pub(super) epoch: AtomicU64,
@@ -127,6 +156,10 @@ impl Inner {
 pub(super) fn multi_threaded() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+pub(super) fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
 }
 
 pub(super) fn nanos(d: Duration) -> u64 {

@@ -5,7 +5,9 @@
 //! fails transiently (refused, timed out, read-only), to the next one. A failing replica is marked
 //! down at once; a background probe (several replicas only) pings every replica each second and
 //! marks it up again once it answers. A replica marked down is still tried last, so a store whose
-//! replicas are all marked down keeps trying rather than refusing.
+//! replicas are all marked down keeps trying rather than refusing. A statement in flight on a
+//! replica that gets marked down meanwhile (the probe found it frozen) is abandoned and moved to the
+//! next replica at once, instead of waiting out its `query_timeout` there.
 //!
 //! Health is published per replica as the gauge `planfeed_clickhouse_endpoint_up{endpoint}` and in
 //! a process-wide board that `/ready` shows ([`endpoint_health`]).
@@ -31,6 +33,8 @@ pub(super) struct Endpoint {
     pub(super) url: String,
     pub(super) client: Client,
     up: AtomicBool,
+    /// Woken when the replica is marked down: statements in flight on it move on.
+    marked_down: tokio::sync::Notify,
 }
 
 pub(super) struct Endpoints {
@@ -42,7 +46,12 @@ impl Endpoints {
     pub(super) fn new(clients: Vec<(String, Client)>) -> Arc<Self> {
         let list: Vec<Endpoint> = clients
             .into_iter()
-            .map(|(url, client)| Endpoint { url, client, up: AtomicBool::new(true) })
+            .map(|(url, client)| Endpoint {
+                url,
+                client,
+                up: AtomicBool::new(true),
+                marked_down: tokio::sync::Notify::new(),
+            })
             .collect();
         for e in &list {
             publish(&e.url, true);
@@ -73,7 +82,9 @@ impl Endpoints {
     {
         let mut last = None;
         for endpoint in self.order() {
-            match op(endpoint.client.clone()).await {
+            let elsewhere =
+                || self.list.iter().any(|e| !std::ptr::eq(e, endpoint) && e.up.load(Ordering::Acquire));
+            match endpoint.unless_marked_down(op(endpoint.client.clone()), elsewhere).await {
                 Ok(value) => {
                     endpoint.mark(true);
                     return Ok(value);
@@ -122,14 +133,45 @@ impl Endpoints {
 
 impl Endpoint {
     fn mark(&self, up: bool) {
-        if self.up.swap(up, Ordering::Relaxed) != up {
+        if self.up.swap(up, Ordering::AcqRel) != up {
             if up {
                 tracing::info!(endpoint = %self.url, "clickhouse replica answers again");
             } else {
                 tracing::warn!(endpoint = %self.url, "clickhouse replica marked down");
+                self.marked_down.notify_waiters();
             }
         }
         publish(&self.url, up);
+    }
+
+    /// `statement`, abandoned as a transient failure if this replica is marked down before it ends
+    /// while `elsewhere` says another replica is up (with none, the statement is waited for: there
+    /// is nowhere better to go). A replica already marked down (tried last) is waited for too.
+    async fn unless_marked_down<T>(
+        &self,
+        statement: impl Future<Output = StoreResult<T>>,
+        elsewhere: impl Fn() -> bool,
+    ) -> StoreResult<T> {
+        tokio::pin!(statement);
+        loop {
+            let marked_down = self.marked_down.notified();
+            tokio::pin!(marked_down);
+            marked_down.as_mut().enable();
+            if !self.up.load(Ordering::Acquire) {
+                return statement.await;
+            }
+            tokio::select! {
+                out = &mut statement => return out,
+                () = marked_down => {
+                    if elsewhere() {
+                        return Err(StoreError::Unavailable(format!(
+                            "clickhouse replica {} marked down while the statement ran",
+                            self.url
+                        )));
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -40,6 +40,11 @@ use retry::{timed, with_attempts};
 const CHANGE_OVERLAP_US: i64 = 10_000_000;
 
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for a TCP connection to a replica: a host that is down (no answer to the SYN) costs
+/// this much before the next replica is tried, not the statement's whole `query_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle keep-alive connections are closed after this, before the server's own 3 s.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub use crate::config::ClickHouseSettings;
 pub use endpoints::endpoint_health;
@@ -63,14 +68,32 @@ impl std::fmt::Debug for ClickHouseStore {
     }
 }
 
+/// A client of one replica. Its HTTP client is the crate's default plus a connect timeout
+/// ([`CONNECT_TIMEOUT`]) and `TCP_NODELAY` (small statements are not held back by Nagle's
+/// algorithm); connections are pooled and kept alive, so the run queries of searches reuse them
+/// instead of opening one each.
 fn base_client(settings: &ClickHouseSettings, url: &str) -> Client {
-    let mut client = Client::default()
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector);
+    let mut client = Client::with_http_client(http)
         .with_url(url)
         .with_user(settings.user.clone())
         .with_validation(false)
         .with_setting("wait_end_of_query", "1");
     if let Some(password) = &settings.password {
         client = client.with_password(password.clone());
+    }
+    if settings.insert_quorum > 1 {
+        // Only INSERTs read these. The server's own quorum wait (10 min by default) is bounded
+        // like any statement, so a write to a cluster that lost a replica fails and is spooled.
+        client = client
+            .with_setting("insert_quorum", settings.insert_quorum.to_string())
+            .with_setting("insert_quorum_timeout", settings.query_timeout.as_millis().to_string());
     }
     client
 }

@@ -11,6 +11,10 @@ use super::{ClickHouseStore, CHANGE_OVERLAP_US};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState};
 use crate::store::{DayChange, DaySize, StoreResult};
 
+/// A read of more days than this (a search's wide run) runs on one ClickHouse thread, so it does
+/// not take every core from the short reads beside it (a day, a month) on a small server.
+const WIDE_READ_DAYS: i64 = 62;
+
 impl ClickHouseStore {
     pub(super) async fn read_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
         let rows: Vec<PlanStateRow> = self
@@ -49,21 +53,28 @@ impl ClickHouseStore {
         if from > to {
             return Ok(Vec::new());
         }
+        let wide = (to - from).num_days() > WIDE_READ_DAYS;
         let rows: Vec<EventRowCh> = self
             .fetch_all("plans by day", |c| {
-                c.query(
-                    "SELECT id, title, start_local_us, end_local_us, start_us, end_us, \
+                let query = c
+                    .query(
+                        "SELECT id, title, start_local_us, end_local_us, start_us, end_us, \
                             min_price_text, max_price_text \
                      FROM plans FINAL \
                      WHERE event_day BETWEEN ? AND ? \
                        AND event_date BETWEEN toDate(?) AND toDate(?) \
                        AND ever_online = 1 AND superseded = 0 \
                      ORDER BY start_us, id",
-                )
-                .bind(day_int(from))
-                .bind(day_int(to))
-                .bind(clamp_day(from).to_string())
-                .bind(clamp_day(to).to_string())
+                    )
+                    .bind(day_int(from))
+                    .bind(day_int(to))
+                    .bind(clamp_day(from).to_string())
+                    .bind(clamp_day(to).to_string());
+                if wide {
+                    query.with_setting("max_threads", "1")
+                } else {
+                    query
+                }
             })
             .await?;
         let mut events = Vec::with_capacity(rows.len());
