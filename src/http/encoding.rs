@@ -16,9 +16,10 @@ use warp::http::HeaderValue;
 /// docs/performance.md, "HTTP caching").
 pub const GZIP_MIN_BYTES: usize = 1024;
 
-/// gzip level: 6 (zlib's default) compresses a 1-month answer to about a tenth; each cached answer
-/// is compressed once, so the level costs on the first gzip request only.
-const GZIP_LEVEL: u32 = 6;
+/// gzip level: 9. A 1-month answer (1 MB) compresses to 14.8 % of its size at 9 against 15.5 % at 6
+/// on feed-shaped plans (20.8 % / 21.0 % on random ones), for about 0.1 s more once per cached
+/// answer: each is compressed once, on its first gzip request, and served from the cache after.
+const GZIP_LEVEL: u32 = 9;
 
 /// A content coding of a `/search` answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +147,9 @@ fn trim_start(mut s: &[u8], skip: impl Fn(u8) -> bool) -> &[u8] {
 
 /// The gzip form of `body`.
 pub fn gzip(body: &[u8]) -> Bytes {
-    // Compressed JSON answers are about a tenth of their size: start there, grow if needed.
+    // Compressed JSON answers are a sixth to a fifth of their size: start there, grow if needed.
     let mut encoder =
-        GzEncoder::new(Vec::with_capacity(body.len() / 8 + 64), flate2::Compression::new(GZIP_LEVEL));
+        GzEncoder::new(Vec::with_capacity(body.len() / 6 + 64), flate2::Compression::new(GZIP_LEVEL));
     encoder.write_all(body).expect("writing to a Vec cannot fail");
     Bytes::from(encoder.finish().expect("writing to a Vec cannot fail"))
 }
