@@ -22,6 +22,7 @@ test:
 	./scripts/check-structure.sh
 	$(CARGO) test --no-fail-fast
 	CARGO=$(CARGO) ./scripts/contract-test.sh
+	./scripts/current-clickhouse.sh
 
 ## The contract test alone: schemathesis against the running service and openapi.yaml.
 contract-test:
