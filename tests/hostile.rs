@@ -9,21 +9,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::binary::{free_port, Planfeed};
+use common::binary::{free_port, local_toml, Planfeed};
 use common::PATIENCE;
 use planfeed::simulator::{self, hostile_body, Faults, FeedSource, Hostile, Simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// `local.toml` for a service in `dir` on `port`, fetching `url`, with `extra` TOML under `[server]`.
-fn local_toml(dir: &Path, port: u16, url: &str, extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n\
-         [provider]\nurl = \"{url}\"\ninterval = \"1h\"\njitter = \"0s\"\n\
-         [store]\npath = \"{}\"\n[log]\nformat = \"json\"\n",
-        dir.join("planfeed.db").display()
-    )
-}
 
 /// A running binary, its folder and its provider's URL.
 struct Started {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::binary::{free_port, Planfeed};
+use common::binary::{free_port, local_toml, Planfeed};
 use common::PATIENCE;
 use planfeed::feed::GenSpec;
 use planfeed::simulator::{self, Faults, FeedSource, Simulator};
@@ -76,17 +76,8 @@ async fn ingestion_runs_on_its_low_priority_threads_and_still_completes_the_feed
         simulator::spawn_local(Simulator::new(FeedSource::Generated(spec), Faults::default())).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    std::fs::write(
-        dir.path().join("local.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             [provider]\nurl = \"{url}\"\ninterval = \"1h\"\njitter = \"0s\"\n\
-             [pipeline]\ningest_threads = 1\ningest_nice = 5\n\
-             [store]\npath = \"{}\"\n",
-            dir.path().join("plans.db").display()
-        ),
-    )
-    .unwrap();
+    let pipeline = "[pipeline]\ningest_threads = 1\ningest_nice = 5";
+    std::fs::write(dir.path().join("local.toml"), local_toml(dir.path(), port, &url, pipeline)).unwrap();
     let mut pf = Planfeed::serve(dir.path(), port);
     pf.wait_ready().await;
     let pid = pf.child.id();

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::{free_port, Planfeed};
+use common::binary::{free_port, local_toml, Planfeed};
 use common::PATIENCE;
 use planfeed::feed::{generate, GenSpec};
 use planfeed::simulator::{self, Faults, FeedSource, Simulator};
@@ -41,17 +41,8 @@ async fn sigterm_mid_ingestion_exits_zero_and_keeps_every_accepted_plan() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("planfeed.db");
     let port = free_port();
-    std::fs::write(
-        dir.path().join("local.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             [provider]\nurl = \"{url}\"\ninterval = \"1h\"\njitter = \"0s\"\n\
-             [pipeline]\nbatch_size = 500\nflush_age = \"50ms\"\n\
-             [store]\npath = \"{}\"\n[log]\nformat = \"json\"\n",
-            db.display()
-        ),
-    )
-    .unwrap();
+    let pipeline = "[pipeline]\nbatch_size = 500\nflush_age = \"50ms\"";
+    std::fs::write(dir.path().join("local.toml"), local_toml(dir.path(), port, &url, pipeline)).unwrap();
     let mut pf = Planfeed::serve(dir.path(), port);
     pf.wait_ready().await;
 
@@ -114,17 +105,8 @@ async fn a_fetch_cut_short_by_sigterm_is_recorded_as_shutdown_with_its_plans_sto
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("planfeed.db");
     let port = free_port();
-    std::fs::write(
-        dir.path().join("local.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             [provider]\nurl = \"{url}\"\ninterval = \"1h\"\njitter = \"0s\"\n\
-             [pipeline]\nchunk_bytes = 65536\nflush_age = \"50ms\"\n\
-             [store]\npath = \"{}\"\n[log]\nformat = \"json\"\n",
-            db.display()
-        ),
-    )
-    .unwrap();
+    let pipeline = "[pipeline]\nchunk_bytes = 65536\nflush_age = \"50ms\"";
+    std::fs::write(dir.path().join("local.toml"), local_toml(dir.path(), port, &url, pipeline)).unwrap();
     let mut pf = Planfeed::serve(dir.path(), port);
     pf.wait_ready().await;
 

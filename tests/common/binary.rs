@@ -15,6 +15,18 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `local.toml` for a service in `dir` on `port` fetching `url` once an hour (no jitter), its
+/// embedded store at `dir/planfeed.db`, JSON logs, with `extra` TOML right after `listen` (keys of
+/// `[server]`, or whole tables).
+pub fn local_toml(dir: &Path, port: u16, url: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n\
+         [provider]\nurl = \"{url}\"\ninterval = \"1h\"\njitter = \"0s\"\n\
+         [store]\npath = \"{}\"\n[log]\nformat = \"json\"\n",
+        dir.join("planfeed.db").display()
+    )
+}
+
 impl Planfeed {
     /// `planfeed --config-dir <dir> serve`, with `PLANFEED__*` variables of the test process removed
     /// so `local.toml` alone decides. `port` must match `server.listen` in `local.toml`.
