@@ -17,9 +17,21 @@ use warp::http::HeaderValue;
 use super::day::DayEntry;
 use crate::http::encoding::{self, Coding};
 
-/// A streamed body at least this large is hashed with the runtime told it blocks (as the search
-/// copies large parts, `state::BLOCKING_COPY_BYTES`).
-const BLOCKING_HASH_BYTES: usize = 1 << 20;
+/// Work on at least this many bytes runs with the runtime told it blocks ([`run_large`]).
+const BLOCKING_COPY_BYTES: usize = 1 << 20;
+
+/// Runs `work` over `bytes` bytes (a copy, a hash, a compression) in place; from
+/// [`BLOCKING_COPY_BYTES`] on, it takes milliseconds, so the runtime is told it blocks and moves its
+/// other tasks elsewhere (`block_in_place` is only allowed on a multi-threaded runtime).
+pub(super) fn run_large<T>(bytes: usize, work: impl FnOnce() -> T) -> T {
+    let multi_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if bytes >= BLOCKING_COPY_BYTES && multi_threaded {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
 
 /// A finished `/search` body for one exact range.
 #[derive(Debug)]
@@ -196,14 +208,7 @@ impl BodyBuilder {
             pieces.iter().for_each(|p| hasher.update(p));
             hasher.digest128()
         };
-        // Hashing hundreds of megabytes takes milliseconds: let the runtime move its other tasks.
-        let multi_threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let hash = if len >= BLOCKING_HASH_BYTES && multi_threaded {
-            tokio::task::block_in_place(hash)
-        } else {
-            hash()
-        };
+        let hash = run_large(len, hash);
         Built::Streamed(Answer { content: Content::Pieces(pieces.into()), hash, cached: None })
     }
 }

@@ -65,10 +65,10 @@ pub use state::{
     WIDE_LANE,
 };
 
-use body::{BodyBuilder, Built, CachedBody, EMPTY};
+use body::{run_large, BodyBuilder, Built, CachedBody, EMPTY};
 use day::DayEntry;
 use runs::Part;
-use state::{multi_threaded, nanos, Inner, BLOCKING_COPY_BYTES, BODY_FRACTION};
+use state::{nanos, Inner, BODY_FRACTION};
 
 use crate::config::SearchSettings;
 use crate::domain::TimeRange;
@@ -167,12 +167,7 @@ impl Searcher {
             .compressed
             .get_or_init(|| async {
                 made = true;
-                // Compressing a large body takes milliseconds: let the runtime move other tasks.
-                if cached.body.len() >= BLOCKING_COPY_BYTES && multi_threaded() {
-                    tokio::task::block_in_place(|| compress(&cached.body))
-                } else {
-                    compress(&cached.body)
-                }
+                run_large(cached.body.len(), || compress(&cached.body))
             })
             .await
             .clone();
@@ -331,18 +326,13 @@ impl Inner {
             let (entries, part_stale) = result?;
             stale |= part_stale;
             let bytes: usize = entries.iter().map(|e| e.joined.len()).sum();
-            let mut copy = || {
+            let copy = || {
                 for entry in &entries {
                     oldest = oldest.min(entry.loaded_at);
                     out.push(entry, starts, ends);
                 }
             };
-            // Copying megabytes takes milliseconds: let the runtime move its other tasks elsewhere.
-            if bytes >= BLOCKING_COPY_BYTES && multi_threaded() {
-                tokio::task::block_in_place(copy);
-            } else {
-                copy();
-            }
+            run_large(bytes, copy);
         }
         Ok((stale, oldest))
     }

@@ -37,8 +37,6 @@ pub const SLOW_SEARCH: Duration = Duration::from_millis(100);
 /// A finished body larger than the cache budget divided by this is not kept (it would evict many
 /// days to save one concatenation).
 pub(super) const BODY_FRACTION: u64 = 64;
-/// A part of an answer at least this large is copied with the runtime told it blocks.
-pub(super) const BLOCKING_COPY_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Default)]
 pub struct SearchCounters {
@@ -150,12 +148,6 @@ impl Inner {
     pub(super) fn store_deadline(&self) -> Duration {
         Duration::from_nanos(self.deadline_nanos.load(Ordering::Relaxed))
     }
-}
-
-/// `block_in_place` is only allowed on a multi-threaded runtime.
-pub(super) fn multi_threaded() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 pub(super) fn micros(d: Duration) -> u64 {
