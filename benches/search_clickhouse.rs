@@ -312,11 +312,12 @@ async fn main() {
         let searcher = searcher.clone();
         tasks.push(tokio::spawn(async move {
             searcher.search(r).await.unwrap();
-            (due.elapsed(), days)
+            (due.elapsed(), days, r)
         }));
     }
-    let results: Vec<(Duration, i64)> =
+    let timed: Vec<(Duration, i64, TimeRange)> =
         futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    let results: Vec<(Duration, i64)> = timed.iter().map(|(d, days, _)| (*d, *days)).collect();
     let mut latencies: Vec<Duration> = results.iter().map(|(d, _)| *d).collect();
     latencies.sort();
     let slow: Vec<&(Duration, i64)> =
@@ -340,6 +341,38 @@ async fn main() {
     );
     print_by_width(&results);
     print_causes(&searcher.counters);
+    print_wide_against_direct(&client, &timed, lo, hi).await;
+}
+
+/// The replay's searches over 100 ms wider than a month (first touches of cold days) beside the
+/// direct read of the same range, run alone afterwards (median of 3): the target allows them 2×.
+async fn print_wide_against_direct(
+    client: &clickhouse::Client,
+    timed: &[(Duration, i64, TimeRange)],
+    lo: NaiveDate,
+    hi: NaiveDate,
+) {
+    let mut ratios = Vec::new();
+    for (took, _, r) in
+        timed.iter().filter(|(d, days, _)| *d > Duration::from_millis(100) && !(0..=31).contains(days))
+    {
+        let mut directs = Vec::new();
+        for _ in 0..3 {
+            directs.push(direct(client, *r, lo, hi).await.0);
+        }
+        directs.sort();
+        ratios.push((took.as_secs_f64() / directs[1].as_secs_f64(), *took, directs[1]));
+    }
+    ratios.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let over = ratios.iter().filter(|(x, _, _)| *x > 2.0).count();
+    let listed: Vec<String> =
+        ratios.iter().map(|(x, t, d)| format!("{:.0}/{:.0} ms {x:.2}x", ms(*t), ms(*d))).collect();
+    println!(
+        "replay wide searches over 100 ms against the direct read of their range: {} of them, {over} over 2x \
+         (target: none): {}",
+        ratios.len(),
+        listed.join(", ")
+    );
 }
 
 /// p50/p99/max and the count over 100 ms of the replay's searches, by range width.

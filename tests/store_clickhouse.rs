@@ -541,6 +541,31 @@ async fn plans_are_partitioned_by_month_and_searches_read_only_their_days() {
     eprintln!("plans_by_day: 3-row day {one_day:?}, 20 000-row month {month:?} (debug build)");
 }
 
+/// A search's read of a day or a month asks the server for priority 1, a read of more than 62 days
+/// (a year, the open range) for priority 2: the server pauses the wide read while a short one runs.
+/// Checked on what the server itself logged of each read.
+#[tokio::test]
+async fn short_reads_run_at_a_higher_priority_than_wide_ones() {
+    let (server, store) = setup!();
+    let plans: Vec<StoredPlan> = (0..2)
+        .map(|i| stored(plan(3, i, "Prio", "2021-06-15T10:00:00", "2021-06-15T11:00:00", true, &["1"]), 1))
+        .collect();
+    store.write_plans(&plans).await.unwrap();
+    assert_eq!(store.plans_by_day(day("2021-06-15"), day("2021-06-15")).await.unwrap().len(), 2);
+    assert_eq!(store.plans_by_day(day("2021-06-01"), day("2021-07-31")).await.unwrap().len(), 2);
+    assert_eq!(store.plans_by_day(day("2021-01-01"), day("2021-12-31")).await.unwrap().len(), 2);
+    raw_exec(&server, "SYSTEM FLUSH LOGS").await;
+    let logged = raw_rows(
+        &server,
+        "SELECT Settings.Values[indexOf(Settings.Names, 'priority')] FROM system.query_log \
+         WHERE type = 2 AND query LIKE '%FROM plans FINAL%WHERE event_day BETWEEN%' \
+         AND query NOT LIKE '%system.query_log%' ORDER BY query",
+    )
+    .await;
+    // Ordered by the query text, so by the first day: the year, then the 61 days, then the day.
+    assert_eq!(logged, "2\n1\n1\n", "the priorities of a year, a 61-day and a day read");
+}
+
 #[tokio::test]
 async fn a_bulk_batch_is_one_insert_per_table() {
     let (server, store) = setup!();

@@ -11,9 +11,17 @@ use super::{ClickHouseStore, CHANGE_OVERLAP_US};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState};
 use crate::store::{DayChange, DaySize, StoreResult};
 
-/// A read of more days than this (a search's wide run) runs on one ClickHouse thread, so it does
-/// not take every core from the short reads beside it (a day, a month) on a small server.
+/// A read of more days than this is a search's wide run: it gives way to the short reads beside it
+/// (a day, a month) inside the server, see [`SHORT_PRIORITY`].
 const WIDE_READ_DAYS: i64 = 62;
+
+/// ClickHouse query priorities (the `priority` setting: smaller is higher, 0 is none). While a
+/// query of a higher priority runs, the server pauses a lower one between blocks, so a short read
+/// of a search never waits for the cores a year or the open range is taking; the wide read goes on
+/// at full speed as soon as no short read runs. Other statements (writes, the change feed, the
+/// directory) keep priority 0: neither paused nor pausing.
+const SHORT_PRIORITY: &str = "1";
+const WIDE_PRIORITY: &str = "2";
 
 impl ClickHouseStore {
     pub(super) async fn read_plan_states(&self) -> StoreResult<Vec<(PlanKey, PlanState)>> {
@@ -70,11 +78,7 @@ impl ClickHouseStore {
                     .bind(day_int(to))
                     .bind(clamp_day(from).to_string())
                     .bind(clamp_day(to).to_string());
-                if wide {
-                    query.with_setting("max_threads", "1")
-                } else {
-                    query
-                }
+                query.with_setting("priority", if wide { WIDE_PRIORITY } else { SHORT_PRIORITY })
             })
             .await?;
         let mut events = Vec::with_capacity(rows.len());
