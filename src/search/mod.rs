@@ -54,6 +54,7 @@ mod changes;
 mod day;
 mod directory;
 mod health;
+mod lane;
 mod render;
 mod runs;
 mod state;
@@ -102,8 +103,8 @@ impl Searcher {
             directory_refreshing: AtomicBool::new(false),
             directory_task: Mutex::new(None),
             deadline_nanos: AtomicU64::new(nanos(settings.store_deadline)),
-            short_lane: Arc::new(tokio::sync::Semaphore::new(SHORT_LANE)),
-            wide_lane: Arc::new(tokio::sync::Semaphore::new(WIDE_LANE)),
+            short_lane: lane::Lane::new(SHORT_LANE),
+            wide_lane: lane::Lane::new(WIDE_LANE),
             in_flight: Mutex::new(HashMap::new()),
             next_run: AtomicU64::new(0),
             run_bytes: AtomicU64::new(RUN_BYTES),

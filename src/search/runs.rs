@@ -191,10 +191,15 @@ impl Inner {
         let budget = self.run_bytes.load(Ordering::Relaxed);
         let short = days.iter().map(|(_, i, _)| i.bytes).sum::<u64>()
             <= self.short_read_bytes.load(Ordering::Relaxed);
+        let lane = if short { &self.short_lane } else { &self.wide_lane };
+        let deadline = lane.deadline_after(days.iter().map(|(_, i, _)| i.bytes).sum());
         let mut run_bytes = 0;
         let mut extend = false;
         for &(day, info, continues) in days {
-            if let Some((id, load, _)) = in_flight.get(&day).filter(|(_, _, wide)| !(short && *wide)) {
+            if let Some((id, load, _, theirs)) =
+                in_flight.get(&day).filter(|(_, _, wide, _)| !(short && *wide))
+            {
+                theirs.advance_to(deadline.nanos());
                 loads.insert(day, (*id, load.clone()));
                 extend = false;
                 continue;
@@ -209,14 +214,14 @@ impl Inner {
             run_bytes += info.bytes;
             extend = true;
         }
-        // Runs query the store a few at a time, in the order they were started (the lanes are fair).
-        let lane = if short { &self.short_lane } else { &self.wide_lane };
+        // Runs query the store a few at a time, earliest deadline first (see `lane`).
         let first = self.next_run.load(Ordering::Relaxed);
         for run in runs {
             let id = self.next_run.fetch_add(1, Ordering::Relaxed);
             let (from, to) = (run[0], run[run.len() - 1]);
             let me = self.clone();
-            let permit = lane.clone().acquire_owned();
+            let deadline = deadline.fork();
+            let permit = lane.clone().acquire(deadline.clone());
             let task = tokio::spawn(async move {
                 let queued = Instant::now();
                 let _permit = permit.await;
@@ -230,7 +235,7 @@ impl Inner {
             .boxed()
             .shared();
             for day in &run {
-                in_flight.insert(*day, (id, load.clone(), !short));
+                in_flight.insert(*day, (id, load.clone(), !short, deadline.clone()));
                 loads.insert(*day, (id, load.clone()));
             }
         }
@@ -261,7 +266,7 @@ impl Inner {
                 let entries = match entries {
                     Ok(entries) => entries,
                     Err(e) => {
-                        self.in_flight.lock().retain(|_, (run, _, _)| *run != id);
+                        self.in_flight.lock().retain(|_, (run, _, _, _)| *run != id);
                         return Err(e);
                     }
                 };
@@ -283,7 +288,7 @@ impl Inner {
                 Err(e)
             }
         };
-        self.in_flight.lock().retain(|_, (run, _, _)| *run != id);
+        self.in_flight.lock().retain(|_, (run, _, _, _)| *run != id);
         tracing::trace!(%from, %to, ok = outcome.is_ok(), "day run loaded");
         outcome
     }

@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::body::CachedBody;
 use super::day::DayEntry;
+use super::lane::{Deadline, Lane};
 use super::render::EVENT_OVERHEAD;
 use crate::store::{DaySize, SharedStore, StoreError};
 
@@ -88,11 +89,12 @@ pub(super) struct Inner {
     /// How long a search waits for the store (`search.store_deadline`).
     pub(super) deadline_nanos: AtomicU64,
     /// The process-wide lanes run queries wait on ([`SHORT_LANE`], [`WIDE_LANE`]).
-    pub(super) short_lane: Arc<tokio::sync::Semaphore>,
-    pub(super) wide_lane: Arc<tokio::sync::Semaphore>,
-    /// Days being read from the store, with the shared load that reads them (single flight) and
-    /// whether it is a wide read (which short reads do not join).
-    pub(super) in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad, bool)>>,
+    pub(super) short_lane: Arc<Lane>,
+    pub(super) wide_lane: Arc<Lane>,
+    /// Days being read from the store, with the shared load that reads them (single flight),
+    /// whether it is a wide read (which short reads do not join) and the run's deadline in its
+    /// lane (which a search joining it brings forward to its own).
+    pub(super) in_flight: Mutex<HashMap<NaiveDate, (u64, RunLoad, bool, Deadline)>>,
     pub(super) next_run: AtomicU64,
     /// Estimated bytes one run query may bring ([`RUN_BYTES`] unless set).
     pub(super) run_bytes: AtomicU64,
