@@ -180,7 +180,8 @@ impl Inner {
     /// only short reads in flight: a day that a wide run is reading is read again on its own, since
     /// waiting for a wide run costs the whole run (measured: most slow 1-day searches of the
     /// replay were waiting on a wide run they joined). Wider calls read on the wide lane and join
-    /// any read in flight.
+    /// any read in flight. Runs leave their lane earliest deadline first (see `lane`); a call that
+    /// joins a run brings its deadline forward to the call's own.
     fn start_runs_owned(
         self: &Arc<Self>,
         days: &[(NaiveDate, DayInfo, bool)],
@@ -189,10 +190,10 @@ impl Inner {
         let mut runs: Vec<Vec<NaiveDate>> = Vec::new();
         let mut in_flight = self.in_flight.lock();
         let budget = self.run_bytes.load(Ordering::Relaxed);
-        let short = days.iter().map(|(_, i, _)| i.bytes).sum::<u64>()
-            <= self.short_read_bytes.load(Ordering::Relaxed);
+        let bytes = days.iter().map(|(_, i, _)| i.bytes).sum::<u64>();
+        let short = bytes <= self.short_read_bytes.load(Ordering::Relaxed);
         let lane = if short { &self.short_lane } else { &self.wide_lane };
-        let deadline = lane.deadline_after(days.iter().map(|(_, i, _)| i.bytes).sum());
+        let deadline = lane.deadline_after(bytes);
         let mut run_bytes = 0;
         let mut extend = false;
         for &(day, info, continues) in days {
@@ -214,13 +215,11 @@ impl Inner {
             run_bytes += info.bytes;
             extend = true;
         }
-        // Runs query the store a few at a time, earliest deadline first (see `lane`).
         let first = self.next_run.load(Ordering::Relaxed);
         for run in runs {
             let id = self.next_run.fetch_add(1, Ordering::Relaxed);
             let (from, to) = (run[0], run[run.len() - 1]);
-            let me = self.clone();
-            let deadline = deadline.fork();
+            let (me, deadline) = (self.clone(), deadline.fork());
             let permit = lane.clone().acquire(deadline.clone());
             let task = tokio::spawn(async move {
                 let queued = Instant::now();
