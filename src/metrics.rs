@@ -6,24 +6,21 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
 use crate::actors::counters::WriterCounters;
 use crate::search::Searcher;
 
-/// Search latency buckets, in seconds: the interesting range is 50 µs .. 100 ms.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+mod latency;
+
+use latency::SearchStats;
 
 /// The process-wide recorder (installed on first use).
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full("planfeed_search_duration_seconds".into()), LATENCY_BUCKETS)
-            .expect("buckets are non-empty");
-        let recorder = builder.build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be global (embedding applications): then ours renders empty.
         let _ = metrics::set_global_recorder(recorder);
@@ -74,25 +71,36 @@ impl MetricsSource {
             metrics::gauge!("planfeed_pipeline_chunks_in_flight")
                 .set((capacity - sem.available_permits().min(*capacity)) as f64);
         }
-        handle().render()
+        let search = search_handles();
+        for (i, (_, counter)) in search.by_status.iter().enumerate() {
+            counter.absolute(search.stats.status_total(i));
+        }
+        let mut text = handle().render();
+        search.stats.render(SEARCH_DURATION, &mut text);
+        text
     }
 }
 
+/// The latency histogram of `/search` answers (rendered by [`MetricsSource::render`]).
+const SEARCH_DURATION: &str = "planfeed_search_duration_seconds";
+
 /// Records one answered search.
-pub fn record_search(status: warp::http::StatusCode, seconds: f64) {
+pub fn record_search(status: warp::http::StatusCode, took: std::time::Duration) {
     let handles = search_handles();
-    match handles.by_status.iter().find(|(s, _)| *s == status) {
-        Some((_, counter)) => counter.increment(1),
-        None => search_counter(status).increment(1),
+    let usual = handles.by_status.iter().position(|(s, _)| *s == status);
+    if usual.is_none() {
+        search_counter(status).increment(1);
     }
-    handles.duration.record(seconds);
+    handles.stats.record(usual, took);
 }
 
 /// `/search`'s metric handles, resolved once: looking a labelled counter up per request (a label
 /// string made, its key hashed, the registry searched) cost a measurable share of a cached answer.
+/// The usual statuses and the latency are counted in [`SearchStats`] (per-thread shards) and
+/// copied into the exporter's counters when `/metrics` is scraped.
 struct SearchHandles {
     by_status: Vec<(warp::http::StatusCode, metrics::Counter)>,
-    duration: metrics::Histogram,
+    stats: SearchStats,
 }
 
 fn search_handles() -> &'static SearchHandles {
@@ -100,11 +108,11 @@ fn search_handles() -> &'static SearchHandles {
     HANDLES.get_or_init(|| {
         // Resolved against our recorder: it is installed first.
         handle();
-        let by_status = [200, 304, 400, 429, 500, 503]
+        let by_status = latency::STATUSES
             .map(|s| warp::http::StatusCode::from_u16(s).expect("a valid status"))
             .map(|s| (s, search_counter(s)))
             .into();
-        SearchHandles { by_status, duration: metrics::histogram!("planfeed_search_duration_seconds") }
+        SearchHandles { by_status, stats: SearchStats::default() }
     })
 }
 

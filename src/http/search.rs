@@ -93,7 +93,7 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
 pub async fn search_handler(req: SearchRequest, state: Arc<ApiState>) -> Response {
     let started = std::time::Instant::now();
     let response = answer_search(&req, &state).await;
-    metrics::record_search(response.status(), started.elapsed().as_secs_f64());
+    metrics::record_search(response.status(), started.elapsed());
     response
 }
 
