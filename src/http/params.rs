@@ -55,7 +55,36 @@ fn decode<'a>(s: &'a str, what: &str) -> Result<Cow<'a, str>, ApiError> {
     })
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ`, the form nearly every client sends, read by position: chrono's RFC 3339
+/// parser (the fallback for every other form, and for anything this one does not take) was 5 % of
+/// a `304`'s server time. `None` when `value` is not exactly that form with a valid date and time.
+fn utc_seconds(value: &str) -> Option<DateTime<Utc>> {
+    let b = value.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| {
+        b[from..to].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    // A leap second (:60) is left to chrono, which has its own rule for it.
+    chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?
+        .and_hms_opt(hour, minute, second)
+        .map(|t| t.and_utc())
+}
+
 fn parse_instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    if let Some(t) = utc_seconds(value) {
+        return Ok(t);
+    }
     // A form encoder turns '+' into a space; "…T10:00:00 05:30" can only have meant "+05:30".
     let fixed;
     let value = match value.len().checked_sub(6).and_then(|i| value.get(i..)) {
@@ -125,6 +154,32 @@ mod tests {
             assert_eq!(e.code, "invalid_parameter", "{q}");
             assert!(e.message.starts_with(name), "{q}: {}", e.message);
             assert!(e.message.contains("RFC 3339"), "{q}: {}", e.message);
+        }
+    }
+
+    proptest::proptest! {
+        /// The by-position reading of `…T…Z` agrees with chrono's RFC 3339 parser on every string
+        /// of that shape, valid or not (bad months, days, hours, digits).
+        #[test]
+        fn the_fast_form_agrees_with_chrono(
+            y in 0u32..10_000, mo in 0u32..14, d in 0u32..33, h in 0u32..26, mi in 0u32..62, s in 0u32..62,
+            junk in proptest::option::of((0usize..20, proptest::char::range(' ', '~'))),
+        ) {
+            let mut text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
+            if let Some((at, c)) = junk {
+                text.replace_range(at..at + 1, &c.to_string());
+            }
+            let by_chrono = DateTime::parse_from_rfc3339(&text).ok().map(|t| t.with_timezone(&Utc));
+            match utc_seconds(&text) {
+                Some(t) => proptest::prop_assert_eq!(Some(t), by_chrono, "{}", text),
+                // Not taken: chrono decides. It may only accept what this form leaves to it: a
+                // leap second, or a lower-case `t`/`z` or a space for the `T`.
+                None => {
+                    let b = text.as_bytes();
+                    let other_form = s == 60 || matches!(b[10], b't' | b' ') || b[19] == b'z';
+                    proptest::prop_assert!(by_chrono.is_none() || other_form, "{}", text);
+                }
+            }
         }
     }
 
