@@ -251,7 +251,7 @@ impl Inner {
     async fn search(self: &Arc<Self>, range: TimeRange) -> Result<Answer, StoreError> {
         let began = Instant::now();
         let mut waits = Waits::default();
-        let answer = self.search_timed(range, &mut waits).await;
+        let answer = self.search_timed(range, began, &mut waits).await;
         waits.count_if_slow(began.elapsed(), &self.counters);
         answer
     }
@@ -259,14 +259,16 @@ impl Inner {
     async fn search_timed(
         self: &Arc<Self>,
         range: TimeRange,
+        began: Instant,
         waits: &mut Waits,
     ) -> Result<Answer, StoreError> {
         let starts = range.starts_at.map_or(i64::MIN, |t| t.timestamp_micros());
         let ends = range.ends_at.map_or(i64::MAX, |t| t.timestamp_micros());
         let key = (starts, ends);
-        let deadline = Instant::now() + self.store_deadline();
+        // One clock read for the whole warm path: the deadline and the body's freshness use `began`.
+        let deadline = began + self.store_deadline();
         let epoch = self.epoch.load(Ordering::Acquire);
-        if let Some(answer) = self.cached_body(key, epoch).await {
+        if let Some(answer) = self.cached_body(key, epoch, began).await {
             return Ok(answer);
         }
         let first = range.starts_at.map(|t| t.date_naive());
@@ -340,9 +342,9 @@ impl Inner {
 
     /// The finished body of the range `key` if it was built under `epoch` and is fresh (or stale
     /// while the store is down).
-    async fn cached_body(&self, key: (i64, i64), epoch: u64) -> Option<Answer> {
+    async fn cached_body(&self, key: (i64, i64), epoch: u64, now: Instant) -> Option<Answer> {
         let cached = self.bodies.get(&key).await.filter(|c| c.epoch == epoch)?;
-        if Instant::now() < cached.fresh_until {
+        if now < cached.fresh_until {
             self.counters.body_hits.fetch_add(1, Ordering::Relaxed);
             return Some(Answer::cached(key, cached));
         }
