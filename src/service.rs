@@ -221,6 +221,18 @@ impl Service {
     }
 }
 
+/// A service dropped without [`Service::shutdown`] stops its pipeline at once (no flush): the
+/// pipeline lives on the process-wide ingestion runtime, which outlives the caller's runtime, so
+/// without this the actors would go on fetching after their caller is gone.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some((sup, _)) = self.pipeline.take() {
+            sup.stop_children(Some("service dropped".into()));
+            sup.stop(Some("service dropped".into()));
+        }
+    }
+}
+
 /// Spawns the supervisor, which spawns the pipeline (one scheduler and fetcher per provider).
 async fn spawn_pipeline(
     settings: &Settings,
@@ -232,8 +244,12 @@ async fn spawn_pipeline(
     let handles = PipelineHandles::new(providers.len(), pl.parsers, pl.queue_chunks);
     let once = writer.recorded.is_some();
     let args = PipelineArgs { providers, pipeline: pl.clone(), writer, once };
-    let (sup, _) = Actor::spawn(None, Supervisor, (args, handles.clone()))
+    // Spawned from a task of the ingestion runtime, the supervisor and every actor it spawns (and
+    // what they spawn) run there, off the threads that answer searches (ADR 12).
+    let (sup, _) = crate::cpu::ingest_runtime()
+        .spawn(Actor::spawn(None, Supervisor, (args, handles.clone())))
         .await
+        .map_err(|e| ServiceError::Pipeline(e.to_string()))?
         .map_err(|e| ServiceError::Pipeline(e.to_string()))?;
     Ok((sup, handles))
 }
