@@ -140,6 +140,7 @@ impl Service {
                 spool: Some(spool),
                 write_timeout: settings.spool.write_timeout,
                 recorded,
+                search_runtime: Some(tokio::runtime::Handle::current()),
             };
             Some(spawn_pipeline(&settings, writer).await?)
         } else {
