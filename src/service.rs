@@ -70,6 +70,25 @@ pub async fn open_store(settings: &Settings) -> Result<SharedStore, ServiceError
     }
 }
 
+/// The store the writer uses. With ClickHouse in the `both` role, a client of its own: a pooled
+/// HTTP connection is driven by a task on the runtime that opened it, so a search reusing one the
+/// writer opened would have its answer read by a lowered ingestion thread (ADR 12). It connects
+/// once the searches' store answers (connected and migrated), so only that one migrates.
+fn writer_store(settings: &Settings, store: &SharedStore) -> SharedStore {
+    if settings.store.backend != Backend::Clickhouse || !settings.role.runs_api() {
+        return store.clone();
+    }
+    let ch = settings.store.clickhouse.settings();
+    let searches = store.clone();
+    ConnectingStore::spawn("clickhouse", store.location(), move || {
+        let (ch, searches) = (ch.clone(), searches.clone());
+        async move {
+            searches.ping().await?;
+            Ok(Arc::new(ClickHouseStore::connect(ch).await?) as SharedStore)
+        }
+    })
+}
+
 /// Opens the spool that feeds `store` (`[spool]`), reading what an earlier run left in it.
 pub fn open_spool(settings: &Settings, store: &SharedStore) -> Result<Arc<Spool>, ServiceError> {
     let path = Spool::file_for(&settings.spool.path, store.name(), &store.location());
@@ -132,7 +151,7 @@ impl Service {
         let pipeline = if settings.role.runs_ingest() {
             let spool = open_spool(&settings, &store)?;
             let writer = BatchWriterArgs {
-                store: store.clone(),
+                store: writer_store(&settings, &store),
                 searcher: Some(searcher.clone()),
                 batch_size: settings.pipeline.batch_size,
                 flush_age: settings.pipeline.flush_age,
