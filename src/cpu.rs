@@ -200,13 +200,15 @@ pub fn lower_current_thread() {
 fn lower_priority(nice: i32, idle: bool) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
-        // The thread starts at the process's nice value; this one adds to it, up to 19.
+        // SAFETY: plain system calls on the calling thread's own id and the main thread's; no
+        // memory is shared. The main thread's nice value is the process's (its id is the pid); a
+        // thread inherits its creator's, so one started by an already lowered thread (a blocking
+        // thread of the ingestion runtime) is set from the process's, not lowered twice.
         let tid = unsafe { libc::gettid() };
         if nice > 0 {
             let rc = unsafe {
-                let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (current + nice).min(19))
+                let process = libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t);
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (process + nice).min(19))
             };
             if rc != 0 {
                 tracing::warn!(tid, nice, error = %std::io::Error::last_os_error(), "cannot lower an ingestion thread's priority");
@@ -297,6 +299,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(inner.is_some_and(|n| n.starts_with(RUNTIME_THREAD)));
+        // A blocking thread, started by an already lowered worker, is lowered once, not twice.
+        let blocking = ingest_runtime()
+            .spawn(async { tokio::task::spawn_blocking(current_nice).await })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(blocking, (here + pool().nice()).min(19));
     }
 
     #[test]
