@@ -13,8 +13,9 @@
 # written) and wait until the pipeline holds no chunk; busy phases let it go on (SIGCONT). In each
 # phase: a wrk closed loop (-t2 -c$CONNS) and a fixed rate (examples/loadgen.rs, latency from each
 # request's scheduled time) on the same 1-day range. A busy phase also reports the rounds ingested,
-# plans/s and MB/s, failed fetches, and the CPU seconds of planfeed's ingestion threads, its other
-# threads and the simulator (with planfeed's busiest threads by id).
+# plans/s and MB/s, failed fetches, and the CPU seconds of planfeed's ingestion threads (the pool,
+# `planfeed-ingest-N`, and the pipeline's runtime, `planfeed-pipe-N`), its other threads and the
+# simulator (with planfeed's busiest threads by id).
 #
 # The machine may be shared: a neighbour's build can halve the req/s of an idle phase against one a
 # minute later. So each profile runs MIXED_PAIRS (default 3) pairs of phases, idle then busy, and
@@ -231,7 +232,8 @@ before, after = threads(sys.argv[13]), threads(sys.argv[14])
 used = {tid: (name, cpu - before.get(tid, (name, 0.0))[1]) for tid, (name, cpu) in after.items()}
 groups = {}
 for name, cpu in used.values():
-    group = "ingestion pool" if name.startswith("planfeed-ingest") else name
+    group = ("ingestion pool" if name.startswith("planfeed-ingest")
+             else "pipeline runtime" if name.startswith("planfeed-pipe") else name)
     groups[group] = groups.get(group, 0.0) + cpu
 rounds = ok1 - ok0
 print(f"busy ingestion: {rounds:.0f} rounds ok, {all1 - all0 - rounds:.0f} failed, {sp1 - sp0:.0f} plans spooled in "

@@ -15,6 +15,12 @@
 //! The pool is process-wide ([`configure`] once at start, from the settings), because every parser
 //! actor of every pipeline in the process shares the same cores; a job waits in an unbounded queue,
 //! which holds at most one job per parser actor (each awaits its job before taking the next chunk).
+//!
+//! Ingestion's async work (the fetcher reading the body, the chunker, every actor's message
+//! handling, change detection, freeing a round's plans) runs on a runtime of its own,
+//! [`ingest_runtime`]: as many worker threads as the pool, lowered the same way. On the searches'
+//! runtime a worker busy for a few milliseconds with a 61 MB round delays every request queued on
+//! it; on these threads the kernel gives the core to the searches' workers first.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
@@ -66,6 +72,10 @@ pub struct CpuPool {
 
 static POOL: OnceLock<CpuPool> = OnceLock::new();
 
+/// Never dropped: a runtime may not be dropped from async code, and its threads, like the pool's,
+/// live as long as the process.
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
 /// Sizes the process's pool. The first call wins (the pool's threads live as long as the process);
 /// a later call with other values is logged and ignored, as a restart is needed to change them.
 pub fn configure(size: PoolSize) {
@@ -87,6 +97,33 @@ pub fn configure(size: PoolSize) {
 pub fn pool() -> &'static CpuPool {
     POOL.get_or_init(|| CpuPool::start(PoolSize::DEFAULT))
 }
+
+/// The runtime ingestion's actors run on (see the module's doc), built on first use with the pool's
+/// thread count and priority: call [`configure`] first. Its blocking threads (the embedded store's
+/// reads for the writer, the search cache's reloads the writer starts) are lowered too.
+pub fn ingest_runtime() -> &'static tokio::runtime::Runtime {
+    RUNTIME.get_or_init(|| {
+        let pool = pool();
+        let (nice, idle) = (pool.nice, pool.idle);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(pool.threads)
+            .thread_name_fn(|| {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{RUNTIME_THREAD}{i}")
+            })
+            .on_thread_start(move || lower_priority(nice, idle))
+            .enable_all()
+            .build()
+            // Only fails when the OS refuses threads or an epoll instance: nothing runs without them.
+            .expect("cannot start the ingestion runtime");
+        tracing::info!(threads = pool.threads, nice, idle, "ingestion runtime started");
+        runtime
+    })
+}
+
+/// How the ingestion runtime's threads are named (then a number); the pool's are `planfeed-ingest-N`.
+pub const RUNTIME_THREAD: &str = "planfeed-pipe-";
 
 impl CpuPool {
     fn start(size: PoolSize) -> Self {
@@ -163,13 +200,15 @@ pub fn lower_current_thread() {
 fn lower_priority(nice: i32, idle: bool) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
-        // The thread starts at the process's nice value; this one adds to it, up to 19.
+        // SAFETY: plain system calls on the calling thread's own id and the main thread's; no
+        // memory is shared. The main thread's nice value is the process's (its id is the pid); a
+        // thread inherits its creator's, so one started by an already lowered thread (a blocking
+        // thread of the ingestion runtime) is set from the process's, not lowered twice.
         let tid = unsafe { libc::gettid() };
         if nice > 0 {
             let rc = unsafe {
-                let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (current + nice).min(19))
+                let process = libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t);
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (process + nice).min(19))
             };
             if rc != 0 {
                 tracing::warn!(tid, nice, error = %std::io::Error::last_os_error(), "cannot lower an ingestion thread's priority");
@@ -242,6 +281,31 @@ mod tests {
         let normal = CpuPool::start(PoolSize { threads: 1, nice: 0, idle: false });
         let policy = normal.run(|| unsafe { libc::sched_getscheduler(0) }).await.unwrap();
         assert_eq!(policy, libc::SCHED_OTHER);
+    }
+
+    #[tokio::test]
+    async fn the_ingestion_runtime_runs_tasks_on_its_own_lowered_threads() {
+        let here = current_nice();
+        let (name, nice) = ingest_runtime()
+            .spawn(async { (std::thread::current().name().map(String::from), current_nice()) })
+            .await
+            .unwrap();
+        assert!(name.is_some_and(|n| n.starts_with(RUNTIME_THREAD)));
+        assert_eq!(nice, (here + pool().nice()).min(19));
+        // What a task there spawns stays there.
+        let inner = ingest_runtime()
+            .spawn(async { tokio::spawn(async { std::thread::current().name().map(String::from) }).await })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(inner.is_some_and(|n| n.starts_with(RUNTIME_THREAD)));
+        // A blocking thread, started by an already lowered worker, is lowered once, not twice.
+        let blocking = ingest_runtime()
+            .spawn(async { tokio::task::spawn_blocking(current_nice).await })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(blocking, (here + pool().nice()).min(19));
     }
 
     #[test]

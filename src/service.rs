@@ -70,6 +70,25 @@ pub async fn open_store(settings: &Settings) -> Result<SharedStore, ServiceError
     }
 }
 
+/// The store the writer uses. With ClickHouse in the `both` role, a client of its own: a pooled
+/// HTTP connection is driven by a task on the runtime that opened it, so a search reusing one the
+/// writer opened would have its answer read by a lowered ingestion thread (ADR 12). It connects
+/// once the searches' store answers (connected and migrated), so only that one migrates.
+fn writer_store(settings: &Settings, store: &SharedStore) -> SharedStore {
+    if settings.store.backend != Backend::Clickhouse || !settings.role.runs_api() {
+        return store.clone();
+    }
+    let ch = settings.store.clickhouse.settings();
+    let searches = store.clone();
+    ConnectingStore::spawn("clickhouse", store.location(), move || {
+        let (ch, searches) = (ch.clone(), searches.clone());
+        async move {
+            searches.ping().await?;
+            Ok(Arc::new(ClickHouseStore::connect(ch).await?) as SharedStore)
+        }
+    })
+}
+
 /// Opens the spool that feeds `store` (`[spool]`), reading what an earlier run left in it.
 pub fn open_spool(settings: &Settings, store: &SharedStore) -> Result<Arc<Spool>, ServiceError> {
     let path = Spool::file_for(&settings.spool.path, store.name(), &store.location());
@@ -132,7 +151,7 @@ impl Service {
         let pipeline = if settings.role.runs_ingest() {
             let spool = open_spool(&settings, &store)?;
             let writer = BatchWriterArgs {
-                store: store.clone(),
+                store: writer_store(&settings, &store),
                 searcher: Some(searcher.clone()),
                 batch_size: settings.pipeline.batch_size,
                 flush_age: settings.pipeline.flush_age,
@@ -140,6 +159,7 @@ impl Service {
                 spool: Some(spool),
                 write_timeout: settings.spool.write_timeout,
                 recorded,
+                search_runtime: Some(tokio::runtime::Handle::current()),
             };
             Some(spawn_pipeline(&settings, writer).await?)
         } else {
@@ -221,6 +241,18 @@ impl Service {
     }
 }
 
+/// A service dropped without [`Service::shutdown`] stops its pipeline at once (no flush): the
+/// pipeline lives on the process-wide ingestion runtime, which outlives the caller's runtime, so
+/// without this the actors would go on fetching after their caller is gone.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some((sup, _)) = self.pipeline.take() {
+            sup.stop_children(Some("service dropped".into()));
+            sup.stop(Some("service dropped".into()));
+        }
+    }
+}
+
 /// Spawns the supervisor, which spawns the pipeline (one scheduler and fetcher per provider).
 async fn spawn_pipeline(
     settings: &Settings,
@@ -232,8 +264,12 @@ async fn spawn_pipeline(
     let handles = PipelineHandles::new(providers.len(), pl.parsers, pl.queue_chunks);
     let once = writer.recorded.is_some();
     let args = PipelineArgs { providers, pipeline: pl.clone(), writer, once };
-    let (sup, _) = Actor::spawn(None, Supervisor, (args, handles.clone()))
+    // Spawned from a task of the ingestion runtime, the supervisor and every actor it spawns (and
+    // what they spawn) run there, off the threads that answer searches (ADR 12).
+    let (sup, _) = crate::cpu::ingest_runtime()
+        .spawn(Actor::spawn(None, Supervisor, (args, handles.clone())))
         .await
+        .map_err(|e| ServiceError::Pipeline(e.to_string()))?
         .map_err(|e| ServiceError::Pipeline(e.to_string()))?;
     Ok((sup, handles))
 }

@@ -1,7 +1,8 @@
 //! Searches keep their speed while a feed is ingested (ADR 12): in the real binary, ingestion's
 //! CPU work (parsing, hashing, the embedded store's writes and its WAL checkpoint) runs on threads
-//! of lower priority, as many as `pipeline.ingest_threads`, while the threads answering searches
-//! keep the process's priority; and ingestion still completes a feed. Read from `/proc` (Linux).
+//! of lower priority, as many as `pipeline.ingest_threads`, and so do its actors (on a runtime of
+//! their own), while the threads answering searches keep the process's priority; and ingestion
+//! still completes a feed. Read from `/proc` (Linux).
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -109,6 +110,13 @@ async fn ingestion_runs_on_its_low_priority_threads_and_still_completes_the_feed
     assert_eq!(ingest[0].nice, low, "{all:?}");
     // It did the parsing and the writes: a feed of 2,000 plans × 50 zones is far more than a tick.
     assert!(ingest[0].ticks > 0, "{all:?}");
+    // The pipeline's actors (fetcher, chunker, parsers' and writer's message handling) run on the
+    // ingestion runtime's workers, lowered too, not on the runtime answering searches: those
+    // threads did work (reading and cutting the body alone is many ticks).
+    let pipeline: Vec<&Thread> = all.iter().filter(|t| t.is(planfeed::cpu::RUNTIME_THREAD)).collect();
+    assert!(!pipeline.is_empty(), "{all:?}");
+    assert!(pipeline.iter().all(|t| t.nice == low), "{all:?}");
+    assert!(pipeline.iter().map(|t| t.ticks).sum::<u64>() > 0, "{all:?}");
     let searching: Vec<&Thread> = all.iter().filter(|t| t.is("tokio-r")).collect();
     assert!(!searching.is_empty(), "{all:?}");
     assert!(searching.iter().all(|t| t.nice == base), "searches keep the process's priority: {all:?}");

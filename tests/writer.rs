@@ -29,6 +29,7 @@ async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
         recorded: None,
         spool: None,
         write_timeout: Duration::from_secs(10),
+        search_runtime: None,
     };
     Actor::spawn(None, BatchWriter, args).await.expect("writer starts").0
 }

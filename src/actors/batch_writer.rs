@@ -75,6 +75,28 @@ pub struct BatchWriterArgs {
     /// Where each recorded fetch is announced once its plans are written, spooled or dropped
     /// (`ingest --once` ends on it); `None`: nobody waits.
     pub recorded: Option<tokio::sync::mpsc::UnboundedSender<FetchRecord>>,
+    /// The runtime answering searches, when the writer runs on another (the service's ingestion
+    /// runtime, ADR 12): the search cache's invalidations and the spool's replays run there, so
+    /// the store reads that reload changed days run at the searches' priority, as searches do, and
+    /// a write is visible when the invalidation returns however busy the machine. `None`: here.
+    pub search_runtime: Option<tokio::runtime::Handle>,
+}
+
+/// Marks `days` changed in the search cache and reloads what searches use, on `runtime` when
+/// given (see [`BatchWriterArgs::search_runtime`]); returns when the invalidation has.
+pub(crate) async fn invalidate(
+    runtime: Option<&tokio::runtime::Handle>,
+    searcher: &Arc<Searcher>,
+    days: Vec<NaiveDate>,
+) {
+    let Some(runtime) = runtime else {
+        return searcher.invalidate(&days).await;
+    };
+    let searcher = searcher.clone();
+    if let Err(e) = runtime.spawn(async move { searcher.invalidate(&days).await }).await {
+        // Only when the searches' runtime is shutting down: nobody is left to search.
+        tracing::warn!(error = %e, "search cache invalidation did not run");
+    }
 }
 
 pub struct BatchWriterState {
@@ -154,7 +176,10 @@ impl Actor for BatchWriter {
                 }),
                 write_timeout: args.write_timeout,
             };
-            AbortOnDrop(tokio::spawn(replayer.run()))
+            AbortOnDrop(match &args.search_runtime {
+                Some(runtime) => runtime.spawn(replayer.run()),
+                None => tokio::spawn(replayer.run()),
+            })
         });
         Ok(BatchWriterState {
             args,

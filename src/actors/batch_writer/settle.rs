@@ -44,8 +44,7 @@ impl BatchWriterState {
         );
         self.settle_marks(f.marks, outcome.marked, &mut days);
         if let Some(searcher) = self.args.searcher.as_ref().filter(|_| !days.is_empty()) {
-            let days: Vec<_> = days.into_iter().collect();
-            searcher.invalidate(&days).await;
+            super::invalidate(self.args.search_runtime.as_ref(), searcher, days.into_iter().collect()).await;
         }
     }
 
