@@ -21,7 +21,7 @@ pub const STORE_DOWN_BACKOFF: Duration = Duration::from_secs(1);
 /// Upper bound of the estimated JSON bytes one store query of a run of days may bring: a wide cold
 /// range is read in several queries of about this size, [`RUNS_IN_FLIGHT`] at once, so no single
 /// query holds the whole range in flight and the first parts are rendered while the rest arrive.
-pub const RUN_BYTES: u64 = 8 << 20;
+pub const RUN_BYTES: u64 = 4 << 20;
 /// Store queries of one search (or background refresh) in flight at once.
 pub const RUNS_IN_FLIGHT: usize = 4;
 /// A search (or reload) whose missing days come to at most this many estimated bytes reads them on
