@@ -134,6 +134,9 @@ async fn fresh(store: &SharedStore) -> Searcher {
     if let Some(bytes) = std::env::var("PLANFEED_BENCH_RUN_BYTES").ok().and_then(|v| v.parse().ok()) {
         searcher.set_run_bytes(bytes);
     }
+    if let Some(bytes) = std::env::var("PLANFEED_BENCH_SHORT_BYTES").ok().and_then(|v| v.parse().ok()) {
+        searcher.set_short_read_bytes(bytes);
+    }
     searcher.load_directory().await.unwrap();
     searcher
 }
