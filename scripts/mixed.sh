@@ -24,9 +24,10 @@
 # 19), so generating the feed does not count against searches (MIXED_SIM_NICE=0 to charge it).
 #
 # Profiles (MIXED_PROFILES, space-separated): `default` (config/default.toml: every core but one for
-# parsing and the store's writes, nice +10), `same-priority` (two ingestion threads at the searches'
-# priority: close to what tokio's blocking pool gave before), `bound-only` (one thread, no nice),
-# `nice19` (one thread, nice +19), `idle` (the default under SCHED_IDLE).
+# parsing and the store's writes, nice +10 under SCHED_IDLE with the starvation guard), `nice10`
+# (the same without SCHED_IDLE: the default before), `same-priority` (two ingestion threads at the
+# searches' priority: close to what tokio's blocking pool gave before), `bound-only` (one thread, no
+# nice), `nice19` (one thread, nice +19).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,7 @@ SIM_NICE=${MIXED_SIM_NICE:-19}
 RATE=${MIXED_RATE:-10000}
 CONNS=${MIXED_CONNECTIONS:-32}
 BASE_PLANS=${MIXED_BASE_PLANS:-3000}
-PROFILES=${MIXED_PROFILES:-default idle same-priority bound-only nice19}
+PROFILES=${MIXED_PROFILES:-default nice10 same-priority bound-only nice19}
 SIM_PORT=18190
 PORT=18191
 WORK=target/mixed
@@ -149,10 +150,10 @@ pause_ingestion() {
 profile_env() {
     case $1 in
     default) echo "" ;;
-    same-priority) echo "PLANFEED__PIPELINE__INGEST_THREADS=2 PLANFEED__PIPELINE__INGEST_NICE=0" ;;
-    bound-only) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=0" ;;
-    nice19) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=19" ;;
-    idle) echo "PLANFEED__PIPELINE__INGEST_IDLE_POLICY=true" ;;
+    nice10) echo "PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false" ;;
+    same-priority) echo "PLANFEED__PIPELINE__INGEST_THREADS=2 PLANFEED__PIPELINE__INGEST_NICE=0 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false" ;;
+    bound-only) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=0 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false" ;;
+    nice19) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=19 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false" ;;
     *) echo "unknown profile $1" >&2; exit 1 ;;
     esac
 }

@@ -7,7 +7,8 @@
 //! raised by `pipeline.ingest_nice` (Linux: `setpriority` on the thread id, so only these threads):
 //! when searches want the CPU the kernel gives it to them first, and when the machine is otherwise
 //! idle ingestion runs at full speed. Ingestion is never stopped, only given a smaller share, so every
-//! feed still finishes.
+//! feed still finishes. By default the threads also run under `SCHED_IDLE`, with a guard that gives a
+//! starved one the normal policy for a while ([`starvation`], ADR 12).
 //!
 //! The embedded store's writes run here too (`SqliteStore::write`): encoding and writing a round's
 //! rows is about as much CPU as parsing it.
@@ -21,6 +22,9 @@
 //! [`ingest_runtime`]: as many worker threads as the pool, lowered the same way. On the searches'
 //! runtime a worker busy for a few milliseconds with a 61 MB round delays every request queued on
 //! it; on these threads the kernel gives the core to the searches' workers first.
+
+#[cfg(target_os = "linux")]
+mod starvation;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
@@ -51,7 +55,7 @@ pub struct PoolSize {
 
 impl PoolSize {
     /// The default of `config/default.toml`.
-    pub const DEFAULT: PoolSize = PoolSize { threads: 0, nice: 10, idle: false };
+    pub const DEFAULT: PoolSize = PoolSize { threads: 0, nice: 10, idle: true };
 
     fn thread_count(self) -> usize {
         if self.threads > 0 {
@@ -216,8 +220,12 @@ fn lower_priority(nice: i32, idle: bool) {
         }
         // SAFETY: as above; `param` lives across the call. Lowering needs no privilege.
         let param = libc::sched_param { sched_priority: 0 };
-        if idle && unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
-            tracing::warn!(tid, error = %std::io::Error::last_os_error(), "cannot put an ingestion thread under SCHED_IDLE");
+        if idle {
+            if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
+                tracing::warn!(tid, error = %std::io::Error::last_os_error(), "cannot put an ingestion thread under SCHED_IDLE");
+            } else {
+                starvation::watch_current_thread();
+            }
         }
     }
     #[cfg(not(target_os = "linux"))]
