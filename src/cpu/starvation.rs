@@ -28,6 +28,7 @@ struct Watched {
     /// The thread's name when it was lowered: a thread id reused by another thread is not touched.
     name: String,
     waited_ns: u64,
+    ran_ns: u64,
     normal_until: Option<Instant>,
 }
 
@@ -46,9 +47,9 @@ fn promotions() -> u64 {
 pub(super) fn watch_current_thread() {
     // SAFETY: returns the calling thread's id.
     let tid = unsafe { libc::gettid() };
-    let Some((_, waited_ns)) = schedstat(tid) else { return };
+    let Some((ran_ns, waited_ns)) = schedstat(tid) else { return };
     let name = thread_name(tid).unwrap_or_default();
-    WATCHED.lock().push(Watched { tid, name, waited_ns, normal_until: None });
+    WATCHED.lock().push(Watched { tid, name, waited_ns, ran_ns, normal_until: None });
     GUARD.get_or_init(|| {
         let started = std::thread::Builder::new().name("planfeed-cpu-guard".into()).spawn(guard);
         if let Err(e) = started {
@@ -58,28 +59,58 @@ pub(super) fn watch_current_thread() {
 }
 
 fn guard() {
+    let mut process_ns = process_cpu_ns();
     loop {
         std::thread::sleep(PERIOD);
         let now = Instant::now();
-        WATCHED.lock().retain_mut(|w| look(w, now));
+        let mut watched = WATCHED.lock();
+        let ran_before: u64 = watched.iter().map(|w| w.ran_ns).sum();
+        let total = process_cpu_ns();
+        // Whether the threads of this process that are not watched (searches) used less than half
+        // a core: then a watched thread that waited was kept waiting by another process.
+        let looks: Vec<Look> = watched.iter_mut().map(look).collect();
+        let ran_after: u64 = watched.iter().map(|w| w.ran_ns).sum();
+        let ours = total.saturating_sub(process_ns).saturating_sub(ran_after.saturating_sub(ran_before));
+        process_ns = total;
+        let outside = Duration::from_nanos(ours) < PERIOD / 2;
+        let mut i = 0;
+        watched.retain_mut(|w| {
+            let l = looks[i];
+            i += 1;
+            act(w, l, outside, now)
+        });
     }
 }
 
-/// One look at a watched thread; `false` when it is gone.
-fn look(w: &mut Watched, now: Instant) -> bool {
-    let Some((_, waited_ns)) = schedstat(w.tid) else { return false };
+/// What one look found of a watched thread.
+#[derive(Clone, Copy)]
+enum Look {
+    Gone,
+    Waited(Duration),
+}
+
+fn look(w: &mut Watched) -> Look {
+    let Some((ran_ns, waited_ns)) = schedstat(w.tid) else { return Look::Gone };
     if thread_name(w.tid).is_none_or(|n| n != w.name) {
-        return false;
+        return Look::Gone;
     }
     let waited = Duration::from_nanos(waited_ns.saturating_sub(w.waited_ns));
     w.waited_ns = waited_ns;
+    w.ran_ns = ran_ns;
+    Look::Waited(waited)
+}
+
+/// Promotes a thread starved by another process, demotes one whose hold is over; `false` when it
+/// is gone.
+fn act(w: &mut Watched, look: Look, outside: bool, now: Instant) -> bool {
+    let Look::Waited(waited) = look else { return false };
     match w.normal_until {
         Some(until) if now >= until => {
             set_policy(w.tid, libc::SCHED_IDLE);
             w.normal_until = None;
         }
         Some(_) => {}
-        None if waited > STARVED => {
+        None if waited > STARVED && outside => {
             tracing::debug!(
                 tid = w.tid,
                 waited_ms = waited.as_millis() as u64,
@@ -105,6 +136,14 @@ fn set_policy(tid: i32, policy: libc::c_int) {
     }
 }
 
+/// CPU time of the whole process, in nanoseconds.
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes into `ts`, which lives across the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Nanoseconds a thread of this process has run and has waited runnable for a core.
 fn schedstat(tid: i32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
@@ -121,25 +160,18 @@ mod tests {
     use super::*;
     use crate::cpu::{CpuPool, PoolSize};
 
-    /// Threads at the test's priority keep every core busy; a job on a `SCHED_IDLE` thread still
-    /// finishes, because the guard gives its thread the normal policy, and the thread is back under
-    /// `SCHED_IDLE` once the neighbours stop.
+    /// Busy loops of another process at the test's priority keep every core busy; a job on a
+    /// `SCHED_IDLE` thread still finishes, because the guard gives its thread the normal policy, and
+    /// the thread is back under `SCHED_IDLE` once the neighbours stop.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_starved_idle_thread_gets_the_normal_policy_then_goes_back() {
+    async fn a_thread_starved_by_another_process_gets_the_normal_policy_then_goes_back() {
         let pool = CpuPool::start(PoolSize { threads: 1, nice: 10, idle: true });
+        // SAFETY: returns the pool thread's own id.
         let tid = pool.run(|| unsafe { libc::gettid() }).await.unwrap();
         let before = promotions();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let hogs: Vec<_> = (0..cores)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
+        let mut hogs: Vec<_> = (0..cores)
+            .map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap())
             .collect();
         // 100 ms of CPU: half a minute at 0.3 % of a core, about a second once promoted.
         let job = pool.run(|| {
@@ -149,9 +181,9 @@ mod tests {
             }
         });
         let waited = tokio::time::timeout(Duration::from_secs(60), job).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for h in hogs {
-            h.join().unwrap();
+        for h in &mut hogs {
+            h.kill().unwrap();
+            h.wait().unwrap();
         }
         assert!(waited.is_ok(), "the job on the idle thread never finished beside busy neighbours");
         assert!(promotions() > before, "the guard never promoted the starved thread");
