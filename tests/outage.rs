@@ -223,6 +223,20 @@ fn log_lines(log: &str, message: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The first "fetch ingested" log line whose fields satisfy `wanted`, waited for (at most
+/// `common::PATIENCE`).
+async fn wait_for_fetch_line(pf: &Planfeed, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        let log = pf.log_text();
+        if let Some(line) = log_lines(&log, "fetch ingested").into_iter().find(|l| wanted(&l["fields"])) {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no such fetch line within {:?}:\n{log}", common::PATIENCE);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every fetch record is truthful: a complete fetch saw one of the snapshots whole, and never
 /// claims more written plans than it had changed ones; nothing was rejected.
 fn check_records(records: &[FetchRecord], sizes: &[u64]) {
@@ -270,11 +284,8 @@ async fn clickhouse_killed_for_longer_than_any_retry_budget_with_planfeed_restar
         Duration::from_secs(60),
     )
     .await;
-    let log = pf.log_text();
-    let spooled_fetch = log_lines(&log, "fetch ingested")
-        .into_iter()
-        .find(|l| l["fields"]["spooled"] == new_in_b)
-        .unwrap_or_else(|| panic!("no fetch line says it spooled {new_in_b} plans:\n{log}"));
+    // The fetch line is written once the fetch is recorded, a moment after its plans are counted.
+    let spooled_fetch = wait_for_fetch_line(&pf, |f| f["spooled"] == new_in_b).await;
     let f = &spooled_fetch["fields"];
     assert_eq!((f["written"].as_u64(), f["seen"].as_u64()), (Some(0), Some(parse(&b).len() as u64)), "{f}");
     // Whether the store was tried again before spooling depends on timing (a batch that queues behind
