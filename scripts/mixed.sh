@@ -20,8 +20,11 @@
 # The machine may be shared: a neighbour's build can halve the req/s of an idle phase against one a
 # minute later. So each profile runs MIXED_PAIRS (default 3) pairs of phases, idle then busy, and
 # judges by each pair's ratios and their median, printing the load average with each pair.
-# The simulator stands for a provider on another machine: it runs at nice MIXED_SIM_NICE (default
-# 19), so generating the feed does not count against searches (MIXED_SIM_NICE=0 to charge it).
+# The simulator stands for a provider on another machine: it runs under SCHED_IDLE (MIXED_SIM_IDLE=1,
+# the default) at nice MIXED_SIM_NICE (default 19), so generating the feed does not count against
+# searches (MIXED_SIM_IDLE=0 MIXED_SIM_NICE=0 to charge it). Under nice 19 alone a woken search
+# thread may still wait for the simulator's time slice to end (up to a few ms: see
+# docs/performance.md, "Where the fixed-rate tail goes"); a SCHED_IDLE thread is preempted at once.
 #
 # Profiles (MIXED_PROFILES, space-separated): `default` (config/default.toml: every core but one for
 # parsing and the store's writes, nice +10 under SCHED_IDLE with the starvation guard), `nice10`
@@ -34,6 +37,7 @@ cd "$(dirname "$0")/.."
 SECS=${MIXED_SECONDS:-10}
 PAIRS=${MIXED_PAIRS:-3}
 SIM_NICE=${MIXED_SIM_NICE:-19}
+SIM_IDLE=${MIXED_SIM_IDLE:-1}
 RATE=${MIXED_RATE:-10000}
 CONNS=${MIXED_CONNECTIONS:-32}
 BASE_PLANS=${MIXED_BASE_PLANS:-3000}
@@ -66,7 +70,9 @@ for port in $SIM_PORT $PORT; do
         exit 1
     fi
 done
-nice -n "$SIM_NICE" "$BIN" simulate-provider --listen "127.0.0.1:$SIM_PORT" --base-plans "$BASE_PLANS" --plans 4 --zones 50 \
+SIM_POLICY=()
+[ "$SIM_IDLE" = 1 ] && SIM_POLICY=(chrt --idle 0)
+"${SIM_POLICY[@]}" nice -n "$SIM_NICE" "$BIN" simulate-provider --listen "127.0.0.1:$SIM_PORT" --base-plans "$BASE_PLANS" --plans 4 --zones 50 \
     >"$WORK/simulator.log" 2>&1 &
 SIM=$!
 PIDS+=("$SIM")
@@ -160,7 +166,7 @@ profile_env() {
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); feed $((FEED_BYTES / 1000000)) MB" \
     "($BASE_PLANS x 4 x 50), fetched every 1 s; ${SECS} s per run, fixed rate ${RATE}/s, $CONNS connections;" \
-    "$PAIRS idle/busy pairs per profile; simulator at nice $SIM_NICE" | tee -a "$RESULTS"
+    "$PAIRS idle/busy pairs per profile; simulator at nice $SIM_NICE$([ "$SIM_IDLE" = 1 ] && echo ", SCHED_IDLE")" | tee -a "$RESULTS"
 for profile in $PROFILES; do
     STORE=$(mktemp -d /tmp/planfeed-mixed.XXXXXX)
     # shellcheck disable=SC2046

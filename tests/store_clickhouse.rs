@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use futures::FutureExt;
 use planfeed::domain::{FetchRecord, Plan, PlanKey, StoredPlan, Zone};
 use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
-use planfeed::store::{SharedStore, Store, StoreError};
+use planfeed::store::{ReadSize, SharedStore, Store, StoreError};
 
 use common::clickhouse::ClickHouseServer;
 use common::conformance;
@@ -541,9 +541,10 @@ async fn plans_are_partitioned_by_month_and_searches_read_only_their_days() {
     eprintln!("plans_by_day: 3-row day {one_day:?}, 20 000-row month {month:?} (debug build)");
 }
 
-/// A search's read of a day or a month asks the server for priority 1, a read of more than 62 days
-/// (a year, the open range) for priority 2: the server pauses the wide read while a short one runs.
-/// Checked on what the server itself logged of each read.
+/// A read of a day or a month asks the server for priority 1, a read of more than 62 days (a year,
+/// the open range) for priority 2: the server pauses the wide read while a short one runs. A
+/// search's read carries the search's size instead: a year that holds little is short, and a day
+/// read for the open range is wide. Checked on what the server itself logged of each read.
 #[tokio::test]
 async fn short_reads_run_at_a_higher_priority_than_wide_ones() {
     let (server, store) = setup!();
@@ -554,6 +555,9 @@ async fn short_reads_run_at_a_higher_priority_than_wide_ones() {
     assert_eq!(store.plans_by_day(day("2021-06-15"), day("2021-06-15")).await.unwrap().len(), 2);
     assert_eq!(store.plans_by_day(day("2021-06-01"), day("2021-07-31")).await.unwrap().len(), 2);
     assert_eq!(store.plans_by_day(day("2021-01-01"), day("2021-12-31")).await.unwrap().len(), 2);
+    let sized = |from, to, size| store.plans_by_day_sized(day(from), day(to), size);
+    assert_eq!(sized("2021-02-01", "2022-01-31", ReadSize::Short).await.unwrap().len(), 2);
+    assert_eq!(sized("2021-06-14", "2021-06-15", ReadSize::Wide).await.unwrap().len(), 2);
     raw_exec(&server, "SYSTEM FLUSH LOGS").await;
     let logged = raw_rows(
         &server,
@@ -562,8 +566,12 @@ async fn short_reads_run_at_a_higher_priority_than_wide_ones() {
          AND query NOT LIKE '%system.query_log%' ORDER BY query",
     )
     .await;
-    // Ordered by the query text, so by the first day: the year, then the 61 days, then the day.
-    assert_eq!(logged, "2\n1\n1\n", "the priorities of a year, a 61-day and a day read");
+    // Ordered by the query text, so by the first day: the year, the short year, the 61 days, the
+    // wide two days, the day.
+    assert_eq!(
+        logged, "2\n1\n1\n2\n1\n",
+        "the priorities of a year, a short year, 61 days, wide days, a day"
+    );
 }
 
 #[tokio::test]

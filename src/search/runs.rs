@@ -12,7 +12,7 @@ use futures::future::FutureExt;
 
 use super::day::{by_day, DayEntry};
 use super::state::{micros, DayInfo, Inner, RunLoad, RunResult};
-use crate::store::StoreError;
+use crate::store::{ReadSize, StoreError};
 
 /// A day of a search as classified before anything is awaited.
 pub(super) enum Slot {
@@ -192,7 +192,8 @@ impl Inner {
         let budget = self.run_bytes.load(Ordering::Relaxed);
         let bytes = days.iter().map(|(_, i, _)| i.bytes).sum::<u64>();
         let short = bytes <= self.short_read_bytes.load(Ordering::Relaxed);
-        let lane = if short { &self.short_lane } else { &self.wide_lane };
+        let (lane, size) =
+            if short { (&self.short_lane, ReadSize::Short) } else { (&self.wide_lane, ReadSize::Wide) };
         let deadline = lane.deadline_after(bytes);
         let mut run_bytes = 0;
         let mut extend = false;
@@ -225,7 +226,7 @@ impl Inner {
                 let queued = Instant::now();
                 let _permit = permit.await;
                 me.counters.run_queued_us.fetch_add(micros(queued.elapsed()), Ordering::Relaxed);
-                me.load_run(id, from, to).await
+                me.load_run(id, from, to, size).await
             });
             let load: RunLoad = async move {
                 task.await
@@ -243,13 +244,20 @@ impl Inner {
         (loads, own)
     }
 
-    /// One store query for the days `from..=to`: caches each day's entry, brings the directory up
-    /// to date for those days, and releases them from `in_flight`.
-    pub(super) async fn load_run(self: Arc<Self>, id: u64, from: NaiveDate, to: NaiveDate) -> RunResult {
+    /// One store query for the days `from..=to`, at the priority of the search's `size`: caches
+    /// each day's entry, brings the directory up to date for those days, and releases them from
+    /// `in_flight`.
+    pub(super) async fn load_run(
+        self: Arc<Self>,
+        id: u64,
+        from: NaiveDate,
+        to: NaiveDate,
+        size: ReadSize,
+    ) -> RunResult {
         let epoch = self.epoch.load(Ordering::Acquire);
         self.counters.run_queries.fetch_add(1, Ordering::Relaxed);
         let asked = Instant::now();
-        let result = self.store.plans_by_day(from, to).await;
+        let result = self.store.plans_by_day_sized(from, to, size).await;
         self.counters.run_store_us.fetch_add(micros(asked.elapsed()), Ordering::Relaxed);
         let outcome = match result {
             Ok(rows) => {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use parking_lot::Mutex;
 
-use super::{DayChange, DaySize, SharedStore, Store, StoreError, StoreResult};
+use super::{DayChange, DaySize, ReadSize, SharedStore, Store, StoreError, StoreResult};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
 use crate::retry::{retry, RetryPolicy};
 
@@ -112,6 +112,15 @@ impl Store for ConnectingStore {
 
     async fn plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<EventRow>> {
         self.get()?.plans_by_day(from, to).await
+    }
+
+    async fn plans_by_day_sized(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        size: ReadSize,
+    ) -> StoreResult<Vec<EventRow>> {
+        self.get()?.plans_by_day_sized(from, to, size).await
     }
 
     async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>> {

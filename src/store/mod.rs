@@ -57,6 +57,16 @@ pub struct DayChange {
 }
 
 /// One non-empty event day of the store: what the search's day directory keeps in memory.
+/// How much a search reads in all (not the span of its days: a year past the end of the data holds
+/// a few days): stores with query priorities serve short reads first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSize {
+    /// At most the search's short-read budget (`search.short_read_bytes`).
+    Short,
+    /// More: a wide range or the open one.
+    Wide,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DaySize {
     pub day: NaiveDate,
@@ -100,6 +110,18 @@ pub trait Store: Send + Sync + 'static {
     /// Every ever-online plan whose event day is in `[from, to]` (inclusive), latest version only,
     /// ordered by start instant then id.
     async fn plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<EventRow>>;
+
+    /// [`Store::plans_by_day`] for a search, which says how much it reads in all: a store with
+    /// query priorities serves a [`ReadSize::Short`] read ahead of wide ones, whatever the span of
+    /// its days. Stores without priorities read it as `plans_by_day` does.
+    async fn plans_by_day_sized(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        _size: ReadSize,
+    ) -> StoreResult<Vec<EventRow>> {
+        self.plans_by_day(from, to).await
+    }
 
     /// First and last event day holding an ever-online plan, for open-ended searches.
     async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>>;

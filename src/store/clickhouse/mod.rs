@@ -29,7 +29,7 @@ use clickhouse::query::Query;
 use clickhouse::sql::Identifier;
 use clickhouse::{Client, RowOwned, RowRead};
 
-use super::{DayChange, DaySize, Store, StoreError, StoreResult};
+use super::{DayChange, DaySize, ReadSize, Store, StoreError, StoreResult};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
 use endpoints::Endpoints;
 use retry::{timed, with_attempts};
@@ -228,7 +228,17 @@ impl Store for ClickHouseStore {
     /// Reads `event_day` over exactly the partitions of the days (`event_date` is their clamped
     /// partition key, so far days share the first or last partition).
     async fn plans_by_day(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<EventRow>> {
-        self.read_plans_by_day(from, to).await
+        self.read_plans_by_day(from, to, None).await
+    }
+
+    /// As `plans_by_day`, at the priority of the search's size rather than of the days' span.
+    async fn plans_by_day_sized(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        size: ReadSize,
+    ) -> StoreResult<Vec<EventRow>> {
+        self.read_plans_by_day(from, to, Some(size)).await
     }
 
     async fn day_bounds(&self) -> StoreResult<Option<(NaiveDate, NaiveDate)>> {

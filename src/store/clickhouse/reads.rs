@@ -9,10 +9,11 @@ use super::rows::{
 };
 use super::{ClickHouseStore, CHANGE_OVERLAP_US};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState};
-use crate::store::{DayChange, DaySize, StoreResult};
+use crate::store::{DayChange, DaySize, ReadSize, StoreResult};
 
-/// A read of more days than this is a search's wide run: it gives way to the short reads beside it
-/// (a day, a month) inside the server, see [`SHORT_PRIORITY`].
+/// Without a search's size, a read of more days than this is taken for a wide one: it gives way to
+/// the short reads beside it (a day, a month) inside the server, see [`SHORT_PRIORITY`]. A
+/// search's reads carry its size instead ([`ReadSize`]): a year past the end of the data is short.
 const WIDE_READ_DAYS: i64 = 62;
 
 /// ClickHouse query priorities (the `priority` setting: smaller is higher, 0 is none). While a
@@ -53,15 +54,20 @@ impl ClickHouseStore {
 
     /// Reads `event_day` over exactly the partitions of the days (`event_date` is their clamped
     /// partition key, so far days share the first or last partition).
+    /// At `size`'s priority, or without one at the priority of the days' span.
     pub(super) async fn read_plans_by_day(
         &self,
         from: NaiveDate,
         to: NaiveDate,
+        size: Option<ReadSize>,
     ) -> StoreResult<Vec<EventRow>> {
         if from > to {
             return Ok(Vec::new());
         }
-        let wide = (to - from).num_days() > WIDE_READ_DAYS;
+        let wide = match size {
+            Some(size) => size == ReadSize::Wide,
+            None => (to - from).num_days() > WIDE_READ_DAYS,
+        };
         let rows: Vec<EventRowCh> = self
             .fetch_all("plans by day", |c| {
                 let query = c
