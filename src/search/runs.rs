@@ -11,6 +11,7 @@ use chrono::NaiveDate;
 use futures::future::FutureExt;
 
 use super::day::{by_day, DayEntry};
+use super::lane::Lane;
 use super::state::{micros, DayInfo, Inner, RunLoad, RunResult};
 use crate::store::{ReadSize, StoreError};
 
@@ -192,8 +193,7 @@ impl Inner {
         let budget = self.run_bytes.load(Ordering::Relaxed);
         let bytes = days.iter().map(|(_, i, _)| i.bytes).sum::<u64>();
         let short = bytes <= self.short_read_bytes.load(Ordering::Relaxed);
-        let (lane, size) =
-            if short { (&self.short_lane, ReadSize::Short) } else { (&self.wide_lane, ReadSize::Wide) };
+        let (lane, size) = self.lane(short);
         let deadline = lane.deadline_after(bytes);
         let mut run_bytes = 0;
         let mut extend = false;
@@ -242,6 +242,15 @@ impl Inner {
         // Ids are taken under the `in_flight` lock, so this call's are contiguous.
         let own = first..self.next_run.load(Ordering::Relaxed);
         (loads, own)
+    }
+
+    /// The lane of a short or a wide call, with the size its store reads give for their priority.
+    fn lane(&self, short: bool) -> (&Arc<Lane>, ReadSize) {
+        if short {
+            (&self.short_lane, ReadSize::Short)
+        } else {
+            (&self.wide_lane, ReadSize::Wide)
+        }
     }
 
     /// One store query for the days `from..=to`, at the priority of the search's `size`: caches
