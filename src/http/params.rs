@@ -47,6 +47,10 @@ pub fn parse_range(raw_query: &str) -> Result<TimeRange, ApiError> {
 /// `s` percent-decoded; borrowed when it holds no escape (the usual query), so a search allocates
 /// nothing for its parameters.
 fn decode<'a>(s: &'a str, what: &str) -> Result<Cow<'a, str>, ApiError> {
+    if !s.contains('%') {
+        // Already UTF-8 and nothing to decode: skips the decoder's scan and its UTF-8 check.
+        return Ok(Cow::Borrowed(s));
+    }
     percent_decode_str(s).decode_utf8().map_err(|_| {
         ApiError::bad_request(
             "invalid_parameter",
