@@ -90,9 +90,23 @@ async fn wait_for_fetches(store: &SharedStore, provider: &str, n: usize) -> Vec<
         }
         assert!(
             Instant::now() < deadline,
-            "fewer than {n} fetches of {provider} recorded within {PATIENCE:?}"
+            "fewer than {n} fetches of {provider} recorded within {PATIENCE:?}; its fetch counters: {}",
+            fetch_counters(provider)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// This process's `planfeed_fetches_total` lines of `provider`, for a failure message.
+fn fetch_counters(provider: &str) -> String {
+    let label = format!("provider=\"{provider}\"");
+    let text = planfeed::metrics::handle().render();
+    let lines: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("planfeed_fetches_total") && l.contains(&label)).collect();
+    if lines.is_empty() {
+        "none".into()
+    } else {
+        lines.join("; ")
     }
 }
 
