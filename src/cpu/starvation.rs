@@ -138,9 +138,14 @@ fn set_policy(tid: i32, policy: libc::c_int) {
 
 /// CPU time of the whole process, in nanoseconds.
 fn process_cpu_ns() -> u64 {
+    cpu_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// The CPU time `clock` measures (the process's, the calling thread's), in nanoseconds.
+fn cpu_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: writes into `ts`, which lives across the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -198,9 +203,6 @@ mod tests {
 
     /// CPU time the calling thread has used.
     fn cpu_time_of_thread() -> Duration {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: writes into `ts`, which lives across the call.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        Duration::from_nanos(cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID))
     }
 }
