@@ -90,8 +90,10 @@ async fn wait_for_fetches(store: &SharedStore, provider: &str, n: usize) -> Vec<
         }
         assert!(
             Instant::now() < deadline,
-            "fewer than {n} fetches of {provider} recorded within {PATIENCE:?}; its fetch counters: {}",
-            fetch_counters(provider)
+            "fewer than {n} fetches of {provider} recorded within {PATIENCE:?}; its fetch counters: {}\n\
+             threads:\n{}",
+            fetch_counters(provider),
+            common::thread_report()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

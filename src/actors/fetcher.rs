@@ -58,7 +58,6 @@ pub struct FetcherArgs {
 pub struct FetcherState {
     args: FetcherArgs,
     client: reqwest::Client,
-    last_fetch_id: u64,
 }
 
 pub struct Fetcher;
@@ -76,7 +75,7 @@ impl Actor for Fetcher {
         let client = build_client(&args.provider)?;
         // The settings may have changed while no fetcher was running.
         args.breaker.lock().configure(args.provider.breaker_failures, args.provider.breaker_cooldown);
-        Ok(FetcherState { args, client, last_fetch_id: 0 })
+        Ok(FetcherState { args, client })
     }
 
     async fn handle(
@@ -109,9 +108,7 @@ impl FetcherState {
             return false;
         }
         let started_at = Utc::now();
-        // Fetch ids order observations: strictly increasing even if the clock stalls.
-        let fetch_id = (started_at.timestamp_millis().max(0) as u64).max(self.last_fetch_id + 1);
-        self.last_fetch_id = fetch_id;
+        let fetch_id = next_fetch_id(started_at.timestamp_millis().max(0) as u64);
         let provider = &self.args.provider;
         let record = FetchRecord { provider: provider.name.clone(), started_at, ..Default::default() };
         let mut end = FetchEnd { fetch_id, chunks: 0, retries: 0, record, error: None };
@@ -354,6 +351,29 @@ impl FetcherState {
     }
 }
 
+/// The id of a fetch starting at `now_ms` (milliseconds since the epoch): that time, or one more
+/// than the last id given out in this process when the clock has not moved past it. Ids order a
+/// plan's observations (its version), and the writer tells fetches apart by them: two providers'
+/// fetches started in the same millisecond must not share one, or the writer's tally of the one
+/// would take the other's end, and one of the two would never be recorded. Process-wide, so a
+/// restarted fetcher never reuses its predecessor's last id either.
+pub fn next_fetch_id(now_ms: u64) -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    loop {
+        let id = now_ms.max(last + 1);
+        match LAST.compare_exchange_weak(
+            last,
+            id,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => return id,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// Delay before retry `done + 1` of a request: the provider's policy (`retry_backoff` doubling,
 /// jittered to 50–100 %, capped at [`MAX_RETRY_BACKOFF`]); a `Retry-After` from the provider wins
 /// when longer, within the same cap.
@@ -392,6 +412,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fetch_ids_are_distinct_and_increasing_even_within_one_millisecond() {
+        // Two providers' fetches started in the same millisecond, then a clock that went back.
+        let now = Utc::now().timestamp_millis() as u64;
+        let (a, b) = (next_fetch_id(now), next_fetch_id(now));
+        assert!(a >= now && b > a, "{a} {b}");
+        assert!(next_fetch_id(now - 1_000) > b);
+        // From many threads at once: all distinct.
+        let ids: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..1_000).map(|_| next_fetch_id(now)).collect::<Vec<_>>()))
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let distinct: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_retry_after_wins_within_the_cap() {

@@ -100,3 +100,42 @@ pub fn event_summary(e: &serde_json::Value) -> String {
         price(&e["max_price"])
     )
 }
+
+/// One line per thread of this process: name, state, scheduling policy, CPU time and time spent
+/// waiting for a core (`/proc/self/task/*/schedstat`), and the kernel function it sleeps in. For a
+/// failure message when an awaited event never came: a thread runnable but never run (starved) and
+/// one asleep (waiting on something) look different here. Empty off Linux.
+pub fn thread_report() -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return String::new() };
+    let mut lines: Vec<String> = tasks
+        .flatten()
+        .map(|t| {
+            let p = t.path();
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default().trim().to_owned();
+            let stat = read("stat");
+            // The state follows the parenthesised name, which may itself hold spaces.
+            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').next()).unwrap_or("?");
+            let tid: i32 = t.file_name().to_string_lossy().parse().unwrap_or(0);
+            // SAFETY: reads the policy of a thread of this process.
+            let policy = match unsafe { libc::sched_getscheduler(tid) } {
+                libc::SCHED_OTHER => "other",
+                libc::SCHED_IDLE => "idle",
+                libc::SCHED_BATCH => "batch",
+                _ => "rt/?",
+            };
+            let ms: Vec<u64> = read("schedstat")
+                .split(' ')
+                .take(2)
+                .map(|v| v.parse::<u64>().unwrap_or(0) / 1_000_000)
+                .collect();
+            let (ran, waited) = (ms.first().copied().unwrap_or(0), ms.get(1).copied().unwrap_or(0));
+            format!(
+                "{tid} {} {state} {policy} ran {ran} ms waited {waited} ms in {}",
+                read("comm"),
+                read("wchan")
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
