@@ -27,10 +27,11 @@
 # docs/performance.md, "Where the fixed-rate tail goes"); a SCHED_IDLE thread is preempted at once.
 #
 # Profiles (MIXED_PROFILES, space-separated): `default` (config/default.toml: every core but one for
-# parsing and the store's writes, nice +10 under SCHED_IDLE with the starvation guard), `nice10`
-# (the same without SCHED_IDLE: the default before), `same-priority` (two ingestion threads at the
+# parsing and the store's writes, nice +10 under SCHED_IDLE with the starvation guard, resting while
+# searches are answered: `ingest_share` 0.1), `unpaced` (the same without the rests), `nice10`
+# (neither rests nor SCHED_IDLE), `same-priority` (two ingestion threads at the
 # searches' priority: close to what tokio's blocking pool gave before), `bound-only` (one thread, no
-# nice), `nice19` (one thread, nice +19).
+# nice), `nice19` (one thread, nice +19); all but `default` without the rests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +42,7 @@ SIM_IDLE=${MIXED_SIM_IDLE:-1}
 RATE=${MIXED_RATE:-10000}
 CONNS=${MIXED_CONNECTIONS:-32}
 BASE_PLANS=${MIXED_BASE_PLANS:-3000}
-PROFILES=${MIXED_PROFILES:-default nice10 same-priority bound-only nice19}
+PROFILES=${MIXED_PROFILES:-default unpaced nice10 same-priority bound-only nice19}
 SIM_PORT=18190
 PORT=18191
 WORK=target/mixed
@@ -156,10 +157,11 @@ pause_ingestion() {
 profile_env() {
     case $1 in
     default) echo "" ;;
-    nice10) echo "PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false" ;;
-    same-priority) echo "PLANFEED__PIPELINE__INGEST_THREADS=2 PLANFEED__PIPELINE__INGEST_NICE=0 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false" ;;
-    bound-only) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=0 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false" ;;
-    nice19) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=19 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false" ;;
+    unpaced) echo "PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
+    nice10) echo "PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
+    same-priority) echo "PLANFEED__PIPELINE__INGEST_THREADS=2 PLANFEED__PIPELINE__INGEST_NICE=0 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
+    bound-only) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=0 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
+    nice19) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=19 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
     *) echo "unknown profile $1" >&2; exit 1 ;;
     esac
 }

@@ -8,7 +8,8 @@
 //! when searches want the CPU the kernel gives it to them first, and when the machine is otherwise
 //! idle ingestion runs at full speed. Ingestion is never stopped, only given a smaller share, so every
 //! feed still finishes. By default the threads also run under `SCHED_IDLE`, with a guard that gives a
-//! starved one the normal policy for a while ([`starvation`], ADR 12).
+//! starved one the normal policy for a while ([`starvation`], ADR 12), and rest between jobs while
+//! searches are being answered ([`pace`]).
 //!
 //! The embedded store's writes run here too (`SqliteStore::write`): encoding and writing a round's
 //! rows is about as much CPU as parsing it.
@@ -23,10 +24,13 @@
 //! runtime a worker busy for a few milliseconds with a 61 MB round delays every request queued on
 //! it; on these threads the kernel gives the core to the searches' workers first.
 
+pub mod pace;
 #[cfg(target_os = "linux")]
 mod starvation;
 
 use std::panic::AssertUnwindSafe;
+
+pub use pace::paced_seconds;
 use std::sync::OnceLock;
 
 /// A job's closure, boxed for the queue.
@@ -137,8 +141,14 @@ impl CpuPool {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new().name(format!("planfeed-ingest-{i}")).spawn(move || {
                 lower_priority(size.nice, size.idle);
+                let mut pacer = pace::Pacer::default();
                 for job in rx {
+                    let started = std::time::Instant::now();
                     job();
+                    let rest = pacer.rest_after(started.elapsed());
+                    if !rest.is_zero() {
+                        std::thread::sleep(rest);
+                    }
                 }
             });
             if let Err(e) = spawned {

@@ -3,6 +3,7 @@
 //! Request metrics are recorded as they happen; pipeline and cache outcomes are kept in plain atomic
 //! counters by their owners and copied into the registry when `/metrics` is scraped.
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
@@ -77,8 +78,19 @@ impl MetricsSource {
         }
         let mut text = handle().render();
         search.stats.render(SEARCH_DURATION, &mut text);
+        // Seconds, a float: the exporter's counters are integers.
+        let paced = crate::cpu::paced_seconds();
+        let _ = writeln!(text, "# TYPE {INGEST_PACED} counter\n{INGEST_PACED} {paced}");
         text
     }
+}
+
+/// Seconds the ingestion threads rested for searches ([`crate::cpu::pace`]).
+const INGEST_PACED: &str = "planfeed_ingest_paced_seconds_total";
+
+/// Searches answered since the process started (any status): what ingestion is paced against.
+pub fn searches_answered() -> u64 {
+    search_handles().stats.answered()
 }
 
 /// The latency histogram of `/search` answers (rendered by [`MetricsSource::render`]).

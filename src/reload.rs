@@ -37,6 +37,8 @@ pub enum Action {
         flush_age: Duration,
     },
     Parsers(usize),
+    /// `pipeline.ingest_share`: the ingestion threads' pacing while searches are answered.
+    IngestShare(f64),
     LogLevel(String),
     /// `server.connections`: limits and timeouts of the API's connections.
     Connections(ConnectionSettings),
@@ -100,6 +102,9 @@ pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
     }
     if old.pipeline.parsers != new.pipeline.parsers {
         plan.actions.push(Action::Parsers(new.pipeline.parsers));
+    }
+    if old.pipeline.ingest_share != new.pipeline.ingest_share {
+        plan.actions.push(Action::IngestShare(new.pipeline.ingest_share));
     }
     if old.log.level != new.log.level {
         plan.actions.push(Action::LogLevel(new.log.level.clone()));
@@ -259,6 +264,11 @@ impl Reloader {
                 }
                 None => tracing::debug!("no API in this process: connection limits ignored"),
             },
+            Action::IngestShare(share) => {
+                // Process-wide, like the threads it paces.
+                crate::cpu::pace::set_share(*share);
+                tracing::info!(share, "ingestion pacing updated");
+            }
             Action::LogLevel(level) => match self.log_level.lock().as_ref() {
                 Some(set) => match set(level) {
                     Ok(()) => tracing::info!(level = %level, "log level updated"),
@@ -381,6 +391,7 @@ mod tests {
             ("PLANFEED__LOG__LEVEL", "debug"),
             ("PLANFEED__SERVER__LISTEN", "127.0.0.1:9999"),
             ("PLANFEED__PIPELINE__PARSERS", "3"),
+            ("PLANFEED__PIPELINE__INGEST_SHARE", "0.5"),
         ]);
         let plan = diff(&old, &new);
         assert_eq!(plan.restart_required, vec!["server.listen"]);
@@ -397,6 +408,7 @@ mod tests {
                 Action::CacheTtl(Duration::from_secs(1)),
                 Action::Batching { batch_size: 10, flush_age: old.pipeline.flush_age },
                 Action::Parsers(3),
+                Action::IngestShare(0.5),
                 Action::LogLevel("debug".into()),
             ]
         );

@@ -261,6 +261,7 @@ async fn spawn_pipeline(
     let providers = settings.effective_providers();
     let pl = &settings.pipeline;
     crate::cpu::configure(pl.cpu_pool());
+    crate::cpu::pace::set_share(pl.ingest_share);
     let handles = PipelineHandles::new(providers.len(), pl.parsers, pl.queue_chunks);
     let once = writer.recorded.is_some();
     let args = PipelineArgs { providers, pipeline: pl.clone(), writer, once };
@@ -283,6 +284,8 @@ fn serve_api(
     mut shutdown: watch::Receiver<bool>,
 ) -> (Option<SocketAddr>, Option<JoinHandle<()>>) {
     let addr = listener.local_addr().ok();
+    // Ingestion in this process rests while searches are answered (`pipeline.ingest_share`).
+    crate::cpu::pace::watch_searches(crate::metrics::searches_answered);
     let limiter = state.limiter.clone();
     tokio::spawn(async move {
         loop {

@@ -121,3 +121,98 @@ async fn ingestion_runs_on_its_low_priority_threads_and_still_completes_the_feed
     assert!(!searching.is_empty(), "{all:?}");
     assert!(searching.iter().all(|t| t.nice == base), "searches keep the process's priority: {all:?}");
 }
+
+/// While searches are answered, ingestion rests between its jobs (`pipeline.ingest_share`), and
+/// still finishes the feed: every plan written, the fetch recorded ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_rests_while_searches_are_answered_and_still_finishes() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use planfeed::config::Settings;
+    use planfeed::service::Service;
+    use planfeed::store::sqlite::SqliteStore;
+    use planfeed::store::SharedStore;
+
+    let spec = GenSpec {
+        base_plans: 200,
+        plans_per_base: 4,
+        zones_per_plan: 20,
+        seed: 23,
+        offline_share: 0.0,
+        invalid_share: 0.0,
+    };
+    let total = spec.base_plans * spec.plans_per_base;
+    // The first fetch fails: the feed only comes once searches are being answered.
+    let sim = Simulator::new(FeedSource::Generated(spec), Faults { error_rate: 1.0, ..Faults::default() });
+    let url = simulator::spawn_local(sim.clone()).await.unwrap();
+    let env: Vec<(String, String)> = [
+        ("PLANFEED__PROVIDER__URL", url.as_str()),
+        ("PLANFEED__PROVIDER__INTERVAL", "1h"),
+        ("PLANFEED__PROVIDER__JITTER", "0s"),
+        ("PLANFEED__PROVIDER__RETRIES", "0"),
+        ("PLANFEED__PROVIDER__BREAKER_FAILURES", "0"),
+        ("PLANFEED__PIPELINE__CHUNK_BYTES", "16384"),
+        ("PLANFEED__PIPELINE__INGEST_SHARE", "0.5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let settings = Settings::load_with(std::path::Path::new("/nonexistent"), env).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("p.db")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service = Service::start_with(settings, store.clone(), Some(listener)).await.unwrap();
+    let base = format!("http://{}", service.addr.unwrap());
+    let recorded = |n: usize| {
+        let store = store.clone();
+        async move {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let fetches = store.recent_fetches(100).await.unwrap();
+                if fetches.len() >= n {
+                    return fetches;
+                }
+                assert!(Instant::now() < deadline, "fetch {n} not recorded within {PATIENCE:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert!(recorded(1).await[0].error.is_some());
+
+    // Searches, one after another, until the feed is in.
+    let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let searching = tokio::spawn({
+        let (stop, answered, base) = (stop.clone(), answered.clone(), base.clone());
+        async move {
+            let client = reqwest::Client::new();
+            let day = "/search?starts_at=2023-06-15T00:00:00Z&ends_at=2023-06-15T23:59:59Z";
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(client.get(format!("{base}{day}")).send().await.unwrap().status(), 200);
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while answered.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no search answered within {PATIENCE:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let paced_before = planfeed::cpu::paced_seconds();
+    sim.set_faults(Faults::default());
+    // A job's rest needs a search answered since the thread's previous job: fetch again until one
+    // rested (the first fetch practically always does).
+    let mut fetches = 1;
+    while planfeed::cpu::paced_seconds() == paced_before {
+        service.fetch_now();
+        fetches += 1;
+        let latest = recorded(fetches).await.remove(0);
+        assert_eq!(latest.error, None, "{latest:?}");
+        assert_eq!(latest.plans_seen as usize, total, "the whole feed, while paced: {latest:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    searching.await.unwrap();
+    assert!(answered.load(Ordering::Relaxed) > 0);
+    assert!(planfeed::cpu::paced_seconds() > paced_before);
+    service.shutdown().await;
+}

@@ -203,7 +203,15 @@ impl FetcherState {
         let pl = &self.args.pipeline;
         let max_body = self.args.provider.max_body_bytes;
         let mut chunker = Chunker::new(pl.chunk_bytes, pl.max_base_plan_bytes);
+        // Past half its time limit the download is no longer slowed for searches (ingestion's
+        // rests, `pipeline.ingest_share`) until it ends: it must finish within the limit.
+        let halfway = deadline - self.args.provider.timeout / 2;
+        let mut hurry = None;
         let failure = loop {
+            if hurry.is_none() && Instant::now() >= halfway {
+                tracing::info!(provider = %ctx.provider, "fetch past half its time limit: ingestion no longer rests for searches until it ends");
+                hurry = Some(crate::cpu::pace::Hurry::start());
+            }
             let piece = match self.next_piece(&mut body, deadline, end.record.bytes).await {
                 Ok(Some(piece)) => piece,
                 Ok(None) => break None,

@@ -23,6 +23,9 @@ pub struct PipelineSettings {
     /// Those threads under Linux `SCHED_IDLE`: a search thread waking up takes the core at once.
     #[serde(default)]
     pub ingest_idle_policy: bool,
+    /// While searches are being answered, the share of the time each of those threads may work
+    /// (0 < share <= 1; 1: no pacing); see [`crate::cpu::pace`].
+    pub ingest_share: f64,
 }
 
 impl PipelineSettings {
@@ -60,6 +63,12 @@ impl Settings {
             return bad(format!(
                 "pipeline.ingest_threads must be 0 to 256 and pipeline.ingest_nice 0 to 19, got {} and {}",
                 pl.ingest_threads, pl.ingest_nice
+            ));
+        }
+        if !(pl.ingest_share > 0.0 && pl.ingest_share <= 1.0) {
+            return bad(format!(
+                "pipeline.ingest_share must be above 0 and at most 1, got {}",
+                pl.ingest_share
             ));
         }
         Ok(())

@@ -81,6 +81,11 @@ impl SearchStats {
         self.shards.iter().map(|s| s.statuses[index].load(Ordering::Relaxed)).sum()
     }
 
+    /// Answers counted, whatever their status.
+    pub(super) fn answered(&self) -> u64 {
+        self.shards.iter().flat_map(|s| &s.buckets).map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
     /// Appends the histogram `name` in the Prometheus text format, as the exporter writes one.
     pub(super) fn render(&self, name: &str, out: &mut String) {
         let mut counts = [0u64; BOUNDS.len() + 1];
