@@ -88,7 +88,8 @@ impl MetricsSource {
 /// Seconds the ingestion threads rested for searches ([`crate::cpu::pace`]).
 const INGEST_PACED: &str = "planfeed_ingest_paced_seconds_total";
 
-/// Searches answered since the process started (any status): what ingestion is paced against.
+/// Searches answered (`200` or `304`) since the process started: what ingestion is paced against.
+/// Refused requests (`429`, `400`, `503`) do not slow ingestion: a flood of them costs little.
 pub fn searches_answered() -> u64 {
     search_handles().stats.answered()
 }

@@ -10,7 +10,8 @@
 //! idle value unpaced to 2.25× at a share of 0.3, 2.05× at 0.2 and 1.36× at 0.1 (ADR 12). The
 //! feed still finishes, later: at 0.1, 4.5 MB/s under that search load, full speed without it.
 //!
-//! The searches answered are read from the search metrics' per-thread counters (a probe given
+//! The searches answered (`200` or `304`, so a flood of refused requests does not slow ingestion)
+//! are read from the search metrics' per-thread counters (a probe given
 //! at start, [`watch_searches`]), so a request pays nothing for it.
 //!
 //! A fetch must still end within `provider.timeout`, and resting slows its download (the pipeline's
