@@ -164,21 +164,7 @@ async fn ingestion_rests_while_searches_are_answered_and_still_finishes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let service = Service::start_with(settings, store.clone(), Some(listener)).await.unwrap();
     let base = format!("http://{}", service.addr.unwrap());
-    let recorded = |n: usize| {
-        let store = store.clone();
-        async move {
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                let fetches = store.recent_fetches(100).await.unwrap();
-                if fetches.len() >= n {
-                    return fetches;
-                }
-                assert!(Instant::now() < deadline, "fetch {n} not recorded within {PATIENCE:?}");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    };
-    assert!(recorded(1).await[0].error.is_some());
+    assert!(common::wait_for_fetches(&store, None, 1).await[0].error.is_some());
 
     // Searches, one after another, until the feed is in.
     let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -206,7 +192,7 @@ async fn ingestion_rests_while_searches_are_answered_and_still_finishes() {
     while planfeed::cpu::paced_seconds() == paced_before {
         service.fetch_now();
         fetches += 1;
-        let latest = recorded(fetches).await.remove(0);
+        let latest = common::wait_for_fetches(&store, None, fetches).await.remove(0);
         assert_eq!(latest.error, None, "{latest:?}");
         assert_eq!(latest.plans_seen as usize, total, "the whole feed, while paced: {latest:?}");
     }

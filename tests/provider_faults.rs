@@ -82,34 +82,7 @@ async fn fetches_of(store: &SharedStore, provider: &str) -> Vec<FetchRecord> {
 
 /// Waits until `provider` has `n` fetches in the log; returns them, newest first.
 async fn wait_for_fetches(store: &SharedStore, provider: &str, n: usize) -> Vec<FetchRecord> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let f = fetches_of(store, provider).await;
-        if f.len() >= n {
-            return f;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} fetches of {provider} recorded within {PATIENCE:?}; its fetch counters: {}\n\
-             threads:\n{}",
-            fetch_counters(provider),
-            common::thread_report()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// This process's `planfeed_fetches_total` lines of `provider`, for a failure message.
-fn fetch_counters(provider: &str) -> String {
-    let label = format!("provider=\"{provider}\"");
-    let text = planfeed::metrics::handle().render();
-    let lines: Vec<&str> =
-        text.lines().filter(|l| l.starts_with("planfeed_fetches_total") && l.contains(&label)).collect();
-    if lines.is_empty() {
-        "none".into()
-    } else {
-        lines.join("; ")
-    }
+    common::wait_for_fetches(store, Some(provider), n).await
 }
 
 /// Waits until `provider` has `n` fetches skipped by its open circuit in the log.

@@ -169,20 +169,7 @@ async fn parser_pool_grows_and_shrinks_live() {
     let store: planfeed::store::SharedStore =
         Arc::new(planfeed::store::sqlite::SqliteStore::open(&dir.path().join("p.db")).unwrap());
     let service = planfeed::service::Service::start_with(load("2"), store.clone(), None).await.unwrap();
-    let fetches = |n: usize| {
-        let store = store.clone();
-        async move {
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                let f = store.recent_fetches(10).await.unwrap();
-                if f.len() >= n {
-                    return f;
-                }
-                assert!(Instant::now() < deadline, "fewer than {n} fetches within {PATIENCE:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let fetches = |n: usize| common::wait_for_fetches(&store, None, n);
     assert_eq!(fetches(1).await[0].plans_seen, 240);
     assert_eq!(service.parsers(), 2);
 

@@ -101,6 +101,49 @@ pub fn event_summary(e: &serde_json::Value) -> String {
     )
 }
 
+/// Waits until the store's fetch log holds `n` fetches of `provider` (of any provider with `None`);
+/// returns them, newest first. A failure says the provider's fetch counters and this process's
+/// threads (a fetch never started, one under way, a starved thread).
+pub async fn wait_for_fetches(
+    store: &planfeed::store::SharedStore,
+    provider: Option<&str>,
+    n: usize,
+) -> Vec<planfeed::domain::FetchRecord> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let all = store.recent_fetches(1000).await.unwrap();
+        let f: Vec<_> = all.into_iter().filter(|f| provider.is_none_or(|p| f.provider == p)).collect();
+        if f.len() >= n {
+            return f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {n} fetches of {} recorded within {PATIENCE:?}; fetch counters: {}\nthreads:\n{}",
+            provider.unwrap_or("any provider"),
+            fetch_counters(provider),
+            thread_report()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// This process's `planfeed_fetches_total` lines (of `provider` only, when given).
+fn fetch_counters(provider: Option<&str>) -> String {
+    let label = provider.map(|p| format!("provider=\"{p}\""));
+    let text = planfeed::metrics::handle().render();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("planfeed_fetches_total") && label.as_ref().is_none_or(|p| l.contains(p.as_str()))
+        })
+        .collect();
+    if lines.is_empty() {
+        "none".into()
+    } else {
+        lines.join("; ")
+    }
+}
+
 /// One line per thread of this process: name, state, scheduling policy, CPU time and time spent
 /// waiting for a core (`/proc/self/task/*/schedstat`), and the kernel function it sleeps in. For a
 /// failure message when an awaited event never came: a thread runnable but never run (starved) and
