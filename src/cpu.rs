@@ -137,6 +137,11 @@ impl CpuPool {
     fn start(size: PoolSize) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let threads = size.thread_count();
+        #[cfg(target_os = "linux")]
+        if size.idle {
+            // From this thread, at the process's priority, not from a lowered one.
+            starvation::start_guard();
+        }
         for i in 0..threads {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new().name(format!("planfeed-ingest-{i}")).spawn(move || {

@@ -166,7 +166,7 @@ async fn ingestion_rests_while_searches_are_answered_and_still_finishes() {
     let base = format!("http://{}", service.addr.unwrap());
     assert!(common::wait_for_fetches(&store, None, 1).await[0].error.is_some());
 
-    // Searches, one after another, until the feed is in.
+    // Searches, one after another (2 ms apart), until the feed is in.
     let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let searching = tokio::spawn({
         let (stop, answered, base) = (stop.clone(), answered.clone(), base.clone());
@@ -176,6 +176,9 @@ async fn ingestion_rests_while_searches_are_answered_and_still_finishes() {
             while !stop.load(Ordering::Relaxed) {
                 assert_eq!(client.get(format!("{base}{day}")).send().await.unwrap().status(), 200);
                 answered.fetch_add(1, Ordering::Relaxed);
+                // Steady, not flat out: searches that fill every core beside a busy neighbour would
+                // leave ingestion (under SCHED_IDLE) a sliver, and this test is about the rests.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
         }
     });

@@ -9,7 +9,9 @@
 //! [`PERIOD`]; a thread that waited for a core more than [`STARVED`] of a period is moved to
 //! `SCHED_OTHER` at its raised nice value (about a tenth of a core against a busy neighbour, what
 //! `ingest_nice` alone gives) for [`HOLD`], then back under `SCHED_IDLE`. Beside planfeed's own
-//! searches the threads still run between requests, so they rarely wait that long.
+//! searches the threads still run between requests, so they rarely wait that long; a thread that
+//! starved [`LONG_STARVED`] periods in a row is promoted whoever kept it waiting (searches that
+//! fill every core, alone or beside a neighbour), so a feed always finishes.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -22,6 +24,9 @@ pub(super) const PERIOD: Duration = Duration::from_millis(100);
 const STARVED: Duration = Duration::from_millis(90);
 /// How long a starved thread keeps the normal policy.
 const HOLD: Duration = Duration::from_secs(1);
+/// Periods in a row a thread may starve, whoever keeps it waiting (planfeed's own searches too),
+/// before it is promoted anyway: ingestion always moves, at worst a second in two at its nice value.
+const LONG_STARVED: u32 = 10;
 
 struct Watched {
     tid: i32,
@@ -29,6 +34,8 @@ struct Watched {
     name: String,
     waited_ns: u64,
     ran_ns: u64,
+    /// Periods in a row it starved.
+    starved: u32,
     normal_until: Option<Instant>,
 }
 
@@ -49,7 +56,14 @@ pub(super) fn watch_current_thread() {
     let tid = unsafe { libc::gettid() };
     let Some((ran_ns, waited_ns)) = schedstat(tid) else { return };
     let name = thread_name(tid).unwrap_or_default();
-    WATCHED.lock().push(Watched { tid, name, waited_ns, ran_ns, normal_until: None });
+    WATCHED.lock().push(Watched { tid, name, waited_ns, ran_ns, starved: 0, normal_until: None });
+    start_guard();
+}
+
+/// Starts the guard thread once. Call it from a thread at the process's priority before lowering
+/// any (the pool does): a thread inherits its creator's policy and nice value, and a guard under
+/// `SCHED_IDLE` would starve with the threads it is there to rescue.
+pub(super) fn start_guard() {
     GUARD.get_or_init(|| {
         let started = std::thread::Builder::new().name("planfeed-cpu-guard".into()).spawn(guard);
         if let Err(e) = started {
@@ -59,6 +73,10 @@ pub(super) fn watch_current_thread() {
 }
 
 fn guard() {
+    // In case a lowered thread started it after all: the normal policy needs no privilege (its
+    // nice value stays, which only weighs it less).
+    // SAFETY: returns the calling thread's id.
+    set_policy(unsafe { libc::gettid() }, libc::SCHED_OTHER);
     let mut process_ns = process_cpu_ns();
     loop {
         std::thread::sleep(PERIOD);
@@ -110,10 +128,16 @@ fn act(w: &mut Watched, look: Look, outside: bool, now: Instant) -> bool {
             w.normal_until = None;
         }
         Some(_) => {}
-        None if waited > STARVED && outside => {
+        None => {
+            w.starved = if waited > STARVED { w.starved + 1 } else { 0 };
+            if w.starved == 0 || !(outside || w.starved >= LONG_STARVED) {
+                return true;
+            }
+            w.starved = 0;
             tracing::debug!(
                 tid = w.tid,
                 waited_ms = waited.as_millis() as u64,
+                by_another_process = outside,
                 "ingestion thread starved: normal policy for a while"
             );
             set_policy(w.tid, libc::SCHED_OTHER);
@@ -121,7 +145,6 @@ fn act(w: &mut Watched, look: Look, outside: bool, now: Instant) -> bool {
             metrics::counter!("planfeed_ingest_starvation_promotions_total").increment(1);
             w.normal_until = Some(now + HOLD);
         }
-        None => {}
     }
     true
 }
@@ -199,6 +222,44 @@ mod tests {
             assert!(Instant::now() < deadline, "the thread never went back under SCHED_IDLE");
             tokio::time::sleep(PERIOD).await;
         }
+    }
+
+    /// Busy threads of this very process on every core (as searches that fill the machine): the
+    /// guard cannot blame another process, yet after [`LONG_STARVED`] periods it promotes the
+    /// starved thread, and the job finishes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_thread_starved_by_its_own_process_for_long_is_promoted_too() {
+        let pool = CpuPool::start(PoolSize { threads: 1, nice: 10, idle: true });
+        pool.run(|| ()).await.unwrap();
+        let before = promotions();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let hogs: Vec<_> = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let job = pool.run(|| {
+            let started = cpu_time_of_thread();
+            while cpu_time_of_thread() - started < Duration::from_millis(100) {
+                std::hint::spin_loop();
+            }
+        });
+        let waited = tokio::time::timeout(Duration::from_secs(60), job).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in hogs {
+            h.join().unwrap();
+        }
+        assert!(
+            waited.is_ok(),
+            "the job on the idle thread never finished beside this process's busy threads"
+        );
+        assert!(promotions() > before, "the guard never promoted the starved thread");
     }
 
     /// CPU time the calling thread has used.
