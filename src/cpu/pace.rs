@@ -16,7 +16,8 @@
 //!
 //! A fetch must still end within `provider.timeout`, and resting slows its download (the pipeline's
 //! permits come back later). So a fetch past half its time limit holds a [`Hurry`] until it ends,
-//! and while one is held no thread rests: finishing that feed matters more than the searches' tail.
+//! and while one is held no thread rests and the starvation guard promotes a starved one at once:
+//! finishing that feed matters more than the searches' tail.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -62,6 +63,12 @@ impl Drop for Hurry {
     }
 }
 
+/// Whether a fetch is past half its time limit: no rests, and the starvation guard promotes a
+/// starved ingestion thread at once, whoever starves it.
+pub fn hurrying() -> bool {
+    HURRYING.load(Ordering::Relaxed) > 0
+}
+
 /// One thread's pacing: what it saw of the searches at its previous job.
 #[derive(Default)]
 pub(super) struct Pacer {
@@ -72,7 +79,7 @@ impl Pacer {
     /// After a job that took `took`: how long to rest before the next one.
     pub(super) fn rest_after(&mut self, took: Duration) -> Duration {
         let Some(answered) = SEARCHES.get() else { return Duration::ZERO };
-        let share = if HURRYING.load(Ordering::Relaxed) > 0 { 1.0 } else { share() };
+        let share = if hurrying() { 1.0 } else { share() };
         self.rest(took, answered(), share)
     }
 

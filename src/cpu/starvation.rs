@@ -9,9 +9,9 @@
 //! [`PERIOD`]; a thread that waited for a core more than [`STARVED`] of a period is moved to
 //! `SCHED_OTHER` at its raised nice value (about a tenth of a core against a busy neighbour, what
 //! `ingest_nice` alone gives) for [`HOLD`], then back under `SCHED_IDLE`. Beside planfeed's own
-//! searches the threads still run between requests, so they rarely wait that long; a thread that
-//! starved [`LONG_STARVED`] periods in a row is promoted whoever kept it waiting (searches that
-//! fill every core, alone or beside a neighbour), so a feed always finishes.
+//! searches the threads still run between requests, so they rarely wait that long. While a fetch
+//! is past half its time limit ([`super::pace::Hurry`]) a starved thread is promoted whoever keeps
+//! it waiting.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -24,9 +24,6 @@ pub(super) const PERIOD: Duration = Duration::from_millis(100);
 const STARVED: Duration = Duration::from_millis(90);
 /// How long a starved thread keeps the normal policy.
 const HOLD: Duration = Duration::from_secs(1);
-/// Periods in a row a thread may starve, whoever keeps it waiting (planfeed's own searches too),
-/// before it is promoted anyway: ingestion always moves, at worst a second in two at its nice value.
-const LONG_STARVED: u32 = 10;
 
 struct Watched {
     tid: i32,
@@ -34,8 +31,6 @@ struct Watched {
     name: String,
     waited_ns: u64,
     ran_ns: u64,
-    /// Periods in a row it starved.
-    starved: u32,
     normal_until: Option<Instant>,
 }
 
@@ -56,7 +51,7 @@ pub(super) fn watch_current_thread() {
     let tid = unsafe { libc::gettid() };
     let Some((ran_ns, waited_ns)) = schedstat(tid) else { return };
     let name = thread_name(tid).unwrap_or_default();
-    WATCHED.lock().push(Watched { tid, name, waited_ns, ran_ns, starved: 0, normal_until: None });
+    WATCHED.lock().push(Watched { tid, name, waited_ns, ran_ns, normal_until: None });
     start_guard();
 }
 
@@ -91,11 +86,13 @@ fn guard() {
         let ours = total.saturating_sub(process_ns).saturating_sub(ran_after.saturating_sub(ran_before));
         process_ns = total;
         let outside = Duration::from_nanos(ours) < PERIOD / 2;
+        // A fetch past half its time limit must finish: a starved thread is promoted at once.
+        let at_once = outside || super::pace::hurrying();
         let mut i = 0;
         watched.retain_mut(|w| {
             let l = looks[i];
             i += 1;
-            act(w, l, outside, now)
+            act(w, l, at_once, now)
         });
     }
 }
@@ -118,9 +115,9 @@ fn look(w: &mut Watched) -> Look {
     Look::Waited(waited)
 }
 
-/// Promotes a thread starved by another process, demotes one whose hold is over; `false` when it
-/// is gone.
-fn act(w: &mut Watched, look: Look, outside: bool, now: Instant) -> bool {
+/// Promotes a starved thread when `at_once` (another process starves it, or a fetch hurries),
+/// demotes one whose hold is over; `false` when it is gone.
+fn act(w: &mut Watched, look: Look, at_once: bool, now: Instant) -> bool {
     let Look::Waited(waited) = look else { return false };
     match w.normal_until {
         Some(until) if now >= until => {
@@ -128,16 +125,11 @@ fn act(w: &mut Watched, look: Look, outside: bool, now: Instant) -> bool {
             w.normal_until = None;
         }
         Some(_) => {}
-        None => {
-            w.starved = if waited > STARVED { w.starved + 1 } else { 0 };
-            if w.starved == 0 || !(outside || w.starved >= LONG_STARVED) {
-                return true;
-            }
-            w.starved = 0;
+        None if waited > STARVED && at_once => {
             tracing::debug!(
                 tid = w.tid,
                 waited_ms = waited.as_millis() as u64,
-                by_another_process = outside,
+                at_once,
                 "ingestion thread starved: normal policy for a while"
             );
             set_policy(w.tid, libc::SCHED_OTHER);
@@ -145,6 +137,7 @@ fn act(w: &mut Watched, look: Look, outside: bool, now: Instant) -> bool {
             metrics::counter!("planfeed_ingest_starvation_promotions_total").increment(1);
             w.normal_until = Some(now + HOLD);
         }
+        None => {}
     }
     true
 }
@@ -162,6 +155,12 @@ fn set_policy(tid: i32, policy: libc::c_int) {
 /// CPU time of the whole process, in nanoseconds.
 fn process_cpu_ns() -> u64 {
     cpu_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// CPU time the calling thread has used.
+#[cfg(test)]
+fn thread_cpu_time() -> Duration {
+    Duration::from_nanos(cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID))
 }
 
 /// The CPU time `clock` measures (the process's, the calling thread's), in nanoseconds.
@@ -203,8 +202,8 @@ mod tests {
             .collect();
         // 100 ms of CPU: half a minute at 0.3 % of a core, about a second once promoted.
         let job = pool.run(|| {
-            let started = cpu_time_of_thread();
-            while cpu_time_of_thread() - started < Duration::from_millis(100) {
+            let started = thread_cpu_time();
+            while thread_cpu_time() - started < Duration::from_millis(100) {
                 std::hint::spin_loop();
             }
         });
@@ -222,48 +221,5 @@ mod tests {
             assert!(Instant::now() < deadline, "the thread never went back under SCHED_IDLE");
             tokio::time::sleep(PERIOD).await;
         }
-    }
-
-    /// Busy threads of this very process on every core (as searches that fill the machine): the
-    /// guard cannot blame another process, yet after [`LONG_STARVED`] periods it promotes the
-    /// starved thread, and the job finishes.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_thread_starved_by_its_own_process_for_long_is_promoted_too() {
-        let pool = CpuPool::start(PoolSize { threads: 1, nice: 10, idle: true });
-        pool.run(|| ()).await.unwrap();
-        let before = promotions();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let hogs: Vec<_> = (0..cores)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
-            .collect();
-        let job = pool.run(|| {
-            let started = cpu_time_of_thread();
-            while cpu_time_of_thread() - started < Duration::from_millis(100) {
-                std::hint::spin_loop();
-            }
-        });
-        let waited = tokio::time::timeout(Duration::from_secs(60), job).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for h in hogs {
-            h.join().unwrap();
-        }
-        assert!(
-            waited.is_ok(),
-            "the job on the idle thread never finished beside this process's busy threads"
-        );
-        assert!(promotions() > before, "the guard never promoted the starved thread");
-    }
-
-    /// CPU time the calling thread has used.
-    fn cpu_time_of_thread() -> Duration {
-        Duration::from_nanos(cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID))
     }
 }
