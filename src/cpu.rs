@@ -29,9 +29,9 @@ pub mod pace;
 mod starvation;
 
 use std::panic::AssertUnwindSafe;
+use std::sync::OnceLock;
 
 pub use pace::paced_seconds;
-use std::sync::OnceLock;
 
 /// A job's closure, boxed for the queue.
 type Job = Box<dyn FnOnce() + Send + 'static>;

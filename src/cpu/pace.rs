@@ -11,8 +11,8 @@
 //! feed still finishes, later: at 0.1, 4.5 MB/s under that search load, full speed without it.
 //!
 //! The searches answered (`200` or `304`, so a flood of refused requests does not slow ingestion)
-//! are read from the search metrics' per-thread counters (a probe given
-//! at start, [`watch_searches`]), so a request pays nothing for it.
+//! are read from the search metrics' per-thread counters (a probe given at start,
+//! [`watch_searches`]), so a request pays nothing for it.
 //!
 //! A fetch must still end within `provider.timeout`, and resting slows its download (the pipeline's
 //! permits come back later). So a fetch past half its time limit holds a [`Hurry`] until it ends,
