@@ -366,20 +366,12 @@ impl FetcherState {
 /// would take the other's end, and one of the two would never be recorded. Process-wide, so a
 /// restarted fetcher never reuses its predecessor's last id either.
 pub fn next_fetch_id(now_ms: u64) -> u64 {
-    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    loop {
-        let id = now_ms.max(last + 1);
-        match LAST.compare_exchange_weak(
-            last,
-            id,
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        ) {
-            Ok(_) => return id,
-            Err(seen) => last = seen,
-        }
-    }
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let next = |last: u64| now_ms.max(last + 1);
+    // `fetch_update` retries until no other fetcher moved `LAST` in between; it returns the
+    // value it replaced.
+    next(LAST.fetch_update(Relaxed, Relaxed, |last| Some(next(last))).unwrap_or_else(|last| last))
 }
 
 /// Delay before retry `done + 1` of a request: the provider's policy (`retry_backoff` doubling,
