@@ -15,6 +15,8 @@ use crate::search::Searcher;
 
 mod latency;
 
+pub use latency::ShardedCounter;
+
 use latency::SearchStats;
 
 /// The process-wide recorder (installed on first use).
@@ -43,7 +45,7 @@ impl MetricsSource {
         let c = &self.searcher.counters;
         let abs = |name: &'static str, v: u64| metrics::counter!(name).absolute(v);
         abs("planfeed_search_cache_hits_total", c.hits.load(Ordering::Relaxed));
-        abs("planfeed_search_body_hits_total", c.body_hits.load(Ordering::Relaxed));
+        abs("planfeed_search_body_hits_total", c.body_hits.total());
         abs("planfeed_search_cache_misses_total", c.misses.load(Ordering::Relaxed));
         abs("planfeed_search_stale_served_total", c.stale_served.load(Ordering::Relaxed));
         abs("planfeed_search_store_errors_total", c.store_errors.load(Ordering::Relaxed));

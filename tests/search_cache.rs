@@ -626,7 +626,7 @@ async fn a_wide_answer_is_read_in_bounded_runs_and_not_kept_twice() {
 
     assert_eq!(searcher.search(Default::default()).await.unwrap(), body);
     assert_eq!(store.calls(), queries, "the second ask is served from the cached days");
-    assert_eq!(searcher.counters.body_hits.load(Ordering::Relaxed), 0, "too large to keep as a body");
+    assert_eq!(searcher.counters.body_hits.total(), 0, "too large to keep as a body");
 }
 
 /// Two plans a day (09:00 and 18:00, half an hour each) on `days` days from 2021-01-01.

@@ -2,8 +2,10 @@
 //! request gets `429` in the contract's error shape with `Retry-After` (whole seconds, at least 1).
 //! The limits can be replaced while running (configuration reload).
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use governor::clock::Clock;
@@ -26,6 +28,18 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 
 pub struct Limiter {
     limiters: RwLock<Arc<Limiters>>,
+    /// Which limiters are in force, unique in the process (from [`VERSIONS`]): a new value on
+    /// every update. Requests use their thread's snapshot of them while it is of this version, so
+    /// a request reads this line and writes none of the limiter's own (a lock or a reference
+    /// count taken per request is written by every core in turn).
+    version: AtomicU64,
+}
+
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The limiters this thread used last, with their version.
+    static SNAPSHOT: RefCell<Option<(u64, Arc<Limiters>)>> = const { RefCell::new(None) };
 }
 
 /// The service's limiter; cheap to share.
@@ -33,7 +47,8 @@ pub type SharedRateLimiter = Arc<Limiter>;
 
 impl Limiter {
     pub fn new(s: &RateLimitSettings) -> SharedRateLimiter {
-        Arc::new(Self { limiters: RwLock::new(Arc::new(Self::build(s))) })
+        let version = AtomicU64::new(VERSIONS.fetch_add(1, Ordering::Relaxed));
+        Arc::new(Self { limiters: RwLock::new(Arc::new(Self::build(s))), version })
     }
 
     fn build(s: &RateLimitSettings) -> Limiters {
@@ -47,6 +62,19 @@ impl Limiter {
     /// New limits take effect at once (with fresh buckets).
     pub fn update(&self, s: &RateLimitSettings) {
         *self.limiters.write() = Arc::new(Self::build(s));
+        self.version.store(VERSIONS.fetch_add(1, Ordering::Relaxed), Ordering::Release);
+    }
+
+    /// Runs `f` on the limiters in force, from this thread's snapshot when it is current.
+    fn with_current<T>(&self, f: impl FnOnce(&Limiters) -> T) -> T {
+        let version = self.version.load(Ordering::Acquire);
+        SNAPSHOT.with_borrow_mut(|snapshot| {
+            if snapshot.as_ref().is_none_or(|(v, _)| *v != version) {
+                *snapshot = Some((version, self.limiters.read().clone()));
+            }
+            let (_, limiters) = snapshot.as_ref().expect("set just above");
+            f(limiters)
+        })
     }
 
     /// Forgets idle clients; called periodically so the per-client table stays small.
@@ -58,25 +86,26 @@ impl Limiter {
 
     /// Admits or refuses one request.
     pub fn check(&self, remote: Option<SocketAddr>, forwarded_for: Option<&str>) -> Result<(), ApiError> {
-        // Read under the lock, not from a clone of the `Arc`: a clone per request is two more
-        // atomic writes to a line every core shares. `update` waits for a check at most.
-        let l = self.limiters.read();
-        let client = l
-            .trust_forwarded_for
-            .then(|| forwarded_for.and_then(|h| h.split(',').next()).and_then(|ip| ip.trim().parse().ok()))
-            .flatten()
-            .or(remote.map(|a| a.ip()))
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        // The limiters' own clock, read only on refusal: building a `DefaultClock` per request
-        // recalibrates quanta (cpuid) and cost ~15 µs, most of a cached search's time.
-        let refused = match l.per_client.check_key(&client) {
-            Err(not_until) => Some(not_until.wait_time_from(l.per_client.clock().now())),
-            Ok(()) => l.global.check().err().map(|n| n.wait_time_from(l.global.clock().now())),
-        };
-        match refused {
-            None => Ok(()),
-            Some(wait) => Err(ApiError::rate_limited(wait.as_secs_f64().ceil().max(1.0) as u64)),
-        }
+        self.with_current(|l| {
+            let client = l
+                .trust_forwarded_for
+                .then(|| {
+                    forwarded_for.and_then(|h| h.split(',').next()).and_then(|ip| ip.trim().parse().ok())
+                })
+                .flatten()
+                .or(remote.map(|a| a.ip()))
+                .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            // The limiters' own clock, read only on refusal: building a `DefaultClock` per request
+            // recalibrates quanta (cpuid) and cost ~15 µs, most of a cached search's time.
+            let refused = match l.per_client.check_key(&client) {
+                Err(not_until) => Some(not_until.wait_time_from(l.per_client.clock().now())),
+                Ok(()) => l.global.check().err().map(|n| n.wait_time_from(l.global.clock().now())),
+            };
+            match refused {
+                None => Ok(()),
+                Some(wait) => Err(ApiError::rate_limited(wait.as_secs_f64().ceil().max(1.0) as u64)),
+            }
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use warp::http::header::{
     ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY,
 };
 use warp::http::uri::PathAndQuery;
-use warp::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use warp::http::{HeaderName, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
@@ -30,6 +30,18 @@ pub struct ApiState {
     pub readiness: Arc<crate::readiness::Readiness>,
     /// The `Cache-Control` of `/search` answers (from [`cache_control`]).
     pub cache_control: HeaderValue,
+}
+
+impl ApiState {
+    /// A copy for one connection, sharing no reference count that its requests touch with other
+    /// connections: a handle cloned per request from one shared by every core moves its cache
+    /// line between cores on each request.
+    pub fn for_connection(&self) -> Arc<Self> {
+        let mut state = self.clone();
+        state.cache_control =
+            HeaderValue::from_bytes(self.cache_control.as_bytes()).expect("copied from a valid header value");
+        Arc::new(state)
+    }
 }
 
 /// `Cache-Control` for `/search` answers reusable for `max_age` (`http.cache_max_age`).
@@ -54,16 +66,21 @@ pub struct SearchRequest {
 }
 
 impl SearchRequest {
-    /// The facts of `req`, from `remote`.
+    /// The facts of `req`, from `remote`, in one pass over its header lines (a lookup per header
+    /// hashes its name and probes the map: three of them cost more than the pass).
     pub fn of<B>(req: &warp::http::Request<B>, remote: std::net::SocketAddr) -> Self {
-        let headers = req.headers();
-        Self {
-            remote: Some(remote),
-            forwarded_for: headers.get(X_FORWARDED_FOR).cloned(),
-            target: req.uri().path_and_query().cloned(),
-            if_none_match: joined(headers, &IF_NONE_MATCH),
-            accept_encoding: joined(headers, &ACCEPT_ENCODING),
+        let mut facts =
+            Self { remote: Some(remote), target: req.uri().path_and_query().cloned(), ..Self::default() };
+        for (name, value) in req.headers() {
+            if name == IF_NONE_MATCH {
+                join(&mut facts.if_none_match, value);
+            } else if name == ACCEPT_ENCODING {
+                join(&mut facts.accept_encoding, value);
+            } else if name == X_FORWARDED_FOR && facts.forwarded_for.is_none() {
+                facts.forwarded_for = Some(value.clone());
+            }
         }
+        facts
     }
 
     /// The raw query string (empty without one).
@@ -74,39 +91,39 @@ impl SearchRequest {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// All lines of a list header as one value (RFC 9110 §5.3: equivalent to the separate lines);
-/// the usual single line is shared, not copied.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
-    let mut lines = headers.get_all(name).iter();
-    let first = lines.next()?;
-    let Some(second) = lines.next() else { return Some(first.clone()) };
-    let mut list = first.as_bytes().to_vec();
-    for line in std::iter::once(second).chain(lines) {
-        list.extend_from_slice(b", ");
-        list.extend_from_slice(line.as_bytes());
-    }
-    HeaderValue::from_bytes(&list).ok()
+/// Adds a line of a list header to `list`: all lines as one value (RFC 9110 §5.3: equivalent to
+/// the separate lines); the usual single line is shared, not copied.
+fn join(list: &mut Option<HeaderValue>, line: &HeaderValue) {
+    *list = match list.take() {
+        None => Some(line.clone()),
+        Some(first) => {
+            let mut joined = first.as_bytes().to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(line.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+    };
 }
 
 /// The `/search` handler: rate limits, parameters, cached answer, its representation for the
 /// request's `Accept-Encoding` and `If-None-Match`, metrics. Public for the benches.
 pub async fn search_handler(req: SearchRequest, state: Arc<ApiState>) -> Response {
     let started = std::time::Instant::now();
-    let response = answer_search(&req, &state).await;
+    let response = answer_search(&req, &state, started).await;
     metrics::record_search(response.status(), started.elapsed());
     response
 }
 
-async fn answer_search(req: &SearchRequest, state: &ApiState) -> Response {
+async fn answer_search(req: &SearchRequest, state: &ApiState, asked: std::time::Instant) -> Response {
     let forwarded_for = req.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
     if let Err(e) = state.limiter.check(req.remote, forwarded_for) {
         return e.into_response();
     }
-    let range: TimeRange = match params::parse_range(req.query()) {
+    let range: TimeRange = match params::parse_range_remembered(req.query()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match state.searcher.answer(range).await {
+    match state.searcher.answer(range, asked).await {
         Ok(answer) => represent(answer, req, state).await,
         Err(e) => {
             tracing::error!(error = %e, "search failed and no cached answer exists");
@@ -139,8 +156,8 @@ async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Res
         res
     } else {
         match answer.content() {
-            Content::Whole(body) => Response::new(body.clone().into()),
-            Content::Pieces(pieces) => streamed(pieces.clone(), answer.len()),
+            Content::Whole(body) => Response::new(body.into()),
+            Content::Pieces(pieces) => streamed(pieces, answer.len()),
         }
     };
     let h = res.headers_mut();
@@ -162,4 +179,35 @@ fn streamed(pieces: Arc<[Bytes]>, len: usize) -> Response {
     let mut res = warp::reply::stream(futures::stream::iter(chunks)).into_response();
     res.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_facts_of_a_request_join_repeated_list_lines_and_keep_the_first_forwarded_for() {
+        let req = warp::http::Request::builder()
+            .uri("/search?starts_at=2023-06-15T00:00:00Z")
+            .header("if-none-match", "\"a\"")
+            .header("accept-encoding", "br")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("if-none-match", "\"b\", \"c\"")
+            .header("x-forwarded-for", "10.0.0.2")
+            .header("accept-encoding", "gzip")
+            .body(())
+            .unwrap();
+        let facts = SearchRequest::of(&req, "127.0.0.1:5000".parse().unwrap());
+        let text = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(text(&facts.if_none_match).as_deref(), Some("\"a\", \"b\", \"c\""));
+        assert_eq!(text(&facts.accept_encoding).as_deref(), Some("br, gzip"));
+        assert_eq!(text(&facts.forwarded_for).as_deref(), Some("10.0.0.1"));
+        assert_eq!(facts.query(), "starts_at=2023-06-15T00:00:00Z");
+        let bare = warp::http::Request::builder().uri("/search").body(()).unwrap();
+        let facts = SearchRequest::of(&bare, "127.0.0.1:5000".parse().unwrap());
+        assert!(
+            facts.if_none_match.is_none() && facts.accept_encoding.is_none() && facts.forwarded_for.is_none()
+        );
+        assert_eq!(facts.query(), "");
+    }
 }

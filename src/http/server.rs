@@ -94,21 +94,22 @@ pub async fn serve<F>(
         let activity = Arc::new(Activity::new());
         let svc = Service {
             filter: warp::service(filter.clone()),
-            search: search.clone(),
+            search: search.as_deref().map(super::search::ApiState::for_connection),
             client,
             activity: activity.clone(),
         };
         let watcher = graceful.watcher();
-        let limits = limits.clone();
+        // The watchdog is a task of its own, woken only by its deadlines: polled beside the
+        // connection, it was polled on every wake of every request.
+        let watchdog = tokio::spawn(activity.clone().watch(limits.clone()));
         tokio::spawn(async move {
             let io = TokioIo::new(Socket::new(stream, activity.clone()));
-            let conn = watcher.watch(http1().serve_connection(io, svc));
-            let closed = tokio::select! {
-                served = conn => match served {
-                    Ok(()) => activity.refusal().unwrap_or("done"),
-                    Err(e) => connection_error(&e, client),
-                },
-                why = activity.expired(&limits) => why,
+            let served = watcher.watch(http1().serve_connection(io, svc)).await;
+            watchdog.abort();
+            let closed = match (activity.close_reason(), served) {
+                (Some(why), _) => why,
+                (None, Ok(())) => "done",
+                (None, Err(e)) => connection_error(&e, client),
             };
             crate::metrics::record_connection_closed(closed);
             drop(slot);

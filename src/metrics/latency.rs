@@ -56,6 +56,28 @@ pub(super) struct SearchStats {
     shards: [Shard; SHARDS],
 }
 
+/// A counter that every core adds to on a request's path: one atomic per shard, each alone on
+/// its cache lines, so two threads adding at once do not move a line between their cores.
+#[derive(Debug, Default)]
+pub struct ShardedCounter {
+    shards: [Padded; SHARDS],
+}
+
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct Padded(AtomicU64);
+
+impl ShardedCounter {
+    pub fn add(&self, n: u64) {
+        self.shards[shard_index()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The sum of every thread's additions.
+    pub fn total(&self) -> u64 {
+        self.shards.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// The calling thread's shard, picked once per thread in turn.
 fn shard_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -33,6 +33,66 @@ pub(super) fn run_large<T>(bytes: usize, work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Cached bodies this thread found or made lately, per thread at most.
+const RECENT_BODIES: usize = 16;
+/// One hit in this many on a recent body still goes through the cache, so its eviction policy
+/// sees the body in use.
+const RECENT_REFRESH: u32 = 64;
+
+/// Bodies this thread found in the cache or put there lately, by searcher and range, held weakly:
+/// a hit here skips the cache's own lookup (a concurrent map, the access recorded for its
+/// eviction policy, a clock read: together a visible share of a `304`) and never keeps a body
+/// the cache has let go (its bytes go with the last strong handle).
+#[derive(Default)]
+struct Recent {
+    entries: Vec<RecentBody>,
+    /// The entry replaced next once all are taken.
+    next: usize,
+}
+
+struct RecentBody {
+    searcher: u64,
+    key: (i64, i64),
+    body: std::sync::Weak<CachedBody>,
+    hits: u32,
+}
+
+thread_local! {
+    static RECENT: std::cell::RefCell<Recent> = std::cell::RefCell::default();
+}
+
+/// The body of `searcher`'s range `key` this thread saw lately, if it is still held; `None` on
+/// every [`RECENT_REFRESH`]th hit.
+pub(super) fn recent_body(searcher: u64, key: (i64, i64)) -> Option<Arc<CachedBody>> {
+    RECENT.with_borrow_mut(|recent| {
+        let entry = recent.entries.iter_mut().find(|e| e.searcher == searcher && e.key == key)?;
+        entry.hits = entry.hits.wrapping_add(1);
+        if entry.hits % RECENT_REFRESH == 0 {
+            return None;
+        }
+        entry.body.upgrade()
+    })
+}
+
+/// Notes `body` as the body of `searcher`'s range `key` on this thread.
+pub(super) fn remember_body(searcher: u64, key: (i64, i64), body: &Arc<CachedBody>) {
+    RECENT.with_borrow_mut(|recent| {
+        let body = Arc::downgrade(body);
+        if let Some(entry) = recent.entries.iter_mut().find(|e| e.searcher == searcher && e.key == key) {
+            entry.body = body;
+            return;
+        }
+        let entry = RecentBody { searcher, key, body, hits: 0 };
+        if recent.entries.len() < RECENT_BODIES {
+            recent.entries.push(entry);
+        } else {
+            let at = recent.next;
+            recent.entries[at] = entry;
+            recent.next = (at + 1) % RECENT_BODIES;
+        }
+    })
+}
+
 /// A finished `/search` body for one exact range.
 #[derive(Debug)]
 pub(super) struct CachedBody {
@@ -67,11 +127,19 @@ impl CachedBody {
 /// A `/search` answer, with what HTTP needs to validate and compress it (see `http::encoding`).
 #[derive(Debug, Clone)]
 pub struct Answer {
-    content: Content,
+    body: Body,
     /// Content hash of the body (xxh3-128): equal bodies, equal hashes, in any process.
     pub hash: u128,
-    /// The cached body it was served from or stored as, which keeps its compressed form.
-    pub(super) cached: Option<((i64, i64), Arc<CachedBody>)>,
+}
+
+/// Where an answer's bytes are.
+#[derive(Debug, Clone)]
+enum Body {
+    /// Its own bytes (not cached: too large, stale, or empty).
+    Own(Content),
+    /// The cached body of the range `key`, which also keeps its compressed form. Its bytes are
+    /// taken only when sent: a `304` touches nothing but the tags.
+    Cached((i64, i64), Arc<CachedBody>),
 }
 
 /// The bytes of an answer: one buffer, or (a large answer) the slices of cached days it is made
@@ -84,25 +152,34 @@ pub enum Content {
 
 impl Answer {
     pub(super) fn uncached(body: Bytes) -> Self {
-        Self { hash: encoding::content_hash(&body), content: Content::Whole(body), cached: None }
+        Self { hash: encoding::content_hash(&body), body: Body::Own(Content::Whole(body)) }
     }
 
     pub(super) fn cached(key: (i64, i64), cached: Arc<CachedBody>) -> Self {
-        Self { content: Content::Whole(cached.body.clone()), hash: cached.hash, cached: Some((key, cached)) }
+        Self { hash: cached.hash, body: Body::Cached(key, cached) }
+    }
+
+    /// The cached body it was served from or stored as, and its range.
+    pub(super) fn cached_body(&self) -> Option<(&(i64, i64), &Arc<CachedBody>)> {
+        match &self.body {
+            Body::Cached(key, cached) => Some((key, cached)),
+            Body::Own(_) => None,
+        }
     }
 
     /// True when [`Searcher::compressed`] gives a compressed form (the answer is cached).
     ///
     /// [`Searcher::compressed`]: super::Searcher::compressed
     pub fn compressible(&self) -> bool {
-        self.cached.is_some()
+        self.cached_body().is_some()
     }
 
     /// The body's length in bytes.
     pub fn len(&self) -> usize {
-        match &self.content {
-            Content::Whole(body) => body.len(),
-            Content::Pieces(pieces) => pieces.iter().map(Bytes::len).sum(),
+        match &self.body {
+            Body::Own(Content::Whole(body)) => body.len(),
+            Body::Own(Content::Pieces(pieces)) => pieces.iter().map(Bytes::len).sum(),
+            Body::Cached(_, cached) => cached.body.len(),
         }
     }
 
@@ -113,21 +190,24 @@ impl Answer {
 
     /// The strong ETag of `coding`'s representation (made once for a cached answer).
     pub fn etag(&self, coding: Coding) -> HeaderValue {
-        match &self.cached {
-            Some((_, cached)) => cached.tags[coding as usize].clone(),
-            None => encoding::etag(self.hash, coding),
+        match &self.body {
+            Body::Cached(_, cached) => cached.tags[coding as usize].clone(),
+            Body::Own(_) => encoding::etag(self.hash, coding),
         }
     }
 
-    /// The body, as one buffer or as the slices to write in order.
-    pub fn content(&self) -> &Content {
-        &self.content
+    /// The body, as one buffer or as the slices to write in order (a handle: no copy).
+    pub fn content(&self) -> Content {
+        match &self.body {
+            Body::Own(content) => content.clone(),
+            Body::Cached(_, cached) => Content::Whole(cached.body.clone()),
+        }
     }
 
     /// The body in one buffer (a large answer's pieces are copied together: for callers that
     /// need the bytes whole, such as tests; HTTP streams the pieces instead).
     pub fn into_bytes(self) -> Bytes {
-        match self.content {
+        match self.content() {
             Content::Whole(body) => body,
             Content::Pieces(pieces) => pieces.concat().into(),
         }
@@ -209,7 +289,7 @@ impl BodyBuilder {
             hasher.digest128()
         };
         let hash = run_large(len, hash);
-        Built::Streamed(Answer { content: Content::Pieces(pieces.into()), hash, cached: None })
+        Built::Streamed(Answer { body: Body::Own(Content::Pieces(pieces.into())), hash })
     }
 }
 

@@ -47,8 +47,8 @@ pub struct SearchCounters {
     pub misses: AtomicU64,
     pub stale_served: AtomicU64,
     pub store_errors: AtomicU64,
-    /// Searches answered with a finished body from the cache.
-    pub body_hits: AtomicU64,
+    /// Searches answered with a finished body from the cache (one per warm request: sharded).
+    pub body_hits: crate::metrics::ShardedCounter,
     /// Store queries of runs of days (each reads one or more days).
     pub run_queries: AtomicU64,
     /// Polls of the store's change feed, and the days they invalidated.
@@ -74,6 +74,8 @@ pub struct SearchCounters {
 }
 
 pub(super) struct Inner {
+    /// Unique in the process: names this searcher's bodies in each thread's recent ones.
+    pub(super) id: u64,
     pub(super) store: SharedStore,
     pub(super) days: moka::future::Cache<NaiveDate, Arc<DayEntry>>,
     pub(super) bodies: moka::future::Cache<(i64, i64), Arc<CachedBody>>,

@@ -101,9 +101,10 @@ impl HeadCheck {
             if head.is_empty() {
                 return Ok(done);
             }
-            let ended = self.scan_for_end(head);
+            // A head seen for the first time (the usual whole head) or grown enough is parsed at
+            // once; otherwise it is parsed only once its end has arrived.
             let grown = self.parsed == 0 || head.len() >= 2 * self.parsed || head.len() > MAX_HEAD_BYTES;
-            if !ended && !grown {
+            if !grown && !self.scan_for_end(head) {
                 return Ok(done);
             }
             self.parsed = head.len();
@@ -126,7 +127,8 @@ impl HeadCheck {
     }
 
     /// Whether the head holds its end (an empty line), looking only at the bytes not scanned
-    /// before (and the two before them, where a line break may have started).
+    /// before (and the two before them, where a line break may have started). Bytes parsed
+    /// instead of scanned are scanned on a later call: each byte is scanned once.
     fn scan_for_end(&mut self, head: &[u8]) -> bool {
         let from = self.scanned.saturating_sub(2);
         self.scanned = head.len();

@@ -158,8 +158,23 @@ impl Socket {
 }
 
 impl AsyncRead for Socket {
+    /// Once the watchdog ended the connection, the end of the stream (as if the client had
+    /// closed): hyper then finishes, also in the middle of a head.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        if me.activity.expired() {
+            return Poll::Ready(Ok(()));
+        }
+        match me.poll_read_checked(cx, out) {
+            Poll::Pending if me.activity.wake_on_expiry(cx) => Poll::Ready(Ok(())),
+            polled => polled,
+        }
+    }
+}
+
+impl Socket {
+    fn poll_read_checked(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let me = self;
         loop {
             if me.checked > 0 {
                 let n = me.checked.min(out.remaining());
@@ -189,25 +204,41 @@ impl AsyncRead for Socket {
     }
 }
 
-impl AsyncWrite for Socket {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
+impl Socket {
+    /// Tells the watchdog of what `write` wrote; once the watchdog ended the connection (a client
+    /// that stopped reading its answer), writing fails.
+    fn poll_written(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if self.activity.expired() {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
         }
-        polled
+        match write(Pin::new(&mut self.stream), cx) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.activity.wrote();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.activity.wake_on_expiry(cx) => {
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
+            polled => polled,
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_written(cx, |stream, cx| stream.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
-        polled
+        self.get_mut().poll_written(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
