@@ -2,8 +2,9 @@
 //! 1-day and 1-month answers plain vs gzip (with the compressed size of each), the `304` path of
 //! `If-None-Match`, and a bare warp handler serving the same bytes (the ceiling of any handler on
 //! this machine) for the plain 1-day answer and for a bodiless `304`, the ratios to it measured A/B
-//! interleaved: several rounds of (bare, planfeed) a few seconds each, every round printed with the
-//! load average, and the median round reported.
+//! interleaved: several rounds of (bare, planfeed) a few seconds each, in turn order (bare first in
+//! odd rounds, planfeed first in even ones), every round printed with the load average, and the
+//! median round reported.
 //!
 //! The store is an embedded file of 300,000 generated plans over 5 years (about 160 a day: a 1-month
 //! answer of about 1 MB, as the marketplace sees). planfeed's routes run under the service's own
@@ -98,13 +99,25 @@ fn main() {
     let (mut day_ratios, mut not_modified_ratios) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("round {round} of {rounds} (load {})", load());
-        let bare = run("  bare warp, 1-day bytes", bare_day, DAY, "").0;
-        let ours = run("  1-day plain", planfeed, DAY, "").0;
-        day_ratios.push(ours / bare);
+        // Each pair in turn order: bare first in odd rounds, planfeed first in even ones, so
+        // whatever favours the first or the second run of a pair cancels out over the rounds.
+        let pair = |bare: (&str, SocketAddr), ours: (&str, SocketAddr), headers: &str| {
+            let (first, second) = if round % 2 == 1 { (bare, ours) } else { (ours, bare) };
+            let a = run(first.0, first.1, DAY, headers).0;
+            let b = run(second.0, second.1, DAY, headers).0;
+            if round % 2 == 1 {
+                b / a
+            } else {
+                a / b
+            }
+        };
+        day_ratios.push(pair(("  bare warp, 1-day bytes", bare_day), ("  1-day plain", planfeed), ""));
         // The same request as planfeed's, answered with the same head (see `start_bare`).
-        let bare = run("  bare warp, 304", bare_304, DAY, &not_modified).0;
-        let ours = run("  1-day If-None-Match (304)", planfeed, DAY, &not_modified).0;
-        not_modified_ratios.push(ours / bare);
+        not_modified_ratios.push(pair(
+            ("  bare warp, 304", bare_304),
+            ("  1-day If-None-Match (304)", planfeed),
+            &not_modified,
+        ));
         println!("  ratios: 1-day {:.2}, 304 {:.2}", day_ratios[round - 1], not_modified_ratios[round - 1]);
     }
     println!(
