@@ -18,6 +18,12 @@
 //!   with its own bodiless answer (over its buffer, too many headers, not HTTP at all) gets a
 //!   `431`/`414`/`400` in the contract's shape.
 //!
+//! Each connection's watchdog is a task of its own, woken only by its deadlines and by the
+//! server's shutdown, never by the connection's requests: it ends an overstaying connection by
+//! waking its socket, which then reads as the end of the stream (and fails writes), and on
+//! shutdown asks hyper to close each connection after the answer it owes; the server returns
+//! once the last connection closed.
+//!
 //! The limits and timeouts are [`ConnectionLimits`], which a configuration reload changes under
 //! the running loop. A client that goes away mid-request is its own business: connection errors
 //! are logged at debug level and counted, never as errors of the service.
@@ -73,7 +79,6 @@ pub async fn serve<F>(
 {
     let registry = Arc::new(Registry::new(limits.clone()));
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -98,25 +103,49 @@ pub async fn serve<F>(
             client,
             activity: activity.clone(),
         };
-        let watcher = graceful.watcher();
-        // The watchdog is a task of its own, woken only by its deadlines: polled beside the
-        // connection, it was polled on every wake of every request.
-        let watchdog = tokio::spawn(activity.clone().watch(limits.clone()));
+        // The watchdog is a task of its own, woken only by its deadlines and the shutdown: polled
+        // beside the connection (as the timeouts and hyper_util's graceful shutdown were), it was
+        // polled on every wake of every request.
+        let watchdog = tokio::spawn(activity.clone().watch(limits.clone(), registry.clone()));
         tokio::spawn(async move {
-            let io = TokioIo::new(Socket::new(stream, activity.clone()));
-            let served = watcher.watch(http1().serve_connection(io, svc)).await;
+            let closed = serve_connection(stream, svc, &activity).await;
             watchdog.abort();
-            let closed = match (activity.close_reason(), served) {
-                (Some(why), _) => why,
-                (None, Ok(())) => "done",
-                (None, Err(e)) => connection_error(&e, client),
-            };
             crate::metrics::record_connection_closed(closed);
             drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    registry.drain();
+    registry.emptied().await;
+}
+
+/// Serves one connection until it ends; returns why (the label of
+/// `planfeed_http_connections_closed_total`). Once the server drains, hyper is asked to close
+/// after the answer it owes.
+async fn serve_connection<S>(stream: TcpStream, svc: Service<S>, activity: &Arc<Activity>) -> &'static str
+where
+    Service<S>: hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = warp::reply::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    >,
+{
+    let client = svc.client;
+    let io = TokioIo::new(Socket::new(stream, activity.clone()));
+    let mut conn = std::pin::pin!(http1().serve_connection(io, svc));
+    let served = std::future::poll_fn(|cx| {
+        if activity.take_drain() {
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    match (activity.close_reason(), served) {
+        (Some(why), _) => why,
+        (None, Ok(())) => "done",
+        (None, Err(e)) => connection_error(&e, client),
+    }
 }
 
 /// hyper's HTTP/1 connection settings. Our own watchdog measures header reads from their first
@@ -269,4 +298,74 @@ fn oversized<B>(req: &hyper::Request<B>) -> Option<ApiError> {
     }
     let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     (headers > MAX_HEADER_BYTES).then(|| ApiError::headers_too_large(MAX_HEADER_BYTES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Notify;
+
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    async fn read_until_ends_with(stream: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !got.ends_with(end) {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await.unwrap().unwrap();
+            assert!(
+                n > 0,
+                "closed before {:?}: {}",
+                String::from_utf8_lossy(end),
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_closes_idle_connections_at_once_and_lets_the_answer_in_flight_finish() {
+        let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (entered_tx, release_rx) = (entered.clone(), release.clone());
+        // `/slow` answers once released; anything else at once; the body is the path.
+        let filter = warp::path::full().then(move |path: warp::path::FullPath| {
+            let (entered, release) = (entered_tx.clone(), release_rx.clone());
+            async move {
+                if path.as_str() == "/slow" {
+                    entered.notify_one();
+                    release.notified().await;
+                }
+                warp::reply::Response::new(path.as_str().to_owned().into())
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnectionLimits::new(&crate::config::ConnectionSettings::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, filter, None, limits, async {
+            let _ = stopped.await;
+        }));
+
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        read_until_ends_with(&mut idle, b"/fast").await;
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        tokio::time::timeout(PATIENCE, entered.notified()).await.unwrap();
+
+        stop.send(()).unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, idle.read_to_end(&mut rest)).await.unwrap().unwrap();
+        assert!(rest.is_empty(), "the idle connection is closed without a word: {rest:?}");
+        assert!(!server.is_finished(), "the server waits for the answer in flight");
+
+        release.notify_one();
+        let answer = read_until_ends_with(&mut busy, b"/slow").await;
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&answer));
+        let mut after = Vec::new();
+        tokio::time::timeout(PATIENCE, busy.read_to_end(&mut after)).await.unwrap().unwrap();
+        assert!(after.is_empty(), "closed after its answer: {after:?}");
+        tokio::time::timeout(PATIENCE, server).await.unwrap().unwrap();
+    }
 }

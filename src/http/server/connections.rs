@@ -84,11 +84,17 @@ impl ConnectionLimits {
     }
 }
 
-/// Open connections, in total and per client IP.
+/// Open connections, in total and per client IP, and the server's shutdown: once it drains,
+/// every connection finishes the request it is answering and closes.
 pub(super) struct Registry {
     limits: Arc<ConnectionLimits>,
     per_client: Mutex<HashMap<IpAddr, usize>>,
     total: AtomicUsize,
+    draining: AtomicBool,
+    /// Wakes the watchdogs when the server starts draining.
+    drain: Notify,
+    /// Woken when the last connection closed.
+    emptied: Notify,
 }
 
 /// A flood: at least this many connections open at once. It is over once no more than
@@ -124,7 +130,46 @@ pub(super) struct Slot {
 
 impl Registry {
     pub(super) fn new(limits: Arc<ConnectionLimits>) -> Self {
-        Self { limits, per_client: Mutex::default(), total: AtomicUsize::new(0) }
+        Self {
+            limits,
+            per_client: Mutex::default(),
+            total: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            drain: Notify::new(),
+            emptied: Notify::new(),
+        }
+    }
+
+    /// Asks every connection, open or yet to be watched, to finish what it answers and close.
+    pub(super) fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.drain.notify_waiters();
+    }
+
+    /// Resolves once the server drains.
+    async fn draining(&self) {
+        loop {
+            let notified = self.drain.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.draining.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once no connection is open.
+    pub(super) async fn emptied(&self) {
+        loop {
+            let notified = self.emptied.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.total.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// A slot for a new connection from `ip`, or `None` (counted by reason) over a limit.
@@ -164,8 +209,11 @@ impl Drop for Slot {
                 per_client.remove(&self.ip);
             }
         }
-        let total = self.registry.total.fetch_sub(1, Ordering::Relaxed) - 1;
+        let total = self.registry.total.fetch_sub(1, Ordering::AcqRel) - 1;
         crate::metrics::set_connections_open(total);
+        if total == 0 {
+            self.registry.emptied.notify_waiters();
+        }
         if total <= FLOOD_OVER && self.registry.limits.set_flood(false) {
             tracing::info!(open = total, "connection flood over: memory handed back");
             release_memory();
@@ -192,6 +240,8 @@ pub(super) struct Activity {
     close_reason: OnceLock<&'static str>,
     /// Set by the watchdog when the connection overstayed a timeout: the socket then ends.
     expired: AtomicBool,
+    /// Set by the watchdog when the server drains: the connection closes after its answer.
+    drain: AtomicBool,
     /// The connection's task while its socket waits, which the watchdog wakes when it sets
     /// `expired`.
     waker: AtomicWaker,
@@ -207,6 +257,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             close_reason: OnceLock::new(),
             expired: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
@@ -250,10 +301,24 @@ impl Activity {
         self.expired()
     }
 
-    /// Watches the connection's timeouts (until the connection's task aborts it): once one is
-    /// overstayed, records why and wakes the socket, which then ends (end of stream to hyper).
-    pub(super) async fn watch(self: Arc<Self>, limits: Arc<ConnectionLimits>) {
-        let why = self.overstayed(&limits).await;
+    /// Whether the server drains and the connection has not been told yet (true once).
+    pub(super) fn take_drain(&self) -> bool {
+        self.drain.load(Ordering::Relaxed) && self.drain.swap(false, Ordering::AcqRel)
+    }
+
+    /// Watches the connection's timeouts and the server's shutdown (until the connection's task
+    /// aborts it). Once a timeout is overstayed, records why and wakes the socket, which then
+    /// ends (end of stream to hyper); once the server drains, wakes the connection's task, which
+    /// asks hyper to close after the answer it owes (see `take_drain`).
+    pub(super) async fn watch(self: Arc<Self>, limits: Arc<ConnectionLimits>, registry: Arc<Registry>) {
+        let why = tokio::select! {
+            why = self.overstayed(&limits) => why,
+            () = registry.draining() => {
+                self.drain.store(true, Ordering::Release);
+                self.waker.wake();
+                self.overstayed(&limits).await
+            }
+        };
         let _ = self.close_reason.set(why);
         self.expired.store(true, Ordering::Release);
         self.waker.wake();
