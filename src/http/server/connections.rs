@@ -122,6 +122,20 @@ fn release_memory() {
     });
 }
 
+/// Resolves once `done` holds, looking again each time `notify` wakes its waiters (it must be
+/// notified after `done` comes to hold).
+async fn until(notify: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let mut notified = std::pin::pin!(notify.notified());
+        // Registered before looking, so a notification between the look and the wait is not lost.
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// A connection's place in the [`Registry`], given back when dropped.
 pub(super) struct Slot {
     registry: Arc<Registry>,
@@ -148,28 +162,12 @@ impl Registry {
 
     /// Resolves once the server drains.
     async fn draining(&self) {
-        loop {
-            let notified = self.drain.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            if self.draining.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        until(&self.drain, || self.draining.load(Ordering::Acquire)).await;
     }
 
     /// Resolves once no connection is open.
     pub(super) async fn emptied(&self) {
-        loop {
-            let notified = self.emptied.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            if self.total.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        until(&self.emptied, || self.total.load(Ordering::Acquire) == 0).await;
     }
 
     /// A slot for a new connection from `ip`, or `None` (counted by reason) over a limit.
@@ -243,7 +241,7 @@ pub(super) struct Activity {
     /// Set by the watchdog when the server drains: the connection closes after its answer.
     drain: AtomicBool,
     /// The connection's task while its socket waits, which the watchdog wakes when it sets
-    /// `expired`.
+    /// `expired` or `drain`.
     waker: AtomicWaker,
 }
 
@@ -337,7 +335,8 @@ impl Activity {
         loop {
             let now = self.now();
             let idle = limits.idle_ms();
-            let deadline = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // Acquire: pairs with `InFlight`'s release, so the answer's stamp is seen with it.
+            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
                 // A request is being answered: look again after the idle period.
                 now + idle
             } else {
@@ -369,6 +368,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         // Stamped first: the watchdog must not see the request over with an old stamp.
         self.0.wrote();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
