@@ -177,11 +177,27 @@ async fn metric(base: &str, name_and_labels: &str) -> f64 {
 }
 
 async fn wait_for_metric(pf: &Planfeed, name_and_labels: &str, at_least: f64, within: Duration) {
+    wait_for_metric_where(pf, name_and_labels, |v| v >= at_least, &format!("at least {at_least}"), within)
+        .await;
+}
+
+/// Waits until the metric's value satisfies `ok` (described as `what` if it never does).
+async fn wait_for_metric_where(
+    pf: &Planfeed,
+    name_and_labels: &str,
+    ok: impl Fn(f64) -> bool,
+    what: &str,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
-    while metric(&pf.base, name_and_labels).await < at_least {
+    loop {
+        let value = metric(&pf.base, name_and_labels).await;
+        if ok(value) {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "{name_and_labels} below {at_least} after {within:?}:\n{}",
+            "{name_and_labels} is {value}, not {what}, after {within:?}:\n{}",
             pf.log_text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -321,6 +337,9 @@ async fn clickhouse_killed_for_longer_than_any_retry_budget_with_planfeed_restar
     wait_for_search(&pf, &expected(&[&a, &b, &c]), Duration::from_secs(120)).await;
     phase("A, B and C searchable");
     wait_for_metric(&pf, "planfeed_spool_replayed_total", 1.0, Duration::from_secs(10)).await;
+    // The spool replays in order: B's fetch record comes after B's plans, so it is in the store's
+    // log only once the spool is empty (beside busy loops it was not yet when the plans were).
+    wait_for_metric_where(&pf, "planfeed_spool_entries", |v| v == 0.0, "0", Duration::from_secs(60)).await;
 
     let records = store.recent_fetches(1000).await.unwrap();
     let sizes = [a.as_ref(), b.as_ref(), c.as_ref()].map(|s| parse(s).len() as u64);
