@@ -57,6 +57,12 @@ struct RecentBody {
     hits: u32,
 }
 
+impl Recent {
+    fn entry(&mut self, searcher: u64, key: (i64, i64)) -> Option<&mut RecentBody> {
+        self.entries.iter_mut().find(|e| e.searcher == searcher && e.key == key)
+    }
+}
+
 thread_local! {
     static RECENT: std::cell::RefCell<Recent> = std::cell::RefCell::default();
 }
@@ -65,7 +71,7 @@ thread_local! {
 /// every [`RECENT_REFRESH`]th hit.
 pub(super) fn recent_body(searcher: u64, key: (i64, i64)) -> Option<Arc<CachedBody>> {
     RECENT.with_borrow_mut(|recent| {
-        let entry = recent.entries.iter_mut().find(|e| e.searcher == searcher && e.key == key)?;
+        let entry = recent.entry(searcher, key)?;
         entry.hits = entry.hits.wrapping_add(1);
         if entry.hits % RECENT_REFRESH == 0 {
             return None;
@@ -78,7 +84,7 @@ pub(super) fn recent_body(searcher: u64, key: (i64, i64)) -> Option<Arc<CachedBo
 pub(super) fn remember_body(searcher: u64, key: (i64, i64), body: &Arc<CachedBody>) {
     RECENT.with_borrow_mut(|recent| {
         let body = Arc::downgrade(body);
-        if let Some(entry) = recent.entries.iter_mut().find(|e| e.searcher == searcher && e.key == key) {
+        if let Some(entry) = recent.entry(searcher, key) {
             entry.body = body;
             return;
         }
