@@ -1,5 +1,6 @@
 //! planfeed: pulls a ticketing provider's XML feed into a store and serves `GET /search` over it.
 //!
+//! - [`clock`]: the hybrid logical clock behind fetch ids and plan versions.
 //! - [`domain`]: plans, zones, keys and time ranges, apart from XML and storage.
 //! - [`feed`]: chunking the streamed feed at base-plan boundaries and parsing chunks.
 //! - [`fetch`]: what a fetch is made of apart from its actor: its typed failures.
@@ -18,6 +19,7 @@
 //! - [`cpu`]: the lower-priority threads where ingestion's CPU-heavy work runs.
 
 pub mod actors;
+pub mod clock;
 pub mod config;
 pub mod cpu;
 pub mod domain;

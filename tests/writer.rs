@@ -60,6 +60,7 @@ fn chunk(seq: u32, plans: Vec<Plan>) -> WriterMsg {
         hashes: Vec::new(),
         skipped: 0,
         error: None,
+        last: true,
         permit: permits.try_acquire_owned().expect("a permit"),
     })
 }

@@ -297,7 +297,7 @@ impl BatchWriterState {
 
     /// Takes a chunk's plans into the batch, skipping unchanged and out-of-date observations.
     fn absorb(&mut self, me: &ActorRef<WriterMsg>, chunk: ChunkPlans) {
-        let ChunkPlans { fetch, seq, plans, hashes, skipped, error, permit } = chunk;
+        let ChunkPlans { fetch, seq, plans, hashes, skipped, error, last, permit } = chunk;
         let version = (fetch.fetch_id << 20) | u64::from(seq.min((1 << 20) - 1));
         let (seen, hashes_given) = (plans.len() as u64, hashes.len() == plans.len());
         let mut unchanged = 0u64;
@@ -313,7 +313,7 @@ impl BatchWriterState {
         counters.plans_unchanged.fetch_add(unchanged, Ordering::Relaxed);
         counters.plans_skipped.fetch_add(skipped, Ordering::Relaxed);
         let tally = self.fetches.entry(fetch.fetch_id).or_default();
-        tally.chunks_received += 1;
+        tally.chunks_received += u32::from(last);
         tally.seen += seen;
         tally.unchanged += unchanged;
         tally.skipped += skipped;

@@ -108,7 +108,7 @@ impl FetcherState {
             return false;
         }
         let started_at = Utc::now();
-        let fetch_id = next_fetch_id(started_at.timestamp_millis().max(0) as u64);
+        let fetch_id = crate::clock::next_fetch_id();
         let provider = &self.args.provider;
         let record = FetchRecord { provider: provider.name.clone(), started_at, ..Default::default() };
         let mut end = FetchEnd { fetch_id, chunks: 0, retries: 0, record, error: None };
@@ -359,21 +359,6 @@ impl FetcherState {
     }
 }
 
-/// The id of a fetch starting at `now_ms` (milliseconds since the epoch): that time, or one more
-/// than the last id given out in this process when the clock has not moved past it. Ids order a
-/// plan's observations (its version), and the writer tells fetches apart by them: two providers'
-/// fetches started in the same millisecond must not share one, or the writer's tally of the one
-/// would take the other's end, and one of the two would never be recorded. Process-wide, so a
-/// restarted fetcher never reuses its predecessor's last id either.
-pub fn next_fetch_id(now_ms: u64) -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let next = |last: u64| now_ms.max(last + 1);
-    // `fetch_update` retries until no other fetcher moved `LAST` in between; it returns the
-    // value it replaced.
-    next(LAST.fetch_update(Relaxed, Relaxed, |last| Some(next(last))).unwrap_or_else(|last| last))
-}
-
 /// Delay before retry `done + 1` of a request: the provider's policy (`retry_backoff` doubling,
 /// jittered to 50–100 %, capped at [`MAX_RETRY_BACKOFF`]); a `Retry-After` from the provider wins
 /// when longer, within the same cap.
@@ -412,24 +397,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fetch_ids_are_distinct_and_increasing_even_within_one_millisecond() {
-        // Two providers' fetches started in the same millisecond, then a clock that went back.
-        let now = Utc::now().timestamp_millis() as u64;
-        let (a, b) = (next_fetch_id(now), next_fetch_id(now));
-        assert!(a >= now && b > a, "{a} {b}");
-        assert!(next_fetch_id(now - 1_000) > b);
-        // From many threads at once: all distinct.
-        let ids: Vec<u64> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| (0..1_000).map(|_| next_fetch_id(now)).collect::<Vec<_>>()))
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-        });
-        let distinct: std::collections::HashSet<u64> = ids.iter().copied().collect();
-        assert_eq!(distinct.len(), ids.len());
-    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_retry_after_wins_within_the_cap() {

@@ -55,6 +55,9 @@ pub struct ChunkPlans {
     pub hashes: Vec<u64>,
     pub skipped: u64,
     pub error: Option<String>,
+    /// Whether this is the chunk's last part: a parser may hand one chunk's plans on in several
+    /// parts (bounded in plans and bytes); the writer counts the chunk in once its last part is in.
+    pub last: bool,
     /// Released once the plans are in the batch: the pipeline's backpressure.
     pub permit: OwnedSemaphorePermit,
 }

@@ -55,6 +55,7 @@ impl Actor for Parser {
                     hashes,
                     skipped: p.skipped.len() as u64,
                     error: p.error.map(|e| e.to_string()),
+                    last: true,
                     permit: job.permit,
                 }
             }
@@ -67,6 +68,7 @@ impl Actor for Parser {
                     hashes: Vec::new(),
                     skipped: 0,
                     error: Some(format!("parser failed on chunk {}: {e}", job.seq)),
+                    last: true,
                     permit: job.permit,
                 }
             }
