@@ -204,8 +204,8 @@ async fn start_planfeed(db: &std::path::Path, feed_shaped: bool) -> (SocketAddr,
     let state = ApiState {
         searcher: searcher.clone(),
         limiter: Limiter::new(&limits),
-        metrics: MetricsSource { searcher: searcher.clone(), writer: None, permits: None },
-        readiness: Arc::new(planfeed::readiness::Readiness::new(searcher, store)),
+        metrics: MetricsSource { parts: vec![searcher.clone()], permits: None },
+        readiness: Arc::new(planfeed::readiness::Readiness::new(searcher, store, None)),
         cache_control: planfeed::http::cache_control(Duration::from_secs(1)),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

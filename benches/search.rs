@@ -81,8 +81,8 @@ fn bench_search(c: &mut Criterion) {
     let state = Arc::new(ApiState {
         searcher: searcher.clone(),
         limiter: Limiter::new(&limits),
-        metrics: MetricsSource { searcher: searcher.clone(), writer: None, permits: None },
-        readiness: Arc::new(planfeed::readiness::Readiness::new(searcher.clone(), readiness_store)),
+        metrics: MetricsSource { parts: vec![searcher.clone()], permits: None },
+        readiness: Arc::new(planfeed::readiness::Readiness::new(searcher.clone(), readiness_store, None)),
         cache_control: planfeed::http::cache_control(Duration::from_secs(1)),
     });
     // Warm every day once.

@@ -4,6 +4,8 @@
 //! - [`domain`]: plans, zones, keys and time ranges, apart from XML and storage.
 //! - [`feed`]: chunking the streamed feed at base-plan boundaries and parsing chunks.
 //! - [`fetch`]: what a fetch is made of apart from its actor: its typed failures.
+//! - [`delivery`]: what becomes of accepted plans: the store, else the durable spool, replayed in
+//!   order; one timeout, one retry policy, one classifier; the days written announced as events.
 //! - [`store`]: the `Store` trait and its implementations (embedded SQLite, ClickHouse).
 //! - [`actors`]: the ingestion pipeline (supervisor, scheduler, fetcher, parsers, batch writer).
 //! - [`search`]: answers searches from the store through a per-day cache.
@@ -15,13 +17,13 @@
 //! - [`reload`]: applies a changed configuration while running (file watch, `SIGHUP`).
 //! - [`retry`]: the one backoff policy and retry loop, every retry counted.
 //! - [`readiness`]: what `GET /ready` checks.
-//! - [`spool`]: the durable spool that keeps what the store refuses until it answers again.
 //! - [`cpu`]: the lower-priority threads where ingestion's CPU-heavy work runs.
 
 pub mod actors;
 pub mod clock;
 pub mod config;
 pub mod cpu;
+pub mod delivery;
 pub mod domain;
 pub mod feed;
 pub mod fetch;
@@ -33,5 +35,4 @@ pub mod retry;
 pub mod search;
 pub mod service;
 pub mod simulator;
-pub mod spool;
 pub mod store;

@@ -4,14 +4,10 @@
 //! counters by their owners and copied into the registry when `/metrics` is scraped.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
-
-use crate::actors::counters::WriterCounters;
-use crate::search::Searcher;
 
 mod latency;
 
@@ -31,44 +27,25 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// A part of planfeed that keeps its outcomes in its own atomics (the search cache, the writer)
+/// and copies them into the registry when `/metrics` is scraped. Implemented by the owners, so this
+/// module imports none of them.
+pub trait Collect: Send + Sync {
+    fn collect(&self);
+}
+
 /// Everything `/metrics` reports.
 #[derive(Clone)]
 pub struct MetricsSource {
-    pub searcher: Arc<Searcher>,
-    pub writer: Option<Arc<WriterCounters>>,
+    pub parts: Vec<Arc<dyn Collect>>,
     /// The pipeline's chunk permits, to report the queue depth.
     pub permits: Option<(Arc<Semaphore>, usize)>,
 }
 
 impl MetricsSource {
     pub fn render(&self) -> String {
-        let c = &self.searcher.counters;
-        let abs = |name: &'static str, v: u64| metrics::counter!(name).absolute(v);
-        abs("planfeed_search_cache_hits_total", c.hits.load(Ordering::Relaxed));
-        abs("planfeed_search_body_hits_total", c.body_hits.total());
-        abs("planfeed_search_cache_misses_total", c.misses.load(Ordering::Relaxed));
-        abs("planfeed_search_stale_served_total", c.stale_served.load(Ordering::Relaxed));
-        abs("planfeed_search_store_errors_total", c.store_errors.load(Ordering::Relaxed));
-        abs("planfeed_search_store_deadlines_total", c.deadlines_passed.load(Ordering::Relaxed));
-        abs("planfeed_search_previous_served_total", c.previous_served.load(Ordering::Relaxed));
-        abs("planfeed_search_reloaded_days_total", c.reloaded_days.load(Ordering::Relaxed));
-        if let Some(w) = &self.writer {
-            for (outcome, v) in [
-                ("seen", &w.plans_seen),
-                ("written", &w.plans_written),
-                ("spooled", &w.plans_spooled),
-                ("dropped", &w.plans_dropped),
-                ("unchanged", &w.plans_unchanged),
-                ("skipped", &w.plans_skipped),
-            ] {
-                metrics::counter!("planfeed_plans_total", "outcome" => outcome)
-                    .absolute(v.load(Ordering::Relaxed));
-            }
-            abs("planfeed_writer_batches_total", w.batches.load(Ordering::Relaxed));
-            abs("planfeed_writer_retries_total", w.retries.load(Ordering::Relaxed));
-            abs("planfeed_writer_batches_dropped_total", w.batches_dropped.load(Ordering::Relaxed));
-            abs("planfeed_spool_replayed_total", w.spool_replayed.load(Ordering::Relaxed));
-            abs("planfeed_spool_refusals_total", w.spool_refusals.load(Ordering::Relaxed));
+        for part in &self.parts {
+            part.collect();
         }
         if let Some((sem, capacity)) = &self.permits {
             metrics::gauge!("planfeed_pipeline_chunks_in_flight")
@@ -142,7 +119,22 @@ pub fn record_spool(entries: u64, plans: u64, bytes: u64) {
     metrics::gauge!("planfeed_spool_bytes").set(bytes as f64);
 }
 
-/// Counts one retry of `operation` (see [`crate::retry`]).
+/// Counts one refused store call, by the refusal's label (`credentials`, `space`, …).
+pub fn record_store_refusal(reason: &'static str) {
+    metrics::counter!("planfeed_store_refusals_total", "reason" => reason).increment(1);
+}
+
+/// Whether the store refuses writes now (1) or takes them (0).
+pub fn set_store_refusing(refusing: bool) {
+    metrics::gauge!("planfeed_store_refusing").set(if refusing { 1.0 } else { 0.0 });
+}
+
+/// Counts a damaged spool file (`file`) or an undecodable entry (`entry`) moved aside.
+pub fn record_spool_set_aside(what: &'static str) {
+    metrics::counter!("planfeed_spool_set_aside_total", "what" => what).increment(1);
+}
+
+/// Counts one retry of `operation` (see the `retry` module).
 pub fn record_retry(operation: &'static str) {
     metrics::counter!("planfeed_retries_total", "operation" => operation).increment(1);
 }

@@ -11,10 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::actors::counters::WriterCounters;
 use crate::actors::supervisor::PipelineHandles;
 use crate::actors::{BatchWriterArgs, PipelineArgs, SchedulerMsg, Supervisor, SupervisorMsg};
 use crate::config::{Backend, Role, Settings};
+use crate::delivery::{Delivery, Spool, SpoolError, WriterCounters};
 use crate::domain::FetchRecord;
 use crate::http::rate_limit::Limiter;
 use crate::http::server::ConnectionLimits;
@@ -23,7 +23,6 @@ use crate::metrics::MetricsSource;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
 use crate::search::Searcher;
-use crate::spool::{Spool, SpoolError};
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::connecting::ConnectingStore;
 use crate::store::sqlite::SqliteStore;
@@ -148,36 +147,43 @@ impl Service {
         let searcher = Arc::new(Searcher::new(store.clone(), &settings.search));
         let counters = Arc::new(WriterCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let pipeline = if settings.role.runs_ingest() {
+        let delivery = if settings.role.runs_ingest() {
             let spool = open_spool(&settings, &store)?;
-            let writer = BatchWriterArgs {
-                store: writer_store(&settings, &store),
-                searcher: Some(searcher.clone()),
-                batch_size: settings.pipeline.batch_size,
-                flush_age: settings.pipeline.flush_age,
-                counters: counters.clone(),
-                spool: Some(spool),
-                write_timeout: settings.spool.write_timeout,
-                recorded,
-                search_runtime: Some(tokio::runtime::Handle::current()),
-            };
-            Some(spawn_pipeline(&settings, writer).await?)
+            let writes = writer_store(&settings, &store);
+            let delivery = Delivery::new(writes, Some(spool), counters.clone(), settings.spool.write_timeout);
+            follow_writes(&delivery, searcher.clone());
+            Some(delivery)
         } else {
             None
+        };
+        let pipeline = match &delivery {
+            Some(delivery) => {
+                let writer = BatchWriterArgs {
+                    delivery: delivery.clone(),
+                    batch_size: settings.pipeline.batch_size,
+                    flush_age: settings.pipeline.flush_age,
+                    recorded,
+                };
+                Some(spawn_pipeline(&settings, writer).await?)
+            }
+            None => None,
         };
         let limiter = listener.as_ref().map(|_| Limiter::new(&settings.server.rate_limit));
         // Read by the accept loop, changed by reloads.
         let connections = ConnectionLimits::new(&settings.server.connections);
         let (addr, server) = match (listener, limiter.clone()) {
             (Some(listener), Some(limiter)) => {
+                let mut parts: Vec<Arc<dyn crate::metrics::Collect>> = vec![searcher.clone()];
+                if pipeline.is_some() {
+                    parts.push(counters.clone());
+                }
                 let metrics = MetricsSource {
-                    searcher: searcher.clone(),
-                    writer: pipeline.as_ref().map(|_| counters.clone()),
+                    parts,
                     permits: pipeline
                         .as_ref()
                         .map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks)),
                 };
-                let readiness = Arc::new(Readiness::new(searcher.clone(), store.clone()));
+                let readiness = Arc::new(Readiness::new(searcher.clone(), store.clone(), delivery.clone()));
                 let cache_control = http::cache_control(settings.http.cache_max_age);
                 let state =
                     ApiState { searcher: searcher.clone(), limiter, metrics, readiness, cache_control };
@@ -251,6 +257,19 @@ impl Drop for Service {
             sup.stop(Some("service dropped".into()));
         }
     }
+}
+
+/// The search cache follows the days the delivery layer writes: each announcement is handled on
+/// this (the searches') runtime, so the store reads that reload changed days run at the searches'
+/// priority, and the writer goes on once searches see the write (ADR 12).
+fn follow_writes(delivery: &Delivery, searcher: Arc<Searcher>) {
+    let mut written = delivery.events().subscribe();
+    tokio::spawn(async move {
+        while let Some(event) = written.recv().await {
+            searcher.invalidate(&event.days).await;
+            event.handled();
+        }
+    });
 }
 
 /// Spawns the supervisor, which spawns the pipeline (one scheduler and fetcher per provider).

@@ -596,14 +596,14 @@ async fn a_bulk_batch_is_one_insert_per_table() {
 }
 
 #[tokio::test]
-async fn a_broken_schema_is_a_permanent_error() {
+async fn a_missing_table_is_the_store_s_refusal_a_wrong_column_a_rejection() {
     let (server, store) = setup!();
     raw_exec(&server, "DROP TABLE plans").await;
     let p = stored(plan(1, 1, "X", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["1"]), 1);
     let err = store.write_plans(&[p]).await.unwrap_err();
-    assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+    assert_eq!(err.refusal(), Some(planfeed::store::Refusal::MissingTable), "{err:?}");
     let err = store.plans_by_day(day("2021-06-30"), day("2021-06-30")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+    assert_eq!(err.refusal(), Some(planfeed::store::Refusal::MissingTable), "{err:?}");
 
     // A column of the wrong type: the server refuses the rows it cannot read.
     raw_exec(&server, "ALTER TABLE fetches MODIFY COLUMN error UInt64").await;

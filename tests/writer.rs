@@ -6,9 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use planfeed::actors::{
-    BatchWriter, BatchWriterArgs, ChunkPlans, FetchContext, FetchEnd, WriterCounters, WriterMsg,
-};
+use planfeed::actors::{BatchWriter, BatchWriterArgs, ChunkPlans, FetchContext, FetchEnd, WriterMsg};
+use planfeed::delivery::{Delivery, WriterCounters};
 use planfeed::domain::Plan;
 use planfeed::store::sqlite::SqliteStore;
 use planfeed::store::SharedStore;
@@ -20,16 +19,12 @@ use common::{day, offline, plan};
 use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
 
 async fn writer(store: SharedStore) -> ActorRef<WriterMsg> {
+    let counters = Arc::new(WriterCounters::default());
     let args = BatchWriterArgs {
-        store,
-        searcher: None,
+        delivery: Delivery::new(store, None, counters, Duration::from_secs(10)),
         batch_size: 1000,
         flush_age: Duration::from_secs(60),
-        counters: Arc::new(WriterCounters::default()),
         recorded: None,
-        spool: None,
-        write_timeout: Duration::from_secs(10),
-        search_runtime: None,
     };
     Actor::spawn(None, BatchWriter, args).await.expect("writer starts").0
 }

@@ -3,31 +3,33 @@
 //! start, so an unchanged plan is never written again and a plan whose start moved to another day
 //! supersedes its old row.
 //!
-//! A batch is flushed when it holds `batch_size` plans, when its oldest plan is `flush_age` old (a
-//! timer message carries the batch id so a stale timer flushes nothing), or when a fetch ends.
-//! Transient store errors are retried with capped, jittered backoff for a short budget; then the
-//! batch goes to the durable spool ([`crate::spool`]), whose replayer hands it to the store when it
-//! answers again. While the spool holds anything, new batches queue behind it, so an older version
-//! never lands after a newer one. When even the spool refuses (full, unwritable), the batch is
-//! held and retried: the writer stops taking chunks, which stops the download (backpressure).
-//! Only a permanent rejection drops plans, and only the rejected ones (the batch is halved until
-//! they are alone, [`crate::spool::replay::isolate`]), each logged with the reason. A spooled
-//! plan counts as pending in the bookkeeping: an unchanged re-observation is neither written twice
-//! nor lost.
+//! A batch is flushed when it holds `batch_size` plans, when its estimated memory reaches
+//! [`BATCH_BYTES`], when its oldest plan is `flush_age` old (a timer message carries the batch id
+//! so a stale timer flushes nothing), or when a fetch ends. Parsers hand a chunk's plans on in
+//! bounded parts, and the bounds are checked after each part, so no feed's shape makes a batch
+//! larger. What becomes of a flushed batch is the delivery layer's ([`crate::delivery`]): the
+//! store, else the spool, retried and replayed there; a spooled plan counts as pending in the
+//! bookkeeping, so an unchanged re-observation is neither written twice nor lost.
 //!
-//! A flushed batch is written by a spawned task while the writer keeps absorbing plans into the
-//! next batch, so parsing and writing overlap. At most one write is in flight: the next flush
+//! Versions: a plan's version is its fetch's id (the hybrid logical clock of [`crate::clock`])
+//! above the chunk's sequence number. At load the clock is told the highest version the store and
+//! the spool hold, so every later fetch is newer whatever the wall clock did; a fetch whose id is
+//! not above that (one started before the load finished) gets a fresh id from the clock.
+//!
+//! A flushed batch is delivered by a spawned task while the writer keeps absorbing plans into the
+//! next batch, so parsing and writing overlap. At most one delivery is in flight: the next flush
 //! first awaits it. Its plans count as stored for the unchanged/moved checks at once; `persisted`,
-//! the counters and the search cache are updated when the write completes (the task reports back
-//! with [`WriterMsg::WriteDone`]). A fetch end, a `Flush` request and stopping await every write.
-//! A fetch is recorded once all its plans are written, spooled or dropped, with those counts.
+//! the counters and the announcement of the written days follow when it completes (the task
+//! reports back with [`WriterMsg::WriteDone`]). A fetch end, a `Flush` request and stopping await
+//! every delivery. A fetch is recorded once all its plans are written, spooled or dropped, with
+//! those counts, on the same durable path as plans.
 //!
 //! When the store cannot be read at start (not reachable yet), the writer loads in the background
 //! and holds the chunks it receives meanwhile, with their permits: ingestion waits.
 //!
 //! Files: this one holds the actor and its bookkeeping (what is stored, batched, in flight); the
-//! bookkeeping's loading is in `load`, a batch's delivery in `sink`, what a delivered batch
-//! changes in the bookkeeping in `settle`, and a fetch's tally and record in `fetch_log`.
+//! bookkeeping's loading is in `load`, what a delivered batch changes in the bookkeeping in
+//! `settle`, and a fetch's tally and record in `fetch_log`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -40,20 +42,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 mod fetch_log;
 mod load;
 mod settle;
-mod sink;
 
 use fetch_log::FetchTally;
 pub use fetch_log::{SPOOL_REFUSED, STORE_REJECTED};
 
-use sink::{FlushTrigger, Sink, WriteOutcome};
-
-use super::counters::WriterCounters;
 use super::messages::{ChunkPlans, FetchContext, WriterMsg};
+use crate::delivery::{Delivery, WriteOutcome};
 use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
-use crate::search::Searcher;
-use crate::spool::replay::Replayer;
-use crate::spool::Spool;
-use crate::store::SharedStore;
 
 /// Estimated memory of a batch that triggers a flush. Plans vary a hundredfold in size (a plan
 /// with 200 zones weighs ~16 KiB in memory), so a plan count alone lets a batch of big plans
@@ -63,40 +58,25 @@ pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct BatchWriterArgs {
-    pub store: SharedStore,
-    pub searcher: Option<Arc<Searcher>>,
+    /// Where flushed batches and fetch records go (the store, else the spool).
+    pub delivery: Delivery,
     pub batch_size: usize,
     pub flush_age: Duration,
-    pub counters: Arc<WriterCounters>,
-    /// Where batches the store refuses go; `None`: they are held until the store takes them.
-    pub spool: Option<Arc<Spool>>,
-    /// One store write slower than this counts as a transient failure (`spool.write_timeout`).
-    pub write_timeout: Duration,
     /// Where each recorded fetch is announced once its plans are written, spooled or dropped
     /// (`ingest --once` ends on it); `None`: nobody waits.
     pub recorded: Option<tokio::sync::mpsc::UnboundedSender<FetchRecord>>,
-    /// The runtime answering searches, when the writer runs on another (the service's ingestion
-    /// runtime, ADR 12): the search cache's invalidations and the spool's replays run there, so
-    /// the store reads that reload changed days run at the searches' priority, as searches do, and
-    /// a write is visible when the invalidation returns however busy the machine. `None`: here.
-    pub search_runtime: Option<tokio::runtime::Handle>,
 }
 
-/// Marks `days` changed in the search cache and reloads what searches use, on `runtime` when
-/// given (see [`BatchWriterArgs::search_runtime`]); returns when the invalidation has.
-pub(crate) async fn invalidate(
-    runtime: Option<&tokio::runtime::Handle>,
-    searcher: &Arc<Searcher>,
-    days: Vec<NaiveDate>,
-) {
-    let Some(runtime) = runtime else {
-        return searcher.invalidate(&days).await;
-    };
-    let searcher = searcher.clone();
-    if let Err(e) = runtime.spawn(async move { searcher.invalidate(&days).await }).await {
-        // Only when the searches' runtime is shutting down: nobody is left to search.
-        tracing::warn!(error = %e, "search cache invalidation did not run");
-    }
+/// Why a batch was flushed (logged with its delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushTrigger {
+    Size,
+    /// The batch's estimated memory reached [`BATCH_BYTES`].
+    Bytes,
+    Age,
+    FetchEnd,
+    Requested,
+    Stop,
 }
 
 pub struct BatchWriterState {
@@ -116,6 +96,11 @@ pub struct BatchWriterState {
     batch_id: u64,
     batch_started: Option<Instant>,
     fetches: HashMap<u64, FetchTally>,
+    /// The highest fetch id among the versions loaded at start: fetches not above it get a fresh
+    /// id from the clock ([`BatchWriterState::version_base`]).
+    version_floor: u64,
+    /// Fresh ids given to such fetches, by fetch id.
+    renumbered: HashMap<u64, u64>,
     /// The batch being written, if any (at most one).
     in_flight: Option<InFlight>,
     write_seq: u64,
@@ -151,36 +136,27 @@ impl Actor for BatchWriter {
         me: ActorRef<WriterMsg>,
         args: BatchWriterArgs,
     ) -> Result<BatchWriterState, ActorProcessingErr> {
-        let (persisted, loading) = match load::load_states(&args.store, args.spool.as_ref()).await {
+        let (store, spool) = (args.delivery.store(), args.delivery.spool());
+        let (persisted, loading) = match load::load_states(store, spool).await {
             Ok(persisted) => (persisted, None),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "store not readable yet: ingestion waits for it");
                 let (args, me) = (args.clone(), me.clone());
                 tokio::spawn(async move {
-                    let persisted = load::load_until_done(&args.store, args.spool.as_ref()).await;
+                    let (store, spool) = (args.delivery.store(), args.delivery.spool());
+                    let persisted = load::load_until_done(store, spool).await;
                     let _ = me.cast(WriterMsg::Loaded(persisted));
                 });
                 (HashMap::new(), Some(Vec::new()))
             }
             Err(e) => return Err(e.into()),
         };
-        let replayer = args.spool.clone().map(|spool| {
-            let me = me.clone();
-            let replayer = Replayer {
-                spool,
-                store: args.store.clone(),
-                searcher: args.searcher.clone(),
-                counters: args.counters.clone(),
-                on_dropped: Box::new(move |keys| {
-                    let _ = me.cast(WriterMsg::Forget(keys));
-                }),
-                write_timeout: args.write_timeout,
-            };
-            AbortOnDrop(match &args.search_runtime {
-                Some(runtime) => runtime.spawn(replayer.run()),
-                None => tokio::spawn(replayer.run()),
-            })
+        let forget = me.clone();
+        let on_dropped = Box::new(move |keys| {
+            let _ = forget.cast(WriterMsg::Forget(keys));
         });
+        let replayer = Some(AbortOnDrop(tokio::spawn(args.delivery.replay(on_dropped))));
+        let version_floor = load::version_floor(&persisted);
         Ok(BatchWriterState {
             args,
             persisted,
@@ -193,6 +169,8 @@ impl Actor for BatchWriter {
             batch_id: 0,
             batch_started: None,
             fetches: HashMap::new(),
+            version_floor,
+            renumbered: HashMap::new(),
             in_flight: None,
             write_seq: 0,
             marks: HashMap::new(),
@@ -207,6 +185,7 @@ impl Actor for BatchWriter {
     ) -> Result<(), ActorProcessingErr> {
         let msg = match (msg, state.loading.as_mut()) {
             (WriterMsg::Loaded(persisted), Some(_)) => {
+                state.version_floor = load::version_floor(&persisted);
                 state.persisted = persisted;
                 for held in state.loading.take().unwrap_or_default() {
                     state.dispatch(&me, held).await;
@@ -298,7 +277,7 @@ impl BatchWriterState {
     /// Takes a chunk's plans into the batch, skipping unchanged and out-of-date observations.
     fn absorb(&mut self, me: &ActorRef<WriterMsg>, chunk: ChunkPlans) {
         let ChunkPlans { fetch, seq, plans, hashes, skipped, error, last, permit } = chunk;
-        let version = (fetch.fetch_id << 20) | u64::from(seq.min((1 << 20) - 1));
+        let version = (self.version_base(fetch.fetch_id) << 20) | u64::from(seq.min((1 << 20) - 1));
         let (seen, hashes_given) = (plans.len() as u64, hashes.len() == plans.len());
         let mut unchanged = 0u64;
         for (i, plan) in plans.into_iter().enumerate() {
@@ -308,7 +287,7 @@ impl BatchWriterState {
             }
         }
         drop(permit);
-        let counters = &self.args.counters;
+        let counters = self.args.delivery.counters();
         counters.plans_seen.fetch_add(seen, Ordering::Relaxed);
         counters.plans_unchanged.fetch_add(unchanged, Ordering::Relaxed);
         counters.plans_skipped.fetch_add(skipped, Ordering::Relaxed);
@@ -323,6 +302,18 @@ impl BatchWriterState {
             let batch_id = self.batch_id;
             me.send_after(self.args.flush_age, move || WriterMsg::FlushTimer { batch_id });
         }
+    }
+
+    /// The fetch id a version of fetch `fetch_id` is made of: itself when it is above every
+    /// version loaded at start, else a fresh id from the clock (the same for the whole fetch).
+    fn version_base(&mut self, fetch_id: u64) -> u64 {
+        if fetch_id > self.version_floor {
+            return fetch_id;
+        }
+        if self.renumbered.len() > 64 {
+            self.renumbered.clear();
+        }
+        *self.renumbered.entry(fetch_id).or_insert_with(crate::clock::next_fetch_id)
     }
 
     /// Takes one observation into the batch; false when it changes nothing (same content as the
@@ -406,18 +397,13 @@ impl BatchWriterState {
         self.batch_bytes = 0;
         self.write_seq += 1;
         let write_id = self.write_seq;
-        let sink = Sink {
-            store: self.args.store.clone(),
-            spool: self.args.spool.clone(),
-            counters: self.args.counters.clone(),
-            write_timeout: self.args.write_timeout,
-        };
+        let delivery = self.args.delivery.clone();
         let me = me.clone();
         let task_batch = batch.clone();
         let handle = tokio::spawn(async move {
             // Marks after the batch: each is for a version written before it (maybe by the write
             // this one waited for).
-            let outcome = sink.deliver(task_batch, task_marks, trigger).await;
+            let outcome = delivery.deliver(task_batch, task_marks).await;
             let _ = me.cast(WriterMsg::WriteDone { write_id });
             outcome
         });
@@ -454,12 +440,11 @@ impl BatchWriterState {
         let (record, outcome) = tally.complete(end);
         crate::metrics::record_fetch(&record.provider, outcome);
         let announced = self.args.recorded.as_ref().map(|tx| (tx, record.clone()));
-        fetch_log::record_fetch(&self.args.store, self.args.spool.as_ref(), self.args.write_timeout, record)
-            .await;
+        self.args.delivery.record_fetch(record).await;
         if let Some((tx, record)) = announced {
             let _ = tx.send(record);
         }
-        self.args.counters.fetches_recorded.fetch_add(1, Ordering::Relaxed);
+        self.args.delivery.counters().fetches_recorded.fetch_add(1, Ordering::Relaxed);
         // Tallies of fetches whose end never came (a crashed fetcher) must not pile up.
         if self.fetches.len() > 64 {
             let oldest = *self.fetches.keys().min().unwrap_or(&0);

@@ -14,10 +14,9 @@
 //! memory. Actors find each other through [`Slot`]s, which the supervisor refills on restart.
 //!
 //! What crosses actors is in [`messages`]; no actor file imports another, except the supervisor,
-//! which spawns them all. The writer's counters ([`counters`]) are read by `/metrics`.
+//! which spawns them all. What the writer does with a flushed batch is [`crate::delivery`]'s.
 
 pub mod batch_writer;
-pub mod counters;
 pub mod fetch_context;
 pub mod fetcher;
 pub mod messages;
@@ -27,7 +26,6 @@ pub mod slot;
 pub mod supervisor;
 
 pub use batch_writer::{BatchWriter, BatchWriterArgs};
-pub use counters::WriterCounters;
 pub use fetcher::{Fetcher, FetcherArgs};
 pub use messages::{
     ChunkJob, ChunkPlans, FetchContext, FetchEnd, FetcherMsg, ParserMsg, SchedulerMsg, WriterMsg,

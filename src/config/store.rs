@@ -23,7 +23,7 @@ pub struct StoreSettings {
     pub clickhouse: ClickHouseConfig,
 }
 
-/// `[spool]`: where batches the store refuses wait until it answers again (see [`crate::spool`]).
+/// `[spool]`: where batches the store refuses wait until it answers again (see [`crate::delivery::spool`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolSettings {

@@ -66,9 +66,9 @@ fn shared_routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Err
     let ready =
         warp::path!("ready").and(get_or_head()).and(with(state)).then(|s: Arc<ApiState>| async move {
             match s.readiness.check().await {
-                Ok(()) => json_response(StatusCode::OK, crate::readiness::describe("ready").into()),
+                Ok(()) => json_response(StatusCode::OK, s.readiness.describe("ready").into()),
                 Err(status) => {
-                    json_response(StatusCode::SERVICE_UNAVAILABLE, crate::readiness::describe(status).into())
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, s.readiness.describe(status).into())
                 }
             }
         });

@@ -378,6 +378,22 @@ impl Inner {
     }
 }
 
+/// The cache's outcome counters, copied into `/metrics` when it is scraped.
+impl crate::metrics::Collect for Searcher {
+    fn collect(&self) {
+        let c = &self.counters;
+        let abs = |name: &'static str, v: u64| metrics::counter!(name).absolute(v);
+        abs("planfeed_search_cache_hits_total", c.hits.load(Ordering::Relaxed));
+        abs("planfeed_search_body_hits_total", c.body_hits.total());
+        abs("planfeed_search_cache_misses_total", c.misses.load(Ordering::Relaxed));
+        abs("planfeed_search_stale_served_total", c.stale_served.load(Ordering::Relaxed));
+        abs("planfeed_search_store_errors_total", c.store_errors.load(Ordering::Relaxed));
+        abs("planfeed_search_store_deadlines_total", c.deadlines_passed.load(Ordering::Relaxed));
+        abs("planfeed_search_previous_served_total", c.previous_served.load(Ordering::Relaxed));
+        abs("planfeed_search_reloaded_days_total", c.reloaded_days.load(Ordering::Relaxed));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::day::by_day;

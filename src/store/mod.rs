@@ -21,17 +21,108 @@ use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// Worth retrying: connection refused, timeout, server overloaded.
+    /// Worth retrying soon: connection refused, timeout, server overloaded.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// Retrying the same request will fail again: bad data, schema mismatch.
+    /// The store refuses the request for a reason of its own that an operator must fix (credentials,
+    /// permissions, space, a missing table, read-only, a quota, a proxy in the way, a damaged file):
+    /// nothing about the data. Waited out, never answered by dropping what was sent.
+    #[error("store refuses the request ({}): {message}", cause.label())]
+    Refused { cause: Refusal, message: String },
+    /// Retrying the same request will fail again: bad data, schema mismatch. Whether it is the
+    /// data's fault is proven by the delivery layer (a write that succeeds beside it), not assumed.
     #[error("store rejected the request: {0}")]
     Permanent(String),
 }
 
 impl StoreError {
+    /// Worth another attempt later: the store is down or refusing, not the request at fault.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Refused { .. })
+    }
+
+    /// The store's refusal, if this is one.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            StoreError::Refused { cause, .. } => Some(*cause),
+            _ => None,
+        }
+    }
+
+    pub fn refused(cause: Refusal, message: impl Into<String>) -> Self {
+        StoreError::Refused { cause, message: message.into() }
+    }
+}
+
+/// Why a store refuses every write: what the operator must fix. Its label names it in logs, in
+/// `/ready` and in `planfeed_store_refusals_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Unknown user, wrong or missing password.
+    Credentials,
+    /// The user may not write there (grants, IP restrictions).
+    Permission,
+    /// No space left on the store's disk.
+    Space,
+    /// A table or database planfeed writes to does not exist.
+    MissingTable,
+    /// The store (or a table, or the user's profile) is read-only.
+    ReadOnly,
+    /// A quota of the store is used up.
+    Quota,
+    /// Something between planfeed and the store answers instead of it (an HTTP 401/403/404).
+    Proxy,
+    /// The store's files cannot be read or written (I/O error, a damaged file).
+    Io,
+    /// Every plan of a batch was rejected and no write proved that the store takes any: the
+    /// store's own fault until a write succeeds.
+    Unproven,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Credentials => "credentials",
+            Refusal::Permission => "permission",
+            Refusal::Space => "space",
+            Refusal::MissingTable => "missing_table",
+            Refusal::ReadOnly => "read_only",
+            Refusal::Quota => "quota",
+            Refusal::Proxy => "proxy",
+            Refusal::Io => "io",
+            Refusal::Unproven => "unproven",
+        }
+    }
+
+    /// What the operator must fix, in a sentence naming the store (`ClickHouse`, `the embedded store`).
+    pub fn remedy(self, store: &str) -> String {
+        match self {
+            Refusal::Credentials => {
+                format!("{store} refuses planfeed's credentials: check the user and password")
+            }
+            Refusal::Permission => {
+                format!("{store} denies planfeed's user the right to write: check its grants")
+            }
+            Refusal::Space => format!("{store} has no space left on its disk: free some"),
+            Refusal::MissingTable => {
+                format!(
+                    "{store} lacks a table or database planfeed writes to: run the migrations or restore it"
+                )
+            }
+            Refusal::ReadOnly => format!("{store} is read-only: make it writable"),
+            Refusal::Quota => {
+                format!("{store} refuses writes over a quota: raise it or wait for it to reset")
+            }
+            Refusal::Proxy => {
+                format!("something other than {store} answers at its address: check the URL and proxies")
+            }
+            Refusal::Io => {
+                format!("{store}'s files cannot be read or written: check its disk and permissions")
+            }
+            Refusal::Unproven => {
+                format!("{store} rejects every plan it is sent and has not taken one yet: see the error")
+            }
+        }
     }
 }
 

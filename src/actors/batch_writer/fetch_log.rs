@@ -2,17 +2,11 @@
 //! ([`FetchTally`]), and the fetch record, log line and outcome label made from it once every
 //! chunk is in.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use chrono::Utc;
 
 use crate::actors::messages::FetchEnd;
 use crate::domain::FetchRecord;
 use crate::fetch::FetchError;
-use crate::spool::replay::bounded;
-use crate::spool::{Entry, Spool};
-use crate::store::SharedStore;
 
 /// Start of a fetch record's error when the store rejected some of its plans for good.
 pub const STORE_REJECTED: &str = "store rejected";
@@ -98,32 +92,5 @@ fn fetch_outcome(error: Option<&FetchError>, tally: &FetchTally) -> &'static str
         "bad_feed"
     } else {
         "ok"
-    }
-}
-
-/// Appends a fetch record to the store's log; behind spooled entries (or when the store
-/// refuses it) it goes to the spool, so it lands after the plans it counts.
-pub(super) async fn record_fetch(
-    store: &SharedStore,
-    spool: Option<&Arc<Spool>>,
-    write_timeout: Duration,
-    record: FetchRecord,
-) {
-    if spool.is_none_or(|s| s.entries() == 0) {
-        match bounded(write_timeout, store.record_fetch(&record)).await {
-            Ok(()) => return,
-            Err(e) if e.is_transient() && spool.is_some() => {
-                tracing::debug!(error = %e, "fetch record goes to the spool");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record the fetch in the store's log");
-                return;
-            }
-        }
-    }
-    if let Some(spool) = spool {
-        if let Err(e) = spool.append(Arc::new(Entry::Fetch(record))).await {
-            tracing::warn!(error = %e, "could not spool the fetch record: not recorded");
-        }
     }
 }

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::delivery::Spool;
 use crate::domain::{PlanKey, PlanState};
 use crate::retry::{retry, RetryPolicy};
-use crate::spool::Spool;
 use crate::store::{SharedStore, StoreError, StoreResult};
 
 /// The bookkeeping: the spool's pending plans, then the store's (read in this order, a plan
@@ -33,13 +33,22 @@ pub(super) async fn load_states(
             }
         }
     }
+    let floor = version_floor(&persisted);
+    crate::clock::observe(floor);
     tracing::info!(
         plans = persisted.len(),
+        version_floor = floor,
         spooled = pending,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "writer loaded plan states"
     );
     Ok(persisted)
+}
+
+/// The highest fetch id among the loaded versions (a version is a fetch id above a chunk's
+/// sequence number): the hybrid clock is told it, so every later fetch is newer.
+pub(super) fn version_floor(states: &HashMap<PlanKey, PlanState>) -> u64 {
+    states.values().map(|s| s.version >> 20).max().unwrap_or(0)
 }
 
 /// [`load_states`] retried with capped backoff until it succeeds.

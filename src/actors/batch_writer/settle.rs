@@ -1,14 +1,14 @@
 //! A delivered batch settled: what was written or spooled enters the bookkeeping, the days a
-//! written plan changed are invalidated in the search cache, marks not applied go back in line, and
-//! each observation's fate is added to its fetch's tally.
+//! written plan changed are announced ([`crate::delivery::Events`]), marks not applied go back in
+//! line, and each observation's fate is added to its fetch's tally.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use chrono::NaiveDate;
 
-use super::sink::{Fate, Marks, WriteOutcome};
 use super::BatchWriterState;
+use crate::delivery::{Fate, Marks, WriteOutcome};
 use crate::domain::{PlanKey, PlanState, StoredPlan};
 
 impl BatchWriterState {
@@ -25,7 +25,7 @@ impl BatchWriterState {
         };
         let mut days = HashSet::<NaiveDate>::new();
         let written = self.settle_plans(&f.batch, &outcome.fates, &mut days);
-        let counters = &self.args.counters;
+        let counters = self.args.delivery.counters();
         counters.plans_written.fetch_add(written, Ordering::Relaxed);
         if written > 0 {
             counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -43,9 +43,7 @@ impl BatchWriterState {
             "batch delivered"
         );
         self.settle_marks(f.marks, outcome.marked, &mut days);
-        if let Some(searcher) = self.args.searcher.as_ref().filter(|_| !days.is_empty()) {
-            super::invalidate(self.args.search_runtime.as_ref(), searcher, days.into_iter().collect()).await;
-        }
+        self.args.delivery.announce(days.into_iter().collect()).await;
     }
 
     /// Takes the written and spooled plans of a delivered batch into the bookkeeping and collects
@@ -57,7 +55,7 @@ impl BatchWriterState {
                 continue;
             }
             if *fate == Fate::Written {
-                // Spooled plans' days are invalidated by the replayer, once they are in the store.
+                // Spooled plans' days are announced by the replayer, once they are in the store.
                 days.insert(p.event_date);
                 days.extend(p.previous_event_date);
                 written += 1;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clickhouse::Client;
 
-use super::retry::timed;
+use super::classify::timed;
 use crate::store::{StoreError, StoreResult};
 
 /// Delay between two probes of every replica.

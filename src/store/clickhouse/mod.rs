@@ -11,11 +11,11 @@
 //! [`Store::plans_by_day`] reads `FINAL` over the requested days only.
 //!
 //! Files by job: [`schema`] (migrations), [`rows`] (row encoding), [`writes`] and [`reads`] (the
-//! statements), [`retry`] (timeouts, error classes, the retry loop).
+//! statements), [`classify`] (the statement timeout, what each failure means).
 
+mod classify;
 mod endpoints;
 mod reads;
-mod retry;
 mod rows;
 mod schema;
 mod writes;
@@ -31,8 +31,8 @@ use clickhouse::{Client, RowOwned, RowRead};
 
 use super::{DayChange, DaySize, ReadSize, Store, StoreError, StoreResult};
 use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
+use classify::timed;
 use endpoints::Endpoints;
-use retry::{timed, with_attempts};
 
 /// How far back a change-feed read looks before its marker: a write becomes visible on the server a
 /// poll reads from after it was stamped (a slow insert, a replica catching up), so the window
@@ -200,19 +200,15 @@ impl Store for ClickHouseStore {
         self.location.clone()
     }
 
-    /// Each attempt goes to the first replica that answers; the rows are the same in every
-    /// attempt (one `written_at` per call), so a replicated table drops a block that an attempt
-    /// which seemed to fail had already written (see ADR 10).
+    /// Goes to the first replica that answers (one pass over the replicas); the delivery layer
+    /// retries the call. A repeated block lands twice at the same version and collapses.
     async fn write_plans(&self, plans: &[StoredPlan]) -> StoreResult<()> {
         if plans.is_empty() {
             return Ok(());
         }
         let what = format!("clickhouse write of {} plans", plans.len());
         let written_at = Utc::now();
-        with_attempts(&what, || {
-            self.endpoints.on_any(&what, |c| async move { self.write_batch(&c, plans, written_at).await })
-        })
-        .await
+        self.endpoints.on_any(&what, |c| async move { self.write_batch(&c, plans, written_at).await }).await
     }
 
     /// Re-inserts each key's latest row with the flag set: the same version, so the replacing

@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, Timelike, Utc};
 use clickhouse::Client;
 use uuid::Uuid;
 
-use super::retry::{timed, with_attempts};
+use super::classify::timed;
 use super::rows::{
     clamp_day, clamp_instant, day_int, fetched_at, micros, plan_rows, price_number, DayChangeRow, FetchRow,
     UuidRow, ZoneRow, PLAN_COLUMNS,
@@ -168,14 +168,13 @@ impl ClickHouseStore {
         );
         let what = format!("clickhouse ever-online marks of {} plans", keys.len());
         let (sql, limit) = (&sql, self.query_timeout);
-        with_attempts(&what, || {
-            self.endpoints.on_any(&what, |c| async move {
+        self.endpoints
+            .on_any(&what, |c| async move {
                 let run = c.query(sql).with_setting("max_query_size", LOOKUP_MAX_QUERY_SIZE).execute();
                 timed(limit, run).await?;
                 self.record_changes(&c, keys.iter().map(|(_, d)| *d), now).await
             })
-        })
-        .await
+            .await
     }
 
     /// Appends one row to the fetch log.

@@ -1,6 +1,6 @@
-//! The durable spool: where the batch writer puts what the store refuses with a transient error,
-//! and where [`replay::Replayer`] takes it from, oldest first, once the store answers again — the
-//! way a log shipper's disk buffer works. It survives a restart of planfeed: entries are replayed
+//! The durable spool: where the delivery layer puts what the store does not take, and where its
+//! replayer takes it from, oldest first, once the store does — the way a log shipper's disk
+//! buffer works. It survives a restart of planfeed: entries are replayed
 //! on start.
 //!
 //! One SQLite file (WAL, `synchronous = FULL`: an append is fsync'd before [`Spool::append`]
@@ -12,10 +12,15 @@
 //!
 //! The file is named after the store it feeds ([`Spool::file_for`]), so a spool is never replayed
 //! into another store.
+//!
+//! A damaged spool never stops the service: a file that cannot be opened or read at start is moved
+//! aside (kept beside it, renamed with the time), logged with both paths and counted in
+//! `planfeed_spool_set_aside_total{what="file"}`, and a new spool starts. An entry that cannot be
+//! decoded is moved into a side file of the same shape ([`Spool::set_aside`],
+//! `{what="entry"}`), so nothing is deleted that an operator may want to read back.
 
 pub mod codec;
 mod entry;
-pub mod replay;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,7 +94,9 @@ impl Spool {
         dir.join(format!("{store_name}-{digest:016x}.sqlite"))
     }
 
-    /// Opens the spool at `path`, reading what an earlier run left; creates nothing yet.
+    /// Opens the spool at `path`, reading what an earlier run left; creates nothing yet. A file
+    /// that cannot be opened or read is set aside and a new spool started: this fails only when
+    /// even that cannot be done (the folder is not writable).
     pub fn open(path: PathBuf, max_bytes: u64) -> SpoolResult<Self> {
         let spool = Self {
             path,
@@ -101,24 +108,68 @@ impl Spool {
             appended: Notify::new(),
         };
         if spool.path.exists() {
-            let conn = spool.connect()?;
-            let (entries, bytes, plans): (i64, i64, i64) = conn
-                .query_row(
-                    "SELECT count(*), coalesce(sum(length(body)), 0), coalesce(sum(plans), 0) FROM entries",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .map_err(|e| spool.io(e))?;
-            spool.entries.store(entries as u64, Ordering::Relaxed);
-            spool.bytes.store(bytes as u64, Ordering::Relaxed);
-            spool.plans.store(plans as u64, Ordering::Relaxed);
-            *spool.conn.lock() = Some(conn);
-            spool.report();
-            if entries > 0 {
-                tracing::info!(path = %spool.path.display(), entries, bytes, plans, "spool holds entries from an earlier run: replaying");
+            if let Err(e) = spool.read_existing() {
+                let kept = spool.move_damaged_file()?;
+                crate::metrics::record_spool_set_aside("file");
+                tracing::error!(
+                    path = %spool.path.display(), kept = %kept.display(), error = %e,
+                    "spool file unreadable: moved aside, a new spool starts (its entries are not replayed)"
+                );
             }
         }
+        spool.report();
         Ok(spool)
+    }
+
+    /// Opens the file an earlier run left and counts what it holds.
+    fn read_existing(&self) -> SpoolResult<()> {
+        let conn = self.connect()?;
+        let (entries, bytes, plans): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(length(body)), 0), coalesce(sum(plans), 0) FROM entries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(|e| self.io(e))?;
+        let ok: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(|e| self.io(e))?;
+        if ok != "ok" {
+            return Err(self.io(format!("integrity check: {ok}")));
+        }
+        self.entries.store(entries as u64, Ordering::Relaxed);
+        self.bytes.store(bytes as u64, Ordering::Relaxed);
+        self.plans.store(plans as u64, Ordering::Relaxed);
+        *self.conn.lock() = Some(conn);
+        if entries > 0 {
+            tracing::info!(path = %self.path.display(), entries, bytes, plans, "spool holds entries from an earlier run: replaying");
+        }
+        Ok(())
+    }
+
+    /// Renames the spool file (and its WAL and shared-memory files) to `<name>.damaged-<time>`;
+    /// returns the new path of the main file.
+    fn move_damaged_file(&self) -> SpoolResult<PathBuf> {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let kept = PathBuf::from(format!("{}.damaged-{stamp}", self.path.display()));
+        std::fs::rename(&self.path, &kept)
+            .map_err(|e| self.io(format!("cannot move the damaged file aside: {e}")))?;
+        for suffix in ["-wal", "-shm"] {
+            let side = PathBuf::from(format!("{}{suffix}", self.path.display()));
+            if side.exists() {
+                let _ = std::fs::rename(&side, format!("{}{suffix}", kept.display()));
+            }
+        }
+        Ok(kept)
+    }
+
+    /// The file where entries that cannot be decoded are kept.
+    pub fn set_aside_path(&self) -> PathBuf {
+        PathBuf::from(format!("{}.set-aside", self.path.display()))
+    }
+
+    /// Moves entry `seq`, as it is stored, into [`Spool::set_aside_path`] and removes it here.
+    pub async fn set_aside(self: &Arc<Self>, seq: i64) -> SpoolResult<()> {
+        let me = self.clone();
+        blocking(move || me.set_aside_blocking(seq)).await
     }
 
     pub fn path(&self) -> &Path {
@@ -240,6 +291,28 @@ impl Spool {
         Ok(Some((seq, entry)))
     }
 
+    fn set_aside_blocking(&self, seq: i64) -> SpoolResult<()> {
+        let side = self.set_aside_path();
+        self.with_conn(false, |conn| {
+            conn.execute("ATTACH DATABASE ?1 AS aside", [side.display().to_string()]).map_err(|e| self.io(e))?;
+            let copied = conn
+                .execute_batch(&SCHEMA.replace("TABLE IF NOT EXISTS entries", "TABLE IF NOT EXISTS aside.entries"))
+                .and_then(|()| {
+                    conn.execute(
+                        "INSERT INTO aside.entries (kind, plans, body) SELECT kind, plans, body FROM entries WHERE seq = ?1",
+                        [seq],
+                    )
+                });
+            let detached = conn.execute("DETACH DATABASE aside", []);
+            copied.map_err(|e| self.io(e))?;
+            detached.map_err(|e| self.io(e))?;
+            Ok(())
+        })?;
+        crate::metrics::record_spool_set_aside("entry");
+        tracing::error!(seq, kept = %side.display(), "undecodable spool entry moved aside");
+        self.remove_blocking(seq)
+    }
+
     fn remove_blocking(&self, seq: i64) -> SpoolResult<()> {
         let removed = self.with_conn(false, |conn| {
             conn.query_row("DELETE FROM entries WHERE seq = ?1 RETURNING length(body), plans", [seq], |r| {
@@ -269,9 +342,11 @@ impl Spool {
         })?;
         let mut states = std::collections::HashMap::<PlanKey, PlanState>::new();
         for (seq, body) in bodies.unwrap_or_default() {
-            let entry = codec::decode(codec::KIND_BATCH, &body)
-                .map_err(|message| SpoolError::Corrupt { seq, message })?;
-            let Entry::Batch { plans, .. } = entry else { continue };
+            // The replayer sets an undecodable entry aside when it reaches it.
+            let Ok(Entry::Batch { plans, .. }) = codec::decode(codec::KIND_BATCH, &body) else {
+                tracing::warn!(seq, "spool entry unreadable: not counted as pending");
+                continue;
+            };
             for p in plans {
                 let state = PlanState {
                     hash: p.hash,
