@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Structure targets of src/ (ADR 13): functions over 60 lines, production files over 500 lines
-(the lines before a file's `#[cfg(test)] mod tests`), and import cycles between the files of src/
+(the lines before a file's `#[cfg(test)] mod tests`), two top-level modules importing each other,
+and import cycles between the files of src/
 (through `crate::`, `super::`, `self::` and child-module paths; `pub use` re-exports are followed,
 not counted). A file whose header explains why it is longer (a `//!` line containing "lines")
 is listed apart. Reads rustfmt-formatted code: a function ends at the first `}` at its own indent.
@@ -176,6 +177,18 @@ def main():
     for comp in sccs:
         print("  " + " <-> ".join(sorted(files[c] for c in comp)))
         failed = True
+    # The same edges between top-level modules (`crate::x`): a lower module never imports a higher one.
+    print("top-level modules that import each other:")
+    top = {}
+    for m, targets in edges.items():
+        for t in targets:
+            if m and t and m[0] != t[0]:
+                top.setdefault(m[0], set()).add(t[0])
+    for a in sorted(top):
+        for b in sorted(top[a]):
+            if a < b and a in top.get(b, ()):
+                print(f"  {a} <-> {b}")
+                failed = True
     print("structure: " + ("targets missed" if failed else "ok"))
     return 1 if failed else 0
 

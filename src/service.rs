@@ -147,14 +147,9 @@ impl Service {
         let searcher = Arc::new(Searcher::new(store.clone(), &settings.search));
         let counters = Arc::new(WriterCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let delivery = if settings.role.runs_ingest() {
-            let spool = open_spool(&settings, &store)?;
-            let writes = writer_store(&settings, &store);
-            let delivery = Delivery::new(writes, Some(spool), counters.clone(), settings.spool.write_timeout);
-            follow_writes(&delivery, searcher.clone());
-            Some(delivery)
-        } else {
-            None
+        let delivery = match settings.role.runs_ingest() {
+            true => Some(start_delivery(&settings, &store, &counters, &searcher)?),
+            false => None,
         };
         let pipeline = match &delivery {
             Some(delivery) => {
@@ -257,6 +252,21 @@ impl Drop for Service {
             sup.stop(Some("service dropped".into()));
         }
     }
+}
+
+/// The delivery layer of the ingestion role: the writer's store, the spool beside it, and the
+/// search cache following what it writes.
+fn start_delivery(
+    settings: &Settings,
+    store: &SharedStore,
+    counters: &Arc<WriterCounters>,
+    searcher: &Arc<Searcher>,
+) -> Result<Delivery, ServiceError> {
+    let spool = open_spool(settings, store)?;
+    let writes = writer_store(settings, store);
+    let delivery = Delivery::new(writes, Some(spool), counters.clone(), settings.spool.write_timeout);
+    follow_writes(&delivery, searcher.clone());
+    Ok(delivery)
 }
 
 /// The search cache follows the days the delivery layer writes: each announcement is handled on

@@ -215,7 +215,7 @@ async fn gzip_is_negotiated_and_decompresses_to_the_plain_body() {
     let small = get(&format!("{}{SMALL}", pf.base), &[(ACCEPT_ENCODING, "gzip")]).await;
     assert_eq!((small.status, small.header(CONTENT_ENCODING)), (StatusCode::OK, None));
     assert_eq!(event_count(&small.body), 1);
-    assert!(small.body.len() < planfeed::http::encoding::GZIP_MIN_BYTES);
+    assert!(small.body.len() < planfeed::search::encoding::GZIP_MIN_BYTES);
     assert_eq!(small.header(VARY), Some("accept-encoding"));
 }
 

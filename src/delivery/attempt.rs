@@ -32,6 +32,11 @@ impl Inner {
         result
     }
 
+    /// The wait before the next try after `failed` tries of a held batch or a spool entry.
+    pub(super) async fn rest(&self, failed: u32) {
+        tokio::time::sleep(POLICY.delay(failed)).await
+    }
+
     /// Runs `op` until it succeeds, is refused or rejected, or was unavailable [`ATTEMPTS`] times,
     /// counting each repeat in `retries`, the writer's counters and `planfeed_retries_total`. A
     /// call that outlives the timeout ends the attempts at once: a store that hangs would hang

@@ -287,7 +287,7 @@ impl Inner {
             if self.try_spool(&entry, out, why).await {
                 return true;
             }
-            tokio::time::sleep(attempt::POLICY.delay(held)).await;
+            self.rest(held).await;
             held += 1;
             crate::metrics::record_retry("held_batch");
             let direct = async {

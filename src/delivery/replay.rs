@@ -17,7 +17,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 
 use super::spool::{Entry, SpoolError};
-use super::{attempt, Inner};
+use super::Inner;
 use crate::domain::{FetchRecord, PlanKey, StoredPlan};
 
 /// Told about plans dropped for good, so the writer forgets them (the next fetch offers them again).
@@ -36,11 +36,10 @@ impl Inner {
             match self.replay_first(&on_dropped).await {
                 Ok(()) => failed = 0,
                 Err(e) => {
-                    let backoff = attempt::POLICY.delay(failed);
-                    failed += 1;
                     crate::metrics::record_retry("spool_replay");
-                    tracing::debug!(error = %e, backoff_ms = backoff.as_millis() as u64, "spool replay waits for the store");
-                    tokio::time::sleep(backoff).await;
+                    tracing::debug!(error = %e, failed, "spool replay waits for the store");
+                    self.rest(failed).await;
+                    failed += 1;
                 }
             }
         }

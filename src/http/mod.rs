@@ -1,10 +1,10 @@
 //! The warp server: `GET /search`, `GET /health`, `GET /ready`, `GET /openapi.yaml`.
 //!
 //! `*_filter()`s extract and validate, handlers take their dependencies explicitly, and
-//! [`error::ApiError`] is the one place that shapes error responses. [`encoding`] makes `/search`
-//! answers what HTTP caches expect: ETag, `If-None-Match` → `304`, gzip, `Cache-Control`, `Vary`.
+//! [`error::ApiError`] is the one place that shapes error responses. `/search` answers are what HTTP
+//! caches expect (ETag, `If-None-Match` → `304`, gzip, `Cache-Control`, `Vary`) through
+//! [`crate::search::encoding`], whose representations the search cache keeps.
 
-pub mod encoding;
 pub mod error;
 pub mod params;
 pub mod rate_limit;

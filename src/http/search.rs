@@ -14,11 +14,11 @@ use warp::http::{HeaderName, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
-use super::encoding::{self, Coding};
 use super::error::ApiError;
 use super::{params, rate_limit};
 use crate::domain::TimeRange;
 use crate::metrics::{self, MetricsSource};
+use crate::search::encoding::{self, Coding};
 use crate::search::{Answer, Content, Searcher};
 
 /// What the handlers need; cheap to clone.

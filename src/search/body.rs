@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use warp::http::HeaderValue;
 
 use super::day::DayEntry;
-use crate::http::encoding::{self, Coding};
+use super::encoding::{self, Coding};
 
 /// Work on at least this many bytes runs with the runtime told it blocks ([`run_large`]).
 const BLOCKING_COPY_BYTES: usize = 1 << 20;
@@ -105,7 +105,7 @@ pub(super) struct CachedBody {
     pub(super) body: Bytes,
     /// The body's content hash (its ETag), computed once.
     pub(super) hash: u128,
-    /// The ETags of the plain and the gzip representation, made once (see `http::encoding`).
+    /// The ETags of the plain and the gzip representation, made once (see [`encoding`]).
     tags: [HeaderValue; 2],
     /// The compressed form, made on the first request that accepts it; counted by the weigher
     /// (the entry is inserted again once it is made, so the cache weighs it).
@@ -130,7 +130,7 @@ impl CachedBody {
     }
 }
 
-/// A `/search` answer, with what HTTP needs to validate and compress it (see `http::encoding`).
+/// A `/search` answer, with what HTTP needs to validate and compress it (see [`encoding`]).
 #[derive(Debug, Clone)]
 pub struct Answer {
     body: Body,

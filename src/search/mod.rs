@@ -15,7 +15,8 @@
 //! finished body of a range is cached too (keyed by the exact instants) unless it is large, so a hot
 //! query costs one cache lookup however many days it spans.
 //!
-//! Freshness: the batch writer calls [`Searcher::invalidate`] for the days it changed (the next
+//! Freshness: the delivery layer announces the days it wrote ([`crate::delivery::Events`]) and the
+//! service hands them to [`Searcher::invalidate`] (the next
 //! search reloads them, and every cached body is dropped); processes that do not write poll the
 //! store's change feed ([`Searcher::spawn_change_feed`]) and invalidate exactly the days changed
 //! since their last poll. Entries older than the TTL are reloaded too, as a safety net. A day used in
@@ -34,7 +35,8 @@
 //! Files by job: `state` (the shared state and limits), `render` (`EventSummary` JSON), `day` (one
 //! day's rendered plans), `body` (finished bodies and the JSON envelope), `directory` (the day
 //! directory), `runs` (reads of missing days), `changes` (invalidations, change feed, reloads),
-//! `health` (store deadlines and backoff); this file holds the public `Searcher` and a search's flow.
+//! `health` (store deadlines and backoff), `lane` (read priorities), `encoding` (the answer's HTTP
+//! representations: ETags, gzip); this file holds the public `Searcher` and a search's flow.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +55,7 @@ mod body;
 mod changes;
 mod day;
 mod directory;
+pub mod encoding;
 mod health;
 mod lane;
 mod render;
