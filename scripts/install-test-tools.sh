@@ -21,10 +21,13 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3 python3-venv)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Without recommends: the node exporter is of no use here. On a host run by systemd the package
+# enables its own Prometheus service (port 9090); the checks start theirs on a free port anyway
+# (`systemctl disable --now prometheus` if you do not want it).
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq "${missing[@]}"
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if ! "$VENV/bin/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION" \
