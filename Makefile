@@ -1,7 +1,7 @@
 # planfeed: the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run demo test contract-test fmt lint bench up down
+.PHONY: run demo test test-setup check-deploy contract-test fmt lint bench up down
 
 ## Build a release binary and start it with the default configuration (embedded store, port 8000).
 run:
@@ -15,14 +15,41 @@ demo:
 	CARGO=$(CARGO) ./scripts/demo.sh
 
 ## The complete test suite (the layout check of ADR 13, unit, store conformance, end-to-end, then the schemathesis contract test
-## against the running binary). The ClickHouse tests need clickhouse-server on PATH: run
-## scripts/install-clickhouse.sh once (CI does). The contract test needs python3 (it installs
-## schemathesis into target/contract/venv on first use).
-test:
+## against the running binary, a current ClickHouse's SQL, and the deployment files: Prometheus
+## rules and a real Prometheus scraping planfeed, Dockerfile, compose files, systemd unit).
+## Installs what it needs first (test-setup). A test whose server is missing fails, saying what to
+## install; PLANFEED_SKIP_CLICKHOUSE=1 skips the ClickHouse and cluster tests instead (nothing of
+## theirs is installed then) and the run ends by counting the skipped tests.
+SKIPPED := $(or $(CARGO_TARGET_DIR),target)/skipped-tests.txt
+
+test: test-setup
+	@rm -f $(SKIPPED)
 	./scripts/check-structure.sh
 	$(CARGO) test --no-fail-fast
 	CARGO=$(CARGO) ./scripts/contract-test.sh
 	./scripts/current-clickhouse.sh
+	CARGO=$(CARGO) ./scripts/check-deploy.sh
+	@if [ -s $(SKIPPED) ]; then \
+		echo "$$(wc -l < $(SKIPPED)) tests SKIPPED (by choice, see $(SKIPPED)):"; sort $(SKIPPED); \
+	else echo "no test skipped"; fi
+
+## What the test suite needs besides Rust: clickhouse-server and ZooKeeper (Debian's packages; not
+## with PLANFEED_SKIP_CLICKHOUSE=1), python3-venv, curl, promtool/prometheus, systemd-analyze and
+## hadolint. Idempotent; .ci/run calls it too.
+test-setup:
+ifeq ($(PLANFEED_SKIP_CLICKHOUSE),1)
+	@echo "PLANFEED_SKIP_CLICKHOUSE=1: ClickHouse and ZooKeeper are not installed; their tests are skipped"
+else
+	bash scripts/install-clickhouse.sh
+	bash scripts/install-zookeeper.sh
+endif
+	bash scripts/install-test-tools.sh
+
+## The deployment files alone: Prometheus rules (and their unit tests), a real Prometheus scraping
+## a running planfeed, the Dockerfile (hadolint), the compose files and the systemd unit.
+check-deploy:
+	bash scripts/install-test-tools.sh
+	CARGO=$(CARGO) ./scripts/check-deploy.sh
 
 ## The contract test alone: schemathesis against the running service and openapi.yaml.
 contract-test:

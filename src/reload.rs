@@ -2,12 +2,13 @@
 //!
 //! A change of `<config dir>/local.toml` (watched with `notify`) or a `SIGHUP` makes the service load
 //! and validate a complete new [`Settings`] first; on any error the old settings stay in force and
-//! the error is logged. [`diff`] then compares old and new settings and yields the [`Action`]s that
-//! can be applied live (rate limits, cache TTL, per-provider URL/schedule/timeouts, writer batching,
-//! parser pool size, log level) and the keys that only take effect after a restart (listen address,
-//! store, role, providers list, queue and chunk sizes, cache size, log format). [`Reloader`] owns the
+//! the error is logged. [`diff`] then compares every key of the old and new settings
+//! ([`Settings::keys`]): a changed key that [`LIVE_KEYS`] names becomes an [`Action`] applied at
+//! once, every other changed key is reported as taking effect after a restart. No key is left out:
+//! a key added to the settings is compared without being listed here. [`Reloader`] owns the
 //! current settings and the handles that the actions go to.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,89 +45,151 @@ pub enum Action {
     Connections(ConnectionSettings),
 }
 
+/// How a changed key takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// At once, through the running component that owns it.
+    Live(Live),
+    /// From the next start: the key sizes or names something built once.
+    Restart,
+}
+
+/// The running components a live key goes to; one [`Action`] each, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Live {
+    Providers,
+    RateLimits,
+    Connections,
+    CacheTtl,
+    StoreDeadline,
+    Batching,
+    Parsers,
+    IngestShare,
+    LogLevel,
+}
+
+/// The keys a reload applies while the service runs, and where they go. The first pattern that
+/// matches a key decides; `*` stands for the rest of a key, `[]` for any entry of a list of tables.
+/// A key no pattern matches takes effect after a restart: a new key is safe by default, and only
+/// a new *live* key needs a line here (docs/operations.md shows this table to operators).
+pub const LIVE_KEYS: &[(&str, Effect)] = &[
+    // A provider's name is part of every plan key: a renamed provider is another provider.
+    ("provider.name", Effect::Restart),
+    ("providers[].name", Effect::Restart),
+    // The fetcher and scheduler take a provider's whole settings from their next fetch.
+    ("provider.*", Effect::Live(Live::Providers)),
+    ("providers[].*", Effect::Live(Live::Providers)),
+    ("server.rate_limit.*", Effect::Live(Live::RateLimits)),
+    ("server.connections.*", Effect::Live(Live::Connections)),
+    ("search.cache_ttl", Effect::Live(Live::CacheTtl)),
+    ("search.store_deadline", Effect::Live(Live::StoreDeadline)),
+    ("pipeline.batch_size", Effect::Live(Live::Batching)),
+    ("pipeline.flush_age", Effect::Live(Live::Batching)),
+    ("pipeline.parsers", Effect::Live(Live::Parsers)),
+    ("pipeline.ingest_share", Effect::Live(Live::IngestShare)),
+    ("log.level", Effect::Live(Live::LogLevel)),
+];
+
+/// How a change of `key` (as [`Settings::keys`] names it) takes effect.
+pub fn effect(key: &str) -> Effect {
+    let shape = list_shape(key);
+    let matches = |pattern: &str| match pattern.strip_suffix('*') {
+        Some(prefix) => shape.starts_with(prefix),
+        None => shape == pattern,
+    };
+    LIVE_KEYS.iter().find(|(pattern, _)| matches(pattern)).map_or(Effect::Restart, |(_, e)| *e)
+}
+
+/// `providers[3].url` -> `providers[].url`.
+fn list_shape(key: &str) -> String {
+    let mut shape = String::with_capacity(key.len());
+    let mut in_index = false;
+    for c in key.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => {
+                in_index = false;
+                shape.push_str("[]");
+            }
+            _ if in_index => {}
+            _ => shape.push(c),
+        }
+    }
+    shape
+}
+
 /// What a new configuration means for the running service.
 #[derive(Debug, Default, PartialEq)]
 pub struct ReloadPlan {
     pub actions: Vec<Action>,
-    /// Keys whose new value is ignored until the next start.
+    /// Changed keys applied by `actions`.
+    pub applied: Vec<String>,
+    /// Changed keys whose new value is ignored until the next start.
     pub restart_required: Vec<String>,
 }
 
 impl ReloadPlan {
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty() && self.restart_required.is_empty()
+        self.actions.is_empty() && self.applied.is_empty() && self.restart_required.is_empty()
     }
 }
 
-/// Compares two valid settings.
+/// Compares two valid settings key by key: every changed key is either applied or needs a restart.
 pub fn diff(old: &Settings, new: &Settings) -> ReloadPlan {
+    let (before, after) = (old.keys(), new.keys());
     let mut plan = ReloadPlan::default();
-    let mut restart = |key: &str, changed: bool| {
-        if changed {
-            plan.restart_required.push(key.to_string());
+    let mut live = BTreeSet::new();
+    for key in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
+        match (before.get(key), after.get(key)) {
+            (Some(o), Some(n)) if o == n => {}
+            (Some(_), Some(_)) => match effect(key) {
+                Effect::Live(to) => {
+                    live.insert(to);
+                    plan.applied.push(key.clone());
+                }
+                Effect::Restart => plan.restart_required.push(key.clone()),
+            },
+            // An entry added to or removed from a list of tables (`providers`): another set of
+            // pipelines, built at start.
+            _ => {
+                let list = key.split('[').next().unwrap_or(key).to_string();
+                if !plan.restart_required.contains(&list) {
+                    plan.restart_required.push(list);
+                }
+            }
         }
-    };
-    restart("role", old.role != new.role);
-    restart("server.listen", old.server.listen != new.server.listen);
-    restart("store", old.store != new.store);
-    restart("pipeline.chunk_bytes", old.pipeline.chunk_bytes != new.pipeline.chunk_bytes);
-    restart(
-        "pipeline.max_base_plan_bytes",
-        old.pipeline.max_base_plan_bytes != new.pipeline.max_base_plan_bytes,
-    );
-    restart("pipeline.queue_chunks", old.pipeline.queue_chunks != new.pipeline.queue_chunks);
-    restart("pipeline.ingest_threads", old.pipeline.cpu_pool() != new.pipeline.cpu_pool());
-    restart("search.cache_bytes", old.search.cache_bytes != new.search.cache_bytes);
-    restart("search.change_poll", old.search.change_poll != new.search.change_poll);
-    restart("log.format", old.log.format != new.log.format);
-
-    diff_providers(old, new, &mut plan);
-    if old.server.rate_limit != new.server.rate_limit {
-        plan.actions.push(Action::RateLimits(new.server.rate_limit.clone()));
     }
-    if old.server.connections != new.server.connections {
-        plan.actions.push(Action::Connections(new.server.connections.clone()));
-    }
-    if old.search.cache_ttl != new.search.cache_ttl {
-        plan.actions.push(Action::CacheTtl(new.search.cache_ttl));
-    }
-    if old.search.store_deadline != new.search.store_deadline {
-        plan.actions.push(Action::StoreDeadline(new.search.store_deadline));
-    }
-    if (old.pipeline.batch_size, old.pipeline.flush_age) != (new.pipeline.batch_size, new.pipeline.flush_age)
-    {
-        plan.actions.push(Action::Batching {
-            batch_size: new.pipeline.batch_size,
-            flush_age: new.pipeline.flush_age,
-        });
-    }
-    if old.pipeline.parsers != new.pipeline.parsers {
-        plan.actions.push(Action::Parsers(new.pipeline.parsers));
-    }
-    if old.pipeline.ingest_share != new.pipeline.ingest_share {
-        plan.actions.push(Action::IngestShare(new.pipeline.ingest_share));
-    }
-    if old.log.level != new.log.level {
-        plan.actions.push(Action::LogLevel(new.log.level.clone()));
+    for to in live {
+        actions(to, old, new, &mut plan.actions);
     }
     plan
 }
 
-/// The providers' part of [`diff`]: a changed count or name needs a restart, other changes are
-/// applied to the provider's fetcher.
-fn diff_providers(old: &Settings, new: &Settings, plan: &mut ReloadPlan) {
-    let (op, np) = (old.effective_providers(), new.effective_providers());
-    if op.len() != np.len() {
-        plan.restart_required.push("providers".to_string());
-        return;
-    }
-    for (index, (o, n)) in op.iter().zip(np).enumerate() {
-        if o.name != n.name {
-            // The name is part of every plan key: a rename is a new provider.
-            plan.restart_required.push(format!("provider name {:?}", o.name));
-        } else if *o != n {
-            plan.actions.push(Action::Provider { index, settings: n });
+/// The actions that bring `to` from `old` to `new`.
+fn actions(to: Live, old: &Settings, new: &Settings, out: &mut Vec<Action>) {
+    match to {
+        Live::Providers => {
+            let (op, np) = (old.effective_providers(), new.effective_providers());
+            // Another count or a rename is reported as needing a restart (by its key).
+            if op.len() == np.len() {
+                for (index, (o, n)) in op.iter().zip(np).enumerate() {
+                    if o.name == n.name && *o != n {
+                        out.push(Action::Provider { index, settings: n });
+                    }
+                }
+            }
         }
+        Live::RateLimits => out.push(Action::RateLimits(new.server.rate_limit.clone())),
+        Live::Connections => out.push(Action::Connections(new.server.connections.clone())),
+        Live::CacheTtl => out.push(Action::CacheTtl(new.search.cache_ttl)),
+        Live::StoreDeadline => out.push(Action::StoreDeadline(new.search.store_deadline)),
+        Live::Batching => out.push(Action::Batching {
+            batch_size: new.pipeline.batch_size,
+            flush_age: new.pipeline.flush_age,
+        }),
+        Live::Parsers => out.push(Action::Parsers(new.pipeline.parsers)),
+        Live::IngestShare => out.push(Action::IngestShare(new.pipeline.ingest_share)),
+        Live::LogLevel => out.push(Action::LogLevel(new.log.level.clone())),
     }
 }
 
@@ -205,14 +268,14 @@ impl Reloader {
             self.run(action);
         }
         for key in &plan.restart_required {
-            tracing::warn!(key = %key, "configuration changed but needs a restart to take effect");
+            tracing::warn!(key = %key, "configuration changed, takes effect after a restart");
         }
         if plan.is_empty() {
             tracing::debug!("configuration reloaded: nothing changed");
         } else {
             tracing::info!(
-                applied = plan.actions.len(),
-                restart_required = plan.restart_required.len(),
+                applied = ?plan.applied,
+                restart_required = ?plan.restart_required,
                 "configuration reloaded"
             );
         }
@@ -395,6 +458,19 @@ mod tests {
         ]);
         let plan = diff(&old, &new);
         assert_eq!(plan.restart_required, vec!["server.listen"]);
+        assert_eq!(
+            plan.applied,
+            [
+                "log.level",
+                "pipeline.batch_size",
+                "pipeline.ingest_share",
+                "pipeline.parsers",
+                "provider.interval",
+                "provider.url",
+                "search.cache_ttl",
+                "server.rate_limit.per_client_burst"
+            ]
+        );
         let mut provider = old.provider.clone();
         provider.interval = Duration::from_secs(2);
         provider.url = "http://127.0.0.1:1/feed".into();
@@ -420,10 +496,7 @@ mod tests {
         let old = load(&[]);
         let renamed = load(&[("PLANFEED__PROVIDER__NAME", "other")]);
         let plan = diff(&old, &renamed);
-        assert_eq!(
-            (plan.actions.len(), plan.restart_required),
-            (0, vec!["provider name \"fever\"".to_string()])
-        );
+        assert_eq!((plan.actions.len(), plan.restart_required), (0, vec!["provider.name".to_string()]));
 
         let mut two = old.clone();
         for name in ["a", "b"] {
@@ -443,5 +516,128 @@ mod tests {
             });
         }
         assert_eq!(diff(&old, &two).restart_required, vec!["providers"]);
+        let mut renamed = two.clone();
+        renamed.providers[1].name = "c".into();
+        renamed.providers[0].interval = Some(Duration::from_secs(5));
+        let plan = diff(&two, &renamed);
+        assert_eq!(
+            (plan.applied, plan.restart_required),
+            (vec!["providers[0].interval".to_string()], vec!["providers[1].name".to_string()])
+        );
+        assert!(matches!(plan.actions[..], [Action::Provider { index: 0, .. }]), "{:?}", plan.actions);
+    }
+
+    /// A value of the same type as `v` that still validates: numbers and durations move a little,
+    /// booleans flip; other strings and empty values take a hand-picked alternative.
+    fn another(key: &str, v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let picked = [
+            ("role", json!("api")),
+            ("server.listen", json!("127.0.0.1:8001")),
+            ("provider.name", json!("other")),
+            ("provider.url", json!("http://127.0.0.1:1/feed")),
+            ("provider.timezone", json!("Europe/Madrid")),
+            ("store.backend", json!("clickhouse")),
+            ("store.clickhouse.url", json!("http://127.0.0.1:8124")),
+            ("store.clickhouse.urls", json!(["http://127.0.0.1:8124", "http://127.0.0.1:8125"])),
+            ("store.clickhouse.cluster", json!("planfeed")),
+            ("log.level", json!("debug")),
+            ("log.format", json!("json")),
+            ("providers", json!([{"name": "a", "url": "http://127.0.0.1:1/a"}])),
+        ];
+        if let Some((_, alt)) = picked.iter().find(|(k, _)| *k == key) {
+            return alt.clone();
+        }
+        match v {
+            Value::Bool(b) => json!(!b),
+            Value::Number(n) if n.is_u64() => json!(n.as_u64().unwrap() + 1),
+            Value::Number(n) => json!(n.as_f64().unwrap() / 2.0),
+            Value::String(s) => match humantime::parse_duration(s) {
+                Ok(d) => json!(humantime::format_duration(d + Duration::from_secs(1)).to_string()),
+                Err(_) => json!(format!("{s}2")),
+            },
+            other => panic!("{key} = {other}: give it an alternative value in `another`"),
+        }
+    }
+
+    /// `v` written as a TOML value (JSON strings, numbers and arrays are TOML already).
+    fn toml(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::Object(fields) => {
+                let fields: Vec<_> = fields.iter().map(|(k, v)| format!("{k} = {}", toml(v))).collect();
+                format!("{{ {} }}", fields.join(", "))
+            }
+            serde_json::Value::Array(items) => {
+                format!("[{}]", items.iter().map(toml).collect::<Vec<_>>().join(", "))
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Every key of config/default.toml (and every key the settings have besides, such as
+    /// `store.clickhouse.urls` or `providers`), changed alone in `local.toml`, is either applied or
+    /// reported as needing a restart: none is ignored in silence.
+    #[test]
+    fn every_key_is_applied_or_reported_as_needing_a_restart() {
+        let defaults: serde_json::Value = config::Config::builder()
+            .add_source(config::File::from_str(crate::config::DEFAULT_TOML, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        let mut file_keys = std::collections::BTreeMap::new();
+        crate::config::flatten(String::new(), defaults, &mut file_keys);
+        let old = load(&[]);
+        let mut keys = old.keys();
+        for key in file_keys.keys() {
+            assert!(keys.contains_key(key), "{key} of default.toml is not a setting");
+        }
+        keys.retain(|k, _| !k.starts_with("providers["));
+        assert!(keys.len() >= 50, "{} keys", keys.len());
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut live, mut restart) = (0, 0);
+        for (key, value) in &keys {
+            let line = format!("{key} = {}\n", toml(&another(key, value)));
+            std::fs::write(dir.path().join("local.toml"), &line).unwrap();
+            let new = Settings::load_with(dir.path(), std::iter::empty())
+                .unwrap_or_else(|e| panic!("{line}: {e}: give {key} a valid value in `another`"));
+            let plan = diff(&old, &new);
+            let shape = match effect(key) {
+                Effect::Live(_) => {
+                    live += 1;
+                    assert!(!plan.actions.is_empty(), "{line}: applied by no action");
+                    (vec![key.clone()], vec![])
+                }
+                Effect::Restart => {
+                    restart += 1;
+                    assert!(plan.actions.is_empty(), "{line}: {:?}", plan.actions);
+                    (vec![], vec![key.clone()])
+                }
+            };
+            assert_eq!((plan.applied, plan.restart_required), shape, "{line}");
+        }
+        // The live table holds nothing but keys that exist.
+        for (pattern, _) in LIVE_KEYS {
+            let prefix = pattern.trim_end_matches('*').replace("[]", "");
+            assert!(
+                old.keys().keys().any(|k| k.starts_with(&prefix)) || pattern.starts_with("providers[]"),
+                "{pattern} names no setting"
+            );
+        }
+        assert!(live >= 20 && restart >= 20, "{live} live, {restart} restart");
+    }
+
+    /// docs/operations.md shows operators the live table.
+    #[test]
+    fn the_operations_guide_lists_every_live_key() {
+        let guide = include_str!("../docs/operations.md");
+        for (pattern, effect) in LIVE_KEYS {
+            let row = format!("| `{pattern}` |");
+            let line = guide.lines().find(|l| l.starts_with(&row));
+            let line = line.unwrap_or_else(|| panic!("docs/operations.md has no row {row}"));
+            let live = line.contains("| live");
+            assert_eq!(live, matches!(effect, Effect::Live(_)), "{line}");
+        }
     }
 }

@@ -428,7 +428,7 @@ async fn connection_limits_and_timeouts_change_on_reload_without_a_restart() {
     }
     let log = s.pf.log_text();
     assert!(log.contains("connection limits updated"), "{log}");
-    assert!(!log.contains("needs a restart"), "{log}");
+    assert!(!log.contains("takes effect after a restart"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

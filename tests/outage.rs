@@ -504,7 +504,8 @@ async fn full_filesystem(spool_beside_the_store: bool) {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("cannot mount a tmpfs here (needs root): skipping the full-filesystem test");
+        let missing = "cannot mount a tmpfs here";
+        common::clickhouse::skip_or_fail::<()>("PLANFEED_SKIP_MOUNT", missing, "run the tests as root");
         return;
     }
     let _unmount = Unmount(mnt.path().to_path_buf());

@@ -20,9 +20,10 @@ pub use search::SearchSettings;
 pub use server::{ConnectionSettings, RateLimitSettings, ServerSettings};
 pub use store::{Backend, ClickHouseConfig, ClickHouseSettings, SpoolSettings, StoreSettings};
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
@@ -34,7 +35,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Both,
@@ -51,7 +52,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub role: Role,
@@ -70,14 +71,14 @@ pub struct Settings {
     pub http: HttpSettings,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub level: String,
@@ -114,6 +115,18 @@ impl Settings {
         settings.validate()?;
         Ok(settings)
     }
+    /// Every key of these settings with its value: `section.key` (`server.rate_limit.global_burst`),
+    /// `list[i].key` for an entry of a list of tables (`providers[0].url`); a list of plain values is
+    /// one key. Durations read as in the files (`"30s"`). Derived from the types themselves, so a
+    /// reload compares a key added to any section without a list of keys to keep up to date.
+    pub fn keys(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut keys = BTreeMap::new();
+        // Plain structs, strings, numbers and durations: serializing them cannot fail.
+        let value = serde_json::to_value(self).expect("settings serialize to JSON");
+        flatten(String::new(), value, &mut keys);
+        keys
+    }
+
     /// Checks what types alone cannot: ranges, URLs, zone names (one check per section).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_providers()?;
@@ -131,6 +144,27 @@ impl Settings {
             )));
         }
         Ok(())
+    }
+}
+
+/// Adds `value`'s leaves to `keys`, named by their path from `key`.
+pub(crate) fn flatten(key: String, value: serde_json::Value, keys: &mut BTreeMap<String, serde_json::Value>) {
+    use serde_json::Value;
+    let child = |name: &str| if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
+    match value {
+        Value::Object(fields) => {
+            for (name, v) in fields {
+                flatten(child(&name), v, keys);
+            }
+        }
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            for (i, v) in items.into_iter().enumerate() {
+                flatten(format!("{key}[{i}]"), v, keys);
+            }
+        }
+        leaf => {
+            keys.insert(key, leaf);
+        }
     }
 }
 

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use chrono_tz::Tz;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Settings};
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSettings {
     pub name: String,
@@ -41,7 +41,7 @@ pub struct ProviderSettings {
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
 
 /// One entry of `[[providers]]`: `name` and `url` are required, the rest defaults to `[provider]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderEntry {
     pub name: String,

@@ -4,18 +4,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Settings};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Embedded,
     Clickhouse,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     pub backend: Backend,
@@ -24,7 +24,7 @@ pub struct StoreSettings {
 }
 
 /// `[spool]`: where batches the store refuses wait until it answers again (see [`crate::delivery::spool`]).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolSettings {
     /// Folder of the spool files, one per store (named after it).
@@ -37,7 +37,7 @@ pub struct SpoolSettings {
 }
 
 /// `[store.clickhouse]`. The password is never read from files: set `PLANFEED_CLICKHOUSE_PASSWORD`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
     pub url: String,

@@ -7,8 +7,8 @@
 //! an ext4 volume that has seen many files created and deleted (every throwaway server leaves
 //! thousands), creating a part's files can cost more than writing its rows.
 //!
-//! When the binary is missing, [`ClickHouseServer::start`] returns `None` on a developer machine (the
-//! test returns early with a message) and panics under CI (`CI` set): CI never skips.
+//! When the binary is missing, [`ClickHouseServer::start`] fails the test with what to install
+//! (`make test` installs it), unless skipping was chosen: see [`skip_or_fail`].
 #![allow(dead_code)]
 
 use std::fs;
@@ -30,7 +30,8 @@ pub struct ClickHouseServer {
 }
 
 impl ClickHouseServer {
-    /// Starts a fresh server, or returns `None` (outside CI) when `clickhouse-server` is not installed.
+    /// Starts a fresh server; `None` only when `clickhouse-server` is not installed and skipping was
+    /// chosen ([`skip_or_fail`]).
     pub fn start() -> Option<Self> {
         // Ports are picked free then released, so another process may take one meanwhile: retry.
         let mut last_error = String::new();
@@ -48,11 +49,11 @@ impl ClickHouseServer {
     /// [`Self::start_again`]. Tests of a client started before its server use this.
     pub fn prepare() -> Option<Self> {
         let Some(binary) = find_binary() else {
-            if std::env::var_os("CI").is_some() {
-                panic!("clickhouse-server not found under CI: run scripts/install-clickhouse.sh in .ci/run");
-            }
-            eprintln!("clickhouse-server not found: run scripts/install-clickhouse.sh (skipping this test)");
-            return None;
+            return skip_or_fail(
+                SKIP_CLICKHOUSE,
+                "clickhouse-server not found",
+                "run scripts/install-clickhouse.sh (`make test` does)",
+            );
         };
         Some(Self::configure(&binary).unwrap_or_else(|e| panic!("cannot configure clickhouse-server: {e}")))
     }
@@ -208,6 +209,43 @@ impl Drop for ClickHouseServer {
         self.stop();
         // `dir` (a TempDir) removes itself after this.
     }
+}
+
+/// Set to `1`, tests that need clickhouse-server (or the cluster's ZooKeeper) and cannot find it
+/// are skipped instead of failed.
+pub const SKIP_CLICKHOUSE: &str = "PLANFEED_SKIP_CLICKHOUSE";
+
+/// The suite's rule for a missing prerequisite: the test fails and says what to install, unless
+/// the environment variable `skip_var` is `1` (never under CI). A skip is then printed and
+/// appended to `target/skipped-tests.txt`, which `make test` counts at the end: a green run says
+/// how much of it did not run.
+pub fn skip_or_fail<T>(skip_var: &str, missing: &str, install: &str) -> Option<T> {
+    let chosen = std::env::var(skip_var).is_ok_and(|v| v == "1");
+    if !chosen || std::env::var_os("CI").is_some() {
+        panic!("{missing}: {install}, or set {skip_var}=1 to skip the tests that need it (never under CI)");
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    // `target/debug/deps/ready-0123456789abcdef` -> `ready`.
+    let binary = std::env::args().next().unwrap_or_default();
+    let binary = Path::new(&binary).file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let binary = binary.rsplit_once('-').map_or(binary.as_str(), |(name, _)| name).to_string();
+    eprintln!("SKIPPED {binary} {test}: {missing} ({skip_var}=1)");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let line = format!("{binary} {test}: {missing} ({skip_var}=1)\n");
+    let appended = fs::create_dir_all(&target).and_then(|()| {
+        use std::io::Write;
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target.join("skipped-tests.txt"))?
+            .write_all(line.as_bytes())
+    });
+    if let Err(e) = appended {
+        eprintln!("cannot record the skip in {}: {e}", target.display());
+    }
+    None
 }
 
 fn find_binary() -> Option<PathBuf> {

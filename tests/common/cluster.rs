@@ -4,8 +4,9 @@
 //! replicas, each with `<zookeeper>`, `<macros>`, `<remote_servers>`, `<interserver_http_port>` and
 //! `<distributed_ddl>` in a `config.d` file. Everything is killed and removed on drop.
 //!
-//! Missing binaries skip the test outside CI (`None`, with a message) and fail it under CI, like
-//! [`super::clickhouse::ClickHouseServer::start`]: CI installs both (`.ci/run`).
+//! Missing binaries fail the test with what to install, unless `PLANFEED_SKIP_CLICKHOUSE=1` chose
+//! to skip it, like [`super::clickhouse::ClickHouseServer::start`] (see
+//! [`super::clickhouse::skip_or_fail`]); `make test` installs both.
 #![allow(dead_code)]
 
 use std::fs;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use planfeed::store::clickhouse::ClickHouseSettings;
 
-use super::clickhouse::{free_port, ClickHouseServer};
+use super::clickhouse::{free_port, skip_or_fail, ClickHouseServer, SKIP_CLICKHOUSE};
 
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 const ZOOKEEPER_CONF: &str = "/etc/zookeeper/conf";
@@ -32,7 +33,8 @@ pub struct ZooKeeper {
 }
 
 impl ZooKeeper {
-    /// Starts ZooKeeper and waits for its port; `None` (outside CI) when Java or the jar is missing.
+    /// Starts ZooKeeper and waits for its port; `None` when Java or the jar is missing and skipping
+    /// was chosen.
     pub fn start() -> Option<Self> {
         let Some(java) = find_java() else {
             return skip("java");
@@ -124,7 +126,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts ZooKeeper and `replicas` servers, and waits until every server reaches ZooKeeper.
-    /// `None` (outside CI) when a binary is missing.
+    /// `None` when a binary is missing and skipping was chosen.
     pub fn start(replicas: usize) -> Option<Self> {
         let zookeeper = ZooKeeper::start()?;
         let mut nodes = Vec::with_capacity(replicas);
@@ -240,9 +242,9 @@ fn find_java() -> Option<PathBuf> {
 }
 
 fn skip<T>(what: &str) -> Option<T> {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} not found under CI: .ci/run installs zookeeper (Debian's package)");
-    }
-    eprintln!("{what} not found: apt-get install zookeeper (skipping this cluster test)");
-    None
+    skip_or_fail(
+        SKIP_CLICKHOUSE,
+        &format!("{what} not found"),
+        "run scripts/install-zookeeper.sh (`make test` does)",
+    )
 }
