@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools `make test` needs besides Rust and the servers (scripts/install-clickhouse.sh,
 # scripts/install-zookeeper.sh): python3 with venv (the contract test's schemathesis venv), curl,
+# faketime (a clock stepped back under the real binary),
 # and what scripts/check-deploy.sh checks the deployment files with: promtool and prometheus
 # (Debian's `prometheus` package; no service is started here), systemd-analyze (`systemd`), and
 # hadolint plus PyYAML in a venv under target/deploy/venv. Idempotent.
@@ -21,6 +22,8 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3 python3-venv)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# tests/delivery.rs steps the wall clock of the real binary back with libfaketime.
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 # Without recommends: the node exporter is of no use here. On a host run by systemd the package
 # enables its own Prometheus service (port 9090); the checks start theirs on a free port anyway
 # (`systemctl disable --now prometheus` if you do not want it).
