@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
 mod latency;
@@ -19,10 +19,16 @@ use latency::SearchStats;
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(FETCH_DURATION.into()), FETCH_BUCKETS)
+            .expect("buckets are not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be global (embedding applications): then ours renders empty.
         let _ = metrics::set_global_recorder(recorder);
+        let commit = option_env!("PLANFEED_COMMIT").unwrap_or("unknown");
+        metrics::gauge!("planfeed_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => commit)
+            .set(1.0);
         handle
     })
 }
@@ -112,8 +118,9 @@ fn search_counter(status: warp::http::StatusCode) -> metrics::Counter {
     metrics::counter!("planfeed_http_requests_total", "path" => "/search", "status" => status.as_u16().to_string())
 }
 
-/// What waits in the spool now (set by the spool on every change).
-pub fn record_spool(entries: u64, plans: u64, bytes: u64) {
+/// What waits in the spool now (set by the spool when it opens and on every change), and its bound.
+pub fn record_spool(entries: u64, plans: u64, bytes: u64, max_bytes: u64) {
+    metrics::gauge!("planfeed_spool_max_bytes").set(max_bytes as f64);
     metrics::gauge!("planfeed_spool_entries").set(entries as f64);
     metrics::gauge!("planfeed_spool_plans").set(plans as f64);
     metrics::gauge!("planfeed_spool_bytes").set(bytes as f64);
@@ -139,10 +146,31 @@ pub fn record_retry(operation: &'static str) {
     metrics::counter!("planfeed_retries_total", "operation" => operation).increment(1);
 }
 
-/// Records one fetch outcome, by reason.
-pub fn record_fetch(provider: &str, outcome: &'static str) {
-    metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome)
+/// A fetch's duration, download to record, by provider (a histogram with [`FETCH_BUCKETS`]).
+const FETCH_DURATION: &str = "planfeed_fetch_duration_seconds";
+const FETCH_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+/// When a provider's last fetch succeeded (`ok`), in unix seconds: the one signal that its data
+/// goes stale. Set to the process's start when the process starts, so staleness counts from then.
+const LAST_SUCCESS: &str = "planfeed_last_successful_fetch_timestamp_seconds";
+
+/// Records one fetch outcome, by reason, and its duration.
+pub fn record_fetch(provider: &str, outcome: &'static str, took: std::time::Duration) {
+    let provider = provider.to_string();
+    metrics::counter!("planfeed_fetches_total", "provider" => provider.clone(), "outcome" => outcome)
         .increment(1);
+    metrics::histogram!(FETCH_DURATION, "provider" => provider.clone()).record(took.as_secs_f64());
+    if outcome == "ok" {
+        metrics::gauge!(LAST_SUCCESS, "provider" => provider).set(unix_now());
+    }
+}
+
+/// Starts the staleness clock of `provider` at the process's start (see [`LAST_SUCCESS`]).
+pub fn start_provider(provider: &str) {
+    metrics::gauge!(LAST_SUCCESS, "provider" => provider.to_string()).set(unix_now());
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Records a connection refused at accept time (`reason`: `total_limit`, `client_limit`).

@@ -262,6 +262,9 @@ fn start_delivery(
     counters: &Arc<WriterCounters>,
     searcher: &Arc<Searcher>,
 ) -> Result<Delivery, ServiceError> {
+    for provider in settings.effective_providers() {
+        crate::metrics::start_provider(&provider.name);
+    }
     let spool = open_spool(settings, store)?;
     let writes = writer_store(settings, store);
     let delivery = Delivery::new(writes, Some(spool), counters.clone(), settings.spool.write_timeout);

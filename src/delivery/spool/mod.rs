@@ -366,7 +366,7 @@ impl Spool {
     }
 
     fn report(&self) {
-        crate::metrics::record_spool(self.entries(), self.plans(), self.bytes());
+        crate::metrics::record_spool(self.entries(), self.plans(), self.bytes(), self.max_bytes);
     }
 
     fn io(&self, e: impl std::fmt::Display) -> SpoolError {
