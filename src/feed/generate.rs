@@ -294,7 +294,7 @@ pub fn random_stored_plan(rng: &mut StdRng, i: u64, span_minutes: i64) -> crate:
         .collect();
     let plan = Plan {
         key: PlanKey::new("fever", i / 8, i),
-        title: format!("Generated plan {i}"),
+        title: format!("Generated plan {i}").into(),
         online: true,
         organizer_company_id: Some(1),
         start,
@@ -382,7 +382,8 @@ pub fn feed_shaped_stored_plan(i: u64, span_minutes: i64) -> crate::domain::Stor
             "{} · {}",
             SHOWS[base as usize % SHOWS.len()],
             CITIES[(base as usize / SHOWS.len()) % CITIES.len()]
-        ),
+        )
+        .into(),
         online: true,
         organizer_company_id: Some(1),
         start,

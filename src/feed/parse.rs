@@ -158,7 +158,8 @@ struct Base {
     id: Result<u64, Invalid>,
     /// Clipped: it is copied into the record of every plan skipped because of it.
     raw_id: Option<String>,
-    title: String,
+    /// Shared by the base plan's plans.
+    title: Arc<str>,
     online: bool,
     organizer_company_id: Option<u64>,
     plans: Vec<Plan>,
@@ -277,7 +278,7 @@ impl ChunkParser<'_> {
         self.base = Some(Base {
             id,
             raw_id,
-            title,
+            title: title.into(),
             online,
             organizer_company_id,
             plans: Vec::new(),
@@ -521,7 +522,7 @@ pub(crate) mod tests {
 
             let camela = &p.plans[0];
             assert_eq!(camela.key, PlanKey::new("fever", 291, 291));
-            assert_eq!(camela.title, "Camela en concierto");
+            assert_eq!(&*camela.title, "Camela en concierto");
             assert!(camela.online);
             assert_eq!(camela.organizer_company_id, None);
             assert_eq!(camela.start, dt("2021-06-30T21:00:00"));
@@ -534,13 +535,13 @@ pub(crate) mod tests {
             assert_eq!(camela.max_price().unwrap().to_string(), "30.00");
 
             let pantomima = &p.plans[1];
-            assert_eq!(pantomima.title, "Pantomima Full");
+            assert_eq!(&*pantomima.title, "Pantomima Full");
             assert_eq!(pantomima.organizer_company_id, Some(2));
             assert_eq!(pantomima.start, dt("2021-02-10T20:00:00"));
             assert_eq!(pantomima.end, dt("2021-02-10T21:30:00"));
             assert_eq!(pantomima.zones.len(), 1);
             let morancos = p.plans.last().unwrap();
-            assert_eq!(morancos.title, "Los Morancos");
+            assert_eq!(&*morancos.title, "Los Morancos");
             assert_eq!(morancos.organizer_company_id, Some(1));
             assert_eq!(morancos.start, dt("2021-07-31T20:00:00"));
             assert_eq!(morancos.end, dt("2021-07-31T21:00:00"));
@@ -645,10 +646,10 @@ pub(crate) mod tests {
         );
         let p = doc(body.as_bytes());
         assert_eq!(p.error, None);
-        assert_eq!(p.plans[0].title, "A😀B\u{FFFD}C\u{FFFD}D&E&nbsp;F GH");
+        assert_eq!(&*p.plans[0].title, "A😀B\u{FFFD}C\u{FFFD}D&E&nbsp;F GH");
         assert_eq!(p.plans[0].zones[0].name, "Z\u{FFFD}one");
-        let json = serde_json::to_string(&p.plans[0].title).unwrap();
-        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), p.plans[0].title);
+        let json = serde_json::to_string(&*p.plans[0].title).unwrap();
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), &*p.plans[0].title);
     }
 
     #[test]
@@ -660,7 +661,7 @@ pub(crate) mod tests {
                </base_plan>"#
         ));
         let p = doc(body.as_bytes());
-        assert_eq!(p.plans[0].title, "é".repeat(MAX_TEXT_BYTES / 2));
+        assert_eq!(&*p.plans[0].title, "é".repeat(MAX_TEXT_BYTES / 2));
     }
 
     #[test]
@@ -677,9 +678,9 @@ pub(crate) mod tests {
         );
         let p = doc(body.as_bytes());
         assert_eq!(p.error, None);
-        assert_eq!(p.plans[0].title, "Rock & Roll");
+        assert_eq!(&*p.plans[0].title, "Rock & Roll");
         assert_eq!(p.plans[0].zones[0].name, "VIP & \"Backstage\"");
-        assert_eq!(p.plans[1].title, "Mike's \"Show\" <3");
+        assert_eq!(&*p.plans[1].title, "Mike's \"Show\" <3");
         assert!(!p.plans[1].online);
         assert!(p.plans[1].zones.is_empty());
     }
@@ -701,7 +702,7 @@ pub(crate) mod tests {
         assert_eq!(p.error, None);
         assert_eq!(keys(&p), vec![(7, 3)]);
         let plan = &p.plans[0];
-        assert_eq!(plan.title, "");
+        assert_eq!(&*plan.title, "");
         assert_eq!(plan.organizer_company_id, None);
         assert_eq!(plan.sell_from, None);
         assert_eq!(plan.sell_to, None);
