@@ -19,8 +19,8 @@ pub use chunk::Chunker;
 pub use error::FeedError;
 pub use fields::SkipKind;
 pub use generate::{
-    feed_shaped_stored_plan, generate, generate_into, random_stored_plan, stored_plan_origin, GenSpec,
-    GenStats,
+    feed_shaped_stored_plan, generate, generate_into, generate_titled_into, random_stored_plan,
+    stored_plan_origin, GenSpec, GenStats,
 };
 pub use parse::{parse_chunk, parse_document, plan_bytes, ChunkParse, ParsedChunk, PartBounds, Skipped};
 pub use text::{Shown, MAX_TEXT_BYTES, SHOWN_BYTES};
