@@ -56,7 +56,8 @@ contract-test:
 	CARGO=$(CARGO) ./scripts/contract-test.sh
 
 ## Benchmarks (release build), one command per line; each prints its figures: ClickHouse writes and
-## reads, criterion figures of the feed parser, the ingestion pipeline, criterion micro-benchmarks of
+## reads, criterion figures of the feed parser, the ingestion pipeline, the peak memory of
+## `planfeed ingest --once` on big base plans and on a 1 GB feed, criterion micro-benchmarks of
 ## search, ClickHouse search (cold, warm and direct reads side by side, far dates, a random replay),
 ## /search over HTTP (warm 1-day and 1-month plain vs gzip, 304s, each against a bare warp handler),
 ## searches at 5/s over a 40 s ClickHouse freeze (p50/p99/max), then the bounded load test
@@ -67,6 +68,7 @@ bench:
 	$(CARGO) bench --bench clickhouse
 	$(CARGO) bench --bench parser
 	$(CARGO) bench --bench pipeline
+	$(CARGO) bench --bench ingest_memory
 	$(CARGO) bench --bench search
 	$(CARGO) bench --bench search_clickhouse
 	$(CARGO) bench --bench http

@@ -33,7 +33,7 @@ fn plans() -> Vec<StoredPlan> {
             let start = origin() + chrono::Duration::seconds(i as i64 * step);
             let plan = Plan {
                 key: PlanKey::new("fever", i / 8, i),
-                title: format!("Generated plan {i}"),
+                title: format!("Generated plan {i}").into(),
                 online: true,
                 organizer_company_id: Some(1),
                 start,

@@ -51,7 +51,7 @@ fn far_plans() -> Vec<StoredPlan> {
             [(chrono_tz::UTC, 0u64), (ny, 1u64)].map(|(tz, z)| {
                 let p = Plan {
                     key: PlanKey::new("far", 1, i as u64 * 2 + z),
-                    title: format!("far plan {i}/{z}"),
+                    title: format!("far plan {i}/{z}").into(),
                     online: true,
                     organizer_company_id: None,
                     start: local(s),

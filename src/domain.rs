@@ -108,7 +108,9 @@ impl DecimalText {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub key: PlanKey,
-    pub title: String,
+    /// Shared by every plan of one base plan as the feed gave it: a 1 KiB title on 350,000 plans
+    /// is one allocation, not 350 MB of copies.
+    pub title: Arc<str>,
     /// `sell_mode == "online"` on the base plan of this observation.
     pub online: bool,
     pub organizer_company_id: Option<u64>,
@@ -280,7 +282,7 @@ impl EventRow {
     pub fn from_stored(p: &StoredPlan) -> Self {
         Self {
             id: p.plan.key.id(),
-            title: p.plan.title.clone(),
+            title: p.plan.title.to_string(),
             start_local: p.plan.start,
             end_local: p.plan.end,
             start_utc: p.start_utc,
@@ -404,7 +406,7 @@ mod tests {
         assert_ne!(h, other(&|p| p.zones[0].name = "Platea ".into()));
         assert_ne!(h, other(&|p| p.organizer_company_id = Some(0)));
         assert_ne!(h, other(&|p| p.sell_to = Some(p.end)));
-        assert_ne!(h, other(&|p| p.title = String::new()));
+        assert_ne!(h, other(&|p| p.title = "".into()));
         assert_ne!(h, other(&|p| p.key.plan_id = 3));
     }
 

@@ -1,6 +1,9 @@
 //! `Fetcher`: downloads the provider's feed as a stream and cuts it into chunks of whole base plans
-//! for the parser pool. The body is never held whole: at most one chunk plus the permits' worth of
-//! chunks in flight. A failed, truncated or malformed fetch never removes anything: what was cut
+//! for the parser pool. The body is never held whole: a chunk goes on with a permit of
+//! `pipeline.queue_chunks` and its share of `pipeline.queue_bytes` (twice its bytes: its XML and
+//! as much for its parsed plans, see [`super::parser`]; a chunk larger than the budget takes all of
+//! it), and the download reads on only while the budget has room for what the chunker holds, so
+//! a base plan of 60 MB is not downloaded while the one before it is still being parsed. A failed, truncated or malformed fetch never removes anything: what was cut
 //! before the failure is kept, and the failure is recorded with its reason.
 //!
 //! The provider is slow and fails often, so the fetcher is its own resilient client:
@@ -46,6 +49,8 @@ pub struct FetcherArgs {
     pub writer: Slot<WriterMsg>,
     /// Chunks in flight between download and writer.
     pub permits: Arc<Semaphore>,
+    /// Bytes in flight between download and writer (`pipeline.queue_bytes` permits).
+    pub memory: Arc<Semaphore>,
     /// This provider's breaker. The supervisor keeps it, so a restarted fetcher goes on with the
     /// state its predecessor left (an open circuit stays open).
     pub breaker: SharedBreaker,
@@ -212,6 +217,9 @@ impl FetcherState {
                 tracing::info!(provider = %ctx.provider, "fetch past half its time limit: ingestion no longer rests for searches until it ends");
                 hurry = Some(crate::cpu::pace::Hurry::start());
             }
+            if let Err(e) = self.wait_for_room(chunker.buffered(), deadline, end.record.bytes).await {
+                break Some(e);
+            }
             let piece = match self.next_piece(&mut body, deadline, end.record.bytes).await {
                 Ok(Some(piece)) => piece,
                 Ok(None) => break None,
@@ -341,6 +349,33 @@ impl FetcherState {
         }
     }
 
+    /// Waits, up to the deadline or the service's stop, until the budget has room for the share
+    /// of `held` bytes of body (the chunker's): reading on before would hold the next base plan
+    /// while the pipeline is full. Nothing is taken: the room is only looked at.
+    async fn wait_for_room(&self, held: usize, deadline: Instant, read: u64) -> Result<(), FetchError> {
+        let share = self.share(held);
+        let room = match self.args.memory.try_acquire_many(share) {
+            Ok(_) => return Ok(()),
+            Err(_) => tokio::select! {
+                biased;
+                () = self.args.shutdown.cancelled() => return Err(FetchError::Interrupted { bytes: read }),
+                room = tokio::time::timeout_at(deadline, self.args.memory.acquire_many(share)) => room,
+            },
+        };
+        match room {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(FetchError::ShuttingDown),
+            Err(_) => Err(FetchError::Backpressure { timeout: self.args.provider.timeout }),
+        }
+    }
+
+    /// The permits a chunk of `bytes` takes of `pipeline.queue_bytes`: its bytes and as much again
+    /// for its parsed plans in flight (their estimated memory is about that of their XML), all of
+    /// them when that is more.
+    fn share(&self, bytes: usize) -> u32 {
+        bytes.saturating_mul(2).min(self.args.pipeline.queue_bytes).min(u32::MAX as usize) as u32
+    }
+
     async fn send_chunk(
         &self,
         ctx: &Arc<FetchContext>,
@@ -348,11 +383,17 @@ impl FetcherState {
         bytes: bytes::Bytes,
         deadline: Instant,
     ) -> Result<(), FetchError> {
+        let backpressure = |_| FetchError::Backpressure { timeout: self.args.provider.timeout };
         let permit = tokio::time::timeout_at(deadline, self.args.permits.clone().acquire_owned())
             .await
-            .map_err(|_| FetchError::Backpressure { timeout: self.args.provider.timeout })?
+            .map_err(backpressure)?
             .map_err(|_| FetchError::ShuttingDown)?;
-        let job = ChunkJob { fetch: ctx.clone(), seq: *seq, bytes, permit };
+        let share = self.share(bytes.len());
+        let memory = tokio::time::timeout_at(deadline, self.args.memory.clone().acquire_many_owned(share))
+            .await
+            .map_err(backpressure)?
+            .map_err(|_| FetchError::ShuttingDown)?;
+        let job = ChunkJob { fetch: ctx.clone(), seq: *seq, bytes, permit, memory };
         self.args.parsers.dispatch(ParserMsg::Parse(job)).map_err(|_| FetchError::NoParser)?;
         *seq += 1;
         Ok(())

@@ -106,7 +106,10 @@ pub struct ChunkJob {
     pub fetch: Arc<FetchContext>,
     pub seq: u32,
     pub bytes: Bytes,
+    /// One of `pipeline.queue_chunks`.
     pub permit: OwnedSemaphorePermit,
+    /// The chunk's share of `pipeline.queue_bytes`: its bytes and room for its parsed plans.
+    pub memory: OwnedSemaphorePermit,
 }
 
 pub enum ParserMsg {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch_writer::{BatchWriter, BatchWriterArgs};
 use super::fetcher::{Fetcher, FetcherArgs};
 use super::messages::{FetcherMsg, SchedulerMsg, WriterMsg};
-use super::parser::Parser;
+use super::parser::{Parser, ParserArgs};
 use super::scheduler::{Scheduler, SchedulerArgs};
 use super::slot::{ParserPool, Slot};
 use crate::config::{PipelineSettings, ProviderSettings};
@@ -104,6 +104,10 @@ pub struct SupervisorState {
     breakers: Vec<SharedBreaker>,
     children: HashMap<ActorId, Child>,
     restarts: HashMap<Child, (u32, Instant)>,
+    /// Memory in flight between the download and the writer's batch (`pipeline.queue_bytes`
+    /// permits, one per byte): the fetchers take a chunk's share, the parsers give it back once
+    /// the writer holds the chunk's plans. Beside `handles.permits`, which counts the chunks.
+    memory: Arc<Semaphore>,
     stopping: bool,
     /// Cancelled on shutdown: the running fetches end, recorded as `shutdown`.
     fetches_stop: CancellationToken,
@@ -122,12 +126,14 @@ impl Actor for Supervisor {
         (args, handles): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let breakers = args.providers.iter().map(shared_breaker).collect();
+        let memory = Arc::new(Semaphore::new(args.pipeline.queue_bytes));
         let mut state = SupervisorState {
             args,
             handles,
             breakers,
             children: HashMap::new(),
             restarts: HashMap::new(),
+            memory,
             stopping: false,
             fetches_stop: CancellationToken::new(),
         };
@@ -309,7 +315,8 @@ impl SupervisorState {
                 a.get_cell()
             }
             Child::Parser(i) => {
-                let (a, _) = Actor::spawn_linked(None, Parser, h.writer.clone(), sup).await?;
+                let args = ParserArgs { writer: h.writer.clone(), part_plans: self.args.writer.batch_size };
+                let (a, _) = Actor::spawn_linked(None, Parser, args, sup).await?;
                 h.parsers.slot(i).set(a.clone());
                 a.get_cell()
             }
@@ -320,6 +327,7 @@ impl SupervisorState {
                     parsers: h.parsers.clone(),
                     writer: h.writer.clone(),
                     permits: h.permits.clone(),
+                    memory: self.memory.clone(),
                     breaker: self.breakers[i].clone(),
                     shutdown: self.fetches_stop.clone(),
                 };

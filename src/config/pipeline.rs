@@ -6,13 +6,22 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Settings};
 
+/// Smallest `pipeline.queue_bytes`: room for a chunk and a part of its plans at the smallest
+/// `chunk_bytes`.
+pub const MIN_QUEUE_BYTES: usize = 1 << 20;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSettings {
     pub parsers: usize,
     pub chunk_bytes: usize,
     pub max_base_plan_bytes: usize,
+    /// Chunks between the download and the writer's batch.
     pub queue_chunks: usize,
+    /// Memory between the download and the writer's batch: chunks' bytes and the estimated memory
+    /// of their parsed plans not yet in a batch (see [`crate::actors::parser`]). A chunk larger
+    /// than this takes all of it.
+    pub queue_bytes: usize,
     pub batch_size: usize,
     #[serde(with = "humantime_serde")]
     pub flush_age: Duration,
@@ -55,6 +64,14 @@ impl Settings {
         }
         if pl.queue_chunks == 0 || pl.batch_size == 0 {
             return bad("pipeline.queue_chunks and pipeline.batch_size must be positive".into());
+        }
+        // Permits are taken in `u32` amounts.
+        if !(MIN_QUEUE_BYTES..=u32::MAX as usize).contains(&pl.queue_bytes) {
+            return bad(format!(
+                "pipeline.queue_bytes must be between {MIN_QUEUE_BYTES} and {}, got {}",
+                u32::MAX,
+                pl.queue_bytes
+            ));
         }
         if pl.flush_age.is_zero() {
             return bad("pipeline.flush_age must be positive".into());

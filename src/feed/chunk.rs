@@ -306,6 +306,11 @@ impl Chunker {
         self.bytes_seen
     }
 
+    /// Bytes held: pushed and not handed out in a chunk yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     fn advance(&mut self, out: &mut Vec<Bytes>) -> Result<(), FeedError> {
         if matches!(self.state, State::Prolog) && !self.prolog()? {
             return self.check_pending();

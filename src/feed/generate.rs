@@ -62,11 +62,21 @@ pub fn generate(spec: &GenSpec, round: u32) -> Vec<u8> {
 
 /// Like [`generate`], into a reused buffer (cleared first), and says what it wrote.
 pub fn generate_into(spec: &GenSpec, round: u32, out: &mut Vec<u8>) -> GenStats {
+    generate_titled_into(spec, round, 0, out)
+}
+
+/// Like [`generate_into`], with every base plan's title padded to `title_bytes` bytes of XML
+/// (0: as they are): base plans of many plans under a long title, the shape whose plans must share
+/// their title in memory.
+pub fn generate_titled_into(spec: &GenSpec, round: u32, title_bytes: usize, out: &mut Vec<u8>) -> GenStats {
     out.clear();
-    out.reserve(200 + spec.base_plans * (150 + spec.plans_per_base * (250 + spec.zones_per_plan * 95)));
+    out.reserve(
+        200 + spec.base_plans * (150 + title_bytes + spec.plans_per_base * (250 + spec.zones_per_plan * 95)),
+    );
     let mut gen = Round {
         spec,
         round,
+        title_bytes,
         r: u64::from(round),
         offline_share: spec.offline_share.clamp(0.0, 1.0),
         invalid_share: spec.invalid_share.clamp(0.0, 1.0),
@@ -87,6 +97,8 @@ pub fn generate_into(spec: &GenSpec, round: u32, out: &mut Vec<u8>) -> GenStats 
 struct Round<'a> {
     spec: &'a GenSpec,
     round: u32,
+    /// Titles are padded to this many bytes of XML.
+    title_bytes: usize,
     r: u64,
     offline_share: f64,
     invalid_share: f64,
@@ -127,10 +139,14 @@ impl Round<'_> {
         if let Some(o) = organizer {
             let _ = write!(out, " organizer_company_id=\"{o}\"");
         }
-        let _ = write!(out, " title=\"{title} {base_id}");
+        out.extend_from_slice(b" title=\"");
+        let title_at = out.len();
+        let _ = write!(out, "{title} {base_id}");
         if retitled {
             let _ = write!(out, " (nueva fecha {round})");
         }
+        let pad = self.title_bytes.saturating_sub(out.len() - title_at);
+        out.extend(b" en gira por toda la peninsula".iter().cycle().take(pad));
         out.extend_from_slice(b"\">\n");
         for p in 0..spec.plans_per_base as u64 {
             self.plan(out, b, p, online);
@@ -294,7 +310,7 @@ pub fn random_stored_plan(rng: &mut StdRng, i: u64, span_minutes: i64) -> crate:
         .collect();
     let plan = Plan {
         key: PlanKey::new("fever", i / 8, i),
-        title: format!("Generated plan {i}"),
+        title: format!("Generated plan {i}").into(),
         online: true,
         organizer_company_id: Some(1),
         start,
@@ -382,7 +398,8 @@ pub fn feed_shaped_stored_plan(i: u64, span_minutes: i64) -> crate::domain::Stor
             "{} · {}",
             SHOWS[base as usize % SHOWS.len()],
             CITIES[(base as usize / SHOWS.len()) % CITIES.len()]
-        ),
+        )
+        .into(),
         online: true,
         organizer_company_id: Some(1),
         start,
@@ -508,5 +525,22 @@ mod tests {
         assert!(parsed.plans.iter().any(|p| p.title.starts_with("Rock & Roll Night")));
         assert!(parsed.plans.iter().any(|p| p.title.starts_with("Mike's Comedy Club")));
         assert!(parsed.plans.iter().all(|p| !p.title.contains('&') || p.title.contains("& ")));
+    }
+
+    #[test]
+    fn padded_titles_have_their_length_and_change_nothing_else() {
+        let spec = GenSpec { base_plans: 20, ..spec(3) };
+        let mut body = Vec::new();
+        let stats = generate_titled_into(&spec, 2, 1024, &mut body);
+        assert_eq!(stats, generate_into(&spec, 2, &mut Vec::new()));
+        let parsed = parse_document(&Arc::from("sim"), &body).unwrap();
+        let plain = parse_document(&Arc::from("sim"), &generate(&spec, 2)).unwrap();
+        assert_eq!(parsed.plans.len(), plain.plans.len());
+        for (p, q) in parsed.plans.iter().zip(&plain.plans) {
+            // Entities count in the XML's 1024 bytes, decoded they are shorter.
+            assert!((1000..=1024).contains(&p.title.len()), "{}", p.title.len());
+            assert!(p.title.starts_with(&*q.title));
+            assert_eq!((&p.key, p.start, &p.zones), (&q.key, q.start, &q.zones));
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Parsing a chunk of the feed into domain plans.
 //!
 //! A chunk is a fragment: whole base plans, maybe preceded by the prolog and the root/output
-//! open tags and maybe followed by their close tags. Both namings are accepted
+//! open tags and maybe followed by their close tags. One concept, one file of a little over 500
+//! lines: the parser's state and the resumable reading of a chunk in parts share it. Both namings are accepted
 //! (`base_plan/plan` and `base_event/event`), and may even be mixed. Plans are kept per base
 //! plan and only handed out once their base plan closed, so malformed XML costs the base plan it
 //! hits and those after it, never the ones before.
@@ -21,7 +22,7 @@ use super::text::{text, value, Shown};
 use super::{Chunker, FeedError};
 use crate::domain::{Plan, PlanKey, Zone};
 
-/// What one chunk yielded.
+/// What one chunk, or one part of a chunk, yielded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParsedChunk {
     /// Valid plans, in feed order.
@@ -31,6 +32,9 @@ pub struct ParsedChunk {
     /// Set when the chunk could not be read to its end; `plans` then holds the plans of the base
     /// plans completed before the error.
     pub error: Option<FeedError>,
+    /// Estimated memory of `plans` ([`plan_bytes`] each, plus each base plan's title once): what
+    /// the pipeline's byte budget charges for them.
+    pub bytes: usize,
 }
 
 /// An invalid plan: counted and logged, not an observation.
@@ -47,59 +51,141 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Parses a chunk produced by [`Chunker`]. Never fails as a whole: malformed XML stops the parse
-/// and is reported in [`ParsedChunk::error`] with its position in the chunk.
+/// How much one part of a chunk may hold: a part ends at the first plan end that reaches either
+/// bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartBounds {
+    pub plans: usize,
+    /// Estimated memory, as [`ParsedChunk::bytes`] counts it.
+    pub bytes: usize,
+}
+
+impl PartBounds {
+    /// The whole chunk in one part.
+    pub const WHOLE: PartBounds = PartBounds { plans: usize::MAX, bytes: usize::MAX };
+}
+
+/// Estimated memory of one parsed plan besides its title (which its base plan's plans share):
+/// the struct, its content hash, its zones and their names.
+pub fn plan_bytes(plan: &Plan) -> usize {
+    std::mem::size_of::<Plan>()
+        + std::mem::size_of::<u64>()
+        + plan.zones.iter().map(|z| std::mem::size_of::<Zone>() + z.name.len()).sum::<usize>()
+}
+
+/// Parses a chunk produced by [`Chunker`] in one go. Never fails as a whole: malformed XML stops
+/// the parse and is reported in [`ParsedChunk::error`] with its position in the chunk.
 pub fn parse_chunk(provider: &Arc<str>, chunk: &[u8]) -> ParsedChunk {
-    let chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
-    let mut p = ChunkParser {
-        provider,
-        out: ParsedChunk::default(),
-        base: None,
-        plan: None,
-        skip_depth: 0,
-        zones_hint: 0,
-    };
-    // After malformed XML the parse resumes behind the next base plan close tag, with a fresh
-    // reader: the broken base plan is lost, the later ones are not. `from` is where this reader
-    // started in the chunk.
-    let mut from = 0;
-    'regions: loop {
-        let mut reader = Reader::from_reader(&chunk[from..]);
-        let config = reader.config_mut();
-        config.trim_text(true);
-        config.check_end_names = true;
-        // The close tags of the root/output elements opened in an earlier chunk.
-        config.allow_unmatched_ends = true;
-        loop {
-            let step = match reader.read_event() {
-                Ok(Event::Eof) => break,
-                Ok(Event::Start(e)) => p.open(&e, false),
-                Ok(Event::Empty(e)) => p.open(&e, true),
-                Ok(Event::End(_)) => {
-                    p.close();
-                    Ok(())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(what) = step {
-                let at = from + reader.error_position().max(reader.buffer_position()) as usize;
-                p.fail(format!("{what} at byte {at}"));
-                match next_base_end(chunk, at.min(chunk.len())) {
-                    Some(next) => {
-                        from = next;
-                        continue 'regions;
-                    }
-                    None => return p.out,
-                }
-            }
-        }
-        if p.base.is_some() {
-            let at = from + reader.buffer_position() as usize;
-            p.fail(format!("chunk ended at byte {at}"));
-        }
-        return p.out;
+    ChunkParse::new(provider.clone()).next_part(chunk, PartBounds::WHOLE)
+}
+
+/// A chunk parsed part by part, so that a chunk of 350,000 plans is never 350,000 plans in memory
+/// at once: each [`ChunkParse::next_part`] reads on from where the previous one stopped (a fresh
+/// reader at that offset, the base plan being read carried over) until the part is full or the
+/// chunk ends. The caller keeps the chunk's bytes and hands the same ones to every call.
+///
+/// A base plan's plans are held until it closes, so malformed XML costs the base plan it hits and
+/// never the ones before; only a base plan with more plans than a part goes on in parts as they
+/// fill, and malformed XML inside it then costs its plans not handed on yet.
+pub struct ChunkParse {
+    p: ChunkParser,
+    /// Where the next part's reader starts in the chunk.
+    from: usize,
+    done: bool,
+}
+
+impl ChunkParse {
+    pub fn new(provider: Arc<str>) -> Self {
+        let p = ChunkParser {
+            provider,
+            out: ParsedChunk::default(),
+            base: None,
+            plan: None,
+            skip_depth: 0,
+            zones_hint: 0,
+        };
+        Self { p, from: 0, done: false }
     }
+
+    /// Whether the chunk was read to its end: the last part was handed out.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// The next part of `chunk` (the same bytes at every call); once [`ChunkParse::done`], an
+    /// empty one.
+    pub fn next_part(&mut self, chunk: &[u8], bounds: PartBounds) -> ParsedChunk {
+        if self.done {
+            return ParsedChunk::default();
+        }
+        let chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
+        let p = &mut self.p;
+        // After malformed XML the parse resumes behind the next base plan close tag, with a fresh
+        // reader: the broken base plan is lost, the later ones are not. `from` is where this
+        // reader started in the chunk.
+        'regions: loop {
+            if p.full(bounds) {
+                return p.hand_out();
+            }
+            let mut reader = region_reader(&chunk[self.from..]);
+            // Set once the part is full: it is handed out before the next element opens, so the
+            // close tags that follow (the base plan's, the chunk's last ones) stay in it and a
+            // chunk of N plans is exactly ⌈N / bound⌉ parts.
+            let mut full = false;
+            loop {
+                let before = reader.buffer_position() as usize;
+                let event = reader.read_event();
+                if full && matches!(event, Ok(Event::Start(_) | Event::Empty(_))) {
+                    self.from += before;
+                    return p.hand_out();
+                }
+                let step = match event {
+                    Ok(Event::Eof) => break,
+                    Ok(Event::Start(e)) => p.open(&e, false),
+                    Ok(Event::Empty(e)) => p.open(&e, true),
+                    Ok(Event::End(_)) => {
+                        p.close();
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(what) = step {
+                    let at = self.from + reader.error_position().max(reader.buffer_position()) as usize;
+                    p.fail(format!("{what} at byte {at}"));
+                    match next_base_end(chunk, at.min(chunk.len())) {
+                        Some(next) => {
+                            self.from = next;
+                            continue 'regions;
+                        }
+                        None => {
+                            self.done = true;
+                            return p.hand_out();
+                        }
+                    }
+                }
+                full = full || (p.plan.is_none() && p.full(bounds));
+            }
+            if p.base.is_some() {
+                let at = self.from + reader.buffer_position() as usize;
+                p.fail(format!("chunk ended at byte {at}"));
+            }
+            self.done = true;
+            return p.hand_out();
+        }
+    }
+}
+
+/// A reader of a chunk's region, from the chunk's start or where an earlier part or a malformed
+/// base plan stopped: close tags of elements opened before it (the root and output elements of an
+/// earlier chunk, the base plan of an earlier part) are not errors.
+fn region_reader(region: &[u8]) -> Reader<&[u8]> {
+    let mut reader = Reader::from_reader(region);
+    let config = reader.config_mut();
+    config.trim_text(true);
+    config.check_end_names = true;
+    config.allow_unmatched_ends = true;
+    reader
 }
 
 /// One past the first base plan close tag at or after `at`.
@@ -123,6 +209,7 @@ pub fn parse_document(provider: &Arc<str>, body: &[u8]) -> Result<ParsedChunk, F
     let mut all = ParsedChunk::default();
     let add = |all: &mut ParsedChunk, chunk: &[u8]| {
         let parsed = parse_chunk(provider, chunk);
+        all.bytes += parsed.bytes;
         all.plans.extend(parsed.plans);
         all.skipped.extend(parsed.skipped);
         if all.error.is_none() {
@@ -158,11 +245,15 @@ struct Base {
     id: Result<u64, Invalid>,
     /// Clipped: it is copied into the record of every plan skipped because of it.
     raw_id: Option<String>,
-    title: String,
+    /// Shared by the base plan's plans.
+    title: Arc<str>,
     online: bool,
     organizer_company_id: Option<u64>,
+    /// Read and not handed out yet.
     plans: Vec<Plan>,
     skipped: Vec<Skipped>,
+    /// Estimated memory of `plans`, the title counted once.
+    bytes: usize,
 }
 
 /// The plan being read.
@@ -179,8 +270,9 @@ struct PlanDraft {
     invalid: Option<Invalid>,
 }
 
-struct ChunkParser<'p> {
-    provider: &'p Arc<str>,
+struct ChunkParser {
+    provider: Arc<str>,
+    /// The part being filled: plans of the base plans closed since the last part.
     out: ParsedChunk,
     base: Option<Base>,
     plan: Option<PlanDraft>,
@@ -191,7 +283,25 @@ struct ChunkParser<'p> {
     zones_hint: usize,
 }
 
-impl ChunkParser<'_> {
+impl ChunkParser {
+    /// Whether the plans read and not handed out reach `bounds`.
+    fn full(&self, bounds: PartBounds) -> bool {
+        let (plans, bytes) = self.base.as_ref().map_or((0, 0), |b| (b.plans.len(), b.bytes));
+        let plans = self.out.plans.len() + plans;
+        plans > 0 && (plans >= bounds.plans || self.out.bytes + bytes >= bounds.bytes)
+    }
+
+    /// Hands out the part: the plans of the base plans closed since the last part, or, when there
+    /// are none, those read of the open base plan (it fills a part on its own).
+    fn hand_out(&mut self) -> ParsedChunk {
+        if let (true, Some(base)) = (self.out.plans.is_empty(), self.base.as_mut()) {
+            self.out.plans.append(&mut base.plans);
+            self.out.skipped.append(&mut base.skipped);
+            self.out.bytes += std::mem::take(&mut base.bytes);
+        }
+        std::mem::take(&mut self.out)
+    }
+
     fn open(&mut self, e: &BytesStart<'_>, empty: bool) -> Result<(), String> {
         if self.skip_depth > 0 {
             if !empty {
@@ -277,11 +387,12 @@ impl ChunkParser<'_> {
         self.base = Some(Base {
             id,
             raw_id,
-            title,
+            title: title.into(),
             online,
             organizer_company_id,
             plans: Vec::new(),
             skipped: Vec::new(),
+            bytes: 0,
         });
         Ok(())
     }
@@ -290,6 +401,7 @@ impl ChunkParser<'_> {
         if let Some(mut b) = self.base.take() {
             self.out.plans.append(&mut b.plans);
             self.out.skipped.append(&mut b.skipped);
+            self.out.bytes += b.bytes;
         }
     }
 
@@ -400,18 +512,25 @@ impl ChunkParser<'_> {
         };
         self.zones_hint = p.zones.len();
         match (p.invalid, &base.id) {
-            (None, Ok(base_id)) => base.plans.push(Plan {
-                key: PlanKey { provider: self.provider.clone(), base_plan_id: *base_id, plan_id: p.id },
-                title: base.title.clone(),
-                online: base.online,
-                organizer_company_id: base.organizer_company_id,
-                start: p.start,
-                end: p.end,
-                sell_from: p.sell_from,
-                sell_to: p.sell_to,
-                sold_out: p.sold_out,
-                zones: p.zones,
-            }),
+            (None, Ok(base_id)) => {
+                let plan = Plan {
+                    key: PlanKey { provider: self.provider.clone(), base_plan_id: *base_id, plan_id: p.id },
+                    title: base.title.clone(),
+                    online: base.online,
+                    organizer_company_id: base.organizer_company_id,
+                    start: p.start,
+                    end: p.end,
+                    sell_from: p.sell_from,
+                    sell_to: p.sell_to,
+                    sold_out: p.sold_out,
+                    zones: p.zones,
+                };
+                if base.plans.is_empty() {
+                    base.bytes += base.title.len();
+                }
+                base.bytes += plan_bytes(&plan);
+                base.plans.push(plan);
+            }
             (why, base_id) => {
                 // A bad base plan id comes first, as it would make every plan of it invalid.
                 let why = match (base_id, why) {
@@ -521,7 +640,7 @@ pub(crate) mod tests {
 
             let camela = &p.plans[0];
             assert_eq!(camela.key, PlanKey::new("fever", 291, 291));
-            assert_eq!(camela.title, "Camela en concierto");
+            assert_eq!(&*camela.title, "Camela en concierto");
             assert!(camela.online);
             assert_eq!(camela.organizer_company_id, None);
             assert_eq!(camela.start, dt("2021-06-30T21:00:00"));
@@ -534,13 +653,13 @@ pub(crate) mod tests {
             assert_eq!(camela.max_price().unwrap().to_string(), "30.00");
 
             let pantomima = &p.plans[1];
-            assert_eq!(pantomima.title, "Pantomima Full");
+            assert_eq!(&*pantomima.title, "Pantomima Full");
             assert_eq!(pantomima.organizer_company_id, Some(2));
             assert_eq!(pantomima.start, dt("2021-02-10T20:00:00"));
             assert_eq!(pantomima.end, dt("2021-02-10T21:30:00"));
             assert_eq!(pantomima.zones.len(), 1);
             let morancos = p.plans.last().unwrap();
-            assert_eq!(morancos.title, "Los Morancos");
+            assert_eq!(&*morancos.title, "Los Morancos");
             assert_eq!(morancos.organizer_company_id, Some(1));
             assert_eq!(morancos.start, dt("2021-07-31T20:00:00"));
             assert_eq!(morancos.end, dt("2021-07-31T21:00:00"));
@@ -645,10 +764,10 @@ pub(crate) mod tests {
         );
         let p = doc(body.as_bytes());
         assert_eq!(p.error, None);
-        assert_eq!(p.plans[0].title, "A😀B\u{FFFD}C\u{FFFD}D&E&nbsp;F GH");
+        assert_eq!(&*p.plans[0].title, "A😀B\u{FFFD}C\u{FFFD}D&E&nbsp;F GH");
         assert_eq!(p.plans[0].zones[0].name, "Z\u{FFFD}one");
-        let json = serde_json::to_string(&p.plans[0].title).unwrap();
-        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), p.plans[0].title);
+        let json = serde_json::to_string(&*p.plans[0].title).unwrap();
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), &*p.plans[0].title);
     }
 
     #[test]
@@ -660,7 +779,7 @@ pub(crate) mod tests {
                </base_plan>"#
         ));
         let p = doc(body.as_bytes());
-        assert_eq!(p.plans[0].title, "é".repeat(MAX_TEXT_BYTES / 2));
+        assert_eq!(&*p.plans[0].title, "é".repeat(MAX_TEXT_BYTES / 2));
     }
 
     #[test]
@@ -677,9 +796,9 @@ pub(crate) mod tests {
         );
         let p = doc(body.as_bytes());
         assert_eq!(p.error, None);
-        assert_eq!(p.plans[0].title, "Rock & Roll");
+        assert_eq!(&*p.plans[0].title, "Rock & Roll");
         assert_eq!(p.plans[0].zones[0].name, "VIP & \"Backstage\"");
-        assert_eq!(p.plans[1].title, "Mike's \"Show\" <3");
+        assert_eq!(&*p.plans[1].title, "Mike's \"Show\" <3");
         assert!(!p.plans[1].online);
         assert!(p.plans[1].zones.is_empty());
     }
@@ -701,7 +820,7 @@ pub(crate) mod tests {
         assert_eq!(p.error, None);
         assert_eq!(keys(&p), vec![(7, 3)]);
         let plan = &p.plans[0];
-        assert_eq!(plan.title, "");
+        assert_eq!(&*plan.title, "");
         assert_eq!(plan.organizer_company_id, None);
         assert_eq!(plan.sell_from, None);
         assert_eq!(plan.sell_to, None);
@@ -808,6 +927,117 @@ pub(crate) mod tests {
         assert_eq!(keys(&p), vec![(291, 291)]);
         let Some(FeedError::Malformed(what)) = &p.error else { panic!("{:?}", p.error) };
         assert!(what.starts_with("chunk ended at byte") && what.ends_with("inside base plan 322"), "{what}");
+    }
+
+    /// Every part of `chunk` under `bounds`, the last one last.
+    fn parts(chunk: &[u8], bounds: PartBounds) -> Vec<ParsedChunk> {
+        let mut parse = ChunkParse::new(provider());
+        let mut out = Vec::new();
+        while !parse.done() {
+            out.push(parse.next_part(chunk, bounds));
+        }
+        out
+    }
+
+    /// One base plan of `n` valid plans without zones, titled `title`.
+    fn one_base_plan(n: u64, title: &str) -> String {
+        let plans: String = (1..=n)
+            .map(|i| {
+                format!(
+                    r#"<plan plan_id="{i}" plan_start_date="2021-01-01T10:00:00" plan_end_date="2021-01-01T11:00:00"/>"#
+                )
+            })
+            .collect();
+        wrap(&format!(
+            r#"<base_plan base_plan_id="1" sell_mode="online" title="{title}">{plans}</base_plan>"#
+        ))
+    }
+
+    #[test]
+    fn a_chunk_of_n_plans_comes_in_ceil_n_over_bound_parts_each_plan_once() {
+        for (n, bound) in [(1003u64, 100usize), (1000, 100), (99, 100), (100, 100), (1, 1), (7, 1)] {
+            let body = one_base_plan(n, "T");
+            let got = parts(body.as_bytes(), PartBounds { plans: bound, bytes: usize::MAX });
+            assert_eq!(got.len(), (n as usize).div_ceil(bound), "{n} plans, bound {bound}");
+            assert!(got.iter().all(|p| p.plans.len() <= bound && p.error.is_none()));
+            let ids: Vec<u64> = got.iter().flat_map(|p| p.plans.iter().map(|p| p.key.plan_id)).collect();
+            assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "every plan once, in feed order");
+        }
+        // An empty chunk is one (empty) part.
+        let got = parts(wrap("").as_bytes(), PartBounds { plans: 10, bytes: 10 });
+        assert_eq!(got, vec![ParsedChunk::default()]);
+    }
+
+    #[test]
+    fn parts_are_bounded_by_estimated_bytes_and_share_their_base_plans_title() {
+        let title = "t".repeat(1024);
+        let body = one_base_plan(1000, &title);
+        let per_plan = plan_bytes(&parse_chunk(&provider(), body.as_bytes()).plans[0]);
+        let bound = 50 * per_plan;
+        let got = parts(body.as_bytes(), PartBounds { plans: usize::MAX, bytes: bound });
+        // The title counts once per part, beside the plans.
+        let per_part = (bound - 1024).div_ceil(per_plan);
+        assert_eq!(got.len(), 1000usize.div_ceil(per_part));
+        for p in &got {
+            assert!(p.bytes <= bound + per_plan, "{} bytes over {bound}", p.bytes);
+            assert_eq!(p.bytes, 1024 + p.plans.len() * per_plan);
+            let first = &p.plans[0].title;
+            assert!(p.plans.iter().all(|q| Arc::ptr_eq(&q.title, first)), "one title allocation");
+        }
+        assert_eq!(got.iter().map(|p| p.plans.len()).sum::<usize>(), 1000);
+    }
+
+    #[test]
+    fn parts_hold_the_same_plans_and_skips_as_the_whole_chunk() {
+        let spec = crate::feed::GenSpec {
+            base_plans: 40,
+            plans_per_base: 7,
+            zones_per_plan: 3,
+            seed: 9,
+            offline_share: 0.2,
+            invalid_share: 0.2,
+        };
+        let mut bodies: Vec<Vec<u8>> = FIXTURES.iter().map(|(_, b)| b.to_vec()).collect();
+        bodies.push(crate::feed::generate(&spec, 1));
+        for body in &bodies {
+            let whole = parse_chunk(&provider(), body);
+            for bound in [1, 2, 5, 8, 1000] {
+                let got = parts(body, PartBounds { plans: bound, bytes: usize::MAX });
+                let plans: Vec<Plan> = got.iter().flat_map(|p| p.plans.clone()).collect();
+                let skipped: Vec<Skipped> = got.iter().flat_map(|p| p.skipped.clone()).collect();
+                assert_eq!(plans, whole.plans, "bound {bound}");
+                assert_eq!(skipped, whole.skipped, "bound {bound}");
+                assert!(got.iter().map(|p| p.bytes).sum::<usize>() >= whole.bytes);
+                assert!(got.iter().all(|p| p.plans.len() <= bound));
+            }
+        }
+    }
+
+    #[test]
+    fn small_base_plans_stay_whole_and_a_big_one_keeps_what_went_on_before_broken_xml() {
+        // Base plans of 3 plans under a bound of 5: no part splits one.
+        let body = String::from_utf8(crate::feed::generate(
+            &crate::feed::GenSpec {
+                base_plans: 10,
+                plans_per_base: 3,
+                zones_per_plan: 1,
+                seed: 1,
+                offline_share: 0.0,
+                invalid_share: 0.0,
+            },
+            0,
+        ))
+        .unwrap();
+        for p in parts(body.as_bytes(), PartBounds { plans: 5, bytes: usize::MAX }) {
+            assert_eq!(p.plans.len() % 3, 0, "{:?}", keys(&p));
+        }
+        // A base plan of 1000 plans broken after its 950th: the parts handed on before stay.
+        let body = one_base_plan(1000, "T").replace(r#"<plan plan_id="951""#, r#"<plan plan_id=951"#);
+        let got = parts(body.as_bytes(), PartBounds { plans: 100, bytes: usize::MAX });
+        let kept: usize = got.iter().map(|p| p.plans.len()).sum();
+        assert_eq!(kept, 900);
+        let errors: Vec<_> = got.iter().filter_map(|p| p.error.as_ref()).collect();
+        assert!(matches!(errors[..], [FeedError::Malformed(_)]), "{errors:?}");
     }
 
     proptest::proptest! {

@@ -54,7 +54,7 @@ pub fn zones(prices: &[&str]) -> Vec<Zone> {
 pub fn plan(provider: &str, base_plan_id: u64, plan_id: u64, title: &str, start: &str, end: &str) -> Plan {
     Plan {
         key: PlanKey::new(provider, base_plan_id, plan_id),
-        title: title.to_owned(),
+        title: title.into(),
         online: true,
         organizer_company_id: Some(7),
         start: dt(start),

@@ -103,7 +103,7 @@ fn plan_row(p: &StoredPlan) -> PlanRow {
     let plan = &p.plan;
     PlanRow {
         key: key_row(&plan.key),
-        title: plan.title.clone(),
+        title: plan.title.to_string(),
         online: plan.online,
         organizer_company_id: plan.organizer_company_id,
         start: plan.start,
@@ -136,7 +136,7 @@ fn stored_plan(r: PlanRow) -> StoredPlan {
     StoredPlan {
         plan: Plan {
             key: plan_key(r.key),
-            title: r.title,
+            title: r.title.into(),
             online: r.online,
             organizer_company_id: r.organizer_company_id,
             start: r.start,

@@ -248,7 +248,7 @@ pub(super) fn plan_rows(
         base_plan_id: plan.key.base_plan_id,
         plan_id: plan.key.plan_id,
         id: plan.key.id(),
-        title: plan.title.clone(),
+        title: plan.title.to_string(),
         online: plan.online.into(),
         ever_online: ever_online.into(),
         organizer_company_id: plan.organizer_company_id,

@@ -111,7 +111,7 @@ fn upsert_plan(stmt: &mut CachedStatement<'_>, p: &StoredPlan, buf: &mut RowBuff
         to_i64(key.base_plan_id, "base_plan_id", key)?,
         to_i64(key.plan_id, "plan_id", key)?,
         &*id,
-        p.plan.title,
+        &*p.plan.title,
         p.plan.online,
         p.ever_online,
         p.plan.organizer_company_id.map(|o| to_i64(o, "organizer_company_id", key)).transpose()?,
