@@ -704,31 +704,45 @@ async fn fake_server(
 }
 
 #[tokio::test]
-async fn transient_errors_are_retried_permanent_ones_are_not() {
+async fn the_store_classifies_each_failure_and_never_repeats_a_statement() {
+    use planfeed::store::Refusal;
     use std::sync::atomic::Ordering;
     let p = stored(plan(1, 1, "X", "2021-06-30T21:00:00", "2021-06-30T22:00:00", true, &["1"]), 1);
     let cases = [
-        ("503 Service Unavailable", "", true),
+        ("503 Service Unavailable", "", true, None),
         (
             "500 Internal Server Error",
             "Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries",
             true,
+            None,
         ),
         (
             "500 Internal Server Error",
             "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)",
             true,
+            None,
         ),
-        ("404 Not Found", "Code: 60, e.displayText() = DB::Exception: Table x.zones doesn't exist.", false),
-        ("500 Internal Server Error", "Code: 53. DB::Exception: Type mismatch. (TYPE_MISMATCH)", false),
+        (
+            "404 Not Found",
+            "Code: 60, e.displayText() = DB::Exception: Table x.zones doesn't exist.",
+            true,
+            Some(Refusal::MissingTable),
+        ),
+        (
+            "500 Internal Server Error",
+            "Code: 194, e.displayText() = DB::Exception: Password required for user default",
+            true,
+            Some(Refusal::Credentials),
+        ),
+        ("500 Internal Server Error", "Code: 53. DB::Exception: Type mismatch. (TYPE_MISMATCH)", false, None),
     ];
-    for (status, body, transient) in cases {
+    for (status, body, transient, refusal) in cases {
         // The first request (`CREATE DATABASE` of `connect`) succeeds, every later one fails.
         let (url, count) = fake_server(1, status, body).await;
         let store = ClickHouseStore::connect(ClickHouseSettings { url, ..Default::default() }).await.unwrap();
         let err = store.write_plans(std::slice::from_ref(&p)).await.unwrap_err();
-        assert_eq!(err.is_transient(), transient, "{status} {body}: {err:?}");
-        let attempts = count.load(Ordering::SeqCst) - 1;
-        assert_eq!(attempts, if transient { 2 } else { 1 }, "{status} {body}");
+        assert_eq!((err.is_transient(), err.refusal()), (transient, refusal), "{status} {body}: {err:?}");
+        // Retrying is the delivery layer's alone.
+        assert_eq!(count.load(Ordering::SeqCst) - 1, 1, "{status} {body}");
     }
 }
