@@ -127,6 +127,9 @@ fn ingest(url: &str) -> Run {
     let stored = rusqlite::Connection::open(&db)
         .and_then(|c| c.query_row("SELECT count(*) FROM plans", [], |r| r.get::<_, i64>(0)))
         .expect("count the stored plans") as u64;
+    if std::env::var_os("PLANFEED_BENCH_KEEP").is_some() {
+        println!("store, spool and log kept in {}", dir.keep().display());
+    }
     Run { secs, peak_rss_mb: peak_rss_kb as f64 / 1024.0, spooled, stored }
 }
 
