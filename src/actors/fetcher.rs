@@ -259,15 +259,22 @@ impl FetcherState {
         deadline: Instant,
         read: u64,
     ) -> Result<Option<bytes::Bytes>, FetchError> {
+        let idle = read_idle(&self.args.provider);
+        let until = deadline.min(Instant::now() + idle);
         let next = tokio::select! {
             biased;
             () = self.args.shutdown.cancelled() => return Err(FetchError::Interrupted { bytes: read }),
-            next = tokio::time::timeout_at(deadline, body.next()) => next,
+            next = tokio::time::timeout_at(until, body.next()) => next,
         };
         match next {
             Ok(Some(Ok(piece))) => Ok(Some(piece)),
             Ok(None) => Ok(None),
             Ok(Some(Err((chain, timed_out)))) => Err(FetchError::BodyRead { bytes: read, chain, timed_out }),
+            Err(_) if until < deadline => Err(FetchError::BodyRead {
+                bytes: read,
+                chain: format!("no body bytes from the provider for {idle:?}"),
+                timed_out: true,
+            }),
             Err(_) => Err(FetchError::BodyTimeout { timeout: self.args.provider.timeout, bytes: read }),
         }
     }
@@ -414,10 +421,16 @@ fn retry_after(res: &reqwest::Response) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// Longest wait for the body's next bytes. Counted here, while the fetcher waits for the provider,
+/// not by the client's read timeout: that one also counts the time the pipeline holds the download
+/// (a store writing a 60 MB base plan's plans for a minute), and ended such fetches.
+fn read_idle(p: &ProviderSettings) -> Duration {
+    p.timeout.min(Duration::from_secs(60))
+}
+
 pub fn build_client(p: &ProviderSettings) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(p.connect_timeout)
-        .read_timeout(p.timeout.min(Duration::from_secs(60)))
         .user_agent(concat!("planfeed/", env!("CARGO_PKG_VERSION")))
         .gzip(true)
         .build()

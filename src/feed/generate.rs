@@ -209,7 +209,14 @@ impl Round<'_> {
         write_dt(out, sell_from);
         out.extend_from_slice(b"\" sell_to=\"");
         write_dt(out, sell_to);
-        let _ = writeln!(out, "\" sold_out=\"{sold_out}\">");
+        let _ = write!(out, "\" sold_out=\"{sold_out}\"");
+        if spec.zones_per_plan == 0 {
+            // Self-closing, 16 bytes shorter: a base plan of 350,000 plans stays under the default
+            // `pipeline.max_base_plan_bytes`.
+            out.extend_from_slice(b"/>\n");
+            return;
+        }
+        out.extend_from_slice(b">\n");
         self.zones(out, ZoneDraw { rng: &mut rng, rr: &mut rr, bad_price: invalid && kind == 2 });
         out.extend_from_slice(b"         </plan>\n");
     }
