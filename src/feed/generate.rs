@@ -189,19 +189,7 @@ impl Round<'_> {
             self.stats.online += 1;
         }
 
-        out.extend_from_slice(b"         <plan plan_start_date=\"");
-        if invalid && kind == 0 {
-            // An impossible date, like the provider's 2021-09-31.
-            let month = [4, 6, 9, 11][rng.random_range(0..4usize)];
-            let _ = write!(out, "{}-{month:02}-31T{:02}:00:00", 2021 + rng.random_range(0..5), start.hour());
-        } else {
-            write_dt(out, start);
-        }
-        if !(invalid && kind == 4) {
-            out.extend_from_slice(b"\" plan_end_date=\"");
-            write_dt(out, if invalid && kind == 3 { start - Duration::minutes(length) } else { end });
-        }
-        out.push(b'"');
+        plan_dates(out, &mut rng, invalid.then_some(kind), start, end);
         if !(invalid && kind == 1) {
             let _ = write!(out, " plan_id=\"{plan_id}\"");
         }
@@ -417,6 +405,30 @@ pub fn feed_shaped_stored_plan(i: u64, span_minutes: i64) -> crate::domain::Stor
         zones,
     };
     StoredPlan::new(plan, chrono_tz::UTC, true, 1)
+}
+
+/// A plan's opening tag up to its dates: `bad` is the kind of invalid plan drawn, if any (0: an
+/// impossible date, 3: an end before the start, 4: no end date).
+fn plan_dates(
+    out: &mut Vec<u8>,
+    rng: &mut StdRng,
+    bad: Option<u32>,
+    start: NaiveDateTime,
+    end: NaiveDateTime,
+) {
+    out.extend_from_slice(b"         <plan plan_start_date=\"");
+    if bad == Some(0) {
+        // An impossible date, like the provider's 2021-09-31.
+        let month = [4, 6, 9, 11][rng.random_range(0..4usize)];
+        let _ = write!(out, "{}-{month:02}-31T{:02}:00:00", 2021 + rng.random_range(0..5), start.hour());
+    } else {
+        write_dt(out, start);
+    }
+    if bad != Some(4) {
+        out.extend_from_slice(b"\" plan_end_date=\"");
+        write_dt(out, if bad == Some(3) { start - (end - start) } else { end });
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]
