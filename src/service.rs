@@ -188,7 +188,9 @@ impl Service {
         };
         // An api replica learns the days another process (the ingest) wrote from the store.
         if settings.role == Role::Api {
-            searcher.spawn_change_feed(settings.search.change_poll, shutdown_rx.clone());
+            let written = crate::delivery::Events::default();
+            follow_writes(&written, searcher.clone());
+            searcher.spawn_change_feed(settings.search.change_poll, shutdown_rx.clone(), written);
         }
         let supervisor = pipeline.as_ref().map(|(sup, _)| sup.clone());
         let reloader = Arc::new(Reloader::new(settings, limiter, searcher.clone(), supervisor));
@@ -268,15 +270,16 @@ fn start_delivery(
     let spool = open_spool(settings, store)?;
     let writes = writer_store(settings, store);
     let delivery = Delivery::new(writes, Some(spool), counters.clone(), settings.spool.write_timeout);
-    follow_writes(&delivery, searcher.clone());
+    follow_writes(delivery.events(), searcher.clone());
     Ok(delivery)
 }
 
-/// The search cache follows the days the delivery layer writes: each announcement is handled on
+/// The search cache follows the days written (announced by the delivery layer, or by the change
+/// feed's poller in an `api` process): each announcement is handled on
 /// this (the searches') runtime, so the store reads that reload changed days run at the searches'
 /// priority, and the writer goes on once searches see the write (ADR 12).
-fn follow_writes(delivery: &Delivery, searcher: Arc<Searcher>) {
-    let mut written = delivery.events().subscribe();
+fn follow_writes(events: &crate::delivery::Events, searcher: Arc<Searcher>) {
+    let mut written = events.subscribe();
     tokio::spawn(async move {
         while let Some(event) = written.recv().await {
             searcher.invalidate(&event.days).await;

@@ -1,4 +1,5 @@
-//! Freshness: invalidations from the writer, the change feed of other processes, reloads.
+//! Freshness: invalidations of the days written (this process's delivery layer, or the change feed of
+//! other processes, announced as the same event), reloads.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -10,6 +11,7 @@ use tokio::sync::watch;
 
 use super::day::DayEntry;
 use super::state::{DayInfo, Inner, RunLoad};
+use crate::delivery::Events;
 use crate::store::{DayChange, StoreError};
 
 /// Reads of the same days an invalidation makes before it returns (a read that raced with a later
@@ -42,6 +44,7 @@ impl Inner {
         self: Arc<Self>,
         interval: Duration,
         mut shutdown: watch::Receiver<bool>,
+        written: Events,
     ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -88,7 +91,7 @@ impl Inner {
                     marker = marker.unwrap_or(since),
                     "days changed by another process"
                 );
-                self.invalidate(&days).await;
+                written.publish(days).await;
             }
         }
     }

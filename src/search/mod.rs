@@ -18,8 +18,8 @@
 //! Freshness: the delivery layer announces the days it wrote ([`crate::delivery::Events`]) and the
 //! service hands them to [`Searcher::invalidate`] (the next
 //! search reloads them, and every cached body is dropped); processes that do not write poll the
-//! store's change feed ([`Searcher::spawn_change_feed`]) and invalidate exactly the days changed
-//! since their last poll. Entries older than the TTL are reloaded too, as a safety net. A day used in
+//! store's change feed ([`Searcher::spawn_change_feed`]) and announce exactly the days changed
+//! since their last poll as the same event, which the cache follows the same way. Entries older than the TTL are reloaded too, as a safety net. A day used in
 //! the second half of its TTL is reloaded in the background while the current copy is served. When
 //! the store fails, the last loaded copy of a day is served instead, and for a short while
 //! ([`STORE_DOWN_BACKOFF`]) cached days stop asking it at all: a down store costs one failing call
@@ -196,8 +196,13 @@ impl Searcher {
     /// A poll costs one small query however much is cached; a write becomes visible here within
     /// about one interval plus one day reload. Ends when `shutdown` turns true, or at once when the
     /// store keeps no change feed (the TTL alone then bounds staleness).
-    pub fn spawn_change_feed(&self, interval: Duration, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(self.inner.clone().follow_changes(interval, shutdown))
+    pub fn spawn_change_feed(
+        &self,
+        interval: Duration,
+        shutdown: watch::Receiver<bool>,
+        written: crate::delivery::Events,
+    ) -> JoinHandle<()> {
+        tokio::spawn(self.inner.clone().follow_changes(interval, shutdown, written))
     }
 
     /// For `/ready`: true once the day directory was read from the store at least once.
