@@ -186,11 +186,8 @@ impl Service {
             }
             _ => (None, None),
         };
-        // An api replica learns the days another process (the ingest) wrote from the store.
         if settings.role == Role::Api {
-            let written = crate::delivery::Events::default();
-            follow_writes(&written, searcher.clone());
-            searcher.spawn_change_feed(settings.search.change_poll, shutdown_rx.clone(), written);
+            follow_other_writers(&settings, &searcher, shutdown_rx.clone());
         }
         let supervisor = pipeline.as_ref().map(|(sup, _)| sup.clone());
         let reloader = Arc::new(Reloader::new(settings, limiter, searcher.clone(), supervisor));
@@ -272,6 +269,14 @@ fn start_delivery(
     let delivery = Delivery::new(writes, Some(spool), counters.clone(), settings.spool.write_timeout);
     follow_writes(delivery.events(), searcher.clone());
     Ok(delivery)
+}
+
+/// An api replica learns the days another process (the ingest) wrote from the store's change feed,
+/// announced as the delivery layer announces its own.
+fn follow_other_writers(settings: &Settings, searcher: &Arc<Searcher>, shutdown: watch::Receiver<bool>) {
+    let written = crate::delivery::Events::default();
+    follow_writes(&written, searcher.clone());
+    searcher.spawn_change_feed(settings.search.change_poll, shutdown, written);
 }
 
 /// The search cache follows the days written (announced by the delivery layer, or by the change
