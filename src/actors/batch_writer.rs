@@ -47,8 +47,9 @@ use fetch_log::FetchTally;
 pub use fetch_log::{SPOOL_REFUSED, STORE_REJECTED};
 
 use super::messages::{ChunkPlans, FetchContext, WriterMsg};
+use super::persisted::Persisted;
 use crate::delivery::{Delivery, WriteOutcome};
-use crate::domain::{FetchRecord, Plan, PlanKey, PlanState, StoredPlan};
+use crate::domain::{FetchRecord, Plan, PlanKey, StoredPlan};
 
 /// Estimated memory of a batch that triggers a flush. Plans vary a hundredfold in size (a plan
 /// with 200 zones weighs ~16 KiB in memory), so a plan count alone lets a batch of big plans
@@ -82,7 +83,7 @@ pub enum FlushTrigger {
 pub struct BatchWriterState {
     args: BatchWriterArgs,
     /// What the store holds or the spool will deliver, per plan key.
-    persisted: HashMap<PlanKey, PlanState>,
+    persisted: Persisted,
     /// Messages held while the bookkeeping loads (`Some` until [`WriterMsg::Loaded`]).
     loading: Option<Vec<WriterMsg>>,
     /// Replays the spool; aborted when the writer stops.
@@ -147,7 +148,7 @@ impl Actor for BatchWriter {
                     let persisted = load::load_until_done(store, spool).await;
                     let _ = me.cast(WriterMsg::Loaded(persisted));
                 });
-                (HashMap::new(), Some(Vec::new()))
+                (Persisted::default(), Some(Vec::new()))
             }
             Err(e) => return Err(e.into()),
         };
@@ -156,7 +157,7 @@ impl Actor for BatchWriter {
             let _ = forget.cast(WriterMsg::Forget(keys));
         });
         let replayer = Some(AbortOnDrop(tokio::spawn(args.delivery.replay(on_dropped))));
-        let version_floor = load::version_floor(&persisted);
+        let version_floor = persisted.version_floor();
         Ok(BatchWriterState {
             args,
             persisted,
@@ -185,7 +186,7 @@ impl Actor for BatchWriter {
     ) -> Result<(), ActorProcessingErr> {
         let msg = match (msg, state.loading.as_mut()) {
             (WriterMsg::Loaded(persisted), Some(_)) => {
-                state.version_floor = load::version_floor(&persisted);
+                state.version_floor = persisted.version_floor();
                 state.persisted = persisted;
                 for held in state.loading.take().unwrap_or_default() {
                     state.dispatch(&me, held).await;

@@ -6,7 +6,6 @@
 //! here (the one edge left between an actor file and this module); moving them in is a change to
 //! the parser's file.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,9 @@ use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::OwnedSemaphorePermit;
 
 pub use super::fetch_context::FetchContext;
+use super::persisted::Persisted;
 use crate::config::ProviderSettings;
-use crate::domain::{FetchRecord, Plan, PlanKey, PlanState};
+use crate::domain::{FetchRecord, Plan, PlanKey};
 use crate::fetch::FetchError;
 
 /// To the [`Fetcher`](super::Fetcher), from its scheduler and the supervisor.
@@ -95,7 +95,7 @@ pub enum WriterMsg {
         flush_age: Duration,
     },
     /// The bookkeeping, read in the background when the store was not reachable at start.
-    Loaded(HashMap<PlanKey, PlanState>),
+    Loaded(Persisted),
     /// Spooled plans the store rejected for good on replay: forget them (the next fetch offers them
     /// again), unless a newer version was taken since.
     Forget(Vec<(PlanKey, u64)>),

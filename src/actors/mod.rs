@@ -21,6 +21,7 @@ pub mod fetch_context;
 pub mod fetcher;
 pub mod messages;
 pub mod parser;
+pub mod persisted;
 pub mod scheduler;
 pub mod slot;
 pub mod supervisor;

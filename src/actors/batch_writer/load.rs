@@ -1,21 +1,18 @@
 //! The writer's bookkeeping at start: what the spool will deliver and what the store holds, per
 //! plan key. Loaded once; when the store cannot be read yet, retried in the background.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::actors::persisted::Persisted;
 use crate::delivery::Spool;
-use crate::domain::{PlanKey, PlanState};
+
 use crate::retry::{retry, RetryPolicy};
 use crate::store::{SharedStore, StoreError, StoreResult};
 
 /// The bookkeeping: the spool's pending plans, then the store's (read in this order, a plan
 /// replayed in between is found in the store).
-pub(super) async fn load_states(
-    store: &SharedStore,
-    spool: Option<&Arc<Spool>>,
-) -> StoreResult<HashMap<PlanKey, PlanState>> {
+pub(super) async fn load_states(store: &SharedStore, spool: Option<&Arc<Spool>>) -> StoreResult<Persisted> {
     let started = Instant::now();
     let spooled = match spool {
         Some(spool) if spool.entries() > 0 => {
@@ -23,17 +20,17 @@ pub(super) async fn load_states(
         }
         _ => Vec::new(),
     };
-    let mut persisted: HashMap<_, _> = store.load_plan_states().await?.into_iter().collect();
+    let mut persisted: Persisted = store.load_plan_states().await?.into_iter().collect();
     let pending = spooled.len();
     for (key, state) in spooled {
         match persisted.get(&key) {
             Some(s) if s.version > state.version => {}
             _ => {
-                persisted.insert(key, state);
+                persisted.insert(&key, state);
             }
         }
     }
-    let floor = version_floor(&persisted);
+    let floor = persisted.version_floor();
     crate::clock::observe(floor);
     tracing::info!(
         plans = persisted.len(),
@@ -45,17 +42,8 @@ pub(super) async fn load_states(
     Ok(persisted)
 }
 
-/// The highest fetch id among the loaded versions (a version is a fetch id above a chunk's
-/// sequence number): the hybrid clock is told it, so every later fetch is newer.
-pub(super) fn version_floor(states: &HashMap<PlanKey, PlanState>) -> u64 {
-    states.values().map(|s| s.version >> 20).max().unwrap_or(0)
-}
-
 /// [`load_states`] retried with capped backoff until it succeeds.
-pub(super) async fn load_until_done(
-    store: &SharedStore,
-    spool: Option<&Arc<Spool>>,
-) -> HashMap<PlanKey, PlanState> {
+pub(super) async fn load_until_done(store: &SharedStore, spool: Option<&Arc<Spool>>) -> Persisted {
     let policy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1));
     let loaded = retry(
         &policy,

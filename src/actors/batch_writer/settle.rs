@@ -66,7 +66,7 @@ impl BatchWriterState {
                 version: p.version,
                 ever_online: p.ever_online,
             };
-            self.persisted.insert(p.plan.key.clone(), state);
+            self.persisted.insert(&p.plan.key, state);
         }
         written
     }
@@ -97,9 +97,7 @@ impl BatchWriterState {
             return;
         }
         for (key, day) in &marks {
-            if let Some(state) = self.persisted.get_mut(key) {
-                state.ever_online = true;
-            }
+            self.persisted.set_ever_online(key);
             if marked == Marks::Applied {
                 days.insert(*day);
             }
