@@ -8,10 +8,12 @@
 //!                                                                                    v search cache
 //! ```
 //!
-//! Backpressure: the fetcher takes a permit from a semaphore of `pipeline.queue_chunks` before it
-//! hands a chunk on; the permit travels with the chunk and its plans and is released once the
-//! writer has taken them into its batch, so a slow store slows the download instead of filling
-//! memory. Actors find each other through [`Slot`]s, which the supervisor refills on restart.
+//! Backpressure, bounded by bytes: the fetcher takes a permit from a semaphore of
+//! `pipeline.queue_chunks` and twice the chunk's bytes (at most all) of `pipeline.queue_bytes`
+//! before it hands a chunk on, and reads on only while there is room; a parser hands the chunk's
+//! plans on in parts (`batch_size` plans, 4 MiB), each waiting for room until the writer took the
+//! earlier ones into its batch. So a slow store slows the download instead of filling memory,
+//! whatever the feed's shape. Actors find each other through [`Slot`]s, which the supervisor refills on restart.
 //!
 //! What crosses actors is in [`messages`]; no actor file imports another, except the supervisor,
 //! which spawns them all. What the writer does with a flushed batch is [`crate::delivery`]'s.
