@@ -69,17 +69,18 @@ enum ConfigAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Serve = command {
+        return serve_main(cli.config_dir);
+    }
     let settings = Settings::load(&cli.config_dir)?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Config { action: ConfigAction::Check } => {
             println!("{settings:#?}");
             println!("configuration is valid");
             Ok(())
         }
-        Command::Serve => {
-            let log_level = init_logging(&settings);
-            runtime()?.block_on(serve(settings, cli.config_dir, log_level))
-        }
+        Command::Serve => unreachable!("served above"),
         Command::Ingest { once, file, url, provider } => {
             anyhow::ensure!(once, "only `ingest --once` is supported: use `serve` to ingest on a schedule");
             init_logging(&settings);
@@ -143,26 +144,92 @@ fn init_logging(settings: &Settings) -> LogLevelSetter {
     })
 }
 
-async fn serve(settings: Settings, config_dir: PathBuf, log_level: LogLevelSetter) -> anyhow::Result<()> {
-    let service = Service::start(settings).await?;
+/// `planfeed serve`. Signals are handled before anything else is done: `SIGHUP` (a reload, whose
+/// default action would end the process) is ignored from the first instruction, then kept by its
+/// handler until the service runs and reloads; `SIGTERM` and `SIGINT` are caught before the
+/// configuration is even read.
+fn serve_main(config_dir: PathBuf) -> anyhow::Result<()> {
+    // SAFETY: setting a signal's disposition to "ignore" has no handler to be unsafe in; no other
+    // thread exists yet.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    let runtime = runtime()?;
+    let signals = {
+        let _entered = runtime.enter();
+        Signals::new().context("cannot handle signals")?
+    };
+    let settings = Settings::load(&config_dir)?;
+    let log_level = init_logging(&settings);
+    runtime.block_on(serve(settings, config_dir, log_level, signals))
+}
+
+/// The signals `serve` acts on, each caught from the moment this is made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// The next `SIGTERM` or `SIGINT`: its name and the exit status of a process it ends at once.
+async fn stop_signal(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> (&'static str, i32) {
+    tokio::select! {
+        _ = term.recv() => ("SIGTERM", 128 + libc::SIGTERM),
+        _ = int.recv() => ("SIGINT", 128 + libc::SIGINT),
+    }
+}
+
+async fn serve(
+    settings: Settings,
+    config_dir: PathBuf,
+    log_level: LogLevelSetter,
+    signals: Signals,
+) -> anyhow::Result<()> {
+    let Signals { mut term, mut int, hup } = signals;
+    let service = tokio::select! {
+        started = Service::start(settings) => started?,
+        (signal, _) = stop_signal(&mut term, &mut int) => {
+            tracing::info!(signal, "stopped before start-up finished");
+            return Ok(());
+        }
+    };
     let reloader = service.reloader();
     reloader.set_log_level_setter(log_level);
-    let watch = planfeed::reload::watch(reloader, config_dir)?;
-    shutdown_signal().await;
+    let watch = planfeed::reload::watch_with(reloader.clone(), config_dir, hup);
+    let (signal, _) = stop_signal(&mut term, &mut int).await;
     drop(watch);
-    tracing::info!("shutting down: draining the pipeline and finishing in-flight requests");
+    // As the last reload left it.
+    let deadline = reloader.current().server.shutdown_timeout;
+    tracing::info!(
+        signal,
+        deadline_ms = deadline.as_millis() as u64,
+        "shutting down: draining the pipeline and finishing in-flight requests; a second signal exits at once"
+    );
     let counters = service.counters.clone();
-    service.shutdown().await;
+    tokio::select! {
+        completed = service.shutdown_within(deadline) => {
+            if !completed {
+                std::process::exit(1);
+            }
+        }
+        (signal, status) = stop_signal(&mut term, &mut int) => {
+            tracing::warn!(signal, "second signal: exiting at once, without finishing the stop");
+            std::process::exit(status);
+        }
+    }
     // Tests and operators compare this with the store: every accepted plan must be there.
     tracing::info!(plans_written = counters.plans_written.load(Ordering::Relaxed), "stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -1,7 +1,14 @@
 //! Prometheus metrics for `GET /metrics`.
 //!
 //! Request metrics are recorded as they happen; pipeline and cache outcomes are kept in plain atomic
-//! counters by their owners and copied into the registry when `/metrics` is scraped.
+//! counters by their owners and copied into the registry when `/metrics` is scraped; the process's
+//! own metrics are read from `/proc` then ([`process`]).
+//!
+//! Every family is exported from the process's start in the roles that have it: a family whose
+//! samples come from events (a refusal, a retry, a fetch outcome) is registered at zero for each
+//! of its known label values ([`register_api`], [`register_ingest`], [`start_provider`]), so
+//! `rate()` and alerts see a series before its first event. Every family has a `# HELP` text
+//! ([`catalog`]).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -9,7 +16,9 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
+pub mod catalog;
 mod latency;
+mod process;
 
 pub use latency::ShardedCounter;
 
@@ -24,6 +33,7 @@ pub fn handle() -> &'static PrometheusHandle {
             .expect("buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, catalog::describe);
         // Another recorder may already be global (embedding applications): then ours renders empty.
         let _ = metrics::set_global_recorder(recorder);
         let commit = option_env!("PLANFEED_COMMIT").unwrap_or("unknown");
@@ -57,15 +67,22 @@ impl MetricsSource {
             metrics::gauge!("planfeed_pipeline_chunks_in_flight")
                 .set((capacity - sem.available_permits().min(*capacity)) as f64);
         }
-        let search = search_handles();
-        for (i, (_, counter)) in search.by_status.iter().enumerate() {
-            counter.absolute(search.stats.status_total(i));
+        // Searches are counted only where they are answered ([`register_api`]).
+        let search = SEARCH_HANDLES.get();
+        for (i, (_, counter)) in search.iter().flat_map(|s| s.by_status.iter().enumerate()) {
+            counter.absolute(search.map_or(0, |s| s.stats.status_total(i)));
         }
         let mut text = handle().render();
-        search.stats.render(SEARCH_DURATION, &mut text);
-        // Seconds, a float: the exporter's counters are integers.
-        let paced = crate::cpu::paced_seconds();
-        let _ = writeln!(text, "# TYPE {INGEST_PACED} counter\n{INGEST_PACED} {paced}");
+        if let Some(search) = search {
+            catalog::header(SEARCH_DURATION, &mut text);
+            search.stats.render(SEARCH_DURATION, &mut text);
+        }
+        if self.permits.is_some() {
+            // Seconds, a float: the exporter's counters are integers.
+            catalog::header(INGEST_PACED, &mut text);
+            let _ = writeln!(text, "{INGEST_PACED} {}", crate::cpu::paced_seconds());
+        }
+        process::render(&mut text);
         text
     }
 }
@@ -101,9 +118,10 @@ struct SearchHandles {
     stats: SearchStats,
 }
 
+static SEARCH_HANDLES: OnceLock<SearchHandles> = OnceLock::new();
+
 fn search_handles() -> &'static SearchHandles {
-    static HANDLES: OnceLock<SearchHandles> = OnceLock::new();
-    HANDLES.get_or_init(|| {
+    SEARCH_HANDLES.get_or_init(|| {
         // Resolved against our recorder: it is installed first.
         handle();
         let by_status = latency::STATUSES
@@ -164,13 +182,95 @@ pub fn record_fetch(provider: &str, outcome: &'static str, took: std::time::Dura
     }
 }
 
-/// Starts the staleness clock of `provider` at the process's start (see [`LAST_SUCCESS`]).
+/// Starts the staleness clock of `provider` at the process's start (see [`LAST_SUCCESS`]), and
+/// its fetch counts and durations at zero.
 pub fn start_provider(provider: &str) {
     metrics::gauge!(LAST_SUCCESS, "provider" => provider.to_string()).set(unix_now());
+    for outcome in FETCH_OUTCOMES {
+        metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome)
+            .increment(0);
+    }
+    let _ = metrics::histogram!(FETCH_DURATION, "provider" => provider.to_string());
+}
+
+/// Every outcome a fetch is counted under (`crate::fetch::FetchError::label`, and the writer's).
+const FETCH_OUTCOMES: [&str; 14] = [
+    "ok",
+    "http_error",
+    "timeout",
+    "connect",
+    "truncated",
+    "too_large",
+    "body_error",
+    "bad_feed",
+    "skipped",
+    "backpressure",
+    "pipeline",
+    "shutdown",
+    "store_rejected",
+    "spool_full",
+];
+
+/// Registers what every role exports (an HTTP server and its connections, `/ready`'s pings), at
+/// zero: the recorder is installed first.
+pub fn register_common(clickhouse: bool) {
+    handle();
+    for reason in ["total_limit", "client_limit"] {
+        metrics::counter!("planfeed_http_connections_refused_total", "reason" => reason).increment(0);
+    }
+    for reason in ["done", "idle", "header_timeout", "client_gone", "bad_request", "timeout", "io_error"] {
+        metrics::counter!("planfeed_http_connections_closed_total", "reason" => reason).increment(0);
+    }
+    metrics::gauge!("planfeed_http_connections_open").increment(0.0);
+    metrics::counter!("planfeed_probe_refusals_total").increment(0);
+    metrics::counter!("planfeed_readiness_pings_total").increment(0);
+    if clickhouse {
+        metrics::counter!("planfeed_retries_total", "operation" => "store_connect").increment(0);
+    }
+}
+
+/// Registers what a process answering searches exports.
+pub fn register_api() {
+    search_handles();
+}
+
+/// Registers what a process running ingestion exports, besides its providers' ([`start_provider`]).
+pub fn register_ingest() {
+    handle();
+    for operation in ["fetch", "store_write", "held_batch", "spool_replay", "load_plan_states", "restart"] {
+        metrics::counter!("planfeed_retries_total", "operation" => operation).increment(0);
+    }
+    for reason in [
+        "credentials",
+        "permission",
+        "space",
+        "missing_table",
+        "read_only",
+        "quota",
+        "proxy",
+        "io",
+        "unproven",
+    ] {
+        metrics::counter!("planfeed_store_refusals_total", "reason" => reason).increment(0);
+    }
+    for what in ["file", "entry"] {
+        metrics::counter!("planfeed_spool_set_aside_total", "what" => what).increment(0);
+    }
+    metrics::counter!("planfeed_ingest_starvation_promotions_total").increment(0);
 }
 
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Counts a `/ready` or `/metrics` request refused over `server.probe_limit`.
+pub fn record_probe_refused() {
+    metrics::counter!("planfeed_probe_refusals_total").increment(1);
+}
+
+/// Counts a store ping sent by `/ready`.
+pub fn record_readiness_ping() {
+    metrics::counter!("planfeed_readiness_pings_total").increment(1);
 }
 
 /// Records a connection refused at accept time (`reason`: `total_limit`, `client_limit`).

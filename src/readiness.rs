@@ -1,11 +1,21 @@
-//! `GET /ready`: ready only while the store answers a ping, and once the day bounds were read from
-//! it. Load balancers probe often, so a ping result is reused for a short while instead of hitting
-//! the store on every probe. A service started before its store reads the bounds as soon as the
-//! store answers (here, on a probe, as well as in the service's own warm-up loop).
+//! `GET /ready`: whether this process can do its role's work now.
+//!
+//! - `api` and `both` (searches are routed on it): the store answers a ping, and the day bounds
+//!   were read from it (`loading` until then). A service started before its store reads the bounds
+//!   as soon as the store answers (on a probe, as well as in the service's own warm-up loop).
+//! - `ingest`: the store answers a ping, and the writer has loaded its bookkeeping (what the store
+//!   and the spool hold per plan); until then it holds every plan it is handed.
 //!
 //! While the store refuses this process's writes (credentials, space, a missing table, …), the
-//! body names the refusal and what to fix (`store_refuses_writes`): searches are still answered
-//! (reads may work, and the cache serves), so the status stays what the reads make it.
+//! body names the refusal and what to fix (`store_refuses_writes`), in every role that writes.
+//! The status stays what the pings make it: searches are still answered (reads may work, and the
+//! cache serves), and an ingest process goes on spooling; restarting either would not help.
+//!
+//! Load balancers and orchestrators probe often, and while the store is slow every caller used to
+//! send its own ping: the ping is single-flight and its result reused for [`PING_CACHE`], so any
+//! number of callers cause at most one ping per interval (each ping tries each replica at most
+//! once). A caller arriving while a ping is in flight gets the previous result at once instead
+//! of waiting for it; only the very first callers wait.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,21 +27,45 @@ use crate::search::Searcher;
 use crate::store::SharedStore;
 
 /// How long a ping result is reused.
-const PING_CACHE: Duration = Duration::from_secs(1);
+pub const PING_CACHE: Duration = Duration::from_secs(1);
 /// A store slower than this to answer a ping counts as unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Whether the ingestion writer has loaded its bookkeeping (given by the service that runs it).
+pub type WriterLoaded = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What the role needs besides a store that answers.
+enum Needs {
+    /// The day directory, read from the store (searches).
+    Directory(Arc<Searcher>),
+    /// The writer's bookkeeping (ingestion).
+    Bookkeeping(WriterLoaded),
+}
+
 pub struct Readiness {
-    searcher: Arc<Searcher>,
+    needs: Needs,
     store: SharedStore,
     /// This process's writes, when it ingests.
     delivery: Option<Delivery>,
+    /// The last ping's time and outcome.
     last_ping: Mutex<Option<(Instant, bool)>>,
+    /// Held by the one caller pinging; the others read `last_ping`.
+    pinging: tokio::sync::Mutex<()>,
 }
 
 impl Readiness {
+    /// Readiness of a process that answers searches (`api`, `both`).
     pub fn new(searcher: Arc<Searcher>, store: SharedStore, delivery: Option<Delivery>) -> Self {
-        Self { searcher, store, delivery, last_ping: Mutex::new(None) }
+        Self::with_needs(Needs::Directory(searcher), store, delivery)
+    }
+
+    /// Readiness of an `ingest` process.
+    pub fn ingest(store: SharedStore, delivery: Delivery, writer_loaded: WriterLoaded) -> Self {
+        Self::with_needs(Needs::Bookkeeping(writer_loaded), store, Some(delivery))
+    }
+
+    fn with_needs(needs: Needs, store: SharedStore, delivery: Option<Delivery>) -> Self {
+        Self { needs, store, delivery, last_ping: Mutex::new(None), pinging: tokio::sync::Mutex::new(()) }
     }
 
     /// The body of a `/ready` answer: the status word, the store's refusal of writes if any, and,
@@ -58,23 +92,50 @@ impl Readiness {
         if !self.store_reachable().await {
             return Err("store_unreachable");
         }
-        if !self.searcher.warmed() {
-            let _ = tokio::time::timeout(PING_TIMEOUT, self.searcher.load_directory()).await;
-            if !self.searcher.warmed() {
-                return Err("loading");
-            }
+        let loaded = match &self.needs {
+            Needs::Directory(searcher) => searcher.warmed(),
+            Needs::Bookkeeping(loaded) => loaded(),
+        };
+        if loaded {
+            Ok(())
+        } else {
+            Err("loading")
         }
-        Ok(())
     }
 
+    /// The last ping's outcome while it is fresh; else one caller pings, and the others get the
+    /// previous outcome (or wait for this one when there is none yet).
     async fn store_reachable(&self) -> bool {
-        let cached = *self.last_ping.lock();
-        if let Some((at, ok)) = cached {
+        let previous = *self.last_ping.lock();
+        if let Some((at, ok)) = previous {
             if at.elapsed() < PING_CACHE {
                 return ok;
             }
         }
-        let ok = match tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await {
+        let _pinging = match (self.pinging.try_lock(), previous) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some((_, ok))) => return ok,
+            (Err(_), None) => self.pinging.lock().await,
+        };
+        // Another caller may have pinged while this one waited for the lock.
+        if let Some((at, ok)) = *self.last_ping.lock() {
+            if at.elapsed() < PING_CACHE {
+                return ok;
+            }
+        }
+        let ok = self.ping().await;
+        if let (true, Needs::Directory(searcher)) = (ok, &self.needs) {
+            if !searcher.warmed() {
+                let _ = tokio::time::timeout(PING_TIMEOUT, searcher.load_directory()).await;
+            }
+        }
+        *self.last_ping.lock() = Some((Instant::now(), ok));
+        ok
+    }
+
+    async fn ping(&self) -> bool {
+        crate::metrics::record_readiness_ping();
+        match tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(store = self.store.name(), error = %e, "store ping failed: not ready");
@@ -84,8 +145,6 @@ impl Readiness {
                 tracing::warn!(store = self.store.name(), "store ping timed out: not ready");
                 false
             }
-        };
-        *self.last_ping.lock() = Some((Instant::now(), ok));
-        ok
+        }
     }
 }

@@ -17,7 +17,10 @@ use parking_lot::Mutex;
 use ractor::ActorRef;
 
 use crate::actors::SupervisorMsg;
-use crate::config::{ConfigError, ConnectionSettings, ProviderSettings, RateLimitSettings, Settings};
+use crate::config::{
+    ConfigError, ConnectionSettings, ProbeLimitSettings, ProviderSettings, RateLimitSettings, Settings,
+};
+use crate::http::probes::ProbeLimiter;
 use crate::http::rate_limit::SharedRateLimiter;
 use crate::http::server::ConnectionLimits;
 use crate::search::Searcher;
@@ -43,6 +46,10 @@ pub enum Action {
     LogLevel(String),
     /// `server.connections`: limits and timeouts of the API's connections.
     Connections(ConnectionSettings),
+    /// `server.probe_limit`: the budget of `/ready` and `/metrics`.
+    ProbeLimits(ProbeLimitSettings),
+    /// `server.shutdown_timeout`: read from the current settings when a stop begins.
+    ShutdownTimeout(Duration),
 }
 
 /// How a changed key takes effect.
@@ -60,6 +67,8 @@ pub enum Live {
     Providers,
     RateLimits,
     Connections,
+    ProbeLimits,
+    ShutdownTimeout,
     CacheTtl,
     StoreDeadline,
     Batching,
@@ -81,6 +90,8 @@ pub const LIVE_KEYS: &[(&str, Effect)] = &[
     ("providers[].*", Effect::Live(Live::Providers)),
     ("server.rate_limit.*", Effect::Live(Live::RateLimits)),
     ("server.connections.*", Effect::Live(Live::Connections)),
+    ("server.probe_limit.*", Effect::Live(Live::ProbeLimits)),
+    ("server.shutdown_timeout", Effect::Live(Live::ShutdownTimeout)),
     ("search.cache_ttl", Effect::Live(Live::CacheTtl)),
     ("search.store_deadline", Effect::Live(Live::StoreDeadline)),
     ("pipeline.batch_size", Effect::Live(Live::Batching)),
@@ -181,6 +192,8 @@ fn actions(to: Live, old: &Settings, new: &Settings, out: &mut Vec<Action>) {
         }
         Live::RateLimits => out.push(Action::RateLimits(new.server.rate_limit.clone())),
         Live::Connections => out.push(Action::Connections(new.server.connections.clone())),
+        Live::ProbeLimits => out.push(Action::ProbeLimits(new.server.probe_limit.clone())),
+        Live::ShutdownTimeout => out.push(Action::ShutdownTimeout(new.server.shutdown_timeout)),
         Live::CacheTtl => out.push(Action::CacheTtl(new.search.cache_ttl)),
         Live::StoreDeadline => out.push(Action::StoreDeadline(new.search.store_deadline)),
         Live::Batching => out.push(Action::Batching {
@@ -215,6 +228,8 @@ pub struct Reloader {
     log_level: Mutex<Option<LogLevelSetter>>,
     /// The API's connection limits, when this process serves the API.
     connections: std::sync::OnceLock<Arc<ConnectionLimits>>,
+    /// The budget of `/ready` and `/metrics`, when this process serves them.
+    probes: std::sync::OnceLock<Arc<ProbeLimiter>>,
 }
 
 impl Reloader {
@@ -231,7 +246,13 @@ impl Reloader {
             pipeline,
             log_level: Mutex::new(None),
             connections: Default::default(),
+            probes: Default::default(),
         }
+    }
+
+    /// Lets reloads change the budget of `/ready` and `/metrics` (set by the service that serves them).
+    pub fn set_probe_limits(&self, limits: Arc<ProbeLimiter>) {
+        let _ = self.probes.set(limits);
     }
 
     /// Lets reloads change the API's connection limits (set by the service that serves them).
@@ -291,6 +312,43 @@ impl Reloader {
             return;
         }
         match action {
+            Action::CacheTtl(ttl) => {
+                self.searcher.set_ttl(*ttl);
+                tracing::info!(ttl_ms = ttl.as_millis() as u64, "search cache ttl updated");
+            }
+            Action::StoreDeadline(d) => {
+                self.searcher.set_store_deadline(*d);
+                tracing::info!(deadline_ms = d.as_millis() as u64, "search store deadline updated");
+            }
+            Action::Provider { .. } | Action::Batching { .. } | Action::Parsers(_) => {
+                self.tell_pipeline(action)
+            }
+            Action::RateLimits(_) | Action::Connections(_) | Action::ProbeLimits(_) => {
+                self.tell_server(action)
+            }
+            // The stop reads it from the current settings, which this reload replaces.
+            Action::ShutdownTimeout(d) => {
+                tracing::info!(timeout_ms = d.as_millis() as u64, "shutdown deadline updated")
+            }
+            Action::IngestShare(share) => {
+                // Process-wide, like the threads it paces.
+                crate::cpu::pace::set_share(*share);
+                tracing::info!(share, "ingestion pacing updated");
+            }
+            Action::LogLevel(level) => match self.log_level.lock().as_ref() {
+                Some(set) => match set(level) {
+                    Ok(()) => tracing::info!(level = %level, "log level updated"),
+                    Err(e) => tracing::error!(level = %level, error = %e, "log level not updated"),
+                },
+                None => tracing::warn!(level = %level, "log level cannot change in this process"),
+            },
+        }
+    }
+
+    /// The HTTP server's limits go to the limiters and the accept loop, which apply them to the
+    /// next request or connection.
+    fn tell_server(&self, action: &Action) {
+        match action {
             Action::RateLimits(s) => {
                 if let Some(l) = &self.limiter {
                     l.update(s);
@@ -302,17 +360,6 @@ impl Reloader {
                     global_burst = s.global_burst,
                     "rate limits updated"
                 );
-            }
-            Action::CacheTtl(ttl) => {
-                self.searcher.set_ttl(*ttl);
-                tracing::info!(ttl_ms = ttl.as_millis() as u64, "search cache ttl updated");
-            }
-            Action::StoreDeadline(d) => {
-                self.searcher.set_store_deadline(*d);
-                tracing::info!(deadline_ms = d.as_millis() as u64, "search store deadline updated");
-            }
-            Action::Provider { .. } | Action::Batching { .. } | Action::Parsers(_) => {
-                self.tell_pipeline(action)
             }
             Action::Connections(c) => match self.connections.get() {
                 Some(limits) => {
@@ -327,18 +374,19 @@ impl Reloader {
                 }
                 None => tracing::debug!("no API in this process: connection limits ignored"),
             },
-            Action::IngestShare(share) => {
-                // Process-wide, like the threads it paces.
-                crate::cpu::pace::set_share(*share);
-                tracing::info!(share, "ingestion pacing updated");
+            Action::ProbeLimits(p) => {
+                if let Some(limiter) = self.probes.get() {
+                    limiter.update(p);
+                }
+                tracing::info!(
+                    per_client_per_second = p.per_client_per_second,
+                    per_client_burst = p.per_client_burst,
+                    global_per_second = p.global_per_second,
+                    global_burst = p.global_burst,
+                    "probe limits updated"
+                );
             }
-            Action::LogLevel(level) => match self.log_level.lock().as_ref() {
-                Some(set) => match set(level) {
-                    Ok(()) => tracing::info!(level = %level, "log level updated"),
-                    Err(e) => tracing::error!(level = %level, error = %e, "log level not updated"),
-                },
-                None => tracing::warn!(level = %level, "log level cannot change in this process"),
-            },
+            _ => {}
         }
     }
 
@@ -387,6 +435,19 @@ impl Drop for ConfigWatch {
 /// Reloads on every change of `<dir>/local.toml` and on `SIGHUP`. A folder that cannot be watched
 /// (missing) leaves `SIGHUP` working and is logged.
 pub fn watch(reloader: Arc<Reloader>, dir: PathBuf) -> Result<ConfigWatch, ReloadError> {
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(ReloadError::Signal)?;
+    Ok(watch_with(reloader, dir, hup))
+}
+
+/// [`watch`] with a `SIGHUP` stream the caller opened, possibly long before: the binary opens it
+/// first thing, so a `SIGHUP` that arrives while the service starts is kept and reloads once it
+/// runs, instead of ending the process (the signal's default action).
+pub fn watch_with(
+    reloader: Arc<Reloader>,
+    dir: PathBuf,
+    mut hup: tokio::signal::unix::Signal,
+) -> ConfigWatch {
     use notify::Watcher;
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
@@ -412,8 +473,6 @@ pub fn watch(reloader: Arc<Reloader>, dir: PathBuf) -> Result<ConfigWatch, Reloa
             }
         }
     };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(ReloadError::Signal)?;
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -430,7 +489,7 @@ pub fn watch(reloader: Arc<Reloader>, dir: PathBuf) -> Result<ConfigWatch, Reloa
         }
     });
     drop(tx);
-    Ok(ConfigWatch { _watcher: watcher, task })
+    ConfigWatch { _watcher: watcher, task }
 }
 
 #[cfg(test)]

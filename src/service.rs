@@ -16,17 +16,22 @@ use crate::actors::{BatchWriterArgs, PipelineArgs, SchedulerMsg, Supervisor, Sup
 use crate::config::{Backend, Role, Settings};
 use crate::delivery::{Delivery, Spool, SpoolError, WriterCounters};
 use crate::domain::FetchRecord;
-use crate::http::rate_limit::Limiter;
+use crate::http::probes::ProbeLimiter;
+use crate::http::rate_limit::{Limiter, SharedRateLimiter};
 use crate::http::server::ConnectionLimits;
-use crate::http::{self, ApiState};
+use crate::http::{self, ApiState, Endpoints};
 use crate::metrics::MetricsSource;
-use crate::readiness::Readiness;
+use crate::readiness::{Readiness, WriterLoaded};
 use crate::reload::Reloader;
 use crate::search::Searcher;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::connecting::ConnectingStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::SharedStore;
+
+mod once;
+
+pub use once::ingest_once;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -94,19 +99,18 @@ pub fn open_spool(settings: &Settings, store: &SharedStore) -> Result<Arc<Spool>
     Ok(Arc::new(Spool::open(path, settings.spool.max_bytes)?))
 }
 
-/// How long `ingest --once` waits for its store to answer before giving up.
-const INGEST_ONCE_STORE_WAIT: Duration = Duration::from_secs(30);
-
 /// Delay between two warm-up attempts while the store does not answer.
 const WARM_RETRY: Duration = Duration::from_millis(250);
 
 /// A running planfeed: what `serve` starts and what the tests drive.
 pub struct Service {
-    /// Where the API listens, when this process runs the API role.
+    /// Where the HTTP endpoints listen (every role; none for `ingest --once`).
     pub addr: Option<SocketAddr>,
     pub store: SharedStore,
     pub searcher: Arc<Searcher>,
     pub counters: Arc<WriterCounters>,
+    /// The writes of the ingestion role (with its spool).
+    delivery: Option<Delivery>,
     pipeline: Option<(ActorRef<SupervisorMsg>, PipelineHandles)>,
     shutdown_tx: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
@@ -114,16 +118,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts with the store from `settings`, listening on `settings.server.listen`.
+    /// Starts with the store from `settings`, listening on `settings.server.listen` (every role
+    /// serves `/health`, `/ready` and `/metrics`; `api` and `both` also `/search`).
     pub async fn start(settings: Settings) -> Result<Self, ServiceError> {
         let store = open_store(&settings).await?;
-        let listener = if settings.role.runs_api() {
-            let addr = settings.server.listen;
-            Some(TcpListener::bind(addr).await.map_err(|source| ServiceError::Bind { addr, source })?)
-        } else {
-            None
-        };
-        Self::start_with(settings, store, listener).await
+        let addr = settings.server.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServiceError::Bind { addr, source })?;
+        Self::start_with(settings, store, Some(listener)).await
     }
 
     /// Starts on an already opened store and bound listener (tests bind `127.0.0.1:0`).
@@ -143,7 +144,7 @@ impl Service {
         recorded: Option<mpsc::UnboundedSender<FetchRecord>>,
     ) -> Result<Self, ServiceError> {
         // Install the recorder before anything counts: counts made before it are lost.
-        crate::metrics::handle();
+        register_metrics(&settings);
         let searcher = Arc::new(Searcher::new(store.clone(), &settings.search));
         let counters = Arc::new(WriterCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -163,37 +164,24 @@ impl Service {
             }
             None => None,
         };
-        let limiter = listener.as_ref().map(|_| Limiter::new(&settings.server.rate_limit));
-        // Read by the accept loop, changed by reloads.
-        let connections = ConnectionLimits::new(&settings.server.connections);
-        let (addr, server) = match (listener, limiter.clone()) {
-            (Some(listener), Some(limiter)) => {
-                let mut parts: Vec<Arc<dyn crate::metrics::Collect>> = vec![searcher.clone()];
-                if pipeline.is_some() {
-                    parts.push(counters.clone());
-                }
-                let metrics = MetricsSource {
-                    parts,
-                    permits: pipeline
-                        .as_ref()
-                        .map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks)),
-                };
-                let readiness = Arc::new(Readiness::new(searcher.clone(), store.clone(), delivery.clone()));
-                let cache_control = http::cache_control(settings.http.cache_max_age);
-                let state =
-                    ApiState { searcher: searcher.clone(), limiter, metrics, readiness, cache_control };
-                serve_api(listener, state, connections.clone(), shutdown_rx.clone())
-            }
-            _ => (None, None),
-        };
+        let parts = Parts { store: &store, searcher: &searcher, counters: &counters, delivery: &delivery };
+        let http = listener.map(|l| start_http(&settings, l, &parts, pipeline.as_ref(), shutdown_rx.clone()));
         if settings.role == Role::Api {
             follow_other_writers(&settings, &searcher, shutdown_rx.clone());
         }
         let supervisor = pipeline.as_ref().map(|(sup, _)| sup.clone());
+        let limiter = http.as_ref().and_then(|h| h.limiter.clone());
         let reloader = Arc::new(Reloader::new(settings, limiter, searcher.clone(), supervisor));
-        reloader.set_connection_limits(connections);
+        let (addr, server) = match http {
+            Some(h) => {
+                reloader.set_connection_limits(h.connections);
+                reloader.set_probe_limits(h.probes);
+                (h.addr, Some(h.server))
+            }
+            None => (None, None),
+        };
         warm(searcher.clone());
-        Ok(Self { addr, store, searcher, counters, pipeline, shutdown_tx, server, reloader })
+        Ok(Self { addr, store, searcher, counters, delivery, pipeline, shutdown_tx, server, reloader })
     }
 
     /// Applies configuration changes to this service (see [`crate::reload`]).
@@ -238,6 +226,61 @@ impl Service {
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         }
+    }
+
+    /// [`Service::shutdown`] within `deadline` in all. Past it the pipeline is stopped at once,
+    /// without its flush, and what is left is logged: what the spool keeps for the next start
+    /// (and where), and what was still on its way to the store (the next fetch offers those
+    /// plans again). Returns whether the stop completed.
+    pub async fn shutdown_within(self, deadline: Duration) -> bool {
+        let left = Leftover {
+            spool: self.delivery.as_ref().and_then(|d| d.spool().cloned()),
+            permits: self.pipeline.as_ref().map(|(_, h)| h.permits.clone()),
+            queue_chunks: self.reloader.current().pipeline.queue_chunks,
+            counters: self.counters.clone(),
+            refusal: self.delivery.as_ref().and_then(Delivery::refusal),
+        };
+        match tokio::time::timeout(deadline, self.shutdown()).await {
+            Ok(()) => true,
+            Err(_) => {
+                left.log(deadline);
+                false
+            }
+        }
+    }
+}
+
+/// What a stop cut short by its deadline leaves behind, for the log line that says so.
+struct Leftover {
+    spool: Option<Arc<Spool>>,
+    permits: Option<Arc<tokio::sync::Semaphore>>,
+    queue_chunks: usize,
+    counters: Arc<WriterCounters>,
+    refusal: Option<String>,
+}
+
+impl Leftover {
+    fn log(&self, deadline: Duration) {
+        let in_flight = self
+            .permits
+            .as_ref()
+            .map_or(0, |p| self.queue_chunks - p.available_permits().min(self.queue_chunks));
+        let c = &self.counters;
+        let spool = self.spool.as_deref();
+        tracing::error!(
+            deadline_ms = deadline.as_millis() as u64,
+            chunks_in_flight = in_flight,
+            plans_seen = c.plans_seen.load(Ordering::Relaxed),
+            plans_written = c.plans_written.load(Ordering::Relaxed),
+            plans_spooled = c.plans_spooled.load(Ordering::Relaxed),
+            spool_entries = spool.map_or(0, Spool::entries),
+            spool_plans = spool.map_or(0, Spool::plans),
+            spool_bytes = spool.map_or(0, Spool::bytes),
+            spool_path = %spool.map_or_else(String::new, |s| s.path().display().to_string()),
+            store_refuses_writes = self.refusal.as_deref().unwrap_or(""),
+            "shutdown deadline passed: exiting with work left; the spool keeps its batches for the next \
+             start, plans not yet in the store or the spool come again with the next fetch"
+        );
     }
 }
 
@@ -315,29 +358,105 @@ async fn spawn_pipeline(
     Ok((sup, handles))
 }
 
-/// Serves the API on `listener` until `shutdown` turns true; the rate limiter forgets idle
-/// clients every minute meanwhile.
-fn serve_api(
-    listener: TcpListener,
-    state: ApiState,
+/// Registers the metrics of the roles `settings` runs, at zero, so each is exported from the start.
+fn register_metrics(settings: &Settings) {
+    crate::metrics::register_common(settings.store.backend == Backend::Clickhouse);
+    if settings.role.runs_api() {
+        crate::metrics::register_api();
+    }
+    if settings.role.runs_ingest() {
+        crate::metrics::register_ingest();
+    }
+}
+
+/// What the HTTP endpoints report on.
+struct Parts<'a> {
+    store: &'a SharedStore,
+    searcher: &'a Arc<Searcher>,
+    counters: &'a Arc<WriterCounters>,
+    delivery: &'a Option<Delivery>,
+}
+
+/// The running HTTP server and the limits a reload changes.
+struct Http {
+    addr: Option<SocketAddr>,
+    server: JoinHandle<()>,
+    /// `/search`'s limiter, where searches are answered.
+    limiter: Option<SharedRateLimiter>,
+    probes: Arc<ProbeLimiter>,
     connections: Arc<ConnectionLimits>,
+}
+
+/// Serves the role's endpoints on `listener` until `shutdown` turns true: `/health`, `/ready`,
+/// `/metrics` in every role, `/search` where the API runs; the limiters forget idle clients every
+/// minute meanwhile.
+fn start_http(
+    settings: &Settings,
+    listener: TcpListener,
+    parts: &Parts<'_>,
+    pipeline: Option<&(ActorRef<SupervisorMsg>, PipelineHandles)>,
     mut shutdown: watch::Receiver<bool>,
-) -> (Option<SocketAddr>, Option<JoinHandle<()>>) {
+) -> Http {
+    let search = settings.role.runs_api();
+    let mut sources: Vec<Arc<dyn crate::metrics::Collect>> = Vec::new();
+    if search {
+        sources.push(parts.searcher.clone());
+    }
+    if pipeline.is_some() {
+        sources.push(parts.counters.clone());
+    }
+    let permits = pipeline.map(|(_, h)| (h.permits.clone(), settings.pipeline.queue_chunks));
+    let metrics = MetricsSource { parts: sources, permits };
+    let readiness = Arc::new(readiness(search, parts, pipeline));
+    let limiter = Limiter::new(&settings.server.rate_limit);
+    let cache_control = http::cache_control(settings.http.cache_max_age);
+    let state = ApiState {
+        searcher: parts.searcher.clone(),
+        limiter: limiter.clone(),
+        metrics,
+        readiness,
+        cache_control,
+    };
+    let probes = ProbeLimiter::new(&settings.server.probe_limit);
+    let connections = ConnectionLimits::new(&settings.server.connections);
     let addr = listener.local_addr().ok();
-    // Ingestion in this process rests while searches are answered (`pipeline.ingest_share`).
-    crate::cpu::pace::watch_searches(crate::metrics::searches_answered);
-    let limiter = state.limiter.clone();
+    if search {
+        // Ingestion in this process rests while searches are answered (`pipeline.ingest_share`).
+        crate::cpu::pace::watch_searches(crate::metrics::searches_answered);
+    }
+    let (pruned, pruned_probes) = (limiter.clone(), probes.clone());
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            limiter.shrink();
+            pruned.shrink();
+            pruned_probes.shrink();
         }
     });
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    tracing::info!(addr = ?addr, "api listening");
-    (addr, Some(tokio::spawn(http::run(listener, state, connections, stop))))
+    let endpoints = Endpoints { search, probes: probes.clone() };
+    tracing::info!(addr = ?addr, role = ?settings.role, search, "api listening");
+    let server = tokio::spawn(http::run_with(listener, state, endpoints, connections.clone(), stop));
+    Http { addr, server, limiter: search.then_some(limiter), probes, connections }
+}
+
+/// What `/ready` checks: the searches' needs where they are answered, else the writer's.
+fn readiness(
+    search: bool,
+    parts: &Parts<'_>,
+    pipeline: Option<&(ActorRef<SupervisorMsg>, PipelineHandles)>,
+) -> Readiness {
+    match (search, parts.delivery, pipeline) {
+        (false, Some(delivery), Some(_)) => {
+            // Set by the writer once its bookkeeping is loaded (at once, or in the background
+            // when the store could not be read at start).
+            let counters = parts.counters.clone();
+            let loaded: WriterLoaded = Arc::new(move || counters.states_loaded.load(Ordering::Acquire));
+            Readiness::ingest(parts.store.clone(), delivery.clone(), loaded)
+        }
+        _ => Readiness::new(parts.searcher.clone(), parts.store.clone(), parts.delivery.clone()),
+    }
 }
 
 /// Warms the day directory so /ready turns true without waiting for the first search; a store not
@@ -348,93 +467,4 @@ fn warm(searcher: Arc<Searcher>) {
             tokio::time::sleep(WARM_RETRY).await;
         }
     });
-}
-
-/// `planfeed ingest --once`: runs the pipeline (no API) for one fetch of `url` (or the configured
-/// provider): the scheduler asks for that one fetch, and the run ends when the writer announces
-/// its record (every plan written, spooled or dropped). Returns that record.
-pub async fn ingest_once(
-    mut settings: Settings,
-    url: Option<String>,
-    provider: Option<String>,
-    progress: bool,
-) -> Result<FetchRecord, ServiceError> {
-    let mut p = settings.effective_providers().remove(0);
-    if let Some(url) = url {
-        p.url = url;
-    }
-    if let Some(name) = provider {
-        p.name = name;
-    }
-    p.validate().map_err(ServiceError::Invalid)?;
-    settings.provider = p;
-    settings.providers.clear();
-    settings.role = crate::config::Role::Ingest;
-    let store = open_store(&settings).await?;
-    // A one-shot run has nothing to serve meanwhile: wait a while for the store, then say why not.
-    let deadline = tokio::time::Instant::now() + INGEST_ONCE_STORE_WAIT;
-    while let Err(e) = store.ping().await {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ServiceError::Store(e));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let service = Service::launch(settings, store, None, Some(tx)).await?;
-    let bar = progress.then(|| Progress::new(service.counters.clone()));
-    let record = loop {
-        tokio::select! {
-            record = rx.recv() => break record,
-            _ = tokio::time::sleep(Duration::from_millis(200)), if bar.is_some() => {
-                bar.iter().for_each(Progress::update);
-            }
-        }
-    };
-    service.shutdown().await;
-    let record =
-        record.ok_or_else(|| ServiceError::Pipeline("the pipeline stopped before the fetch ended".into()))?;
-    if let Some(bar) = bar {
-        bar.finish(&record);
-    }
-    Ok(record)
-}
-
-/// The spinner `ingest --once` shows on a terminal.
-struct Progress {
-    bar: indicatif::ProgressBar,
-    counters: Arc<WriterCounters>,
-}
-
-impl Progress {
-    fn new(counters: Arc<WriterCounters>) -> Self {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Self { bar, counters }
-    }
-
-    fn update(&self) {
-        let c = &self.counters;
-        self.bar.set_message(format!(
-            "{} plans read, {} written, {} unchanged, {} skipped",
-            c.plans_seen.load(Ordering::Relaxed),
-            c.plans_written.load(Ordering::Relaxed),
-            c.plans_unchanged.load(Ordering::Relaxed),
-            c.plans_skipped.load(Ordering::Relaxed)
-        ));
-    }
-
-    fn finish(self, record: &FetchRecord) {
-        self.bar.finish_with_message(format!(
-            "{} plans read, {} written, {} unchanged, {} skipped, {} bytes in {} ms",
-            record.plans_seen,
-            record.plans_written,
-            record.plans_unchanged,
-            record.plans_skipped,
-            record.bytes,
-            record.duration_ms
-        ));
-    }
 }

@@ -158,6 +158,9 @@ impl Actor for BatchWriter {
         });
         let replayer = Some(AbortOnDrop(tokio::spawn(args.delivery.replay(on_dropped))));
         let version_floor = persisted.version_floor();
+        if loading.is_none() {
+            args.delivery.counters().states_loaded.store(true, Ordering::Release);
+        }
         Ok(BatchWriterState {
             args,
             persisted,
@@ -186,6 +189,7 @@ impl Actor for BatchWriter {
     ) -> Result<(), ActorProcessingErr> {
         let msg = match (msg, state.loading.as_mut()) {
             (WriterMsg::Loaded(persisted), Some(_)) => {
+                state.args.delivery.counters().states_loaded.store(true, Ordering::Release);
                 state.version_floor = persisted.version_floor();
                 state.persisted = persisted;
                 for held in state.loading.take().unwrap_or_default() {

@@ -17,7 +17,7 @@ pub use http::HttpSettings;
 pub use pipeline::PipelineSettings;
 pub use providers::{ProviderEntry, ProviderSettings, MAX_RETRY_BACKOFF};
 pub use search::SearchSettings;
-pub use server::{ConnectionSettings, RateLimitSettings, ServerSettings};
+pub use server::{ConnectionSettings, ProbeLimitSettings, RateLimitSettings, ServerSettings};
 pub use store::{Backend, ClickHouseConfig, ClickHouseSettings, SpoolSettings, StoreSettings};
 
 use std::collections::BTreeMap;
@@ -133,8 +133,7 @@ impl Settings {
         self.validate_pipeline()?;
         self.validate_store()?;
         self.validate_spool()?;
-        self.server.rate_limit.validate().map_err(ConfigError::Invalid)?;
-        self.server.connections.validate().map_err(ConfigError::Invalid)?;
+        self.server.validate().map_err(ConfigError::Invalid)?;
         self.http.validate().map_err(ConfigError::Invalid)?;
         self.validate_search()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

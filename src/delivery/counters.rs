@@ -23,6 +23,9 @@ pub struct WriterCounters {
     pub retries: AtomicU64,
     pub batches_dropped: AtomicU64,
     pub fetches_recorded: AtomicU64,
+    /// Set once the writer has loaded its bookkeeping (what the store and the spool hold): an
+    /// `ingest` process is ready from then on.
+    pub states_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl crate::metrics::Collect for WriterCounters {

@@ -1,4 +1,6 @@
-//! The warp server: `GET /search`, `GET /health`, `GET /ready`, `GET /openapi.yaml`.
+//! The warp server: `GET /search`, `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.yaml`.
+//! Every role serves the probes and the metrics; `/search` only where the API runs ([`Endpoints`]).
+//! `/ready` and `/metrics` are admitted by their own limiter ([`probes`]), `/search` by its own.
 //!
 //! `*_filter()`s extract and validate, handlers take their dependencies explicitly, and
 //! [`error::ApiError`] is the one place that shapes error responses. `/search` answers are what HTTP
@@ -7,6 +9,7 @@
 
 pub mod error;
 pub mod params;
+pub mod probes;
 pub mod rate_limit;
 pub mod search;
 pub mod server;
@@ -21,21 +24,50 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use error::ApiError;
+use probes::ProbeLimiter;
 pub use search::{cache_control, search_handler, ApiState, SearchRequest};
 
 /// The published contract, served as-is.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests and returns. Connections
-/// are admitted and timed out by [`server::serve`] under `connections`.
+/// What a process serves besides `/health`, `/ready`, `/metrics` and `/openapi.yaml`.
+#[derive(Clone)]
+pub struct Endpoints {
+    /// `/search` (roles `api` and `both`); without it, `/search` is a `404` like any unknown path.
+    pub search: bool,
+    /// The budget of `/ready` and `/metrics`.
+    pub probes: Arc<ProbeLimiter>,
+}
+
+impl Endpoints {
+    /// Every endpoint, the probes under the default budget.
+    pub fn all() -> Self {
+        Self { search: true, probes: ProbeLimiter::new(&crate::config::ProbeLimitSettings::default()) }
+    }
+}
+
+/// Serves every endpoint until `shutdown` resolves (see [`run_with`]).
 pub async fn run(
     listener: TcpListener,
     state: ApiState,
     connections: Arc<server::ConnectionLimits>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    run_with(listener, state, Endpoints::all(), connections, shutdown).await
+}
+
+/// Serves `endpoints` until `shutdown` resolves, then finishes in-flight requests and returns.
+/// Connections are admitted and timed out by [`server::serve`] under `connections`.
+pub async fn run_with(
+    listener: TcpListener,
+    state: ApiState,
+    endpoints: Endpoints,
+    connections: Arc<server::ConnectionLimits>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let state = Arc::new(state);
-    server::serve(listener, shared_routes(state.clone()), Some(state), connections, shutdown).await;
+    let search = endpoints.search.then(|| state.clone());
+    server::serve(listener, shared_routes(state, endpoints), search, connections, shutdown).await;
 }
 
 /// `GET`, or `HEAD` answered as `GET` (hyper sends the headers and leaves the body out).
@@ -44,34 +76,32 @@ fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 }
 
 pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    shared_routes(Arc::new(state))
+    shared_routes(Arc::new(state), Endpoints::all())
 }
 
 /// The routes on `state`, shared once: a request clones one `Arc`, not the state's fields.
-fn shared_routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+fn shared_routes(
+    state: Arc<ApiState>,
+    endpoints: Endpoints,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let search = warp::path!("search")
+        .and(enabled(endpoints.search))
         .and(get_or_head())
         .and(warp::ext::get::<SearchRequest>())
         .and(with(state.clone()))
         .then(search_handler);
-    let metrics =
-        warp::path!("metrics").and(get_or_head()).and(with(state.clone())).map(|s: Arc<ApiState>| {
+    let probe = admitted(endpoints.probes);
+    let metrics = warp::path!("metrics").and(get_or_head()).and(probe.clone()).and(with(state.clone())).map(
+        |s: Arc<ApiState>| {
             let mut res = Response::new(s.metrics.render().into());
             res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
             res
-        });
+        },
+    );
     let health = warp::path!("health")
         .and(get_or_head())
         .map(|| json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()));
-    let ready =
-        warp::path!("ready").and(get_or_head()).and(with(state)).then(|s: Arc<ApiState>| async move {
-            match s.readiness.check().await {
-                Ok(()) => json_response(StatusCode::OK, s.readiness.describe("ready").into()),
-                Err(status) => {
-                    json_response(StatusCode::SERVICE_UNAVAILABLE, s.readiness.describe(status).into())
-                }
-            }
-        });
+    let ready = warp::path!("ready").and(get_or_head()).and(probe).and(with(state)).then(ready_handler);
     let openapi = warp::path!("openapi.yaml").and(get_or_head()).map(|| {
         let mut res = Response::new(OPENAPI_YAML.into());
         res.headers_mut().insert("content-type", HeaderValue::from_static("application/yaml"));
@@ -88,6 +118,36 @@ fn shared_routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Err
         .unify()
         .recover(recover)
         .unify()
+}
+
+async fn ready_handler(s: Arc<ApiState>) -> Response {
+    match s.readiness.check().await {
+        Ok(()) => json_response(StatusCode::OK, s.readiness.describe("ready").into()),
+        Err(status) => json_response(StatusCode::SERVICE_UNAVAILABLE, s.readiness.describe(status).into()),
+    }
+}
+
+/// Passes when `on`; otherwise the path is unknown here (`404`).
+fn enabled(on: bool) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::any()
+        .and_then(move || async move {
+            if on {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
+/// Admits a probe under `limiter`, or rejects it with a `429`.
+fn admitted(limiter: Arc<ProbeLimiter>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::ext::get::<SearchRequest>()
+        .and_then(move |facts: SearchRequest| {
+            let verdict = limiter.check(facts.remote).map_err(warp::reject::custom);
+            std::future::ready(verdict)
+        })
+        .untuple_one()
 }
 
 fn with<T: Clone + Send>(t: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {

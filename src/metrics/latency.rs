@@ -113,7 +113,8 @@ impl SearchStats {
             .sum()
     }
 
-    /// Appends the histogram `name` in the Prometheus text format, as the exporter writes one.
+    /// Appends the samples of the histogram `name` in the Prometheus text format, as the exporter
+    /// writes them (the caller writes its `# HELP` and `# TYPE` lines).
     pub(super) fn render(&self, name: &str, out: &mut String) {
         let mut counts = [0u64; BOUNDS.len() + 1];
         let mut sum_nanos = 0u64;
@@ -123,7 +124,6 @@ impl SearchStats {
             }
             sum_nanos = sum_nanos.wrapping_add(shard.sum_nanos.load(Ordering::Relaxed));
         }
-        let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0;
         for (count, (_, le)) in counts.iter().zip(BOUNDS) {
             cumulative += count;
@@ -156,7 +156,7 @@ mod tests {
         let value = |series: &str| {
             text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map(str::to_owned)
         };
-        assert!(text.starts_with("# TYPE x_seconds histogram\n"), "{text}");
+        assert!(text.starts_with("x_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
         assert_eq!(value("x_seconds_bucket{le=\"0.00005\"}").as_deref(), Some("1"));
         assert_eq!(value("x_seconds_bucket{le=\"0.0001\"}").as_deref(), Some("3"));
         assert_eq!(value("x_seconds_bucket{le=\"0.0025\"}").as_deref(), Some("3"));

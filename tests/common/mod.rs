@@ -8,6 +8,7 @@ pub mod binary;
 pub mod clickhouse;
 pub mod cluster;
 pub mod conformance;
+pub mod scrape;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use planfeed::domain::{Plan, PlanKey, StoredPlan, Zone};
