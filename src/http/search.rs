@@ -56,7 +56,8 @@ pub fn cache_control(max_age: std::time::Duration) -> HeaderValue {
 #[derive(Debug, Clone, Default)]
 pub struct SearchRequest {
     pub remote: Option<std::net::SocketAddr>,
-    /// The first `X-Forwarded-For` line (used when `trust_forwarded_for` is set).
+    /// Every `X-Forwarded-For` line, joined into one list (read from a trusted proxy only: a
+    /// proxy may append its own line, and the walk starts from the right).
     pub forwarded_for: Option<HeaderValue>,
     pub target: Option<PathAndQuery>,
     /// Every `If-None-Match` line, joined into one list.
@@ -76,8 +77,8 @@ impl SearchRequest {
                 join(&mut facts.if_none_match, value);
             } else if name == ACCEPT_ENCODING {
                 join(&mut facts.accept_encoding, value);
-            } else if name == X_FORWARDED_FOR && facts.forwarded_for.is_none() {
-                facts.forwarded_for = Some(value.clone());
+            } else if name == X_FORWARDED_FOR {
+                join(&mut facts.forwarded_for, value);
             }
         }
         facts
@@ -186,7 +187,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_facts_of_a_request_join_repeated_list_lines_and_keep_the_first_forwarded_for() {
+    fn the_facts_of_a_request_join_repeated_list_lines() {
         let req = warp::http::Request::builder()
             .uri("/search?starts_at=2023-06-15T00:00:00Z")
             .header("if-none-match", "\"a\"")
@@ -201,7 +202,7 @@ mod tests {
         let text = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(text(&facts.if_none_match).as_deref(), Some("\"a\", \"b\", \"c\""));
         assert_eq!(text(&facts.accept_encoding).as_deref(), Some("br, gzip"));
-        assert_eq!(text(&facts.forwarded_for).as_deref(), Some("10.0.0.1"));
+        assert_eq!(text(&facts.forwarded_for).as_deref(), Some("10.0.0.1, 10.0.0.2"));
         assert_eq!(facts.query(), "starts_at=2023-06-15T00:00:00Z");
         let bare = warp::http::Request::builder().uri("/search").body(()).unwrap();
         let facts = SearchRequest::of(&bare, "127.0.0.1:5000".parse().unwrap());
