@@ -162,3 +162,54 @@ async fn ids_the_stores_cannot_hold_are_skipped_at_parse_time_without_an_error()
         }
     }
 }
+
+/// Waits until `/search` (asked from 127.0.0.3) lists `n` events.
+async fn wait_for_plans(base: &str, n: usize) {
+    let client = reqwest::Client::builder().local_address(Some([127, 0, 0, 3].into())).build().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = client.get(format!("{base}/search")).send().await.unwrap().text().await.unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if answer["data"]["events"].as_array().is_some_and(|e| e.len() == n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} events not served within {PATIENCE:?}: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_ranges_with_gzip_run_out_of_their_work_budget_and_another_client_is_served() {
+    // 60 plans in June: a month's answer is several kilobytes, each new range built and gzipped.
+    let plans: String = (1..=60).map(|i| plan(&i.to_string(), 1 + i % 28, "1")).collect();
+    let body = feed(&format!(
+        r#"<base_plan base_plan_id="1" sell_mode="online" title="A title long enough">{plans}</base_plan>"#
+    ));
+    // A work budget of 200 KB and 1 byte a second after it; request limits far away.
+    let rate = "[server.rate_limit]\nper_client_per_second = 100000\nper_client_burst = 100000\n\
+                global_per_second = 100000\nglobal_burst = 100000\n\
+                per_client_work_per_second = 1\nper_client_work_burst = 200000\n";
+    let (pf, _dir) = start(body, rate).await;
+    wait_for_plans(&pf.base, 60).await;
+    let client =
+        reqwest::Client::builder().no_gzip().local_address(Some([127, 0, 0, 1].into())).build().unwrap();
+    let ask = |client: &reqwest::Client, us: u32| {
+        let url =
+            format!("{}/search?starts_at=2021-06-01T00:00:00.{us:06}Z&ends_at=2021-07-01T00:00:00Z", pf.base);
+        client.get(url).header("accept-encoding", "gzip").send()
+    };
+    let mut statuses = Vec::new();
+    for us in 0..20 {
+        let r = ask(&client, us).await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(r.headers()["content-encoding"], "gzip");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    let ok = statuses.iter().take_while(|s| **s == 200).count();
+    assert!((1..20).contains(&ok), "{statuses:?}");
+    assert!(statuses[ok..].iter().all(|s| *s == 429), "refused once over budget, then on: {statuses:?}");
+    let other =
+        reqwest::Client::builder().no_gzip().local_address(Some([127, 0, 0, 2].into())).build().unwrap();
+    assert_eq!(ask(&other, 0).await.unwrap().status(), 200, "another client has its own budget");
+}

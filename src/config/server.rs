@@ -61,6 +61,15 @@ pub struct RateLimitSettings {
     pub per_client_burst: u32,
     pub global_per_second: u32,
     pub global_burst: u32,
+    /// Bytes of work (built, or compressed at [`COMPRESSED_BYTE_COST`] each) a client's answers
+    /// may cost per second, besides its request count; cached answers cost nothing.
+    ///
+    /// [`COMPRESSED_BYTE_COST`]: crate::http::rate_limit::COMPRESSED_BYTE_COST
+    #[serde(default = "default_work_per_second")]
+    pub per_client_work_per_second: u64,
+    /// The work a client may take at once before its rate applies.
+    #[serde(default = "default_work_burst")]
+    pub per_client_work_burst: u64,
     /// Read `X-Forwarded-For` from any peer, taken as the one proxy in front (its right-most
     /// entry is the client). Kept for older configurations: `trusted_proxies` says which peers.
     #[serde(default)]
@@ -79,6 +88,14 @@ fn default_ipv6_prefix() -> u8 {
     64
 }
 
+fn default_work_per_second() -> u64 {
+    64 << 20
+}
+
+fn default_work_burst() -> u64 {
+    256 << 20
+}
+
 impl Default for RateLimitSettings {
     fn default() -> Self {
         Self {
@@ -86,6 +103,8 @@ impl Default for RateLimitSettings {
             per_client_burst: 10000,
             global_per_second: 20000,
             global_burst: 40000,
+            per_client_work_per_second: default_work_per_second(),
+            per_client_work_burst: default_work_burst(),
             trust_forwarded_for: false,
             trusted_proxies: Vec::new(),
             ipv6_prefix: default_ipv6_prefix(),
@@ -99,6 +118,9 @@ impl RateLimitSettings {
             .contains(&0)
         {
             return Err("server.rate_limit values must all be positive".into());
+        }
+        if self.per_client_work_per_second == 0 || self.per_client_work_burst == 0 {
+            return Err("server.rate_limit.per_client_work_* must be positive".into());
         }
         if self.ipv6_prefix > 128 {
             return Err(format!("server.rate_limit.ipv6_prefix {} is over 128", self.ipv6_prefix));

@@ -4,6 +4,7 @@
 //! trusted proxy's `X-Forwarded-For`, an IPv6 client's prefix) is [`client`]'s.
 
 mod client;
+mod cost;
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -18,11 +19,14 @@ use parking_lot::RwLock;
 use super::error::ApiError;
 use crate::config::RateLimitSettings;
 pub use client::{client_key, ClientIdentity};
+use cost::CostBudget;
+pub use cost::COMPRESSED_BYTE_COST;
 
 struct Limiters {
     per_client: DefaultKeyedRateLimiter<IpAddr>,
     global: DefaultDirectRateLimiter,
     identity: ClientIdentity,
+    cost: CostBudget,
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -60,6 +64,7 @@ impl Limiter {
             per_client: RateLimiter::keyed(quota(s.per_client_per_second, s.per_client_burst)),
             global: RateLimiter::direct(quota(s.global_per_second, s.global_burst)),
             identity: ClientIdentity::new(s),
+            cost: CostBudget::new(s.per_client_work_per_second, s.per_client_work_burst),
         }
     }
 
@@ -86,23 +91,42 @@ impl Limiter {
         let l = self.limiters.read().clone();
         l.per_client.retain_recent();
         l.per_client.shrink_to_fit();
+        l.cost.prune();
     }
 
     /// Admits or refuses one request.
     pub fn check(&self, remote: Option<SocketAddr>, forwarded_for: Option<&str>) -> Result<(), ApiError> {
+        self.admit(remote, forwarded_for).map(|_| ())
+    }
+
+    /// Admits one request, with the key its client is counted under (to [`Self::charge`] its
+    /// cost to), or refuses it: over the client's or the global request rate, or while the
+    /// client's work is over its budget.
+    pub fn admit(&self, remote: Option<SocketAddr>, forwarded_for: Option<&str>) -> Result<IpAddr, ApiError> {
         self.with_current(|l| {
             let client = l.identity.key(remote, forwarded_for);
             // The limiters' own clock, read only on refusal: building a `DefaultClock` per request
             // recalibrates quanta (cpuid) and cost ~15 µs, most of a cached search's time.
             let refused = match l.per_client.check_key(&client) {
                 Err(not_until) => Some(not_until.wait_time_from(l.per_client.clock().now())),
-                Ok(()) => l.global.check().err().map(|n| n.wait_time_from(l.global.clock().now())),
+                Ok(()) => match l.cost.check(&client) {
+                    Err(wait) => Some(wait),
+                    Ok(()) => l.global.check().err().map(|n| n.wait_time_from(l.global.clock().now())),
+                },
             };
             match refused {
-                None => Ok(()),
+                None => Ok(client),
                 Some(wait) => Err(ApiError::rate_limited(wait.as_secs_f64().ceil().max(1.0) as u64)),
             }
         })
+    }
+
+    /// Charges `client` for an answer that built `built` bytes and compressed `compressed`.
+    pub fn charge(&self, client: IpAddr, built: usize, compressed: usize) {
+        let work = built as u64 + compressed as u64 * COMPRESSED_BYTE_COST;
+        if work > 0 {
+            self.with_current(|l| l.cost.charge(client, work));
+        }
     }
 }
 

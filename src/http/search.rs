@@ -117,15 +117,21 @@ pub async fn search_handler(req: SearchRequest, state: Arc<ApiState>) -> Respons
 
 async fn answer_search(req: &SearchRequest, state: &ApiState, asked: std::time::Instant) -> Response {
     let forwarded_for = req.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
-    if let Err(e) = state.limiter.check(req.remote, forwarded_for) {
-        return e.into_response();
-    }
+    let client = match state.limiter.admit(req.remote, forwarded_for) {
+        Ok(client) => client,
+        Err(e) => return e.into_response(),
+    };
     let range: TimeRange = match params::parse_range_remembered(req.query()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     match state.searcher.answer(range, asked).await {
-        Ok(answer) => represent(answer, req, state).await,
+        Ok(answer) => {
+            let built = answer.built_bytes();
+            let (response, compressed) = represent(answer, req, state).await;
+            state.limiter.charge(client, built, compressed);
+            response
+        }
         Err(e) => {
             tracing::error!(error = %e, "search failed and no cached answer exists");
             ApiError::internal().into_response()
@@ -137,8 +143,8 @@ async fn answer_search(req: &SearchRequest, state: &ApiState, asked: std::time::
 /// would get, else `200` with the body, gzip-compressed when accepted, large enough and cached (an
 /// uncached answer would cost a compression per request: it goes out plain; so does a streamed
 /// one, see [`streamed`]). Both carry the same `ETag`, `Cache-Control` and `Vary`, as RFC 9110
-/// §15.4.5 requires of a `304`.
-async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Response {
+/// §15.4.5 requires of a `304`. Also says how many bytes it compressed (the client is charged).
+async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> (Response, usize) {
     let coding = if answer.compressible() && answer.len() >= encoding::GZIP_MIN_BYTES {
         Coding::negotiate(req.accept_encoding.as_ref())
     } else {
@@ -146,13 +152,16 @@ async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Res
     };
     let etag = answer.etag(coding);
     let not_modified = encoding::none_match(req.if_none_match.as_ref(), &etag);
+    let mut compressed = 0;
     let mut res = if not_modified {
         let mut res = Response::new(warp::hyper::body::Bytes::new().into());
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         res
     } else if coding == Coding::Gzip {
         let packed = state.searcher.compressed(&answer, encoding::gzip).await;
-        let mut res = Response::new(packed.expect("a compressible answer is cached").into());
+        let (packed, made) = packed.expect("a compressible answer is cached");
+        compressed = made;
+        let mut res = Response::new(packed.into());
         res.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         res
     } else {
@@ -168,7 +177,7 @@ async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Res
     h.insert(ETAG, etag);
     h.insert(CACHE_CONTROL, state.cache_control.clone());
     h.insert(VARY, HeaderValue::from_static("accept-encoding"));
-    res
+    (res, compressed)
 }
 
 /// A large answer written to the socket piece by piece from the cached days' bytes, with its
