@@ -198,7 +198,7 @@ async fn start_planfeed(db: &std::path::Path, feed_shaped: bool) -> (SocketAddr,
         per_client_burst: unlimited,
         global_per_second: unlimited,
         global_burst: unlimited,
-        trust_forwarded_for: false,
+        ..RateLimitSettings::default()
     };
     planfeed::metrics::handle();
     let state = ApiState {

@@ -76,7 +76,7 @@ fn bench_search(c: &mut Criterion) {
         per_client_burst: u32::MAX / 2,
         global_per_second: u32::MAX / 2,
         global_burst: u32::MAX / 2,
-        trust_forwarded_for: false,
+        ..RateLimitSettings::default()
     };
     let state = Arc::new(ApiState {
         searcher: searcher.clone(),

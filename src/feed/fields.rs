@@ -15,6 +15,11 @@ pub enum SkipKind {
     MissingAttribute,
     /// An id (base plan, plan, zone) is not an unsigned integer.
     InvalidId,
+    /// An id (base plan, plan, zone, organizer) is an unsigned integer above [`MAX_ID`], which
+    /// no store holds (SQLite's integers are signed 64-bit). Told apart from [`Self::InvalidId`]
+    /// because a provider sending such ids sends them on every fetch: the fetch's log sums them up
+    /// in one line instead of one per plan.
+    IdOutOfRange,
     /// A date is unparsable or impossible.
     InvalidDate,
     /// The end date is before the start date.
@@ -25,11 +30,22 @@ pub enum SkipKind {
     NegativePrice,
 }
 
+/// The largest id a plan may carry: 2^63 - 1, SQLite's largest integer. ClickHouse's `UInt64`
+/// columns would take more, but the same feed must give the same plans whatever the store.
+pub const MAX_ID: u64 = i64::MAX as u64;
+
 impl SkipKind {
+    /// Whether plans skipped for this kind are summed up in one line per fetch (a count and an
+    /// example) rather than logged one by one: a kind that comes back identically on every fetch.
+    pub fn summed_up(self) -> bool {
+        matches!(self, Self::IdOutOfRange)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::MissingAttribute => "missing_attribute",
             Self::InvalidId => "invalid_id",
+            Self::IdOutOfRange => "id_out_of_range",
             Self::InvalidDate => "invalid_date",
             Self::EndBeforeStart => "end_before_start",
             Self::InvalidPrice => "invalid_price",
@@ -75,11 +91,33 @@ pub(super) fn take<T>(f: Field<T>, naming: &str, what: &str, invalid: &mut Optio
     }
 }
 
-/// An id attribute `key` (base plan, plan, zone): an unsigned integer.
+/// An id attribute `key` (base plan, plan, zone): an unsigned integer up to [`MAX_ID`].
 pub(super) fn id_field(key: &str, v: &str) -> Field<u64> {
     match parse_u64(v) {
-        Some(n) => Field::Ok(n),
+        Some(n) if n <= MAX_ID => Field::Ok(n),
+        Some(_) => Field::Bad(out_of_range(key, v)),
+        None if is_digits(v) => Field::Bad(out_of_range(key, v)),
         None => Field::Bad(Invalid::new(SkipKind::InvalidId, format!("invalid {key} {}", Shown(v)))),
+    }
+}
+
+fn out_of_range(key: &str, v: &str) -> Invalid {
+    Invalid::new(SkipKind::IdOutOfRange, format!("{key} {} is above {MAX_ID}", Shown(v)))
+}
+
+fn is_digits(v: &str) -> bool {
+    let v = trim(v);
+    !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// The optional `organizer_company_id`: absent when missing or not a number (it is not needed to
+/// serve a plan), but a number above [`MAX_ID`] makes the base plan's plans invalid, as no store
+/// could write them.
+pub(super) fn organizer_field(v: &str) -> Result<Option<u64>, Invalid> {
+    match id_field("organizer_company_id", v) {
+        Field::Ok(n) => Ok(Some(n)),
+        Field::Bad(why) if why.kind == SkipKind::IdOutOfRange => Err(why),
+        _ => Ok(None),
     }
 }
 
@@ -118,11 +156,10 @@ pub(super) fn trim(s: &str) -> &str {
 }
 
 pub(super) fn parse_u64(s: &str) -> Option<u64> {
-    let s = trim(s);
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+    if !is_digits(s) {
         return None;
     }
-    s.parse().ok()
+    trim(s).parse().ok()
 }
 
 pub(super) fn parse_bool(s: &str) -> bool {

@@ -17,7 +17,7 @@ mod text;
 
 pub use chunk::Chunker;
 pub use error::FeedError;
-pub use fields::SkipKind;
+pub use fields::{SkipKind, MAX_ID};
 pub use generate::{
     feed_shaped_stored_plan, generate, generate_into, generate_titled_into, random_stored_plan,
     stored_plan_origin, GenSpec, GenStats,

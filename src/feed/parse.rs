@@ -15,8 +15,8 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 use super::fields::{
-    date_field, fmt_dt, id_attr, id_field, parse_bool, parse_datetime, parse_u64, price_field, take, trim,
-    Field, Invalid, SkipKind,
+    date_field, fmt_dt, id_attr, id_field, organizer_field, parse_bool, parse_datetime, price_field, take,
+    trim, Field, Invalid, SkipKind,
 };
 use super::text::{text, value, Shown};
 use super::{Chunker, FeedError};
@@ -365,17 +365,21 @@ impl ChunkParser {
         let mut raw_id = None;
         let mut title = String::new();
         let mut online = false;
-        let mut organizer_company_id = None;
+        let mut organizer_company_id = Ok(None);
         for a in e.attributes().with_checks(false) {
             let a = a.map_err(|e| e.to_string())?;
             match a.key.as_ref() {
                 key @ ("base_plan_id" | "base_event_id") => (id, raw_id) = id_attr(key, &a),
                 "title" => title = text(&a),
                 "sell_mode" => online = value(&a) == "online",
-                "organizer_company_id" => organizer_company_id = parse_u64(&value(&a)),
+                "organizer_company_id" => organizer_company_id = organizer_field(&value(&a)),
                 _ => {}
             }
         }
+        let (id, organizer_company_id) = match (id, organizer_company_id) {
+            (Field::Ok(_), Err(why)) => (Field::Bad(why), None),
+            (id, organizer) => (id, organizer.ok().flatten()),
+        };
         let id = match id {
             Field::Ok(n) => Ok(n),
             Field::Bad(why) => Err(why),
@@ -887,6 +891,47 @@ pub(crate) mod tests {
         assert_eq!(p.skipped[9].base_plan_id.as_deref(), Some("abc"));
         assert_eq!(p.skipped[9].plan_id.as_deref(), Some("11"));
         assert_eq!(p.skipped[8].base_plan_id, None);
+    }
+
+    #[test]
+    fn ids_above_the_stores_range_are_their_own_skip_kind() {
+        let dates = r#"plan_start_date="2021-03-01T20:00:00" plan_end_date="2021-03-01T22:00:00""#;
+        let zone = |id: &str| format!(r#"<zone zone_id="{id}" price="1"/>"#);
+        let max = i64::MAX.to_string();
+        let over = (i64::MAX as u64 + 1).to_string();
+        let body = wrap(&format!(
+            r#"<base_plan base_plan_id="1" sell_mode="online">
+                 <plan plan_id="{max}" {dates}>{z_max}</plan>
+                 <plan plan_id="{over}" {dates}>{z1}</plan>
+                 <plan plan_id="2" {dates}>{z_over}</plan>
+                 <plan plan_id="3" {dates}>{z_huge}</plan>
+               </base_plan>
+               <base_plan base_plan_id="{over}" sell_mode="online"><plan plan_id="4" {dates}>{z1}</plan></base_plan>
+               <base_plan base_plan_id="5" organizer_company_id="{over}"><plan plan_id="5" {dates}>{z1}</plan></base_plan>
+               <base_plan base_plan_id="6" organizer_company_id="{max}"><plan plan_id="6" {dates}>{z1}</plan></base_plan>"#,
+            z_max = zone(&max),
+            z1 = zone("1"),
+            z_over = zone(&over),
+            z_huge = zone("99999999999999999999999"),
+        ));
+        let p = doc(body.as_bytes());
+        assert_eq!(keys(&p), vec![(1, i64::MAX as u64), (6, 6)]);
+        assert_eq!(p.plans[0].zones[0].zone_id, i64::MAX as u64);
+        assert_eq!(p.plans[1].organizer_company_id, Some(i64::MAX as u64));
+        let kinds: Vec<_> = p.skipped.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, vec![SkipKind::IdOutOfRange; 5]);
+        assert!(SkipKind::IdOutOfRange.summed_up() && !SkipKind::InvalidId.summed_up());
+        let reasons: Vec<&str> = p.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "plan 9223372036854775808 of base plan 1: plan_id \"9223372036854775808\" is above 9223372036854775807",
+                "plan 2 of base plan 1: zone #1: zone_id \"9223372036854775808\" is above 9223372036854775807",
+                "plan 3 of base plan 1: zone #1: zone_id \"99999999999999999999999\" is above 9223372036854775807",
+                "plan 4 of base plan \"9223372036854775808\": base_plan_id \"9223372036854775808\" is above 9223372036854775807",
+                "plan 5 of base plan \"5\": organizer_company_id \"9223372036854775808\" is above 9223372036854775807",
+            ]
+        );
     }
 
     #[test]

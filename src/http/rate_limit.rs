@@ -1,6 +1,10 @@
 //! Rate limiting with governor: a quota per client IP and one for all clients together. A refused
 //! request gets `429` in the contract's error shape with `Retry-After` (whole seconds, at least 1).
-//! The limits can be replaced while running (configuration reload).
+//! The limits can be replaced while running (configuration reload). Who the client is (a
+//! trusted proxy's `X-Forwarded-For`, an IPv6 client's prefix) is [`client`]'s.
+
+mod client;
+mod cost;
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -14,11 +18,15 @@ use parking_lot::RwLock;
 
 use super::error::ApiError;
 use crate::config::RateLimitSettings;
+pub use client::{client_key, ClientIdentity};
+use cost::CostBudget;
+pub use cost::COMPRESSED_BYTE_COST;
 
 struct Limiters {
     per_client: DefaultKeyedRateLimiter<IpAddr>,
     global: DefaultDirectRateLimiter,
-    trust_forwarded_for: bool,
+    identity: ClientIdentity,
+    cost: CostBudget,
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -55,7 +63,8 @@ impl Limiter {
         Limiters {
             per_client: RateLimiter::keyed(quota(s.per_client_per_second, s.per_client_burst)),
             global: RateLimiter::direct(quota(s.global_per_second, s.global_burst)),
-            trust_forwarded_for: s.trust_forwarded_for,
+            identity: ClientIdentity::new(s),
+            cost: CostBudget::new(s.per_client_work_per_second, s.per_client_work_burst),
         }
     }
 
@@ -82,30 +91,42 @@ impl Limiter {
         let l = self.limiters.read().clone();
         l.per_client.retain_recent();
         l.per_client.shrink_to_fit();
+        l.cost.prune();
     }
 
     /// Admits or refuses one request.
     pub fn check(&self, remote: Option<SocketAddr>, forwarded_for: Option<&str>) -> Result<(), ApiError> {
+        self.admit(remote, forwarded_for).map(|_| ())
+    }
+
+    /// Admits one request, with the key its client is counted under (to [`Self::charge`] its
+    /// cost to), or refuses it: over the client's or the global request rate, or while the
+    /// client's work is over its budget.
+    pub fn admit(&self, remote: Option<SocketAddr>, forwarded_for: Option<&str>) -> Result<IpAddr, ApiError> {
         self.with_current(|l| {
-            let client = l
-                .trust_forwarded_for
-                .then(|| {
-                    forwarded_for.and_then(|h| h.split(',').next()).and_then(|ip| ip.trim().parse().ok())
-                })
-                .flatten()
-                .or(remote.map(|a| a.ip()))
-                .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            let client = l.identity.key(remote, forwarded_for);
             // The limiters' own clock, read only on refusal: building a `DefaultClock` per request
             // recalibrates quanta (cpuid) and cost ~15 µs, most of a cached search's time.
             let refused = match l.per_client.check_key(&client) {
                 Err(not_until) => Some(not_until.wait_time_from(l.per_client.clock().now())),
-                Ok(()) => l.global.check().err().map(|n| n.wait_time_from(l.global.clock().now())),
+                Ok(()) => match l.cost.check(&client) {
+                    Err(wait) => Some(wait),
+                    Ok(()) => l.global.check().err().map(|n| n.wait_time_from(l.global.clock().now())),
+                },
             };
             match refused {
-                None => Ok(()),
+                None => Ok(client),
                 Some(wait) => Err(ApiError::rate_limited(wait.as_secs_f64().ceil().max(1.0) as u64)),
             }
         })
+    }
+
+    /// Charges `client` for an answer that built `built` bytes and compressed `compressed`.
+    pub fn charge(&self, client: IpAddr, built: usize, compressed: usize) {
+        let work = built as u64 + compressed as u64 * COMPRESSED_BYTE_COST;
+        if work > 0 {
+            self.with_current(|l| l.cost.charge(client, work));
+        }
     }
 }
 
@@ -120,6 +141,7 @@ mod tests {
             global_per_second: global,
             global_burst: global,
             trust_forwarded_for: trust,
+            ..RateLimitSettings::default()
         }
     }
 
@@ -146,7 +168,37 @@ mod tests {
         }
         assert!(rl.check(Some(proxy), Some("4.4.4.4")).is_err());
         rl.update(&settings(1, 100, true));
-        assert!(rl.check(Some(proxy), Some("5.5.5.5, 10.0.0.1")).is_ok());
-        assert!(rl.check(Some(proxy), Some("5.5.5.5")).is_err(), "the first forwarded address is the client");
+        assert!(rl.check(Some(proxy), Some("6.6.6.6, 5.5.5.5")).is_ok());
+        assert!(
+            rl.check(Some(proxy), Some("7.7.7.7, 5.5.5.5")).is_err(),
+            "the right-most address is the client"
+        );
+    }
+
+    #[test]
+    fn forged_forwarded_for_behind_a_trusted_proxy_meets_the_real_limit() {
+        // One request a second after a burst of 5: the test takes far less than a second.
+        let mut s = RateLimitSettings { per_client_per_second: 1, ..settings(5, 1000, false) };
+        s.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let rl = Limiter::new(&s);
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let admitted = (0..100)
+            .filter(|i| rl.check(Some(proxy), Some(&format!("198.51.100.{i}, 203.0.113.9"))).is_ok())
+            .count();
+        assert_eq!(admitted, 5, "a fresh forged entry per request is no fresh key");
+        assert!(rl.check(Some(proxy), Some("203.0.113.10")).is_ok(), "another real client");
+    }
+
+    #[test]
+    fn ten_thousand_addresses_of_one_ipv6_64_are_one_client() {
+        let rl =
+            Limiter::new(&RateLimitSettings { per_client_per_second: 1, ..settings(50, 100_000, false) });
+        let addr = |i: u128| {
+            SocketAddr::new(std::net::Ipv6Addr::from((0x2001_0db8_0000_0001u128 << 64) | i).into(), 1)
+        };
+        let admitted = (1..=10_000u128).filter(|i| rl.check(Some(addr(*i * 104_729)), None).is_ok()).count();
+        assert_eq!(admitted, 50);
+        let other = SocketAddr::new("2001:db8:0:2::1".parse::<IpAddr>().unwrap(), 1);
+        assert!(rl.check(Some(other), None).is_ok(), "the next /64 is another client");
     }
 }

@@ -56,7 +56,8 @@ pub fn cache_control(max_age: std::time::Duration) -> HeaderValue {
 #[derive(Debug, Clone, Default)]
 pub struct SearchRequest {
     pub remote: Option<std::net::SocketAddr>,
-    /// The first `X-Forwarded-For` line (used when `trust_forwarded_for` is set).
+    /// Every `X-Forwarded-For` line, joined into one list (read from a trusted proxy only: a
+    /// proxy may append its own line, and the walk starts from the right).
     pub forwarded_for: Option<HeaderValue>,
     pub target: Option<PathAndQuery>,
     /// Every `If-None-Match` line, joined into one list.
@@ -76,8 +77,8 @@ impl SearchRequest {
                 join(&mut facts.if_none_match, value);
             } else if name == ACCEPT_ENCODING {
                 join(&mut facts.accept_encoding, value);
-            } else if name == X_FORWARDED_FOR && facts.forwarded_for.is_none() {
-                facts.forwarded_for = Some(value.clone());
+            } else if name == X_FORWARDED_FOR {
+                join(&mut facts.forwarded_for, value);
             }
         }
         facts
@@ -116,15 +117,21 @@ pub async fn search_handler(req: SearchRequest, state: Arc<ApiState>) -> Respons
 
 async fn answer_search(req: &SearchRequest, state: &ApiState, asked: std::time::Instant) -> Response {
     let forwarded_for = req.forwarded_for.as_ref().and_then(|v| v.to_str().ok());
-    if let Err(e) = state.limiter.check(req.remote, forwarded_for) {
-        return e.into_response();
-    }
+    let client = match state.limiter.admit(req.remote, forwarded_for) {
+        Ok(client) => client,
+        Err(e) => return e.into_response(),
+    };
     let range: TimeRange = match params::parse_range_remembered(req.query()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     match state.searcher.answer(range, asked).await {
-        Ok(answer) => represent(answer, req, state).await,
+        Ok(answer) => {
+            let built = answer.built_bytes();
+            let (response, compressed) = represent(answer, req, state).await;
+            state.limiter.charge(client, built, compressed);
+            response
+        }
         Err(e) => {
             tracing::error!(error = %e, "search failed and no cached answer exists");
             ApiError::internal().into_response()
@@ -136,8 +143,8 @@ async fn answer_search(req: &SearchRequest, state: &ApiState, asked: std::time::
 /// would get, else `200` with the body, gzip-compressed when accepted, large enough and cached (an
 /// uncached answer would cost a compression per request: it goes out plain; so does a streamed
 /// one, see [`streamed`]). Both carry the same `ETag`, `Cache-Control` and `Vary`, as RFC 9110
-/// §15.4.5 requires of a `304`.
-async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Response {
+/// §15.4.5 requires of a `304`. Also says how many bytes it compressed (the client is charged).
+async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> (Response, usize) {
     let coding = if answer.compressible() && answer.len() >= encoding::GZIP_MIN_BYTES {
         Coding::negotiate(req.accept_encoding.as_ref())
     } else {
@@ -145,13 +152,16 @@ async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Res
     };
     let etag = answer.etag(coding);
     let not_modified = encoding::none_match(req.if_none_match.as_ref(), &etag);
+    let mut compressed = 0;
     let mut res = if not_modified {
         let mut res = Response::new(warp::hyper::body::Bytes::new().into());
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         res
     } else if coding == Coding::Gzip {
         let packed = state.searcher.compressed(&answer, encoding::gzip).await;
-        let mut res = Response::new(packed.expect("a compressible answer is cached").into());
+        let (packed, made) = packed.expect("a compressible answer is cached");
+        compressed = made;
+        let mut res = Response::new(packed.into());
         res.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         res
     } else {
@@ -167,7 +177,7 @@ async fn represent(answer: Answer, req: &SearchRequest, state: &ApiState) -> Res
     h.insert(ETAG, etag);
     h.insert(CACHE_CONTROL, state.cache_control.clone());
     h.insert(VARY, HeaderValue::from_static("accept-encoding"));
-    res
+    (res, compressed)
 }
 
 /// A large answer written to the socket piece by piece from the cached days' bytes, with its
@@ -186,7 +196,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_facts_of_a_request_join_repeated_list_lines_and_keep_the_first_forwarded_for() {
+    fn the_facts_of_a_request_join_repeated_list_lines() {
         let req = warp::http::Request::builder()
             .uri("/search?starts_at=2023-06-15T00:00:00Z")
             .header("if-none-match", "\"a\"")
@@ -201,7 +211,7 @@ mod tests {
         let text = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(text(&facts.if_none_match).as_deref(), Some("\"a\", \"b\", \"c\""));
         assert_eq!(text(&facts.accept_encoding).as_deref(), Some("br, gzip"));
-        assert_eq!(text(&facts.forwarded_for).as_deref(), Some("10.0.0.1"));
+        assert_eq!(text(&facts.forwarded_for).as_deref(), Some("10.0.0.1, 10.0.0.2"));
         assert_eq!(facts.query(), "starts_at=2023-06-15T00:00:00Z");
         let bare = warp::http::Request::builder().uri("/search").body(()).unwrap();
         let facts = SearchRequest::of(&bare, "127.0.0.1:5000".parse().unwrap());

@@ -136,6 +136,9 @@ pub struct Answer {
     body: Body,
     /// Content hash of the body (xxh3-128): equal bodies, equal hashes, in any process.
     pub hash: u128,
+    /// Bytes this search built (copied and hashed) to answer: 0 for a cached body. What the
+    /// client is charged for besides its request (see `http::rate_limit`).
+    built: usize,
 }
 
 /// Where an answer's bytes are.
@@ -158,11 +161,21 @@ pub enum Content {
 
 impl Answer {
     pub(super) fn uncached(body: Bytes) -> Self {
-        Self { hash: encoding::content_hash(&body), body: Body::Own(Content::Whole(body)) }
+        Self { hash: encoding::content_hash(&body), built: body.len(), body: Body::Own(Content::Whole(body)) }
     }
 
     pub(super) fn cached(key: (i64, i64), cached: Arc<CachedBody>) -> Self {
-        Self { hash: cached.hash, body: Body::Cached(key, cached) }
+        Self { hash: cached.hash, body: Body::Cached(key, cached), built: 0 }
+    }
+
+    /// A body this search built and cached: it cost its bytes, later ones cost nothing.
+    pub(super) fn built_and_cached(key: (i64, i64), cached: Arc<CachedBody>) -> Self {
+        Self { built: cached.body.len(), ..Self::cached(key, cached) }
+    }
+
+    /// Bytes this search built (copied and hashed) for the answer; 0 when a cached body served.
+    pub fn built_bytes(&self) -> usize {
+        self.built
     }
 
     /// The cached body it was served from or stored as, and its range.
@@ -295,7 +308,8 @@ impl BodyBuilder {
             hasher.digest128()
         };
         let hash = run_large(len, hash);
-        Built::Streamed(Answer { body: Body::Own(Content::Pieces(pieces.into())), hash })
+        let built = pieces.iter().map(Bytes::len).sum();
+        Built::Streamed(Answer { body: Body::Own(Content::Pieces(pieces.into())), hash, built })
     }
 }
 

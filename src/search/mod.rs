@@ -162,12 +162,13 @@ impl Searcher {
     }
 
     /// The compressed form of a cached `answer`, made by `compress` on first use and kept beside its
-    /// body (same byte budget); `None` for an answer that is not cached (too large, or stale), which
-    /// would cost a compression per request.
-    pub async fn compressed(&self, answer: &Answer, compress: fn(&[u8]) -> Bytes) -> Option<Bytes> {
+    /// body (same byte budget), with the bytes this call compressed (0 when it was made already:
+    /// what the caller is charged); `None` for an answer that is not cached (too large, or stale),
+    /// which would cost a compression per request.
+    pub async fn compressed(&self, answer: &Answer, compress: fn(&[u8]) -> Bytes) -> Option<(Bytes, usize)> {
         let (key, cached) = answer.cached_body()?;
         if let Some(done) = cached.compressed.get() {
-            return Some(done.clone());
+            return Some((done.clone(), 0));
         }
         let mut made = false;
         let packed = cached
@@ -183,7 +184,7 @@ impl Searcher {
             // Inserted again so the weigher counts the compressed bytes too.
             self.inner.bodies.insert(*key, cached.clone()).await;
         }
-        Some(packed)
+        Some((packed, if made { cached.body.len() } else { 0 }))
     }
 
     /// Reads the day directory from the store unless a fresh one is loaded (start-up warming).
@@ -382,7 +383,7 @@ impl Inner {
         let cached = Arc::new(CachedBody::new(body, epoch, fresh_until));
         self.bodies.insert(key, cached.clone()).await;
         body::remember_body(self.id, key, &cached);
-        Answer::cached(key, cached)
+        Answer::built_and_cached(key, cached)
     }
 }
 

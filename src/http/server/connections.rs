@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::ConnectionSettings;
+use crate::http::rate_limit::client_key;
 
 /// `server.connections` as the accept loop and the watchdogs read it: atomics, so a reload
 /// changes them under a running server. A lower limit refuses new connections until enough
@@ -23,6 +24,9 @@ pub struct ConnectionLimits {
     max_per_client: AtomicUsize,
     idle_ms: AtomicU64,
     header_ms: AtomicU64,
+    /// Leading bits an IPv6 client is counted by (`server.rate_limit.ipv6_prefix`, the rate
+    /// limits' keying), so the addresses of one /64 share one client's connections.
+    ipv6_prefix: AtomicU8,
     /// A flood is on: idle connections are closed after [`FLOOD_IDLE`].
     flood: AtomicBool,
     /// Wakes the watchdogs so they measure against the new timeouts.
@@ -36,6 +40,7 @@ impl ConnectionLimits {
             max_per_client: AtomicUsize::new(0),
             idle_ms: AtomicU64::new(0),
             header_ms: AtomicU64::new(0),
+            ipv6_prefix: AtomicU8::new(64),
             flood: AtomicBool::new(false),
             changed: Notify::new(),
         };
@@ -50,6 +55,12 @@ impl ConnectionLimits {
         self.idle_ms.store(s.idle_timeout.as_millis() as u64, Ordering::Relaxed);
         self.header_ms.store(s.header_read_timeout.as_millis() as u64, Ordering::Relaxed);
         self.changed.notify_waiters();
+    }
+
+    /// Counts IPv6 clients by their first `bits` (from `server.rate_limit.ipv6_prefix`; 64 until
+    /// set); connections open keep the key they were counted under.
+    pub fn set_ipv6_prefix(&self, bits: u8) {
+        self.ipv6_prefix.store(bits.min(128), Ordering::Relaxed);
     }
 
     pub fn max_connections(&self) -> usize {
@@ -170,9 +181,11 @@ impl Registry {
         until(&self.emptied, || self.total.load(Ordering::Acquire) == 0).await;
     }
 
-    /// A slot for a new connection from `ip`, or `None` (counted by reason) over a limit.
+    /// A slot for a new connection from `ip` (counted under its client key, see
+    /// [`client_key`]), or `None` (counted by reason) over a limit.
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
         let limits = &self.limits;
+        let ip = client_key(ip, limits.ipv6_prefix.load(Ordering::Relaxed));
         let mut per_client = self.per_client.lock();
         let total = self.total.load(Ordering::Relaxed);
         let mine = per_client.get(&ip).copied().unwrap_or(0);
@@ -369,5 +382,28 @@ impl Drop for InFlight {
         // Stamped first: the watchdog must not see the request over with an old stamp.
         self.0.wrote();
         self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_addresses_of_one_ipv6_prefix_share_one_clients_connections() {
+        let settings = ConnectionSettings { max_connections_per_client: 3, ..ConnectionSettings::default() };
+        let limits = ConnectionLimits::new(&settings);
+        let registry = Arc::new(Registry::new(limits.clone()));
+        let addr = |net: u128, host: u128| IpAddr::from(std::net::Ipv6Addr::from((net << 64) | host));
+        let net = 0x2001_0db8_0000_0001;
+        let slots: Vec<Slot> = (1..=10_000).filter_map(|i| registry.admit(addr(net, i * 7_919))).collect();
+        assert_eq!(slots.len(), 3, "10,000 addresses of one /64 hold one client's 3 connections");
+        let other = registry.admit(addr(net + 1, 1)).expect("the next /64 is another client");
+        drop(slots);
+        assert!(registry.admit(addr(net, 42)).is_some(), "closed connections free the /64's slots");
+        limits.set_ipv6_prefix(128);
+        let own: Vec<Slot> = (1..=10).filter_map(|i| registry.admit(addr(net + 2, i))).collect();
+        assert_eq!(own.len(), 10, "keyed per address at /128");
+        drop(other);
     }
 }
