@@ -353,6 +353,10 @@ impl Reloader {
                 if let Some(l) = &self.limiter {
                     l.update(s);
                 }
+                // Connection caps key IPv6 clients by the same prefix as the rate limits.
+                if let Some(limits) = self.connections.get() {
+                    limits.set_ipv6_prefix(s.ipv6_prefix);
+                }
                 tracing::info!(
                     per_client_per_second = s.per_client_per_second,
                     per_client_burst = s.per_client_burst,
@@ -600,6 +604,7 @@ mod tests {
             ("store.clickhouse.url", json!("http://127.0.0.1:8124")),
             ("store.clickhouse.urls", json!(["http://127.0.0.1:8124", "http://127.0.0.1:8125"])),
             ("store.clickhouse.cluster", json!("planfeed")),
+            ("server.rate_limit.trusted_proxies", json!(["10.0.0.0/8"])),
             ("log.level", json!("debug")),
             ("log.format", json!("json")),
             ("providers", json!([{"name": "a", "url": "http://127.0.0.1:1/a"}])),

@@ -419,6 +419,7 @@ fn start_http(
     };
     let probes = ProbeLimiter::new(&settings.server.probe_limit);
     let connections = ConnectionLimits::new(&settings.server.connections);
+    connections.set_ipv6_prefix(settings.server.rate_limit.ipv6_prefix);
     let addr = listener.local_addr().ok();
     if search {
         // Ingestion in this process rests while searches are answered (`pipeline.ingest_share`).

@@ -24,6 +24,9 @@ pub struct FetchContext {
 #[derive(Debug, Default)]
 pub struct SkipLog {
     by_kind: parking_lot::Mutex<BTreeMap<SkipKind, u64>>,
+    /// The first plan skipped for each kind that is summed up rather than logged one by one
+    /// ([`SkipKind::summed_up`]): the example its one line per fetch quotes.
+    examples: parking_lot::Mutex<BTreeMap<SkipKind, Skipped>>,
 }
 
 impl SkipLog {
@@ -34,14 +37,17 @@ impl SkipLog {
         }
         let before: u64 = {
             let mut by_kind = self.by_kind.lock();
-            let before = by_kind.values().sum();
+            let before = by_kind.iter().filter(|(k, _)| !k.summed_up()).map(|(_, n)| n).sum();
             for s in skipped {
                 *by_kind.entry(s.kind).or_default() += 1;
             }
             before
         };
+        for s in skipped.iter().filter(|s| s.kind.summed_up()) {
+            self.examples.lock().entry(s.kind).or_insert_with(|| s.clone());
+        }
         let room = LOGGED_SKIPS_PER_FETCH.saturating_sub(before) as usize;
-        for s in skipped.iter().take(room) {
+        for s in skipped.iter().filter(|s| !s.kind.summed_up()).take(room) {
             tracing::warn!(
                 provider = %fetch.provider,
                 fetch_id = fetch.fetch_id,
@@ -64,13 +70,27 @@ impl SkipLog {
 
 impl Drop for FetchContext {
     fn drop(&mut self) {
+        let counts = self.skips.by_kind.lock().clone();
+        for (kind, example) in self.skips.examples.lock().iter() {
+            tracing::warn!(
+                provider = %self.provider,
+                fetch_id = self.fetch_id,
+                kind = kind.label(),
+                skipped = counts.get(kind).copied().unwrap_or(0),
+                example_base_plan_id = example.base_plan_id.as_deref().unwrap_or("?"),
+                example_plan_id = example.plan_id.as_deref().unwrap_or("?"),
+                example = %example.reason,
+                "invalid plans skipped, summed up once per fetch"
+            );
+        }
         let (by_kind, total) = self.skips.summary();
-        if total > LOGGED_SKIPS_PER_FETCH {
+        let one_by_one: u64 = counts.iter().filter(|(k, _)| !k.summed_up()).map(|(_, n)| n).sum();
+        if one_by_one > LOGGED_SKIPS_PER_FETCH {
             tracing::warn!(
                 provider = %self.provider,
                 fetch_id = self.fetch_id,
                 skipped = total,
-                not_logged = total - LOGGED_SKIPS_PER_FETCH,
+                not_logged = one_by_one - LOGGED_SKIPS_PER_FETCH,
                 by_kind = %by_kind,
                 "more invalid plans skipped than logged one by one"
             );
