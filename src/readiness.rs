@@ -1,10 +1,11 @@
 //! `GET /ready`: whether this process can do its role's work now.
 //!
-//! - `api` and `both` (searches are routed on it): the store answers a ping, and the day bounds
-//!   were read from it (`loading` until then). A service started before its store reads the bounds
-//!   as soon as the store answers (on a probe, as well as in the service's own warm-up loop).
+//! - `api` (searches are routed on it): the store answers a ping, and the day bounds were read
+//!   from it (`loading` until then). A service started before its store reads the bounds as soon as
+//!   the store answers (on a probe, as well as in the service's own warm-up loop).
 //! - `ingest`: the store answers a ping, and the writer has loaded its bookkeeping (what the store
 //!   and the spool hold per plan); until then it holds every plan it is handed.
+//! - `both`: what each of the two needs.
 //!
 //! While the store refuses this process's writes (credentials, space, a missing table, …), the
 //! body names the refusal and what to fix (`store_refuses_writes`), in every role that writes.
@@ -40,6 +41,8 @@ enum Needs {
     Directory(Arc<Searcher>),
     /// The writer's bookkeeping (ingestion).
     Bookkeeping(WriterLoaded),
+    /// Both (a process that searches and ingests).
+    Both(Arc<Searcher>, WriterLoaded),
 }
 
 pub struct Readiness {
@@ -62,6 +65,16 @@ impl Readiness {
     /// Readiness of an `ingest` process.
     pub fn ingest(store: SharedStore, delivery: Delivery, writer_loaded: WriterLoaded) -> Self {
         Self::with_needs(Needs::Bookkeeping(writer_loaded), store, Some(delivery))
+    }
+
+    /// For a process that searches and ingests: ready once both could start.
+    pub fn both(
+        searcher: Arc<Searcher>,
+        store: SharedStore,
+        delivery: Delivery,
+        writer_loaded: WriterLoaded,
+    ) -> Self {
+        Self::with_needs(Needs::Both(searcher, writer_loaded), store, Some(delivery))
     }
 
     fn with_needs(needs: Needs, store: SharedStore, delivery: Option<Delivery>) -> Self {
@@ -95,6 +108,7 @@ impl Readiness {
         let loaded = match &self.needs {
             Needs::Directory(searcher) => searcher.warmed(),
             Needs::Bookkeeping(loaded) => loaded(),
+            Needs::Both(searcher, loaded) => searcher.warmed() && loaded(),
         };
         if loaded {
             Ok(())

@@ -448,13 +448,14 @@ fn readiness(
     parts: &Parts<'_>,
     pipeline: Option<&(ActorRef<SupervisorMsg>, PipelineHandles)>,
 ) -> Readiness {
+    // Set by the writer once its bookkeeping is loaded (at once, or in the background when the
+    // store could not be read at start).
+    let counters = parts.counters.clone();
+    let loaded: WriterLoaded = Arc::new(move || counters.states_loaded.load(Ordering::Acquire));
     match (search, parts.delivery, pipeline) {
-        (false, Some(delivery), Some(_)) => {
-            // Set by the writer once its bookkeeping is loaded (at once, or in the background
-            // when the store could not be read at start).
-            let counters = parts.counters.clone();
-            let loaded: WriterLoaded = Arc::new(move || counters.states_loaded.load(Ordering::Acquire));
-            Readiness::ingest(parts.store.clone(), delivery.clone(), loaded)
+        (false, Some(delivery), Some(_)) => Readiness::ingest(parts.store.clone(), delivery.clone(), loaded),
+        (true, Some(delivery), Some(_)) => {
+            Readiness::both(parts.searcher.clone(), parts.store.clone(), delivery.clone(), loaded)
         }
         _ => Readiness::new(parts.searcher.clone(), parts.store.clone(), parts.delivery.clone()),
     }

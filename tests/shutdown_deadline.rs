@@ -67,7 +67,8 @@ async fn start_refused(
     pf.wait_ready().await;
     server.stop();
     release.notify_one();
-    wait_sample(&pf.base, "planfeed_spool_refusals_total", 1.0).await;
+    let refused = tokio::time::timeout(PATIENCE, wait_sample(&pf.base, "planfeed_spool_refusals_total", 1.0));
+    assert!(refused.await.is_ok(), "the spool never refused a batch:\n{}", pf.log_text());
     (pf, server)
 }
 
