@@ -108,8 +108,12 @@ fn clickhouse_config(dir: &Path, port: u16, feed: &str, url: &str) {
 
 /// The server's users file with `password` for the `default` user (ClickHouse reloads it by itself).
 fn set_password(server: &ClickHouseServer, password: &str) {
+    let path = server.data_dir().join("users.xml");
+    // The server notices a change by the file's modification time, in whole seconds: the new one
+    // must differ from the last, however fast the test runs.
+    let before = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
     std::fs::write(
-        server.data_dir().join("users.xml"),
+        &path,
         format!(
             r#"<?xml version="1.0"?>
 <yandex>
@@ -127,6 +131,8 @@ fn set_password(server: &ClickHouseServer, password: &str) {
         ),
     )
     .unwrap();
+    let later = (before + Duration::from_secs(2)).max(std::time::SystemTime::now());
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
 }
 
 /// Waits until the server answers `SELECT 1` without a password (`true`) or refuses it (`false`).
