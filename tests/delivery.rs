@@ -72,14 +72,10 @@ async fn wait_for_ids(store: &dyn Store, want: &BTreeSet<String>, pf: &Planfeed)
     }
 }
 
-/// A counter or gauge of `/metrics` (0 when absent).
-async fn metric(base: &str, name_and_labels: &str) -> f64 {
+/// A counter or gauge of `/metrics` (0 when absent or not answering).
+async fn metric(base: &str, series: &str) -> f64 {
     let Ok(res) = reqwest::get(format!("{base}/metrics")).await else { return 0.0 };
-    let text = res.text().await.unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
+    common::scrape::sample(&res.text().await.unwrap_or_default(), series).unwrap_or(0.0)
 }
 
 async fn wait_for_metric(pf: &Planfeed, name_and_labels: &str, at_least: f64) {
@@ -104,35 +100,6 @@ fn clickhouse_config(dir: &Path, port: u16, feed: &str, url: &str) {
         ),
     )
     .unwrap();
-}
-
-/// The server's users file with `password` for the `default` user (ClickHouse reloads it by itself).
-fn set_password(server: &ClickHouseServer, password: &str) {
-    let path = server.data_dir().join("users.xml");
-    // The server notices a change by the file's modification time, in whole seconds: the new one
-    // must differ from the last, however fast the test runs.
-    let before = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
-    std::fs::write(
-        &path,
-        format!(
-            r#"<?xml version="1.0"?>
-<yandex>
-    <profiles><default><log_queries>1</log_queries></default></profiles>
-    <users>
-        <default>
-            <password>{password}</password>
-            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas><default></default></quotas>
-</yandex>"#
-        ),
-    )
-    .unwrap();
-    let later = (before + Duration::from_secs(2)).max(std::time::SystemTime::now());
-    std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
 }
 
 /// Waits until the server answers `SELECT 1` without a password (`true`) or refuses it (`false`).
@@ -203,11 +170,11 @@ async fn clickhouse_password_rotated_during_ingestion_loses_nothing() {
         "credentials",
         "ClickHouse refuses planfeed's credentials",
         async |server| {
-            set_password(server, "rotated");
+            server.set_password("rotated");
             wait_for_password_check(server, false).await;
         },
         async |server| {
-            set_password(server, "");
+            server.set_password("");
             wait_for_password_check(server, true).await;
         },
     )

@@ -159,6 +159,21 @@ impl ClickHouseServer {
         fs::write(dir.join(name), xml).expect("config.d file");
     }
 
+    /// Gives the `default` user `password` ("" for none), as an operator rotating it would: the
+    /// server reloads its users file by itself. The server notices a change by the file's
+    /// modification time in whole seconds, so the new one always differs from the last.
+    pub fn set_password(&self, password: &str) {
+        let path = self.dir.path().join("users.xml");
+        let before = fs::metadata(&path).and_then(|m| m.modified()).expect("users.xml");
+        fs::write(&path, users_xml(password)).expect("users.xml");
+        let later = (before + Duration::from_secs(2)).max(std::time::SystemTime::now());
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(later))
+            .expect("users.xml mtime");
+    }
+
     /// True while the server runs (started and not stopped).
     pub fn running(&self) -> bool {
         self.child.is_some()
@@ -312,23 +327,7 @@ fn write_config(dir: &Path, http_port: u16, tcp_port: u16) -> std::io::Result<()
 "#
         ),
     )?;
-    fs::write(
-        dir.join("users.xml"),
-        r#"<?xml version="1.0"?>
-<yandex>
-    <profiles><default><log_queries>1</log_queries></default></profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas><default></default></quotas>
-</yandex>
-"#,
-    )
+    fs::write(dir.join("users.xml"), users_xml(""))
 }
 
 fn data_parent() -> PathBuf {
@@ -340,4 +339,24 @@ fn data_parent() -> PathBuf {
         return shm.to_path_buf();
     }
     std::env::temp_dir()
+}
+
+/// The users file: a `default` user with `password` ("" for none), restricted to loopback.
+fn users_xml(password: &str) -> String {
+    format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+    <profiles><default><log_queries>1</log_queries></default></profiles>
+    <users>
+        <default>
+            <password>{password}</password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas><default></default></quotas>
+</yandex>
+"#
+    )
 }
