@@ -1,37 +1,32 @@
 #!/usr/bin/env bash
-# Mixed load (`make bench`): warm 1-day searches while nothing is ingested and while the simulator's
-# large changing feed (3,000 base plans x 4 plans x 50 zones, about 61 MB, every plan changed each
-# round) is fetched every second, side by side in one run, for each ingestion profile below.
-# Prints one line per run and writes them to target/mixed/results.txt.
+# Mixed load (`make bench`): searches and ingestion on one 2-core machine, both directions in one
+# run. The simulator's large changing feed (3,000 base plans x 4 plans x 50 zones, about 61 MB,
+# every plan changed each round) is fetched every second by one planfeed in the default role
+# (`both`) on a fresh embedded store, rate limits out of the way; warm 1-day searches come from wrk
+# (closed loop, -t2 -c$CONNS) or examples/loadgen.rs (a fixed rate, latency from each request's
+# scheduled time). Prints one line per phase and a summary per profile, and writes them to
+# target/mixed/results.txt.
 #
 #   scripts/mixed.sh
-#   MIXED_SECONDS=5 MIXED_PROFILES="default" scripts/mixed.sh
+#   MIXED_SECONDS=5 MIXED_PAIRS=1 MIXED_PROFILES="default" scripts/mixed.sh
 #
-# One planfeed in the default role (`both`) on a fresh embedded store, rate limits out of the way,
-# fetching the simulator (a separate process on this machine, standing for the provider) every
-# second. Idle phases stop the simulator (SIGSTOP: the fetch under way waits, nothing is parsed or
-# written) and wait until the pipeline holds no chunk; busy phases let it go on (SIGCONT). In each
-# phase: a wrk closed loop (-t2 -c$CONNS) and a fixed rate (examples/loadgen.rs, latency from each
-# request's scheduled time) on the same 1-day range. A busy phase also reports the rounds ingested,
-# plans/s and MB/s, failed fetches, and the CPU seconds of planfeed's ingestion threads (the pool,
-# `planfeed-ingest-N`, and the pipeline's runtime, `planfeed-pipe-N`), its other threads and the
-# simulator (with planfeed's busiest threads by id).
-#
-# The machine may be shared: a neighbour's build can halve the req/s of an idle phase against one a
-# minute later. So each profile runs MIXED_PAIRS (default 3) pairs of phases, idle then busy, and
-# judges by each pair's ratios and their median, printing the load average with each pair.
+# Each round of a profile runs five phases of MIXED_SECONDS (default 10):
+#   1. searches alone (the simulator stopped with SIGSTOP once the pipeline is empty): closed-loop
+#      req/s and p99, fixed-rate p99;
+#   2. ingestion alone (SIGCONT): plans/s and MB/s (at most one 61 MB round a second: the interval);
+#   3. ingestion + fixed-rate searches (MIXED_RATE, default 10,000/s): search p99, plans/s;
+#   4. ingestion + closed-loop searches (saturating): req/s, plans/s;
+#   5. ingestion + one cached search a second: plans/s.
+# Ingestion's plans/s in a phase is the writer's `planfeed_plans_total{outcome="seen"}` over it.
+# The machine may be shared: each profile runs MIXED_PAIRS (default 3) rounds and judges by each
+# round's ratios and their median, printing the load average with each round.
 # The simulator stands for a provider on another machine: it runs under SCHED_IDLE (MIXED_SIM_IDLE=1,
 # the default) at nice MIXED_SIM_NICE (default 19), so generating the feed does not count against
-# searches (MIXED_SIM_IDLE=0 MIXED_SIM_NICE=0 to charge it). Under nice 19 alone a woken search
-# thread may still wait for the simulator's time slice to end (up to a few ms: see
-# docs/performance.md, "Where the fixed-rate tail goes"); a SCHED_IDLE thread is preempted at once.
+# either side (MIXED_SIM_IDLE=0 MIXED_SIM_NICE=0 to charge it).
 #
-# Profiles (MIXED_PROFILES, space-separated): `default` (config/default.toml: every core but one for
-# parsing and the store's writes, nice +10 under SCHED_IDLE with the starvation guard, resting while
-# searches are answered: `ingest_share` 0.1), `unpaced` (the same without the rests), `nice10`
-# (neither rests nor SCHED_IDLE), `same-priority` (two ingestion threads at the
-# searches' priority: close to what tokio's blocking pool gave before), `bound-only` (one thread, no
-# nice), `nice19` (one thread, nice +19); all but `default` without the rests.
+# Profiles (MIXED_PROFILES, space-separated): `default` (config/default.toml: ingestion yields what
+# the searches need down to `min_ingest_share` 0.25), `floor-0.1` (min_ingest_share 0.1),
+# `never-yield` (min_ingest_share 1: no rests, ingestion under SCHED_IDLE only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +37,7 @@ SIM_IDLE=${MIXED_SIM_IDLE:-1}
 RATE=${MIXED_RATE:-10000}
 CONNS=${MIXED_CONNECTIONS:-32}
 BASE_PLANS=${MIXED_BASE_PLANS:-3000}
-PROFILES=${MIXED_PROFILES:-default unpaced nice10 same-priority bound-only nice19}
+PROFILES=${MIXED_PROFILES:-default never-yield}
 SIM_PORT=18190
 PORT=18191
 WORK=target/mixed
@@ -157,13 +152,30 @@ pause_ingestion() {
 profile_env() {
     case $1 in
     default) echo "" ;;
-    unpaced) echo "PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
-    nice10) echo "PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
-    same-priority) echo "PLANFEED__PIPELINE__INGEST_THREADS=2 PLANFEED__PIPELINE__INGEST_NICE=0 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
-    bound-only) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=0 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
-    nice19) echo "PLANFEED__PIPELINE__INGEST_THREADS=1 PLANFEED__PIPELINE__INGEST_NICE=19 PLANFEED__PIPELINE__INGEST_IDLE_POLICY=false PLANFEED__PIPELINE__INGEST_SHARE=1" ;;
+    floor-0.1) echo "PLANFEED__PIPELINE__MIN_INGEST_SHARE=0.1" ;;
+    never-yield) echo "PLANFEED__PIPELINE__MIN_INGEST_SHARE=1" ;;
     *) echo "unknown profile $1" >&2; exit 1 ;;
     esac
+}
+
+# Plans the writer has seen so far.
+seen() { metric planfeed_plans_total 'outcome="seen"'; }
+
+# Runs "$@" while measuring ingestion over it: sets INGESTED (plans/s) and ROUNDS (fetches ok).
+ingesting() {
+    local s0 r0 t0
+    s0=$(seen) r0=$(metric planfeed_fetches_total 'outcome="ok"') t0=$(date +%s.%N)
+    "$@"
+    INGESTED=$(python3 -c "import time; print(round(($(seen) - $s0) / (time.time() - $t0)))")
+    ROUNDS=$(($(metric planfeed_fetches_total 'outcome="ok"') - r0))
+}
+
+# One search a second for SECS seconds.
+trickle() {
+    for _ in $(seq 1 "$SECS"); do
+        curl -sf -o /dev/null "http://127.0.0.1:$PORT$DAY"
+        sleep 1
+    done
 }
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); feed $((FEED_BYTES / 1000000)) MB" \
@@ -194,69 +206,67 @@ for profile in $PROFILES; do
     echo "# profile $profile: $(profile_env "$profile" | sed 's/PLANFEED__PIPELINE__//g')" | tee -a "$RESULTS"
     RATIOS=$WORK/ratios-$profile.txt
     : >"$RATIOS"
-    BUSY_SECS=0
-    OK0=$(metric planfeed_fetches_total 'outcome="ok"')
-    ALL0=$(metric planfeed_fetches_total)
-    SEEN0=$(metric planfeed_plans_total 'outcome="seen"')
-    SPOOLED0=$(metric planfeed_plans_total 'outcome="spooled"')
     SIM0=$(cpu_secs "$SIM" '*')
     thread_secs "$PF" >"$WORK/threads0.txt"
     for pair in $(seq 1 "$PAIRS"); do
-        echo "pair $pair, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS"
+        echo "round $pair, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS"
         pause_ingestion
-        closed "idle, closed loop"
-        IDLE_RPS=$LAST_RPS IDLE_P99=$LAST_P99
-        fixed "idle, fixed ${RATE}/s"
-        IDLE_FIXED_P99=$LAST_P99
-        T0=$(date +%s.%N)
+        closed "searches alone, closed loop"
+        IDLE_RPS=$LAST_RPS
+        fixed "searches alone, fixed ${RATE}/s"
+        IDLE_P99=$LAST_P99
         kill -CONT "$SIM"
-        closed "busy, closed loop"
-        BUSY_RPS=$LAST_RPS BUSY_P99=$LAST_P99
-        fixed "busy, fixed ${RATE}/s"
-        BUSY_FIXED_P99=$LAST_P99
-        BUSY_SECS=$(python3 -c "print($BUSY_SECS + $(date +%s.%N) - $T0)")
-        python3 -c "
-i, b, ip, bp, fi, fb = $IDLE_RPS, $BUSY_RPS, $IDLE_P99, $BUSY_P99, $IDLE_FIXED_P99, $BUSY_FIXED_P99
-print(f'{b / i:.3f} {bp / ip:.3f} {fb / fi:.3f}')" | tee -a "$RATIOS" |
-            awk '{printf "pair busy/idle: closed loop req/s %.2f, p99 %.2fx; fixed-rate p99 %.2fx\n", $1, $2, $3}' |
+        ingesting sleep "$SECS"
+        ALONE=$INGESTED
+        echo "ingestion alone: $ALONE plans/s, $ROUNDS rounds" | tee -a "$RESULTS"
+        ingesting fixed "with ingestion, fixed ${RATE}/s"
+        FIXED_P99=$LAST_P99 FIXED_ING=$INGESTED
+        echo "  ingestion meanwhile: $FIXED_ING plans/s, $ROUNDS rounds" | tee -a "$RESULTS"
+        ingesting closed "with ingestion, closed loop"
+        SAT_RPS=$LAST_RPS SAT_ING=$INGESTED
+        echo "  ingestion meanwhile: $SAT_ING plans/s, $ROUNDS rounds" | tee -a "$RESULTS"
+        ingesting trickle
+        TRICKLE_ING=$INGESTED
+        echo "ingestion with 1 search/s: $TRICKLE_ING plans/s, $ROUNDS rounds" | tee -a "$RESULTS"
+        python3 - "$IDLE_RPS" "$IDLE_P99" "$ALONE" "$FIXED_P99" "$FIXED_ING" "$SAT_RPS" "$SAT_ING" "$TRICKLE_ING" <<'PY' | tee -a "$RATIOS" |
+idle_rps, idle_p99, alone, fixed_p99, fixed_ing, sat_rps, sat_ing, trickle_ing = map(float, __import__("sys").argv[1:])
+a = max(alone, 1.0)
+print(f"{fixed_p99:.3f} {fixed_ing / a:.3f} {sat_rps / idle_rps:.3f} {sat_ing / a:.3f} {trickle_ing / a:.3f} {idle_p99:.3f} {alone:.0f} {sat_ing:.0f}")
+PY
+            awk '{printf "round: fixed-rate p99 %.3f ms (alone %.3f), ingestion %.2fx; saturated: searches %.2fx, ingestion %.2fx; 1 search/s: ingestion %.2fx\n", $1, $6, $2, $3, $4, $5}' |
             tee -a "$RESULTS"
     done
     thread_secs "$PF" >"$WORK/threads1.txt"
     SIM1=$(cpu_secs "$SIM" '*')
-    OK1=$(metric planfeed_fetches_total 'outcome="ok"')
-    ALL1=$(metric planfeed_fetches_total)
-    SEEN1=$(metric planfeed_plans_total 'outcome="seen"')
-    SPOOLED1=$(metric planfeed_plans_total 'outcome="spooled"')
-    python3 - "$BUSY_SECS" "$OK0" "$OK1" "$ALL0" "$ALL1" "$SEEN0" "$SEEN1" "$FEED_BYTES" "$SPOOLED0" "$SPOOLED1" \
-        "$SIM0" "$SIM1" "$WORK/threads0.txt" "$WORK/threads1.txt" "$RATIOS" <<'PY' | tee -a "$RESULTS"
+    python3 - "$SIM0" "$SIM1" "$WORK/threads0.txt" "$WORK/threads1.txt" "$RATIOS" "$FEED_BYTES" "$BASE_PLANS" <<'PY' | tee -a "$RESULTS"
 import statistics, sys
-secs, ok0, ok1, all0, all1, seen0, seen1, feed, sp0, sp1, s0, s1 = map(float, sys.argv[1:13])
+s0, s1 = float(sys.argv[1]), float(sys.argv[2])
 def threads(path):
     out = {}
     for line in open(path):
         tid, name, cpu = line.split()
         out[tid] = (name, float(cpu))
     return out
-before, after = threads(sys.argv[13]), threads(sys.argv[14])
+before, after = threads(sys.argv[3]), threads(sys.argv[4])
 used = {tid: (name, cpu - before.get(tid, (name, 0.0))[1]) for tid, (name, cpu) in after.items()}
 groups = {}
 for name, cpu in used.values():
     group = ("ingestion pool" if name.startswith("planfeed-ingest")
              else "pipeline runtime" if name.startswith("planfeed-pipe") else name)
     groups[group] = groups.get(group, 0.0) + cpu
-rounds = ok1 - ok0
-print(f"busy ingestion: {rounds:.0f} rounds ok, {all1 - all0 - rounds:.0f} failed, {sp1 - sp0:.0f} plans spooled in "
-      f"{secs:.1f} busy s; {(seen1 - seen0) / secs:,.0f} plans/s, {rounds * feed / 1e6 / secs:.1f} MB/s")
-print("CPU s over the pairs (idle phases included): "
+print("CPU s over the rounds: "
       + ", ".join(f"{g} {c:.1f}" for g, c in sorted(groups.items(), key=lambda x: -x[1]) if c >= 0.05)
       + f"; simulator {s1 - s0:.1f}")
-top = sorted(used.items(), key=lambda x: -x[1][1])[:6]
-print("busiest threads: " + ", ".join(f"{name}/{tid} {cpu:.1f}" for tid, (name, cpu) in top))
-rows = [list(map(float, line.split())) for line in open(sys.argv[15])]
-med = [statistics.median(col) for col in zip(*rows)]
-print(f"median of {len(rows)} pairs, busy/idle: closed loop req/s {med[0]:.2f} (target >= 0.7), "
-      f"p99 {med[1]:.2f}x (target <= 2x); fixed-rate p99 {med[2]:.2f}x (target <= 2x)")
+rows = [list(map(float, line.split())) for line in open(sys.argv[5])]
+m = [statistics.median(col) for col in zip(*rows)]
+feed_mb, round_plans = float(sys.argv[6]) / 1e6, float(sys.argv[7]) * 4
+print(f"median of {len(rows)} rounds: fixed rate: search p99 {m[0]:.3f} ms (target <= 2 ms), ingestion {m[1]:.2f}x alone "
+      f"(target >= 0.7); saturated: searches {m[2]:.2f}x alone (target >= 0.7), ingestion {m[3]:.2f}x alone "
+      f"(target >= 0.25), a {feed_mb:.0f} MB round in {round_plans / max(m[7], 1):.1f} s (target < 30 s); "
+      f"1 search/s: ingestion {m[4]:.2f}x alone (target >= 0.95); ingestion alone {m[6]:,.0f} plans/s "
+      f"({m[6] / round_plans * feed_mb:.1f} MB/s)")
 PY
+    echo "controller: $(curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^planfeed_ingest_(periods_total|starvation_promotions_total|paced_seconds_total)' | tr '\n' ' ')" | tee -a "$RESULTS"
     # How the cache met the writes: days reloaded by invalidations, lookups served the previous copy
     # meanwhile, misses (searches that read the store) and store deadlines passed.
     echo "search cache: reloaded days $(metric planfeed_search_reloaded_days_total)," \

@@ -7,9 +7,8 @@
 //! raised by `pipeline.ingest_nice` (Linux: `setpriority` on the thread id, so only these threads):
 //! when searches want the CPU the kernel gives it to them first, and when the machine is otherwise
 //! idle ingestion runs at full speed. Ingestion is never stopped, only given a smaller share, so every
-//! feed still finishes. By default the threads also run under `SCHED_IDLE`, with a guard that gives a
-//! starved one the normal policy for a while ([`starvation`], ADR 12), and rest between jobs while
-//! searches are being answered ([`pace`]).
+//! feed still finishes. By default the threads also run under `SCHED_IDLE` and rest between jobs
+//! ([`pace`]) as much as the searches need, down to a guaranteed share ([`share`], ADR 12).
 //!
 //! The embedded store's writes run here too (`SqliteStore::write`): encoding and writing a round's
 //! rows is about as much CPU as parsing it.
@@ -24,9 +23,13 @@
 //! runtime a worker busy for a few milliseconds with a 61 MB round delays every request queued on
 //! it; on these threads the kernel gives the core to the searches' workers first.
 
-pub mod pace;
 #[cfg(target_os = "linux")]
-mod starvation;
+mod guard;
+pub mod pace;
+pub mod share;
+
+#[cfg(target_os = "linux")]
+pub use guard::{unwatch_thread, watch_search_thread};
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
@@ -59,7 +62,7 @@ pub struct PoolSize {
 
 impl PoolSize {
     /// The default of `config/default.toml`.
-    pub const DEFAULT: PoolSize = PoolSize { threads: 0, nice: 10, idle: true };
+    pub const DEFAULT: PoolSize = PoolSize { threads: 0, nice: 0, idle: true };
 
     fn thread_count(self) -> usize {
         if self.threads > 0 {
@@ -137,20 +140,17 @@ impl CpuPool {
     fn start(size: PoolSize) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let threads = size.thread_count();
+        // From this thread, at the process's priority, not from a lowered one.
         #[cfg(target_os = "linux")]
-        if size.idle {
-            // From this thread, at the process's priority, not from a lowered one.
-            starvation::start_guard();
-        }
+        guard::start_guard();
         for i in 0..threads {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new().name(format!("planfeed-ingest-{i}")).spawn(move || {
                 lower_priority(size.nice, size.idle);
-                let mut pacer = pace::Pacer::default();
                 for job in rx {
                     let started = std::time::Instant::now();
                     job();
-                    let rest = pacer.rest_after(started.elapsed());
+                    let rest = pace::rest_after(started.elapsed());
                     if !rest.is_zero() {
                         std::thread::sleep(rest);
                     }
@@ -235,13 +235,11 @@ fn lower_priority(nice: i32, idle: bool) {
         }
         // SAFETY: as above; `param` lives across the call. Lowering needs no privilege.
         let param = libc::sched_param { sched_priority: 0 };
-        if idle {
-            if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
-                tracing::warn!(tid, error = %std::io::Error::last_os_error(), "cannot put an ingestion thread under SCHED_IDLE");
-            } else {
-                starvation::watch_current_thread();
-            }
+        let lowered = idle && unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } == 0;
+        if idle && !lowered {
+            tracing::warn!(tid, error = %std::io::Error::last_os_error(), "cannot put an ingestion thread under SCHED_IDLE");
         }
+        guard::watch_ingest_thread(lowered);
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (nice, idle);

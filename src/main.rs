@@ -120,8 +120,13 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The main runtime: it answers searches, so its threads are watched by the ingestion threads'
+/// CPU controller (`planfeed::cpu::share`).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("cannot start the async runtime")
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    #[cfg(target_os = "linux")]
+    builder.on_thread_start(planfeed::cpu::watch_search_thread).on_thread_stop(planfeed::cpu::unwatch_thread);
+    builder.enable_all().build().context("cannot start the async runtime")
 }
 
 /// Installs the subscriber; the returned setter lets a configuration reload change the level.

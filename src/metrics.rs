@@ -87,14 +87,8 @@ impl MetricsSource {
     }
 }
 
-/// Seconds the ingestion threads rested for searches ([`crate::cpu::pace`]).
+/// Seconds the ingestion threads rested by the cap ([`crate::cpu::pace`]).
 const INGEST_PACED: &str = "planfeed_ingest_paced_seconds_total";
-
-/// Searches answered (`200` or `304`) since the process started: what ingestion is paced against.
-/// Refused requests (`429`, `400`, `503`) do not slow ingestion: a flood of them costs little.
-pub fn searches_answered() -> u64 {
-    search_handles().stats.answered()
-}
 
 /// The latency histogram of `/search` answers (rendered by [`MetricsSource::render`]).
 const SEARCH_DURATION: &str = "planfeed_search_duration_seconds";
@@ -257,6 +251,13 @@ pub fn register_ingest() {
         metrics::counter!("planfeed_spool_set_aside_total", "what" => what).increment(0);
     }
     metrics::counter!("planfeed_ingest_starvation_promotions_total").increment(0);
+    for reason in ["spare", "searches_delayed", "hurry"] {
+        metrics::counter!("planfeed_ingest_periods_total", "reason" => reason).increment(0);
+    }
+    metrics::gauge!("planfeed_ingest_cap").set(crate::cpu::pace::cap());
+    metrics::gauge!("planfeed_ingest_share_got").set(1.0);
+    metrics::gauge!("planfeed_ingest_promoted").set(0.0);
+    metrics::gauge!("planfeed_ingest_search_wait_seconds").set(0.0);
 }
 
 fn unix_now() -> f64 {

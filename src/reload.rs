@@ -41,8 +41,8 @@ pub enum Action {
         flush_age: Duration,
     },
     Parsers(usize),
-    /// `pipeline.ingest_share`: the ingestion threads' pacing while searches are answered.
-    IngestShare(f64),
+    /// `pipeline.min_ingest_share`: the share of its time ingestion keeps however busy the searches.
+    MinIngestShare(f64),
     LogLevel(String),
     /// `server.connections`: limits and timeouts of the API's connections.
     Connections(ConnectionSettings),
@@ -73,7 +73,7 @@ pub enum Live {
     StoreDeadline,
     Batching,
     Parsers,
-    IngestShare,
+    MinIngestShare,
     LogLevel,
 }
 
@@ -97,7 +97,7 @@ pub const LIVE_KEYS: &[(&str, Effect)] = &[
     ("pipeline.batch_size", Effect::Live(Live::Batching)),
     ("pipeline.flush_age", Effect::Live(Live::Batching)),
     ("pipeline.parsers", Effect::Live(Live::Parsers)),
-    ("pipeline.ingest_share", Effect::Live(Live::IngestShare)),
+    ("pipeline.min_ingest_share", Effect::Live(Live::MinIngestShare)),
     ("log.level", Effect::Live(Live::LogLevel)),
 ];
 
@@ -201,7 +201,7 @@ fn actions(to: Live, old: &Settings, new: &Settings, out: &mut Vec<Action>) {
             flush_age: new.pipeline.flush_age,
         }),
         Live::Parsers => out.push(Action::Parsers(new.pipeline.parsers)),
-        Live::IngestShare => out.push(Action::IngestShare(new.pipeline.ingest_share)),
+        Live::MinIngestShare => out.push(Action::MinIngestShare(new.pipeline.min_ingest_share)),
         Live::LogLevel => out.push(Action::LogLevel(new.log.level.clone())),
     }
 }
@@ -330,10 +330,10 @@ impl Reloader {
             Action::ShutdownTimeout(d) => {
                 tracing::info!(timeout_ms = d.as_millis() as u64, "shutdown deadline updated")
             }
-            Action::IngestShare(share) => {
+            Action::MinIngestShare(share) => {
                 // Process-wide, like the threads it paces.
-                crate::cpu::pace::set_share(*share);
-                tracing::info!(share, "ingestion pacing updated");
+                crate::cpu::pace::set_min_share(*share);
+                tracing::info!(share, "ingestion's minimum share updated");
             }
             Action::LogLevel(level) => match self.log_level.lock().as_ref() {
                 Some(set) => match set(level) {
@@ -517,7 +517,7 @@ mod tests {
             ("PLANFEED__LOG__LEVEL", "debug"),
             ("PLANFEED__SERVER__LISTEN", "127.0.0.1:9999"),
             ("PLANFEED__PIPELINE__PARSERS", "3"),
-            ("PLANFEED__PIPELINE__INGEST_SHARE", "0.5"),
+            ("PLANFEED__PIPELINE__MIN_INGEST_SHARE", "0.5"),
         ]);
         let plan = diff(&old, &new);
         assert_eq!(plan.restart_required, vec!["server.listen"]);
@@ -526,7 +526,7 @@ mod tests {
             [
                 "log.level",
                 "pipeline.batch_size",
-                "pipeline.ingest_share",
+                "pipeline.min_ingest_share",
                 "pipeline.parsers",
                 "provider.interval",
                 "provider.url",
@@ -547,7 +547,7 @@ mod tests {
                 Action::CacheTtl(Duration::from_secs(1)),
                 Action::Batching { batch_size: 10, flush_age: old.pipeline.flush_age },
                 Action::Parsers(3),
-                Action::IngestShare(0.5),
+                Action::MinIngestShare(0.5),
                 Action::LogLevel("debug".into()),
             ]
         );

@@ -344,7 +344,7 @@ async fn spawn_pipeline(
     let providers = settings.effective_providers();
     let pl = &settings.pipeline;
     crate::cpu::configure(pl.cpu_pool());
-    crate::cpu::pace::set_share(pl.ingest_share);
+    crate::cpu::pace::set_min_share(pl.min_ingest_share);
     let handles = PipelineHandles::new(providers.len(), pl.parsers, pl.queue_chunks);
     let once = writer.recorded.is_some();
     let args = PipelineArgs { providers, pipeline: pl.clone(), writer, once };
@@ -421,10 +421,6 @@ fn start_http(
     let connections = ConnectionLimits::new(&settings.server.connections);
     connections.set_ipv6_prefix(settings.server.rate_limit.ipv6_prefix);
     let addr = listener.local_addr().ok();
-    if search {
-        // Ingestion in this process rests while searches are answered (`pipeline.ingest_share`).
-        crate::cpu::pace::watch_searches(crate::metrics::searches_answered);
-    }
     let (pruned, pruned_probes) = (limiter.clone(), probes.clone());
     tokio::spawn(async move {
         loop {

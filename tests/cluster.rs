@@ -279,8 +279,8 @@ async fn a_replica_killed_during_ingestion_and_searches_loses_nothing(cluster: &
         ("PLANFEED__PIPELINE__CHUNK_BYTES", "16384"),
         ("PLANFEED__PROVIDER__TIMEOUT", "300s"),
         // About a replica's failure, not the searches' tail: ingestion does not rest for the
-        // search load (`pipeline.ingest_share`, tested in `isolation`).
-        ("PLANFEED__PIPELINE__INGEST_SHARE", "1"),
+        // search load (`pipeline.min_ingest_share`, tested in `isolation`).
+        ("PLANFEED__PIPELINE__MIN_INGEST_SHARE", "1"),
     ];
     let quorum = quorum_store(cluster).await;
     quorum.write_plans(&[quorum_plan(1)]).await.expect("a quorum write with both replicas up");

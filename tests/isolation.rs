@@ -122,86 +122,142 @@ async fn ingestion_runs_on_its_low_priority_threads_and_still_completes_the_feed
     assert!(searching.iter().all(|t| t.nice == base), "searches keep the process's priority: {all:?}");
 }
 
-/// While searches are answered, ingestion rests between its jobs (`pipeline.ingest_share`), and
-/// still finishes the feed: every plan written, the fetch recorded ok.
+/// Searches from `clients` tasks, one after another on each, `pause` apart (none: flat out), until
+/// `stop`; counts those answered `200`.
+fn search_load(
+    base: &str,
+    clients: usize,
+    pause: Option<std::time::Duration>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (std::sync::Arc<std::sync::atomic::AtomicU64>, Vec<tokio::task::JoinHandle<()>>) {
+    use std::sync::atomic::Ordering;
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let url = format!("{base}/search?starts_at=2023-06-15T00:00:00Z&ends_at=2023-06-15T23:59:59Z");
+    let tasks = (0..clients)
+        .map(|_| {
+            let (stop, answered, url) = (stop.clone(), answered.clone(), url.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(pause) = pause {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    (answered, tasks)
+}
+
+/// A sample of `/metrics` (0 when absent).
+async fn gauge(base: &str, series: &str) -> f64 {
+    common::scrape::sample(&common::scrape::metrics_text(base).await, series).unwrap_or(0.0)
+}
+
+/// The feed of the two tests below, its simulator (failing until told otherwise) and a binary
+/// fetching it every second with `pipeline` settings.
+async fn service_fetching_every_second(
+    spec: GenSpec,
+    pipeline: &str,
+) -> (std::sync::Arc<Simulator>, Planfeed, tempfile::TempDir) {
+    let sim = Simulator::new(FeedSource::Generated(spec), Faults { error_rate: 1.0, ..Faults::default() });
+    let url = simulator::spawn_local(sim.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = local_toml(dir.path(), port, &url, pipeline)
+        .replace("interval = \"1h\"", "interval = \"1s\"\nretries = 0\nbreaker_failures = 0");
+    std::fs::write(dir.path().join("local.toml"), toml).unwrap();
+    let mut pf = Planfeed::serve(dir.path(), port);
+    pf.wait_ready().await;
+    (sim, pf, dir)
+}
+
+/// A trickle of searches (one every 20 ms) is no demand for CPU: ingestion never rests for it,
+/// whole rounds of the feed are written meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingestion_rests_while_searches_are_answered_and_still_finishes() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-
-    use planfeed::config::Settings;
-    use planfeed::service::Service;
-    use planfeed::store::sqlite::SqliteStore;
-    use planfeed::store::SharedStore;
-
+async fn a_trickle_of_searches_never_slows_ingestion() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let spec = GenSpec {
         base_plans: 200,
         plans_per_base: 4,
         zones_per_plan: 20,
-        seed: 23,
+        seed: 29,
         offline_share: 0.0,
         invalid_share: 0.0,
     };
-    let total = spec.base_plans * spec.plans_per_base;
-    // The first fetch fails: the feed only comes once searches are being answered.
-    let sim = Simulator::new(FeedSource::Generated(spec), Faults { error_rate: 1.0, ..Faults::default() });
-    let url = simulator::spawn_local(sim.clone()).await.unwrap();
-    let env: Vec<(String, String)> = [
-        ("PLANFEED__PROVIDER__URL", url.as_str()),
-        ("PLANFEED__PROVIDER__INTERVAL", "1h"),
-        ("PLANFEED__PROVIDER__JITTER", "0s"),
-        ("PLANFEED__PROVIDER__RETRIES", "0"),
-        ("PLANFEED__PROVIDER__BREAKER_FAILURES", "0"),
-        ("PLANFEED__PIPELINE__CHUNK_BYTES", "16384"),
-        ("PLANFEED__PIPELINE__INGEST_SHARE", "0.5"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let settings = Settings::load_with(std::path::Path::new("/nonexistent"), env).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("p.db")).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let service = Service::start_with(settings, store.clone(), Some(listener)).await.unwrap();
-    let base = format!("http://{}", service.addr.unwrap());
-    assert!(common::wait_for_fetches(&store, None, 1).await[0].error.is_some());
-
-    // Searches, one after another (2 ms apart), until the feed is in.
-    let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let searching = tokio::spawn({
-        let (stop, answered, base) = (stop.clone(), answered.clone(), base.clone());
-        async move {
-            let client = reqwest::Client::new();
-            let day = "/search?starts_at=2023-06-15T00:00:00Z&ends_at=2023-06-15T23:59:59Z";
-            while !stop.load(Ordering::Relaxed) {
-                assert_eq!(client.get(format!("{base}{day}")).send().await.unwrap().status(), 200);
-                answered.fetch_add(1, Ordering::Relaxed);
-                // Steady, not flat out: searches that fill every core beside a busy neighbour would
-                // leave ingestion (under SCHED_IDLE) a sliver, and this test is about the rests.
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
-        }
-    });
-    let deadline = Instant::now() + PATIENCE;
-    while answered.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "no search answered within {PATIENCE:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    let paced_before = planfeed::cpu::paced_seconds();
+    let (sim, pf, _dir) = service_fetching_every_second(spec, "[pipeline]\nmin_ingest_share = 0.25").await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (answered, tasks) =
+        search_load(&pf.base, 1, Some(std::time::Duration::from_millis(20)), stop.clone());
     sim.set_faults(Faults::default());
-    // A job's rest needs a search answered since the thread's previous job: fetch again until one
-    // rested (the first fetch practically always does).
-    let mut fetches = 1;
-    while planfeed::cpu::paced_seconds() == paced_before {
-        service.fetch_now();
-        fetches += 1;
-        let latest = common::wait_for_fetches(&store, None, fetches).await.remove(0);
-        assert_eq!(latest.error, None, "{latest:?}");
-        assert_eq!(latest.plans_seen as usize, total, "the whole feed, while paced: {latest:?}");
+    // Three whole rounds while the trickle goes on.
+    let deadline = Instant::now() + common::PATIENCE;
+    while metric(&pf.base, "planfeed_fetches_total", "outcome=\"ok\"").await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "3 fetches not completed within {:?}:\n{}",
+            common::PATIENCE,
+            pf.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    searching.await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
     assert!(answered.load(Ordering::Relaxed) > 0);
-    assert!(planfeed::cpu::paced_seconds() > paced_before);
-    service.shutdown().await;
+    let text = common::scrape::metrics_text(&pf.base).await;
+    let sample = |s: &str| common::scrape::sample(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
+    assert!(sample("planfeed_plans_total{outcome=\"written\"}") >= 800.0, "{text}");
+    assert_eq!(sample("planfeed_ingest_periods_total{reason=\"searches_delayed\"}"), 0.0, "{text}");
+    assert_eq!(sample("planfeed_ingest_paced_seconds_total"), 0.0, "{text}");
+    assert_eq!(sample("planfeed_ingest_cap"), 1.0, "{text}");
+    assert!(sample("planfeed_ingest_periods_total{reason=\"spare\"}") > 0.0, "the controller ran: {text}");
+}
+
+/// Searches flat out from the test (more clients than cores) delay each other: the controller
+/// lowers ingestion's cap, never below `min_ingest_share`, and a fetch that starts meanwhile still
+/// completes with the whole feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_saturating_searches_a_fetch_still_completes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let spec = GenSpec {
+        base_plans: 300,
+        plans_per_base: 4,
+        zones_per_plan: 20,
+        seed: 31,
+        offline_share: 0.0,
+        invalid_share: 0.0,
+    };
+    let total = (spec.base_plans * spec.plans_per_base) as f64;
+    let (sim, pf, _dir) = service_fetching_every_second(spec, "[pipeline]\nmin_ingest_share = 0.25").await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (answered, tasks) = search_load(&pf.base, 8, None, stop.clone());
+    // The searches are delayed before the feed comes.
+    common::scrape::wait_sample(&pf.base, "planfeed_ingest_periods_total{reason=\"searches_delayed\"}", 1.0)
+        .await;
+    sim.set_faults(Faults::default());
+    let deadline = Instant::now() + common::PATIENCE;
+    let mut lowest_cap = 1.0f64;
+    while metric(&pf.base, "planfeed_fetches_total", "outcome=\"ok\"").await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no fetch completed within {:?}:\n{}",
+            common::PATIENCE,
+            pf.log_text()
+        );
+        lowest_cap = lowest_cap.min(gauge(&pf.base, "planfeed_ingest_cap").await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let answered_meanwhile = answered.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(answered_meanwhile > 0);
+    assert!(lowest_cap >= 0.25, "the cap went below the floor: {lowest_cap}");
+    assert!(gauge(&pf.base, "planfeed_plans_total{outcome=\"written\"}").await >= total);
+    assert!(gauge(&pf.base, "planfeed_ingest_paced_seconds_total").await > 0.0, "ingestion yielded");
 }

@@ -48,9 +48,9 @@ fn env(provider_url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         ("PLANFEED__PROVIDER__BREAKER_FAILURES", "0"),
         ("PLANFEED__PIPELINE__FLUSH_AGE", "50ms"),
         ("PLANFEED__PIPELINE__CHUNK_BYTES", "1024"),
-        // These tests search while they ingest; ingestion resting for those searches (pacing has
+        // These tests search while they ingest; ingestion yielding to those searches (the controller has
         // its own test in `isolation`) made a 1.5 s fetch miss its time limit beside busy loops.
-        ("PLANFEED__PIPELINE__INGEST_SHARE", "1"),
+        ("PLANFEED__PIPELINE__MIN_INGEST_SHARE", "1"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

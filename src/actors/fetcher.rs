@@ -209,7 +209,7 @@ impl FetcherState {
         let max_body = self.args.provider.max_body_bytes;
         let mut chunker = Chunker::new(pl.chunk_bytes, pl.max_base_plan_bytes);
         // Past half its time limit the download is no longer slowed for searches (ingestion's
-        // rests, `pipeline.ingest_share`) until it ends: it must finish within the limit.
+        // rests, `pipeline.min_ingest_share`) until it ends: it must finish within the limit.
         let halfway = deadline - self.args.provider.timeout / 2;
         let mut hurry = None;
         let failure = loop {

@@ -286,8 +286,8 @@ mod tests {
             ("PLANFEED__PROVIDER__RETRY_BACKOFF", "1m", "provider.retry_backoff"),
             ("PLANFEED__PROVIDER__MAX_BODY_BYTES", "10", "provider.max_body_bytes"),
             ("PLANFEED__PROVIDER__RETRIES", "100", "provider.retries"),
-            ("PLANFEED__PIPELINE__INGEST_SHARE", "0", "pipeline.ingest_share"),
-            ("PLANFEED__PIPELINE__INGEST_SHARE", "1.5", "pipeline.ingest_share"),
+            ("PLANFEED__PIPELINE__MIN_INGEST_SHARE", "0", "pipeline.min_ingest_share"),
+            ("PLANFEED__PIPELINE__MIN_INGEST_SHARE", "1.5", "pipeline.min_ingest_share"),
         ];
         for (k, v, expected) in cases {
             let err = Settings::load_with(Path::new("/nonexistent"), env(&[(k, v)])).unwrap_err().to_string();

@@ -32,9 +32,9 @@ pub struct PipelineSettings {
     /// Those threads under Linux `SCHED_IDLE`: a search thread waking up takes the core at once.
     #[serde(default)]
     pub ingest_idle_policy: bool,
-    /// While searches are being answered, the share of the time each of those threads may work
-    /// (0 < share <= 1; 1: no pacing); see [`crate::cpu::pace`].
-    pub ingest_share: f64,
+    /// The share of the time it wants that ingestion keeps however busy the searches (0 < share
+    /// <= 1; 1: never yields to searches); see [`crate::cpu::share`].
+    pub min_ingest_share: f64,
 }
 
 impl PipelineSettings {
@@ -82,10 +82,10 @@ impl Settings {
                 pl.ingest_threads, pl.ingest_nice
             ));
         }
-        if !(pl.ingest_share > 0.0 && pl.ingest_share <= 1.0) {
+        if !(pl.min_ingest_share > 0.0 && pl.min_ingest_share <= 1.0) {
             return bad(format!(
-                "pipeline.ingest_share must be above 0 and at most 1, got {}",
-                pl.ingest_share
+                "pipeline.min_ingest_share must be above 0 and at most 1, got {}",
+                pl.min_ingest_share
             ));
         }
         Ok(())

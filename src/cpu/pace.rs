@@ -1,47 +1,48 @@
-//! Pacing: while searches are being answered, each ingestion thread rests after a job for as long
-//! as keeps its work within `pipeline.ingest_share` of the time (0.1: it rests nine times as long
-//! as the job took); when no search came since its previous job it goes on at once.
+//! Pacing: each ingestion thread, after a job, rests in proportion to the cap in force: at a cap of
+//! 0.25 it rests three times as long as the job took, at 1 it goes on at once. The cap is moved
+//! every 100 ms by the [`super::share`] controller, from what the searches' threads went through
+//! (their waits for a core), between `pipeline.min_ingest_share` and 1; without a controller (not
+//! Linux) it stays at 1.
 //!
-//! Why, beside `SCHED_IDLE` and nice: those decide who gets a core when both want one, but a thread
+//! Why rests, beside `SCHED_IDLE`: priorities decide who gets a core when both want one, but a thread
 //! inside a system call keeps its core until the call returns on a kernel without preemption of
 //! kernel code (`Dynamic Preempt: none`, as on the machines measured): the store's `pwrite`s, the
 //! WAL checkpoint and the writeback they cause delay a woken search thread whatever its priority.
-//! At 10,000 searches/s during a 61 MB round every second, the fixed-rate p99 went from 4.3× its
-//! idle value unpaced to 2.25× at a share of 0.3, 2.05× at 0.2 and 1.36× at 0.1 (ADR 12). The
-//! feed still finishes, later: at 0.1, 4.5 MB/s under that search load, full speed without it.
-//!
-//! The searches answered (`200` or `304`, so a flood of refused requests does not slow ingestion)
-//! are read from the search metrics' per-thread counters (a probe given at start,
-//! [`watch_searches`]), so a request pays nothing for it.
+//! Working less often is what shortens the searches' tail then (ADR 12).
 //!
 //! A fetch must still end within `provider.timeout`, and resting slows its download (the pipeline's
 //! permits come back later). So a fetch past half its time limit holds a [`Hurry`] until it ends,
-//! and while one is held no thread rests and the starvation guard promotes a starved one at once:
+//! and while one is held no thread rests and the controller promotes a waiting one at once:
 //! finishing that feed matters more than the searches' tail.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The share, as `f64` bits; 1.0 (never rest) until [`set_share`].
-static SHARE: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
-/// How many searches have been answered so far (set once, by the service that answers them).
-static SEARCHES: OnceLock<fn() -> u64> = OnceLock::new();
+/// The cap, as `f64` bits; 1.0 (never rest) until the controller lowers it.
+static CAP: AtomicU64 = AtomicU64::new(ONE);
+/// `pipeline.min_ingest_share`, as `f64` bits.
+static MIN_SHARE: AtomicU64 = AtomicU64::new(ONE);
+const ONE: u64 = 0x3FF0_0000_0000_0000;
 
-/// Sets `pipeline.ingest_share` (0 < share <= 1); takes effect at each thread's next job.
-pub fn set_share(share: f64) {
-    SHARE.store(share.clamp(f64::MIN_POSITIVE, 1.0).to_bits(), Ordering::Relaxed);
+/// Sets `pipeline.min_ingest_share` (0 < share <= 1): the cap never goes below it, and ingestion
+/// kept below it is promoted. Takes effect at the controller's next period.
+pub fn set_min_share(share: f64) {
+    MIN_SHARE.store(share.clamp(f64::MIN_POSITIVE, 1.0).to_bits(), Ordering::Relaxed);
 }
 
-/// The share in force.
-pub fn share() -> f64 {
-    f64::from_bits(SHARE.load(Ordering::Relaxed))
+/// The floor in force.
+pub fn min_share() -> f64 {
+    f64::from_bits(MIN_SHARE.load(Ordering::Relaxed))
 }
 
-/// Paces ingestion against the searches `answered` counts (a running total). The first call
-/// wins: a process answers searches with one service.
-pub fn watch_searches(answered: fn() -> u64) {
-    let _ = SEARCHES.set(answered);
+/// Sets the cap (the controller's; clamped to the floor and 1).
+pub(super) fn set_cap(cap: f64) {
+    CAP.store(cap.clamp(min_share(), 1.0).to_bits(), Ordering::Relaxed);
+}
+
+/// The cap in force.
+pub fn cap() -> f64 {
+    f64::from_bits(CAP.load(Ordering::Relaxed))
 }
 
 /// Fetches past half their time limit (each holds a [`Hurry`]).
@@ -69,31 +70,20 @@ pub fn hurrying() -> bool {
     HURRYING.load(Ordering::Relaxed) > 0
 }
 
-/// One thread's pacing: what it saw of the searches at its previous job.
-#[derive(Default)]
-pub(super) struct Pacer {
-    seen: Option<u64>,
+/// A thread's rest after a job that took `took`, at the cap in force (none while a fetch hurries).
+pub(super) fn rest_after(took: Duration) -> Duration {
+    let rest = rest(took, cap(), hurrying());
+    PACED_MICROS.fetch_add(rest.as_micros() as u64, Ordering::Relaxed);
+    rest
 }
 
-impl Pacer {
-    /// After a job that took `took`: how long to rest before the next one.
-    pub(super) fn rest_after(&mut self, took: Duration) -> Duration {
-        let Some(answered) = SEARCHES.get() else { return Duration::ZERO };
-        let share = if hurrying() { 1.0 } else { share() };
-        self.rest(took, answered(), share)
+/// How long a job of `took` rests at `cap`: the thread works `cap` of the time, all of it while a
+/// fetch hurries.
+fn rest(took: Duration, cap: f64, hurry: bool) -> Duration {
+    if hurry || cap >= 1.0 {
+        return Duration::ZERO;
     }
-
-    /// [`Self::rest_after`] with the searches answered so far and the share in force.
-    fn rest(&mut self, took: Duration, answered: u64, share: f64) -> Duration {
-        let searching = self.seen.is_some_and(|seen| seen != answered);
-        self.seen = Some(answered);
-        if !searching || share >= 1.0 {
-            return Duration::ZERO;
-        }
-        let rest = took.mul_f64((1.0 - share) / share);
-        PACED_MICROS.fetch_add(rest.as_micros() as u64, Ordering::Relaxed);
-        rest
-    }
+    took.mul_f64((1.0 - cap) / cap)
 }
 
 /// Rest taken by all ingestion threads since the process started, in microseconds.
@@ -105,47 +95,42 @@ pub fn paced_seconds() -> f64 {
     PACED_MICROS.load(Ordering::Relaxed) as f64 / 1e6
 }
 
+/// The same, as a duration (what the controller compares between periods).
+pub(super) fn rested() -> Duration {
+    Duration::from_micros(PACED_MICROS.load(Ordering::Relaxed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_rests_only_while_searches_are_answered_and_in_proportion_to_its_share() {
-        let mut p = Pacer::default();
+    fn a_thread_works_the_cap_of_its_time() {
         let job = Duration::from_millis(10);
-        // The first job has nothing to compare with.
-        assert_eq!(p.rest(job, 5, 0.1), Duration::ZERO);
-        // No search since: no rest.
-        assert_eq!(p.rest(job, 5, 0.1), Duration::ZERO);
-        // Searches answered since: 10 % of the time working, 90 % resting.
-        assert_eq!(p.rest(job, 9, 0.1), Duration::from_millis(90));
-        assert_eq!(p.rest(job, 10, 0.5), Duration::from_millis(10));
-        assert_eq!(p.rest(job, 11, 0.25), Duration::from_millis(30));
-        // A share of 1 never rests.
-        assert_eq!(p.rest(job, 12, 1.0), Duration::ZERO);
+        assert_eq!(rest(job, 0.1, false), Duration::from_millis(90));
+        assert_eq!(rest(job, 0.5, false), Duration::from_millis(10));
+        assert_eq!(rest(job, 0.25, false), Duration::from_millis(30));
+        assert_eq!(rest(job, 1.0, false), Duration::ZERO);
     }
 
     #[test]
     fn no_thread_rests_while_a_fetch_hurries() {
-        watch_searches(|| 0);
-        let mut p = Pacer::default();
-        let answered = SEARCHES.get().unwrap();
-        assert_eq!(answered(), 0);
+        assert_eq!(rest(Duration::from_millis(10), 0.25, true), Duration::ZERO);
         let hurry = Hurry::start();
-        assert!(HURRYING.load(Ordering::Relaxed) >= 1);
-        // Whatever the share: `rest_after` reads the hurry first.
-        p.seen = Some(u64::MAX);
-        assert_eq!(p.rest_after(Duration::from_millis(10)), Duration::ZERO);
+        assert!(hurrying());
         drop(hurry);
     }
 
     #[test]
-    fn the_share_is_kept_in_range() {
-        let before = share();
-        set_share(0.2);
-        assert_eq!(share(), 0.2);
-        set_share(7.0);
-        assert_eq!(share(), 1.0);
-        set_share(before);
+    fn the_floor_is_kept_in_range_and_bounds_the_cap() {
+        let before = min_share();
+        set_min_share(7.0);
+        assert_eq!(min_share(), 1.0);
+        set_min_share(0.2);
+        assert_eq!(min_share(), 0.2);
+        set_cap(0.05);
+        assert_eq!(cap(), 0.2);
+        set_cap(1.0);
+        set_min_share(before);
     }
 }

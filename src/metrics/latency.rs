@@ -32,9 +32,7 @@ const BOUNDS: [(u64, &str); 13] = [
 
 /// The statuses counted here; any other goes to the exporter's counter directly (see
 /// `metrics::record_search`).
-/// The first two are the answered searches ingestion is paced against ([`SearchStats::answered`]).
 pub(super) const STATUSES: [u16; 6] = [200, 304, 400, 429, 500, 503];
-const _: () = assert!(STATUSES[0] == 200 && STATUSES[1] == 304);
 
 /// Shards: more than the threads that answer requests on a small machine, so two threads
 /// rarely share one.
@@ -103,14 +101,6 @@ impl SearchStats {
     /// Answers counted with the status at `index` in [`STATUSES`].
     pub(super) fn status_total(&self, index: usize) -> u64 {
         self.shards.iter().map(|s| s.statuses[index].load(Ordering::Relaxed)).sum()
-    }
-
-    /// Searches answered with results (`200`) or `304`: refused and failed requests not included.
-    pub(super) fn answered(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.statuses[0].load(Ordering::Relaxed) + s.statuses[1].load(Ordering::Relaxed))
-            .sum()
     }
 
     /// Appends the samples of the histogram `name` in the Prometheus text format, as the exporter

@@ -1,0 +1,226 @@
+//! How much of the CPU ingestion takes, decided every [`PERIOD`] from what the searches need.
+//!
+//! Two levers, one rule. Ingestion's threads run under `SCHED_IDLE` (a woken search thread takes
+//! the core from them at once) and, after each job, rest in proportion to the *cap* in force
+//! ([`super::pace`]): at a cap of 0.25 a thread works a quarter of the time. The controller moves
+//! the cap from what the searches' threads went through in the last period, read from the kernel's
+//! scheduler statistics (time each thread waited runnable for a core, and how many times it ran):
+//!
+//! - **Searches delayed**: they ran often enough to matter ([`MIN_SEARCH_RUNS`] times a period,
+//!   about 500 wake-ups a second) and a run waited [`DELAY_TARGET`] or more for a core on average.
+//!   The cap falls by a third, down to `pipeline.min_ingest_share`. Priorities cannot stop a thread
+//!   inside a system call (a store write) from keeping its core on a kernel that does not preempt
+//!   kernel code: working less often does (ADR 12).
+//! - **Otherwise** (no searches, a trickle, or searches that wait for nothing) the cap rises by a
+//!   tenth of the range per period, back to 1 within a second: spare CPU goes to ingestion.
+//!
+//! The floor holds both ways: when ingestion's threads got less than `min_ingest_share` of the time
+//! they wanted (waiting for a core behind saturating searches or a busy neighbour process), they
+//! are *promoted* to the normal policy, where the kernel shares the cores fairly, while the cap
+//! (at least the floor) still bounds their work; they go back under `SCHED_IDLE` once the searches
+//! have not been delayed for [`CALM_PERIODS`] periods. A fetch past half its time limit
+//! ([`super::pace::Hurry`]) lifts the cap and promotes a waiting thread at once.
+
+use std::time::Duration;
+
+/// How often the controller looks.
+pub const PERIOD: Duration = Duration::from_millis(100);
+/// Mean wait for a core, per run of a search thread, above which searches count as delayed.
+pub const DELAY_TARGET: Duration = Duration::from_micros(100);
+/// Runs of the search threads in a period below which their waits say nothing (a trickle).
+pub const MIN_SEARCH_RUNS: u64 = 50;
+/// Undelayed periods after which promoted ingestion threads go back under `SCHED_IDLE`.
+pub const CALM_PERIODS: u32 = 10;
+
+/// What the threads went through in one period (sums over the search threads and over the
+/// ingestion threads).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Period {
+    pub search_runs: u64,
+    pub search_waited: Duration,
+    pub ingest_ran: Duration,
+    pub ingest_waited: Duration,
+    /// Time ingestion's threads rested after jobs, by the cap.
+    pub ingest_rested: Duration,
+}
+
+impl Period {
+    /// Whether the searches were delayed (see the module's doc).
+    pub fn searches_delayed(&self) -> bool {
+        self.search_runs >= MIN_SEARCH_RUNS && self.search_waited / self.search_runs as u32 >= DELAY_TARGET
+    }
+
+    /// The share of the time it wanted that ingestion got (ran, against ran + waited + rested);
+    /// `None` when it wanted under a twentieth of a period (it was idle: nothing to judge).
+    pub fn ingest_got(&self) -> Option<f64> {
+        let wanted = self.ingest_ran + self.ingest_waited + self.ingest_rested;
+        (wanted >= PERIOD / 20).then(|| self.ingest_ran.as_secs_f64() / wanted.as_secs_f64())
+    }
+}
+
+/// Why the cap and the policy are what they are (the `reason` label of the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Nothing to yield to: the cap is rising or at 1.
+    Spare,
+    /// Searches were delayed: the cap is falling or at the floor.
+    SearchesDelayed,
+    /// A fetch past half its time limit: no cap.
+    Hurry,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Spare => "spare",
+            Reason::SearchesDelayed => "searches_delayed",
+            Reason::Hurry => "hurry",
+        }
+    }
+}
+
+/// The controller's state: the cap in force and whether ingestion is promoted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Controller {
+    pub cap: f64,
+    pub promoted: bool,
+    pub reason: Reason,
+    calm: u32,
+}
+
+impl Default for Controller {
+    fn default() -> Self {
+        Controller { cap: 1.0, promoted: false, reason: Reason::Spare, calm: 0 }
+    }
+}
+
+impl Controller {
+    /// Moves the cap and the policy after `p`, with the floor `min` (0 < min <= 1) and whether a
+    /// fetch hurries.
+    pub fn step(&mut self, p: &Period, min: f64, hurry: bool) {
+        let delayed = p.searches_delayed();
+        let starved = p.ingest_got().is_some_and(|got| got < min) && p.ingest_waited > p.ingest_rested;
+        if hurry {
+            self.cap = 1.0;
+            self.reason = Reason::Hurry;
+            self.promoted |= p.ingest_waited >= PERIOD / 2 || starved;
+        } else if delayed {
+            self.cap = (self.cap * (2.0 / 3.0)).max(min);
+            self.reason = Reason::SearchesDelayed;
+        } else {
+            // Ten steps from the floor to 1 (the last one rounded up).
+            let up = self.cap + (1.0 - min) / 10.0;
+            self.cap = if up > 1.0 - 1e-9 { 1.0 } else { up };
+            self.reason = Reason::Spare;
+        }
+        self.cap = self.cap.max(min);
+        self.calm = if delayed { 0 } else { self.calm.saturating_add(1) };
+        if starved {
+            self.promoted = true;
+        } else if self.promoted && self.calm >= CALM_PERIODS && !hurry {
+            self.promoted = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const US: Duration = Duration::from_micros(1);
+
+    fn searches(runs: u64, mean_wait: Duration) -> Period {
+        Period { search_runs: runs, search_waited: mean_wait * runs as u32, ..Period::default() }
+    }
+
+    fn ingest(mut p: Period, ran: Duration, waited: Duration, rested: Duration) -> Period {
+        p.ingest_ran = ran;
+        p.ingest_waited = waited;
+        p.ingest_rested = rested;
+        p
+    }
+
+    #[test]
+    fn delayed_searches_lower_the_cap_to_the_floor_and_calm_ones_raise_it_back() {
+        let mut c = Controller::default();
+        let delayed = ingest(searches(1_000, 300 * US), 150 * MS, 10 * MS, Duration::ZERO);
+        c.step(&delayed, 0.25, false);
+        assert!((c.cap - 2.0 / 3.0).abs() < 1e-9, "{c:?}");
+        assert_eq!(c.reason, Reason::SearchesDelayed);
+        for _ in 0..10 {
+            c.step(&delayed, 0.25, false);
+        }
+        assert_eq!(c.cap, 0.25);
+        assert!(!c.promoted, "ingestion got what it wanted: no promotion");
+        // Searches that wait for nothing: the cap climbs by 0.075 a period, back to 1 in ten.
+        let calm = ingest(searches(1_000, 20 * US), 150 * MS, Duration::ZERO, 50 * MS);
+        c.step(&calm, 0.25, false);
+        assert!((c.cap - 0.325).abs() < 1e-9, "{c:?}");
+        assert_eq!(c.reason, Reason::Spare);
+        for _ in 0..9 {
+            c.step(&calm, 0.25, false);
+        }
+        assert_eq!(c.cap, 1.0);
+    }
+
+    #[test]
+    fn a_trickle_of_searches_never_lowers_the_cap_however_long_its_waits() {
+        let mut c = Controller::default();
+        // Ten searches a second, each waiting 5 ms: a single unlucky wait, not a demand for CPU.
+        let trickle = ingest(searches(1, 5 * MS), 190 * MS, 10 * MS, Duration::ZERO);
+        for _ in 0..20 {
+            c.step(&trickle, 0.25, false);
+        }
+        assert_eq!((c.cap, c.promoted, c.reason), (1.0, false, Reason::Spare));
+    }
+
+    #[test]
+    fn ingestion_kept_below_its_floor_is_promoted_until_the_searches_are_calm() {
+        let mut c = Controller::default();
+        // Saturating searches: ingestion ran 10 ms of the 200 ms it wanted (5 %).
+        let saturated = ingest(searches(5_000, 400 * US), 10 * MS, 190 * MS, Duration::ZERO);
+        c.step(&saturated, 0.25, false);
+        assert!(c.promoted);
+        // Promoted and capped at the floor: it gets its quarter, stays promoted.
+        let floor = ingest(searches(5_000, 400 * US), 50 * MS, 10 * MS, 140 * MS);
+        for _ in 0..20 {
+            c.step(&floor, 0.25, false);
+        }
+        assert!(c.promoted);
+        assert_eq!(c.cap, 0.25);
+        // The searches stop: back under SCHED_IDLE after CALM_PERIODS quiet periods.
+        let quiet = ingest(Period::default(), 200 * MS, Duration::ZERO, Duration::ZERO);
+        for _ in 0..CALM_PERIODS - 1 {
+            c.step(&quiet, 0.25, false);
+        }
+        assert!(c.promoted);
+        c.step(&quiet, 0.25, false);
+        assert!(!c.promoted);
+    }
+
+    #[test]
+    fn rests_alone_never_count_as_starving() {
+        let mut c = Controller { cap: 0.25, ..Controller::default() };
+        // Ingestion got 25 % because it rested the rest: that is the cap, not a shortage.
+        let resting = ingest(searches(5_000, 400 * US), 25 * MS, 5 * MS, 70 * MS);
+        c.step(&resting, 0.5, false);
+        assert!(!c.promoted);
+        assert_eq!(c.cap, 0.5, "the floor is raised at once by a reload");
+    }
+
+    #[test]
+    fn a_hurrying_fetch_lifts_the_cap_and_promotes_a_waiting_thread() {
+        let mut c = Controller { cap: 0.25, ..Controller::default() };
+        let waiting = ingest(searches(5_000, 400 * US), 40 * MS, 60 * MS, Duration::ZERO);
+        c.step(&waiting, 0.25, true);
+        assert_eq!((c.cap, c.promoted, c.reason), (1.0, true, Reason::Hurry));
+    }
+
+    #[test]
+    fn an_idle_ingestion_is_not_judged() {
+        assert_eq!(ingest(Period::default(), MS, 2 * MS, Duration::ZERO).ingest_got(), None);
+        let got = ingest(Period::default(), 30 * MS, 10 * MS, 60 * MS).ingest_got().unwrap();
+        assert!((got - 0.3).abs() < 1e-9);
+    }
+}
