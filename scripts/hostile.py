@@ -13,6 +13,12 @@
   10 s after (limits raised so every connection is served).
 - heads: request heads hyper would refuse bodiless (a 100 KB header block, a 70 KB target, 150
   header fields, the start of a TLS handshake): the status and error code each gets.
+- cost: a client (127.0.0.2, HOSTILE_COST_CONNECTIONS connections, default 4) asking a different
+  1-month range each time with `Accept-Encoding: gzip`, as fast as it can, for HOSTILE_COST_SECS
+  (default 10) s, while another (127.0.0.1) searches a warm day at a fixed 2,000/s
+  (examples/loadgen.rs, `cargo build --release --example loadgen`): planfeed's CPU for the first
+  client (cores, over what the second costs alone), its answers and 429s, and the second's p99
+  alone and beside it; once with the default work budget, once with the budget off.
 
 Only the standard library; each case starts its own planfeed and provider simulator.
 """
@@ -273,9 +279,86 @@ def heads():
     svc.stop()
 
 
+def month_hammer(port, secs, offset, out):
+    """Unique 1-month gzip searches from 127.0.0.2 on one keep-alive connection, for `secs` s."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0))
+    end, i, counts = time.time() + secs, 0, {}
+    while time.time() < end:
+        i += 1
+        # The generated feed spans five years from 2023; a different start second each time.
+        start = 1672531200 + (offset * 1_000_003 + i * 7919) % (4 * 365 * 86400)
+        fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        path = f"/search?starts_at={fmt(start)}&ends_at={fmt(start + 30 * 86400)}"
+        try:
+            conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+            r = conn.getresponse()
+            body = r.read()
+            counts[r.status] = counts.get(r.status, 0) + 1
+            counts["bytes"] = counts.get("bytes", 0) + len(body)
+            if r.getheader("Connection", "").lower() == "close":
+                conn.close()
+        except (OSError, http.client.HTTPException):
+            counts["error"] = counts.get("error", 0) + 1
+            conn.close()
+    out.append(counts)
+
+
+def victim(port, secs, day):
+    """A fixed 2,000 warm 1-day searches a second from 127.0.0.1: (p99 ms, errors)."""
+    loadgen = os.path.join(ROOT, "target", "release", "examples", "loadgen")
+    line = subprocess.run([loadgen, f"127.0.0.1:{port}", "2000", str(secs), "8", day],
+                          capture_output=True, text=True, check=True).stdout
+    fields = [l for l in line.splitlines() if l.startswith("RESULT")][0].split()
+    return float(fields[3]), int(fields[5])
+
+
+def cost_run(label, extra):
+    secs = int(os.environ.get("HOSTILE_COST_SECS", "10"))
+    conns = int(os.environ.get("HOSTILE_COST_CONNECTIONS", "4"))
+    feed = ["--base-plans", "50000", "--zones", "1", "--offline-share", "0", "--invalid-share", "0"]
+    svc = Service(feed, extra=extra)
+    svc.wait(lambda: svc.fetches() >= 1, 600, "the feed ingested")
+    day = "/search?starts_at=2024-03-05T00:00:00Z&ends_at=2024-03-05T23:59:59Z"
+    assert svc.get(day)[0] == 200
+    status, body = svc.get("/search?starts_at=2024-03-01T00:00:00Z&ends_at=2024-03-31T00:00:00Z")
+    month_kb = len(body) / 1024
+    cpu0, t0 = cpu_seconds(svc.proc.pid), time.time()
+    alone_p99, alone_err = victim(svc.port, secs, day)
+    alone_cores = (cpu_seconds(svc.proc.pid) - cpu0) / (time.time() - t0)
+    out = []
+    hammers = [threading.Thread(target=month_hammer, args=(svc.port, secs, k, out)) for k in range(conns)]
+    cpu1, t1 = cpu_seconds(svc.proc.pid), time.time()
+    for h in hammers:
+        h.start()
+    both_p99, both_err = victim(svc.port, secs, day)
+    for h in hammers:
+        h.join()
+    both_cores = (cpu_seconds(svc.proc.pid) - cpu1) / (time.time() - t1)
+    total = {}
+    for counts in out:
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+    print(f"cost ({label}): a month is {month_kb:.0f} KB of JSON; the unique-month gzip client "
+          f"({conns} connections, {secs} s): {total.get(200, 0)} answers, {total.get(429, 0)} refused (429), "
+          f"{total.get('error', 0)} errors, {total.get('bytes', 0) / 1e6:.1f} MB received; planfeed "
+          f"{both_cores:.2f} cores with it against {alone_cores:.2f} without: {both_cores - alone_cores:.2f} "
+          f"cores for it (target <= 1); the other client's warm 1-day p99 {alone_p99:.3f} ms alone, "
+          f"{both_p99:.3f} ms beside it ({both_p99 / alone_p99:.2f}x, target <= 2x), errors {alone_err}/{both_err}")
+    svc.stop()
+
+
+def cost():
+    raised = ("[server.rate_limit]\nper_client_per_second = 1000000\nper_client_burst = 1000000\n"
+              "global_per_second = 1000000\nglobal_burst = 1000000\n")
+    cost_run("default work budget", raised)
+    cost_run("work budget off", raised + "per_client_work_per_second = 1099511627776\n"
+             "per_client_work_burst = 1099511627776\n")
+
+
 if __name__ == "__main__":
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    cases = sys.argv[1:] or ["amplification", "doctype", "idle", "flood", "heads"]
+    cases = sys.argv[1:] or ["amplification", "doctype", "idle", "flood", "heads", "cost"]
     for case in cases:
         globals()[case]()

@@ -161,13 +161,28 @@ profile_env() {
 # Plans the writer has seen so far.
 seen() { metric planfeed_plans_total 'outcome="seen"'; }
 
-# Runs "$@" while measuring ingestion over it: sets INGESTED (plans/s) and ROUNDS (fetches ok).
+# Runs "$@" while measuring ingestion over it: sets INGESTED (plans/s), ROUNDS (fetches ok) and
+# CONTROL (the controller's periods with the searches delayed, the seconds rested, promotions).
 ingesting() {
-    local s0 r0 t0
+    local s0 r0 t0 d0 p0 m0
     s0=$(seen) r0=$(metric planfeed_fetches_total 'outcome="ok"') t0=$(date +%s.%N)
+    d0=$(metric planfeed_ingest_periods_total 'searches_delayed') p0=$(metric planfeed_ingest_paced_seconds_total)
+    m0=$(metric planfeed_ingest_starvation_promotions_total)
+    # The searches' mean wait for a core, sampled every half second.
+    (while :; do
+        curl -s "http://127.0.0.1:$PORT/metrics" | awk '$1 == "planfeed_ingest_search_wait_seconds" { print $2 * 1e6 }'
+        sleep 0.5
+    done) >"$WORK/waits.txt" &
+    local sampler=$!
     "$@"
+    kill "$sampler" 2>/dev/null
+    wait "$sampler" 2>/dev/null || true
     INGESTED=$(python3 -c "import time; print(round(($(seen) - $s0) / (time.time() - $t0)))")
     ROUNDS=$(($(metric planfeed_fetches_total 'outcome="ok"') - r0))
+    CONTROL="$(($(metric planfeed_ingest_periods_total 'searches_delayed') - d0)) periods delayed,"
+    CONTROL="$CONTROL $(($(metric planfeed_ingest_paced_seconds_total) - p0)) s rested,"
+    CONTROL="$CONTROL $(($(metric planfeed_ingest_starvation_promotions_total) - m0)) promotions,"
+    CONTROL="$CONTROL search wait median $(sort -n "$WORK/waits.txt" | awk '{a[NR] = $1} END { printf "%.0f", NR ? a[int((NR + 1) / 2)] : 0 }') us"
 }
 
 # One search a second for SECS seconds.
@@ -218,16 +233,16 @@ for profile in $PROFILES; do
         kill -CONT "$SIM"
         ingesting sleep "$SECS"
         ALONE=$INGESTED
-        echo "ingestion alone: $ALONE plans/s, $ROUNDS rounds" | tee -a "$RESULTS"
+        echo "ingestion alone: $ALONE plans/s, $ROUNDS rounds; $CONTROL" | tee -a "$RESULTS"
         ingesting fixed "with ingestion, fixed ${RATE}/s"
         FIXED_P99=$LAST_P99 FIXED_ING=$INGESTED
-        echo "  ingestion meanwhile: $FIXED_ING plans/s, $ROUNDS rounds" | tee -a "$RESULTS"
+        echo "  ingestion meanwhile: $FIXED_ING plans/s, $ROUNDS rounds; $CONTROL" | tee -a "$RESULTS"
         ingesting closed "with ingestion, closed loop"
         SAT_RPS=$LAST_RPS SAT_ING=$INGESTED
-        echo "  ingestion meanwhile: $SAT_ING plans/s, $ROUNDS rounds" | tee -a "$RESULTS"
+        echo "  ingestion meanwhile: $SAT_ING plans/s, $ROUNDS rounds; $CONTROL" | tee -a "$RESULTS"
         ingesting trickle
         TRICKLE_ING=$INGESTED
-        echo "ingestion with 1 search/s: $TRICKLE_ING plans/s, $ROUNDS rounds" | tee -a "$RESULTS"
+        echo "ingestion with 1 search/s: $TRICKLE_ING plans/s, $ROUNDS rounds; $CONTROL" | tee -a "$RESULTS"
         python3 - "$IDLE_RPS" "$IDLE_P99" "$ALONE" "$FIXED_P99" "$FIXED_ING" "$SAT_RPS" "$SAT_ING" "$TRICKLE_ING" <<'PY' | tee -a "$RATIOS" |
 idle_rps, idle_p99, alone, fixed_p99, fixed_ing, sat_rps, sat_ing, trickle_ing = map(float, __import__("sys").argv[1:])
 a = max(alone, 1.0)
