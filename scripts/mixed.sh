@@ -24,7 +24,7 @@
 # the default) at nice MIXED_SIM_NICE (default 19), so generating the feed does not count against
 # searches (MIXED_SIM_IDLE=0 MIXED_SIM_NICE=0 to charge it). Under nice 19 alone a woken search
 # thread may still wait for the simulator's time slice to end (up to a few ms: see
-# docs/performance.md, "Where the fixed-rate tail goes"); a SCHED_IDLE thread is preempted at once.
+# docs/adr/0012-search-isolation.md, "Fifth pass"); a SCHED_IDLE thread is preempted at once.
 #
 # Profiles (MIXED_PROFILES, space-separated): `default` (config/default.toml: every core but one for
 # parsing and the store's writes, nice +10 under SCHED_IDLE with the starvation guard, resting while
