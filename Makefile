@@ -1,7 +1,7 @@
 # planfeed: the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run demo test test-setup check-deploy contract-test fmt lint bench up down
+.PHONY: run demo test test-setup check-deploy contract-test readme-clickhouse fmt lint bench up down
 
 ## Build a release binary and start it with the default configuration (embedded store, port 8000).
 run:
@@ -15,7 +15,8 @@ demo:
 	CARGO=$(CARGO) ./scripts/demo.sh
 
 ## The complete test suite (the layout check of ADR 13, unit, store conformance, end-to-end, then the schemathesis contract test
-## against the running binary, a current ClickHouse's SQL, and the deployment files: Prometheus
+## against the running binary, the README's ClickHouse commands against a real server (with the
+## debug build the tests made), a current ClickHouse's SQL, and the deployment files: Prometheus
 ## rules and a real Prometheus scraping planfeed, Dockerfile, compose files, systemd unit).
 ## Installs what it needs first (test-setup). A test whose server is missing fails, saying what to
 ## install; PLANFEED_SKIP_CLICKHOUSE=1 skips the ClickHouse and cluster tests instead (nothing of
@@ -27,6 +28,7 @@ test: test-setup
 	./scripts/check-structure.sh
 	$(CARGO) test --no-fail-fast
 	CARGO=$(CARGO) ./scripts/contract-test.sh
+	README_PROFILE=debug ./scripts/readme-clickhouse.sh
 	./scripts/current-clickhouse.sh
 	CARGO=$(CARGO) ./scripts/check-deploy.sh
 	@if [ -s $(SKIPPED) ]; then \
@@ -50,6 +52,11 @@ endif
 check-deploy:
 	bash scripts/install-test-tools.sh
 	CARGO=$(CARGO) ./scripts/check-deploy.sh
+
+## The README's "Running on ClickHouse" block, exactly as written (release build), against a
+## throwaway clickhouse-server with a password.
+readme-clickhouse:
+	./scripts/readme-clickhouse.sh
 
 ## The contract test alone: schemathesis against the running service and openapi.yaml.
 contract-test:

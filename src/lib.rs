@@ -9,7 +9,7 @@
 //! - [`store`]: the `Store` trait and its implementations (embedded SQLite, ClickHouse).
 //! - [`actors`]: the ingestion pipeline (supervisor, scheduler, fetcher, parsers, batch writer).
 //! - [`search`]: answers searches from the store through a per-day cache.
-//! - [`http`]: the warp server (`/search`, `/health`, `/ready`, `/openapi.yaml`).
+//! - [`http`]: the server and its routes: `/search`, `/health`, `/ready`, `/metrics`, `/openapi.yaml`.
 //! - [`config`]: typed settings from `config/*.toml` and `PLANFEED__*` variables.
 //! - [`simulator`]: a provider simulator (real HTTP, real XML) for tests, benchmarks and demos.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.

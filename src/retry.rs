@@ -1,10 +1,13 @@
-//! Retries: one policy type ([`RetryPolicy`]: first delay, cap, jitter) and one retry loop
-//! ([`retry`]), shared by the fetcher, the batch writer, the spool replayer, the supervisor and the
-//! connecting store and the ClickHouse store's statements.
-//! Each operation retries at one level only, and every retry is counted in
-//! `planfeed_retries_total{operation}` (see [`crate::metrics::record_retry`]), whoever retries.
-//! The one nesting, the ClickHouse store's single statement repeat inside the writer's retries,
-//! is bounded and written down in `src/store/clickhouse/retry.rs`.
+//! Retries: one policy type ([`RetryPolicy`]: first delay, cap, jitter) that every wait between two
+//! attempts in the service comes from, and one bounded retry loop ([`retry`]) for the operations
+//! that simply repeat a call: the delivery layer's store writes, the writer's start-up load and the
+//! connecting store. Four loops have a shape of their own and take their waits from a
+//! [`RetryPolicy`] too: the fetcher's request (the fetch's deadline and the provider's
+//! `Retry-After` decide each wait), the supervisor's restarts (timer messages), and the delivery
+//! layer's held batches and spool replays (unbounded, until the store or the spool takes them).
+//! Each operation retries at one level only (stores never repeat a call; the delivery layer does),
+//! and every retry is counted in `planfeed_retries_total{operation}` (see
+//! [`crate::metrics::record_retry`]), whoever retries.
 
 use std::future::Future;
 use std::time::Duration;

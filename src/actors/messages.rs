@@ -2,9 +2,8 @@
 //! messages from here, never from the neighbour itself, so no two actor files import each other.
 //! The supervisor's messages stay with it: only the service and reload send them.
 //!
-//! `ChunkJob`, `FetchContext` and `ParserMsg` are still defined in `parser.rs` and re-exported
-//! here (the one edge left between an actor file and this module); moving them in is a change to
-//! the parser's file.
+//! `FetchContext`, which every chunk of a fetch shares, lives in `fetch_context.rs` and is
+//! re-exported here.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,10 +2,10 @@
 //!
 //! ```text
 //! Supervisor ── spawns downstream first, restarts a failed child with capped backoff
-//!   Scheduler ──Fetch──> Fetcher ──chunk+permit──> Parser (×N) ──plans+permit──> BatchWriter ──> Store
-//!      ^                    │                                                        │
-//!      └──FetchFinished─────┘──────────────────FetchEnd─────────────────────────────>│ invalidates the
-//!                                                                                    v search cache
+//!   Scheduler ──Fetch──> Fetcher ──chunk+permit──> Parser (×N) ──plans+permit──> BatchWriter
+//!      ^                    │                                                        │ delivery: the store, else
+//!      └──FetchFinished─────┘──────────────────FetchEnd─────────────────────────────>│ the spool; the days written
+//!                                                                                    v announced as events
 //! ```
 //!
 //! Backpressure, bounded by bytes: the fetcher takes a permit from a semaphore of
