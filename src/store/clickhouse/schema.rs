@@ -222,6 +222,11 @@ mod tests {
             render("{{engine z MergeTree}}", &cluster).unwrap(),
             "ReplicatedMergeTree('/clickhouse/tables/{shard}/db/z', '{replica}')"
         );
+        assert_eq!(
+            render("CREATE VIEW {{database}}.v {{on_cluster}} AS SELECT 1 FROM {{database}}.t", &cluster)
+                .unwrap(),
+            "CREATE VIEW db.v ON CLUSTER pf AS SELECT 1 FROM db.t"
+        );
         assert!(render("{{nope}}", &single).is_err());
         assert!(render("{{on_cluster", &single).is_err());
         for (_, sql) in MIGRATIONS {
