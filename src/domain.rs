@@ -324,11 +324,169 @@ pub struct FetchRecord {
     pub plans_skipped: u64,
     /// `None` on success; the reason otherwise.
     pub error: Option<String>,
+    /// How the fetch ended: the `outcome` label it was counted under in `planfeed_fetches_total`.
+    pub outcome: FetchOutcome,
+    /// Observations handed to the spool because the store refused them (replayed later), and
+    /// observations the store rejected for good. `None` in a record kept before the writer counted
+    /// them, unless its error said (see [`FetchOutcome::legacy_counts`]).
+    #[serde(default)]
+    pub plans_spooled: Option<u64>,
+    #[serde(default)]
+    pub plans_dropped: Option<u64>,
+}
+
+/// How a fetch ended, as one value: its label is the `outcome` of `planfeed_fetches_total`, of the
+/// `fetch failed` log line and of the stored fetch record (docs/operations.md lists them). What
+/// became of its plans in the store says more than how the download ended, so the writer's
+/// outcomes (`StoreRejected`, `SpoolFull`) win over the download's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchOutcome {
+    #[default]
+    Ok,
+    /// The provider answered a non-success status.
+    HttpError,
+    Timeout,
+    /// No connection (refused, DNS, TLS) or a local file that cannot be opened.
+    Connect,
+    /// The body ended before its root element closed.
+    Truncated,
+    /// The body passed `provider.max_body_bytes`.
+    TooLarge,
+    /// The body stopped arriving for another reason than time.
+    BodyError,
+    /// The body is not a feed (empty, not XML, wrong shape), or a chunk of it could not be parsed.
+    BadFeed,
+    /// The circuit breaker was open: no request sent.
+    Skipped,
+    /// The fetch's deadline passed while the writer (the store or the spool) did not keep up.
+    Backpressure,
+    /// The pipeline was stopping or had no parser.
+    Pipeline,
+    /// The service was asked to stop while the fetch ran.
+    Shutdown,
+    /// The store rejected some of the fetch's plans for good: they were dropped.
+    StoreRejected,
+    /// The store and the spool both refused the fetch's plans for a while: the download was held.
+    SpoolFull,
+}
+
+impl FetchOutcome {
+    /// Every outcome, in the order the metric registers them.
+    pub const ALL: [FetchOutcome; 14] = [
+        Self::Ok,
+        Self::HttpError,
+        Self::Timeout,
+        Self::Connect,
+        Self::Truncated,
+        Self::TooLarge,
+        Self::BodyError,
+        Self::BadFeed,
+        Self::Skipped,
+        Self::Backpressure,
+        Self::Pipeline,
+        Self::Shutdown,
+        Self::StoreRejected,
+        Self::SpoolFull,
+    ];
+
+    /// The stable label (also its serde form).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::HttpError => "http_error",
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Truncated => "truncated",
+            Self::TooLarge => "too_large",
+            Self::BodyError => "body_error",
+            Self::BadFeed => "bad_feed",
+            Self::Skipped => "skipped",
+            Self::Backpressure => "backpressure",
+            Self::Pipeline => "pipeline",
+            Self::Shutdown => "shutdown",
+            Self::StoreRejected => "store_rejected",
+            Self::SpoolFull => "spool_full",
+        }
+    }
+
+    /// The outcome a label names, as a store reads it back.
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.label() == label)
+    }
+
+    /// The outcome of a fetch recorded before records carried one, derived from its error text
+    /// (whose openings have not changed since the first release). The same rules fill the column
+    /// of older rows in both stores (`clickhouse/005_analyst_views.sql` says them in SQL) and
+    /// older spool entries. Best effort where the text alone cannot tell: a request or body read
+    /// failure is a `timeout` when its text says "timed out", and a text no rule knows is a chunk
+    /// the parser could not read (`bad_feed`).
+    pub fn of_legacy_error(error: Option<&str>) -> Self {
+        let Some(e) = error else { return Self::Ok };
+        let timed_out = e.contains("timed out") || e.contains("no body bytes from the provider");
+        let starts = |prefix: &str| e.starts_with(prefix);
+        if e.contains("store rejected ") {
+            Self::StoreRejected
+        } else if e.contains("store and spool refused writes") {
+            Self::SpoolFull
+        } else if starts("circuit open:") {
+            Self::Skipped
+        } else if starts("cannot open ") {
+            Self::Connect
+        } else if starts("provider answered HTTP ") {
+            Self::HttpError
+        } else if starts("fetch timed out after ") && e.contains(" waiting for the pipeline") {
+            Self::Backpressure
+        } else if starts("fetch timed out after ") || (starts("request to ") && timed_out) {
+            Self::Timeout
+        } else if starts("request to ") {
+            Self::Connect
+        } else if starts("body read failed after ") {
+            if timed_out {
+                Self::Timeout
+            } else {
+                Self::BodyError
+            }
+        } else if starts("body exceeds provider.max_body_bytes") {
+            Self::TooLarge
+        } else if starts("body truncated after ") {
+            Self::Truncated
+        } else if starts("fetch interrupted by shutdown") {
+            Self::Shutdown
+        } else if starts("pipeline is shutting down") || starts("no parser is running") {
+            Self::Pipeline
+        } else {
+            Self::BadFeed
+        }
+    }
+
+    /// `(plans_spooled, plans_dropped)` of a fetch recorded before records carried them: a fetch
+    /// whose plans the store rejected said both in its error ("store rejected 3 plans (written 40,
+    /// spooled 2): ..."); any other's are unknown.
+    pub fn legacy_counts(error: Option<&str>) -> (Option<u64>, Option<u64>) {
+        let number_after = |text: &str, marker: &str| -> Option<u64> {
+            let rest = &text[text.find(marker)? + marker.len()..];
+            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
+        };
+        match error.and_then(|e| Some((e, number_after(e, "store rejected ")?))) {
+            Some((e, dropped)) => (number_after(e, ", spooled "), Some(dropped)),
+            None => (None, None),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fetch_outcomes_are_stored_as_their_labels() {
+        for o in FetchOutcome::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.label());
+            assert_eq!(FetchOutcome::from_label(o.label()), Some(o));
+        }
+        assert_eq!(FetchOutcome::from_label("not_modified"), None);
+    }
 
     fn dt(s: &str) -> NaiveDateTime {
         NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap()

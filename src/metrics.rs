@@ -16,6 +16,8 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
+use crate::domain::FetchOutcome;
+
 pub mod catalog;
 mod latency;
 mod process;
@@ -166,44 +168,26 @@ const FETCH_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 const LAST_SUCCESS: &str = "planfeed_last_successful_fetch_timestamp_seconds";
 
 /// Records one fetch outcome, by reason, and its duration.
-pub fn record_fetch(provider: &str, outcome: &'static str, took: std::time::Duration) {
+pub fn record_fetch(provider: &str, outcome: FetchOutcome, took: std::time::Duration) {
     let provider = provider.to_string();
-    metrics::counter!("planfeed_fetches_total", "provider" => provider.clone(), "outcome" => outcome)
+    metrics::counter!("planfeed_fetches_total", "provider" => provider.clone(), "outcome" => outcome.label())
         .increment(1);
     metrics::histogram!(FETCH_DURATION, "provider" => provider.clone()).record(took.as_secs_f64());
-    if outcome == "ok" {
+    if outcome == FetchOutcome::Ok {
         metrics::gauge!(LAST_SUCCESS, "provider" => provider).set(unix_now());
     }
 }
 
 /// Starts the staleness clock of `provider` at the process's start (see [`LAST_SUCCESS`]), and
-/// its fetch counts and durations at zero.
+/// its fetch counts (every [`FetchOutcome`]) and durations at zero.
 pub fn start_provider(provider: &str) {
     metrics::gauge!(LAST_SUCCESS, "provider" => provider.to_string()).set(unix_now());
-    for outcome in FETCH_OUTCOMES {
-        metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome)
+    for outcome in FetchOutcome::ALL {
+        metrics::counter!("planfeed_fetches_total", "provider" => provider.to_string(), "outcome" => outcome.label())
             .increment(0);
     }
     let _ = metrics::histogram!(FETCH_DURATION, "provider" => provider.to_string());
 }
-
-/// Every outcome a fetch is counted under (`crate::fetch::FetchError::label`, and the writer's).
-const FETCH_OUTCOMES: [&str; 14] = [
-    "ok",
-    "http_error",
-    "timeout",
-    "connect",
-    "truncated",
-    "too_large",
-    "body_error",
-    "bad_feed",
-    "skipped",
-    "backpressure",
-    "pipeline",
-    "shutdown",
-    "store_rejected",
-    "spool_full",
-];
 
 /// Registers what every role exports (an HTTP server and its connections, `/ready`'s pings), at
 /// zero: the recorder is installed first.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::binary::{free_port, Planfeed};
 use common::clickhouse::ClickHouseServer;
-use planfeed::domain::{FetchRecord, Plan, PlanKey};
+use planfeed::domain::{FetchOutcome, FetchRecord, Plan, PlanKey};
 use planfeed::feed::{generate, GenSpec};
 use planfeed::simulator::{self, FeedSource, Simulator};
 use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
@@ -259,8 +259,12 @@ fn check_records(records: &[FetchRecord], sizes: &[u64]) {
     assert!(!records.is_empty());
     for r in records {
         assert!(r.plans_written + r.plans_unchanged <= r.plans_seen, "{r:?}");
+        assert_eq!(r.plans_dropped, Some(0), "nothing is rejected here: {r:?}");
         match &r.error {
-            None => assert!(sizes.contains(&r.plans_seen), "an ok fetch saw a whole snapshot: {r:?}"),
+            None => {
+                assert!(sizes.contains(&r.plans_seen), "an ok fetch saw a whole snapshot: {r:?}");
+                assert_eq!(r.outcome, FetchOutcome::Ok, "{r:?}");
+            }
             Some(e) => assert!(!e.contains("store rejected"), "nothing is rejected here: {r:?}"),
         }
     }
@@ -348,11 +352,9 @@ async fn clickhouse_killed_for_longer_than_any_retry_budget_with_planfeed_restar
     // them pending (unchanged).
     let b_fetch = |r: &&FetchRecord| r.plans_seen == sizes[1] && r.error.is_none();
     assert!(
-        records
-            .iter()
-            .filter(b_fetch)
-            .any(|r| (r.plans_written, r.plans_unchanged) == (0, sizes[1] - new_in_b)),
-        "the fetch of B, spooled, is recorded with 0 written: {records:?}"
+        records.iter().filter(b_fetch).any(|r| (r.plans_written, r.plans_unchanged, r.plans_spooled)
+            == (0, sizes[1] - new_in_b, Some(new_in_b))),
+        "the fetch of B, spooled, is recorded with 0 written and its new plans spooled: {records:?}"
     );
     assert!(records.iter().filter(b_fetch).all(|r| r.plans_written == 0), "{records:?}");
     assert_eq!(metric(&pf.base, "planfeed_spool_entries").await, 0.0);

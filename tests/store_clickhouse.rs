@@ -8,7 +8,7 @@ use std::time::Instant;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use futures::FutureExt;
-use planfeed::domain::{FetchRecord, Plan, PlanKey, StoredPlan, Zone};
+use planfeed::domain::{FetchOutcome, FetchRecord, Plan, PlanKey, StoredPlan, Zone};
 use planfeed::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
 use planfeed::store::{ReadSize, SharedStore, Store, StoreError};
 
@@ -163,7 +163,7 @@ async fn migrations_run_once() {
     assert_eq!(again.migrate().await.unwrap(), Vec::<String>::new());
     assert_eq!(
         raw_rows(&server, "SELECT name FROM schema_migrations ORDER BY name").await,
-        "001_init\n002_exact_days\n003_day_changes\n004_analyst_schema\n"
+        "001_init\n002_exact_days\n003_day_changes\n004_analyst_schema\n005_analyst_views\n006_drop_copies\n"
     );
     let tables = raw_rows(
         &server,
@@ -172,9 +172,8 @@ async fn migrations_run_once() {
     .await;
     assert_eq!(
         tables,
-        "day_changes\tReplacingMergeTree\nfetches\tMergeTree\nplans\tReplacingMergeTree\nplans_v1\tReplacingMergeTree\n\
-         plans_v2\tReplacingMergeTree\nschema_migrations\tMergeTree\nzones\tReplacingMergeTree\n\
-         zones_v1\tReplacingMergeTree\n"
+        "day_changes\tReplacingMergeTree\nfetches\tMergeTree\nplans\tReplacingMergeTree\nplans_current\tView\n\
+         schema_migrations\tMergeTree\nzones\tReplacingMergeTree\nzones_current\tView\n"
     );
 
     // A fresh database reports what it applied.
@@ -187,7 +186,16 @@ async fn migrations_run_once() {
     .unwrap();
     assert_eq!(
         fresh.migrate().await.unwrap(),
-        ["001_init", "002_exact_days", "003_day_changes", "004_analyst_schema"].map(String::from).to_vec()
+        [
+            "001_init",
+            "002_exact_days",
+            "003_day_changes",
+            "004_analyst_schema",
+            "005_analyst_views",
+            "006_drop_copies"
+        ]
+        .map(String::from)
+        .to_vec()
     );
     assert_eq!(fresh.migrate().await.unwrap(), Vec::<String>::new());
 }
@@ -230,7 +238,7 @@ async fn the_exact_days_migration_keeps_existing_plans() {
     )
     .await;
     assert_eq!(
-        store.migrate().await.unwrap(),
+        store.migrate_to("004_analyst_schema").await.unwrap(),
         ["002_exact_days", "003_day_changes", "004_analyst_schema"].map(String::from).to_vec()
     );
     let rows = store.plans_by_day(day("2021-06-30"), day("2021-06-30")).await.unwrap();
@@ -260,6 +268,12 @@ async fn the_exact_days_migration_keeps_existing_plans() {
         "1\t7.5000\t7.5\n2\t123456789.1234\t123456789.123456789\n3\t\\N\t999999999999999999.99\n"
     );
     assert_eq!(raw_rows(&server, "SELECT count() FROM zones_v1").await, "3\n", "the old zones are kept");
+    // 006: every row of the copies is in the current tables, so they go.
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        ["005_analyst_views", "006_drop_copies"].map(String::from).to_vec()
+    );
+    assert_eq!(raw_rows(&server, "EXISTS TABLE plans_v1").await, "0\n");
 
     // A newer version after the upgrade replaces it; far days sit beside it.
     let newer = stored(
@@ -273,6 +287,311 @@ async fn the_exact_days_migration_keeps_existing_plans() {
         all,
         vec![planfeed::domain::EventRow::from_stored(&newer), planfeed::domain::EventRow::from_stored(&far)]
     );
+}
+
+/// A client of the server's default database: the upgrade tests name their databases.
+fn server_client(server: &ClickHouseServer) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(server.url())
+        .with_validation(false)
+        .with_setting("wait_end_of_query", "1")
+}
+
+async fn exec_in(server: &ClickHouseServer, sql: &str) {
+    server_client(server).query(sql).execute().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn rows_in(server: &ClickHouseServer, sql: &str) -> String {
+    let mut cursor = server_client(server).query(sql).fetch_bytes("TSV").unwrap();
+    String::from_utf8(cursor.collect().await.unwrap().to_vec()).unwrap()
+}
+
+/// Fetch log rows as a release before 005 kept them (an error text, no outcome), with the outcome
+/// their text must give: the download's failures as [`FetchError`] words them, and the writer's
+/// notes.
+fn older_fetch_errors() -> Vec<(Option<String>, FetchOutcome)> {
+    use planfeed::feed::FeedError;
+    use planfeed::fetch::{FetchError, RequestError};
+    use std::time::Duration;
+    let send = |chain: &str, timed_out: bool| FetchError::Request {
+        cause: RequestError::Send {
+            url: "http://p/feed".into(),
+            chain: chain.into(),
+            timed_out,
+            transient: true,
+        },
+        retries: 2,
+        out_of_time: None,
+    };
+    let failures = [
+        FetchError::Request {
+            cause: RequestError::Status(reqwest::StatusCode::SERVICE_UNAVAILABLE),
+            retries: 2,
+            out_of_time: None,
+        },
+        send("error sending request for url (http://p/feed): operation timed out", true),
+        send("error sending request for url (http://p/feed): tcp connect error: Connection refused", false),
+        FetchError::BodyRead {
+            bytes: 9,
+            chain: "no body bytes from the provider for 10s".into(),
+            timed_out: true,
+        },
+        FetchError::BodyRead { bytes: 9, chain: "connection reset by peer".into(), timed_out: false },
+        FetchError::BodyTimeout { timeout: Duration::from_secs(30), bytes: 9 },
+        FetchError::TooLarge { limit: 100 },
+        FetchError::Feed(FeedError::Truncated { bytes: 18 }),
+        FetchError::Feed(FeedError::NotXml("<html>".into())),
+        FetchError::CircuitOpen { failures: 3, remaining: Duration::from_secs(5) },
+        FetchError::Backpressure { timeout: Duration::from_secs(30) },
+        FetchError::Interrupted { bytes: 4096 },
+        FetchError::ShuttingDown,
+        FetchError::OpenFile {
+            path: "/feeds/x.xml".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+        },
+    ];
+    let mut out = vec![(None, FetchOutcome::Ok)];
+    out.extend(failures.iter().map(|e| (Some(e.to_string()), e.outcome())));
+    out.extend([
+        (
+            Some("provider answered HTTP 500 Internal Server Error; store rejected 3 plans (written 40, spooled 2): Code: 53".into()),
+            FetchOutcome::StoreRejected,
+        ),
+        (
+            Some("store and spool refused writes (spool full): the download was held until it took them".into()),
+            FetchOutcome::SpoolFull,
+        ),
+        (Some("malformed xml: unexpected end of a base plan".into()), FetchOutcome::BadFeed),
+    ]);
+    out
+}
+
+/// A database `db` as releases up to 004 leave it, every copy holding rows:
+/// - at 001: plan 1/1 (version 7, two zones), plan 1/3 never on sale online, and the fetch log of
+///   [`older_fetch_errors`], one row a second from 2021-06-01 10:00:00;
+/// - 002 copies `plans` (then `plans_v1`); at 002: plan 1/1 at version 8 (its zones too), plan
+///   1/2 on 2021-07-02;
+/// - 004 copies `plans` (then `plans_v2`) and `zones` (then `zones_v1`).
+///
+/// Then `plans` is merged, so version 7 of plan 1/1 is only in the copies.
+async fn database_at_004(server: &ClickHouseServer, db: &str) {
+    let store = ClickHouseStore::connect(settings_in(server, db, false)).await.unwrap();
+    store.migrate_to("001_init").await.unwrap();
+    let id = |plan: u64| PlanKey::new("fever", 1, plan).id();
+    exec_in(server, &format!(
+        "INSERT INTO {db}.plans (provider, base_plan_id, plan_id, id, title, online, ever_online, start_local, \
+             end_local, start_utc, end_utc, event_date, min_price, max_price, zone_count, version, hash, superseded) \
+         VALUES ('fever', 1, 1, '{}', 'first release', 1, 1, '2021-06-30 21:00:00', '2021-06-30 22:00:00', \
+                 '2021-06-30 21:00:00', '2021-06-30 22:00:00', '2021-06-30', '15.00', '20.00', 2, 7, 70, 0), \
+                ('fever', 1, 3, '{}', 'never online', 0, 0, '2021-06-30 10:00:00', '2021-06-30 11:00:00', \
+                 '2021-06-30 10:00:00', '2021-06-30 11:00:00', '2021-06-30', '5', '5', 1, 7, 73, 0)",
+        id(1), id(3)
+    ))
+    .await;
+    let zones = |version: u64, day: &str, prices: [&str; 2]| {
+        format!(
+            "INSERT INTO {db}.zones (provider, base_plan_id, plan_id, version, event_date, idx, zone_id, name, capacity, \
+                 price, numbered) \
+             VALUES ('fever', 1, 1, {version}, '{day}', 0, 1, 'Platea', 10, '{}', 1), \
+                    ('fever', 1, 1, {version}, '{day}', 1, 2, 'Grada', 0, '{}', 0)",
+            prices[0], prices[1]
+        )
+    };
+    exec_in(server, &zones(7, "2021-06-30", ["15.00", "20.00"])).await;
+    exec_in(server, &format!(
+        "INSERT INTO {db}.zones (provider, base_plan_id, plan_id, version, event_date, idx, zone_id, name, capacity, \
+             price, numbered) VALUES ('fever', 1, 3, 7, '2021-06-30', 0, 9, 'Pista', 0, '5', 0)"
+    ))
+    .await;
+    for (i, (error, _)) in older_fetch_errors().into_iter().enumerate() {
+        server_client(server)
+            .query(&format!(
+                "INSERT INTO {db}.fetches (provider, started_at, duration_ms, error) VALUES ('fever', ?, 100, ?)"
+            ))
+            .bind(format!("2021-06-01 10:{:02}:{:02}", i / 60, i % 60))
+            .bind(error)
+            .execute()
+            .await
+            .unwrap();
+    }
+    store.migrate_to("002_exact_days").await.unwrap();
+    let us = |t: &str| format!("toInt64(toDateTime('{t}', 'UTC')) * 1000000");
+    for (plan, title, start, end, low, hash) in [
+        (1, "second release", "2021-06-30 21:00:00", "2021-06-30 22:00:00", "16.00", 80),
+        (2, "moved in", "2021-07-02 20:00:00", "2021-07-02 21:00:00", "9.50", 82),
+    ] {
+        let day = &start[..10];
+        exec_in(server, &format!(
+            "INSERT INTO {db}.plans (provider, base_plan_id, plan_id, id, title, online, ever_online, start_local, \
+                 end_local, start_utc, end_utc, event_date, min_price, max_price, zone_count, version, hash, \
+                 superseded, event_day, start_us, end_us, start_local_us, end_local_us, written_us) \
+             VALUES ('fever', 1, {plan}, '{}', '{title}', 1, 1, '{start}', '{end}', '{start}', '{end}', '{day}', \
+                 '{low}', '20.00', 2, 8, {hash}, 0, toInt32(toDate('{day}')), {}, {}, {}, {}, 0)",
+            id(plan), us(start), us(end), us(start), us(end)
+        ))
+        .await;
+    }
+    exec_in(server, &zones(8, "2021-06-30", ["16.00", "20.00"])).await;
+    store.migrate_to("004_analyst_schema").await.unwrap();
+    exec_in(server, &format!("OPTIMIZE TABLE {db}.plans FINAL")).await;
+}
+
+fn settings_in(server: &ClickHouseServer, db: &str, keep_superseded_tables: bool) -> ClickHouseSettings {
+    ClickHouseSettings {
+        url: server.url(),
+        database: db.into(),
+        keep_superseded_tables,
+        ..Default::default()
+    }
+}
+
+async fn copy_sizes(server: &ClickHouseServer, db: &str) -> String {
+    let names = rows_in(
+        server,
+        &format!(
+            "SELECT name FROM system.tables WHERE database = '{db}' \
+             AND name IN ('plans_v1', 'plans_v2', 'zones_v1') ORDER BY name"
+        ),
+    )
+    .await;
+    let mut out = String::new();
+    for name in names.lines() {
+        let count = rows_in(server, &format!("SELECT count() FROM {db}.{name}")).await;
+        out.push_str(&format!("{name}\t{count}"));
+    }
+    out
+}
+
+/// Upgraded from 004 with rows in every copy: 006 finds each row of the copies in the current
+/// tables (plan 1/1's version 7 through its newer version 8) and drops them; the plans, zones
+/// and fetches are all there, read through the views and the fetch log's new columns.
+#[tokio::test]
+async fn the_table_copies_go_once_their_rows_are_verified_and_the_data_stays() {
+    let Some(server) = ClickHouseServer::start() else { return };
+    database_at_004(&server, "upgraded").await;
+    assert_eq!(copy_sizes(&server, "upgraded").await, "plans_v1\t2\nplans_v2\t4\nzones_v1\t5\n");
+    assert_eq!(
+        rows_in(&server, "SELECT count() FROM upgraded.plans").await,
+        "3\n",
+        "merged: 1/1 v8, 1/2, 1/3"
+    );
+
+    let store = ClickHouseStore::connect(settings_in(&server, "upgraded", false)).await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), ["005_analyst_views", "006_drop_copies"].map(String::from));
+    assert_eq!(copy_sizes(&server, "upgraded").await, "", "the copies are gone");
+    assert_eq!(
+        rows_in(&server, "SELECT plan_id, title, event_date, min_price, max_price, version FROM upgraded.plans_current ORDER BY plan_id").await,
+        "1\tsecond release\t2021-06-30\t16.0000\t20.0000\t8\n2\tmoved in\t2021-07-02\t9.5000\t20.0000\t8\n",
+        "the searchable plans, latest versions"
+    );
+    assert_eq!(
+        rows_in(&server, "SELECT plan_id, version, zone_id, capacity, price FROM upgraded.zones_current ORDER BY plan_id, idx").await,
+        "1\t8\t1\t10\t16.0000\n1\t8\t2\t0\t20.0000\n"
+    );
+    assert_eq!(
+        rows_in(
+            &server,
+            "SELECT version, count(), min(price) FROM upgraded.zones GROUP BY version ORDER BY version"
+        )
+        .await,
+        "7\t3\t5.0000\n8\t2\t16.0000\n",
+        "the zone history stays whole"
+    );
+    let rows = store.plans_by_day(day("2021-06-30"), day("2021-07-02")).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.title.as_str()).collect::<Vec<_>>(), ["second release", "moved in"]);
+
+    // The fetch log: every older row has the outcome its text tells (the SQL of 005 agrees with
+    // the Rust rule and with the outcome each failure has), counts only when the text gave them.
+    let expected = older_fetch_errors();
+    let mut fetches = store.recent_fetches(100).await.unwrap();
+    fetches.reverse();
+    assert_eq!(fetches.len(), expected.len());
+    for (fetch, (error, outcome)) in fetches.iter().zip(&expected) {
+        assert_eq!(&fetch.error, error);
+        assert_eq!(fetch.outcome, *outcome, "{error:?}");
+        assert_eq!(FetchOutcome::of_legacy_error(error.as_deref()), *outcome, "{error:?}");
+        assert_eq!((fetch.plans_spooled, fetch.plans_dropped), FetchOutcome::legacy_counts(error.as_deref()));
+    }
+    assert_eq!(fetches[fetches.len() - 3].plans_dropped, Some(3));
+    assert_eq!(
+        rows_in(&server, "SELECT outcome, count() FROM upgraded.fetches GROUP BY outcome ORDER BY outcome").await,
+        "backpressure\t1\nbad_feed\t2\nbody_error\t1\nconnect\t2\nhttp_error\t1\nok\t1\npipeline\t1\nshutdown\t1\n\
+         skipped\t1\nspool_full\t1\nstore_rejected\t1\ntimeout\t3\ntoo_large\t1\ntruncated\t1\n"
+    );
+    // A new record keeps what the writer says, beside the older ones.
+    let new = FetchRecord {
+        provider: "fever".into(),
+        started_at: Utc::now(),
+        error: Some("provider answered HTTP 502 Bad Gateway".into()),
+        outcome: FetchOutcome::HttpError,
+        plans_spooled: Some(0),
+        plans_dropped: Some(0),
+        ..Default::default()
+    };
+    store.record_fetch(&new).await.unwrap();
+    assert_eq!(store.recent_fetches(1).await.unwrap(), [new]);
+}
+
+/// With `keep_superseded_tables`, the copies stay and 006 waits (unrecorded); the first start
+/// without it verifies and drops them.
+#[tokio::test]
+async fn kept_table_copies_stay_until_the_operator_lets_them_go() {
+    let Some(server) = ClickHouseServer::start() else { return };
+    database_at_004(&server, "kept").await;
+    let keeping = ClickHouseStore::connect(settings_in(&server, "kept", true)).await.unwrap();
+    assert_eq!(keeping.migrate().await.unwrap(), ["005_analyst_views"].map(String::from));
+    assert_eq!(keeping.migrate().await.unwrap(), Vec::<String>::new(), "nothing else, at every start");
+    assert_eq!(copy_sizes(&server, "kept").await, "plans_v1\t2\nplans_v2\t4\nzones_v1\t5\n");
+    assert_eq!(
+        rows_in(&server, "SELECT count() FROM kept.schema_migrations WHERE name = '006_drop_copies'").await,
+        "0\n"
+    );
+    assert_eq!(
+        rows_in(&server, "SELECT plan_id, title FROM kept.plans_current ORDER BY plan_id").await,
+        "1\tsecond release\n2\tmoved in\n",
+        "the views work beside the copies"
+    );
+
+    let letting_go = ClickHouseStore::connect(settings_in(&server, "kept", false)).await.unwrap();
+    assert_eq!(letting_go.migrate().await.unwrap(), ["006_drop_copies"].map(String::from));
+    assert_eq!(copy_sizes(&server, "kept").await, "");
+    assert_eq!(keeping.migrate().await.unwrap(), Vec::<String>::new());
+}
+
+/// A copy holding a row its current table lacks is not dropped: the migration stops with an
+/// error naming the copy and the row, and the service starts only with the copies kept.
+#[tokio::test]
+async fn a_copy_with_rows_the_current_table_lacks_is_kept_and_said() {
+    let Some(server) = ClickHouseServer::start() else { return };
+    for (db, copy, row) in [
+        (
+            "lost_plan",
+            "plans_v2",
+            "INSERT INTO lost_plan.plans_v2 (provider, base_plan_id, plan_id, title, ever_online, event_date, event_day, \
+                 version, hash) VALUES ('fever', 1, 9, 'only in the copy', 1, '2021-06-30', toInt32(toDate('2021-06-30')), 9, 99)",
+        ),
+        (
+            "lost_zone",
+            "zones_v1",
+            "INSERT INTO lost_zone.zones_v1 (provider, base_plan_id, plan_id, version, event_date, idx, zone_id, name, \
+                 capacity, price, numbered) VALUES ('fever', 1, 1, 7, '2021-06-30', 2, 3, 'Palco', 4, '99.00', 1)",
+        ),
+    ] {
+        database_at_004(&server, db).await;
+        exec_in(&server, row).await;
+        let store = ClickHouseStore::connect(settings_in(&server, db, false)).await.unwrap();
+        let error = store.migrate().await.unwrap_err().to_string();
+        let (lacking, example) = match copy {
+            "plans_v2" => ("plans_v2 holds 1 of its 3 plans of month 202106 that plans lacks", "fever/1/9 on 2021-06-30"),
+            _ => ("zones_v1 holds 1 of its 6 zones of month 202106 that zones lacks", "fever/1/1 version 7 zone 2"),
+        };
+        assert!(error.contains("migration 006_drop_copies: ") && error.contains(lacking), "{error}");
+        assert!(error.contains(example) && error.contains("keep_superseded_tables = true"), "{error}");
+        assert!(matches!(store.migrate().await, Err(StoreError::Permanent(_))), "refused at every start");
+        assert_eq!(copy_sizes(&server, db).await.lines().count(), 3, "every copy is kept");
+        let keeping = ClickHouseStore::connect(settings_in(&server, db, true)).await.unwrap();
+        assert_eq!(keeping.migrate().await.unwrap(), Vec::<String>::new(), "005 was applied, 006 waits");
+    }
 }
 
 #[tokio::test]
@@ -476,17 +795,23 @@ async fn fetch_log_round_trips_newest_first() {
         plans_unchanged: 6,
         plans_skipped: 1,
         error: None,
+        outcome: FetchOutcome::Ok,
+        plans_spooled: Some(0),
+        plans_dropped: Some(0),
     };
     let failed = FetchRecord {
         started_at: at("2021-06-30T10:00:00.5Z"),
         http_status: Some(503),
         error: Some("provider answered 503".into()),
+        outcome: FetchOutcome::HttpError,
+        plans_spooled: Some(4),
         ..FetchRecord { provider: "fever".into(), ..Default::default() }
     };
     let down = FetchRecord {
         started_at: at("2021-07-01T00:00:00Z"),
         http_status: None,
         error: Some("connection refused".into()),
+        outcome: FetchOutcome::Connect,
         ..FetchRecord { provider: "fever".into(), ..Default::default() }
     };
     for f in [&ok, &failed, &down] {
@@ -606,7 +931,7 @@ async fn a_missing_table_is_the_store_s_refusal_a_wrong_column_a_rejection() {
     assert_eq!(err.refusal(), Some(planfeed::store::Refusal::MissingTable), "{err:?}");
 
     // A column of the wrong type: the server refuses the rows it cannot read.
-    raw_exec(&server, "ALTER TABLE fetches MODIFY COLUMN error UInt64").await;
+    raw_exec(&server, "ALTER TABLE fetches MODIFY COLUMN http_status UInt64").await;
     let err = store
         .record_fetch(&FetchRecord { provider: "fever".into(), ..Default::default() })
         .await

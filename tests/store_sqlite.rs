@@ -95,7 +95,7 @@ async fn open_creates_folders_file_and_schema_in_wal_mode() {
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
@@ -142,7 +142,8 @@ PRAGMA user_version = 1;";
 
 /// A file of the first schema, with the plan whose New York evening of 9999-12-31 is UTC day
 /// `+10000-01-01` (as text, it sorted above every real day and hid every plan), upgrades in place:
-/// every plan keeps its values and is found on its day.
+/// every plan keeps its values and is found on its day; its fetch log gets each fetch's outcome
+/// (and the counts where the error gave them) from the error text.
 #[tokio::test]
 async fn a_file_with_text_event_days_upgrades_in_place() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,6 +178,22 @@ async fn a_file_with_text_event_days_upgrades_in_place() {
             )
             .unwrap();
         }
+        for (started_at, error) in [
+            (1_000, None),
+            (2_000, Some("provider answered HTTP 503 Service Unavailable")),
+            (
+                3_000,
+                Some("provider answered HTTP 500; store rejected 3 plans (written 40, spooled 2): too big"),
+            ),
+        ] {
+            conn.execute(
+                "INSERT INTO fetches (provider, started_at, duration_ms, bytes, plans_seen, plans_written,
+                                      plans_unchanged, plans_skipped, error)
+                 VALUES ('fever', ?1, 5, 0, 45, 40, 0, 0, ?2)",
+                rusqlite::params![started_at, error],
+            )
+            .unwrap();
+        }
     }
     assert_eq!(far.event_date, day("+10000-01-01"));
 
@@ -191,6 +208,18 @@ async fn a_file_with_text_event_days_upgrades_in_place() {
     assert_eq!(all[2].start_local, far.plan.start);
     let states = store.load_plan_states().await.unwrap();
     assert!(states.iter().any(|(k, s)| k == &far.plan.key && s.event_date == far.event_date));
+    let fetches: Vec<_> = store
+        .recent_fetches(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.outcome, f.plans_spooled, f.plans_dropped, f.plans_written))
+        .collect();
+    use planfeed::domain::FetchOutcome::{HttpError, Ok as Fine, StoreRejected};
+    assert_eq!(
+        fetches,
+        [(StoreRejected, Some(2), Some(3), 40), (HttpError, None, None, 40), (Fine, None, None, 40)]
+    );
 
     // Written again after the upgrade: still one row per plan, on the same days.
     store.write_plans(&[far.clone(), first, normal]).await.unwrap();

@@ -160,6 +160,9 @@ async fn a_plan_the_store_rejects_is_dropped_alone_and_the_fetch_says_so() {
 
     let fetch = store.recent_fetches(1).await.unwrap().remove(0);
     assert_eq!((fetch.plans_seen, fetch.plans_written), (10, 9));
+    // The stored record carries the metric's outcome and what became of the plans.
+    assert_eq!(fetch.outcome, planfeed::domain::FetchOutcome::StoreRejected);
+    assert_eq!((fetch.plans_spooled, fetch.plans_dropped), (Some(0), Some(1)));
     let error = fetch.error.clone().expect("the fetch is not recorded ok");
     assert!(error.starts_with("store rejected 1 plans (written 9, spooled 0): "), "{error}");
     assert!(error.contains("63-bit range"), "{error}");

@@ -442,8 +442,12 @@ impl BatchWriterState {
         self.flush_all(me, FlushTrigger::FetchEnd).await;
         let mut tally = self.fetches.remove(&fetch_id).unwrap_or_default();
         let Some(end) = tally.end.take() else { return };
-        let (record, outcome) = tally.complete(end);
-        crate::metrics::record_fetch(&record.provider, outcome, Duration::from_millis(record.duration_ms));
+        let record = tally.complete(end);
+        crate::metrics::record_fetch(
+            &record.provider,
+            record.outcome,
+            Duration::from_millis(record.duration_ms),
+        );
         let announced = self.args.recorded.as_ref().map(|tx| (tx, record.clone()));
         self.args.delivery.record_fetch(record).await;
         if let Some((tx, record)) = announced {

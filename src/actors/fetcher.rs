@@ -175,7 +175,7 @@ impl FetcherState {
         let p = &self.args.provider;
         match error {
             Some(error) if failed_before == 0 => tracing::warn!(
-                provider = %p.name, url = %p.url, error = %error, outcome = error.outcome(),
+                provider = %p.name, url = %p.url, error = %error, outcome = error.outcome().label(),
                 retry_every = ?p.interval,
                 "provider unreachable or failing: /search keeps serving the plans already stored \
                  (none before a first successful fetch); fetching again every interval"

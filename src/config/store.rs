@@ -58,6 +58,10 @@ pub struct ClickHouseConfig {
     /// that took it). See [`ClickHouseSettings::insert_quorum`].
     #[serde(default)]
     pub insert_quorum: u32,
+    /// Keep the table copies the upgrades left (`plans_v1`, `plans_v2`, `zones_v1`) instead of
+    /// dropping them once their rows are verified. See [`ClickHouseSettings::keep_superseded_tables`].
+    #[serde(default)]
+    pub keep_superseded_tables: bool,
 }
 
 fn default_query_timeout() -> Duration {
@@ -77,6 +81,7 @@ impl ClickHouseConfig {
             cluster: self.cluster.clone().filter(|c| !c.is_empty()),
             query_timeout: self.query_timeout,
             insert_quorum: self.insert_quorum,
+            keep_superseded_tables: self.keep_superseded_tables,
         }
     }
 }
@@ -105,6 +110,11 @@ pub struct ClickHouseSettings {
     /// acknowledged row is out of sight while one replica is down, but every write is refused
     /// (and spooled) while one is (ADR 10).
     pub insert_quorum: u32,
+    /// Keep the full copies migrations 002 and 004 left of the tables they rebuilt (`plans_v1`,
+    /// `plans_v2`, `zones_v1`). By default migration `006_drop_copies` drops them, once every row
+    /// of each is verified to be in the current tables; while this is set that migration waits
+    /// (it runs at the first start without it).
+    pub keep_superseded_tables: bool,
 }
 
 impl Default for ClickHouseSettings {
@@ -118,6 +128,7 @@ impl Default for ClickHouseSettings {
             cluster: None,
             query_timeout: default_query_timeout(),
             insert_quorum: 0,
+            keep_superseded_tables: false,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Why a fetch failed, as a value: the same [`FetchError`] gives the `fetch failed` log line its
-//! text, the stored fetch record its `error` and `planfeed_fetches_total` its `outcome` label
-//! ([`FetchError::outcome`]), so no label is ever recovered from a message.
+//! text, the stored fetch record its `error` and its `outcome` ([`FetchError::outcome`]), which is
+//! also `planfeed_fetches_total`'s label, so no outcome is ever recovered from a message.
 
 use std::time::Duration;
 
+use crate::domain::FetchOutcome;
 use crate::feed::FeedError;
 
 /// A fetch that ended before its body was read whole. The text (`Display`) is what the store's
@@ -59,24 +60,24 @@ pub enum RequestError {
 }
 
 impl FetchError {
-    /// The stable label of this failure for `planfeed_fetches_total{outcome}` and the log line
-    /// (docs/operations.md lists them).
-    pub fn outcome(&self) -> &'static str {
+    /// The outcome of this failure: the stored record's `outcome`, the label of
+    /// `planfeed_fetches_total{outcome}` and of the log line (docs/operations.md lists them).
+    pub fn outcome(&self) -> FetchOutcome {
         match self {
-            Self::CircuitOpen { .. } => "skipped",
-            Self::OpenFile { .. } => "connect",
-            Self::Request { cause: RequestError::Status(_), .. } => "http_error",
-            Self::Request { cause: RequestError::NoResponse(_), .. } => "timeout",
-            Self::Request { cause: RequestError::Send { timed_out: true, .. }, .. } => "timeout",
-            Self::Request { cause: RequestError::Send { .. }, .. } => "connect",
-            Self::BodyRead { timed_out: true, .. } | Self::BodyTimeout { .. } => "timeout",
-            Self::BodyRead { .. } => "body_error",
-            Self::TooLarge { .. } => "too_large",
-            Self::Feed(FeedError::Truncated { .. }) => "truncated",
-            Self::Feed(_) => "bad_feed",
-            Self::Backpressure { .. } => "backpressure",
-            Self::Interrupted { .. } => "shutdown",
-            Self::ShuttingDown | Self::NoParser => "pipeline",
+            Self::CircuitOpen { .. } => FetchOutcome::Skipped,
+            Self::OpenFile { .. } => FetchOutcome::Connect,
+            Self::Request { cause: RequestError::Status(_), .. } => FetchOutcome::HttpError,
+            Self::Request { cause: RequestError::NoResponse(_), .. } => FetchOutcome::Timeout,
+            Self::Request { cause: RequestError::Send { timed_out: true, .. }, .. } => FetchOutcome::Timeout,
+            Self::Request { cause: RequestError::Send { .. }, .. } => FetchOutcome::Connect,
+            Self::BodyRead { timed_out: true, .. } | Self::BodyTimeout { .. } => FetchOutcome::Timeout,
+            Self::BodyRead { .. } => FetchOutcome::BodyError,
+            Self::TooLarge { .. } => FetchOutcome::TooLarge,
+            Self::Feed(FeedError::Truncated { .. }) => FetchOutcome::Truncated,
+            Self::Feed(_) => FetchOutcome::BadFeed,
+            Self::Backpressure { .. } => FetchOutcome::Backpressure,
+            Self::Interrupted { .. } => FetchOutcome::Shutdown,
+            Self::ShuttingDown | Self::NoParser => FetchOutcome::Pipeline,
         }
     }
 }
@@ -117,7 +118,7 @@ mod tests {
             out_of_time: None,
         };
         assert_eq!(e.to_string(), "provider answered HTTP 503 Service Unavailable (after 2 retries)");
-        assert_eq!(e.outcome(), "http_error");
+        assert_eq!(e.outcome().label(), "http_error");
         let e = FetchError::Request {
             cause: RequestError::Status(reqwest::StatusCode::TOO_MANY_REQUESTS),
             retries: 1,
@@ -132,21 +133,78 @@ mod tests {
             skipped.to_string(),
             "circuit open: 3 consecutive failed fetches, no request sent; next probe in 1500 ms"
         );
-        assert_eq!(skipped.outcome(), "skipped");
-        assert_eq!(FetchError::Feed(FeedError::Truncated { bytes: 9 }).outcome(), "truncated");
-        assert_eq!(FetchError::Feed(FeedError::Empty).outcome(), "bad_feed");
-        assert_eq!(FetchError::TooLarge { limit: 6000 }.outcome(), "too_large");
+        assert_eq!(skipped.outcome().label(), "skipped");
+        assert_eq!(FetchError::Feed(FeedError::Truncated { bytes: 9 }).outcome().label(), "truncated");
+        assert_eq!(FetchError::Feed(FeedError::Empty).outcome().label(), "bad_feed");
+        assert_eq!(FetchError::TooLarge { limit: 6000 }.outcome().label(), "too_large");
         let stopped = FetchError::Interrupted { bytes: 4096 };
-        assert_eq!(stopped.outcome(), "shutdown");
+        assert_eq!(stopped.outcome().label(), "shutdown");
         assert!(stopped.to_string().starts_with("fetch interrupted by shutdown after 4096 bytes"));
+    }
+
+    /// Fetch records kept before they carried an outcome get it from their error text: for every
+    /// failure, the text gives back the outcome the value has.
+    #[test]
+    fn the_outcome_of_an_older_record_comes_back_from_its_text() {
+        let send = |chain: &str, timed_out: bool| FetchError::Request {
+            cause: RequestError::Send {
+                url: "http://127.0.0.1:1/feed".into(),
+                chain: chain.into(),
+                timed_out,
+                transient: true,
+            },
+            retries: 3,
+            out_of_time: None,
+        };
+        let body =
+            |chain: &str, timed_out: bool| FetchError::BodyRead { bytes: 10, chain: chain.into(), timed_out };
+        let status = |code: u16, out_of_time| FetchError::Request {
+            cause: RequestError::Status(reqwest::StatusCode::from_u16(code).unwrap()),
+            retries: 1,
+            out_of_time,
+        };
+        let failures = [
+            FetchError::CircuitOpen { failures: 3, remaining: Duration::from_millis(1500) },
+            FetchError::OpenFile {
+                path: "/feeds/x.xml".into(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)"),
+            },
+            status(503, None),
+            status(429, Some(Duration::from_secs(2))),
+            status(404, None),
+            FetchError::Request { cause: RequestError::NoResponse(Duration::from_secs(30)), retries: 0, out_of_time: None },
+            send("error sending request for url (http://127.0.0.1:1/feed): operation timed out", true),
+            send("error sending request for url (http://127.0.0.1:1/feed): client error (Connect): tcp connect error: Connection refused (os error 111)", false),
+            body("error decoding response body: connection reset by peer", false),
+            body("error decoding response body: operation timed out", true),
+            body("no body bytes from the provider for 10s", true),
+            FetchError::BodyTimeout { timeout: Duration::from_secs(30), bytes: 100 },
+            FetchError::TooLarge { limit: 6000 },
+            FetchError::Feed(FeedError::Truncated { bytes: 9 }),
+            FetchError::Feed(FeedError::Empty),
+            FetchError::Feed(FeedError::NotXml("text/html".into())),
+            FetchError::Feed(FeedError::WrongShape("root <html>".into())),
+            FetchError::Feed(FeedError::ElementTooLarge { limit: 1024 }),
+            FetchError::Feed(FeedError::Malformed("unexpected end".into())),
+            FetchError::Backpressure { timeout: Duration::from_secs(30) },
+            FetchError::Interrupted { bytes: 4096 },
+            FetchError::ShuttingDown,
+            FetchError::NoParser,
+        ];
+        for e in &failures {
+            assert_eq!(FetchOutcome::of_legacy_error(Some(&e.to_string())), e.outcome(), "{e}");
+        }
+        let labels: std::collections::HashSet<_> = failures.iter().map(|e| e.outcome().label()).collect();
+        assert_eq!(labels.len(), 11, "every download outcome is among the samples: {labels:?}");
+        assert_eq!(FetchOutcome::of_legacy_error(None), FetchOutcome::Ok);
     }
 
     #[test]
     fn waiting_for_the_store_is_not_a_provider_timeout() {
         let slow_store = FetchError::Backpressure { timeout: Duration::from_secs(30) };
         let slow_provider = FetchError::BodyTimeout { timeout: Duration::from_secs(30), bytes: 10 };
-        assert_eq!(slow_store.outcome(), "backpressure");
-        assert_eq!(slow_provider.outcome(), "timeout");
+        assert_eq!(slow_store.outcome().label(), "backpressure");
+        assert_eq!(slow_provider.outcome().label(), "timeout");
         assert!(slow_store.to_string().contains("waiting for the pipeline"));
     }
 }

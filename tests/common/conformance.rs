@@ -44,7 +44,7 @@ use std::future::Future;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
-use planfeed::domain::{EventRow, FetchRecord, PlanKey, PlanState, StoredPlan};
+use planfeed::domain::{EventRow, FetchOutcome, FetchRecord, PlanKey, PlanState, StoredPlan};
 use planfeed::store::SharedStore;
 
 use super::{day, dec, dt, moved, offline, plan, stored, zones};
@@ -562,6 +562,9 @@ pub async fn fetch_log_round_trip(store: &SharedStore) {
         plans_unchanged: 3870,
         plans_skipped: 10,
         error: None,
+        outcome: FetchOutcome::Ok,
+        plans_spooled: Some(0),
+        plans_dropped: Some(0),
     };
     let failed = FetchRecord {
         provider: p.into(),
@@ -570,8 +573,13 @@ pub async fn fetch_log_round_trip(store: &SharedStore) {
         http_status: Some(503),
         bytes: 0,
         error: Some("provider answered 503 service unavailable".into()),
+        outcome: FetchOutcome::HttpError,
+        plans_spooled: Some(0),
+        plans_dropped: Some(0),
         ..Default::default()
     };
+    // Some plans spooled, some rejected for good; and a record without counts (as an older
+    // build's spool entry comes back).
     let timed_out = FetchRecord {
         provider: p.into(),
         started_at: utc("2100-01-01T00:00:03"),
@@ -579,16 +587,27 @@ pub async fn fetch_log_round_trip(store: &SharedStore) {
         http_status: None,
         bytes: 1_048_576,
         plans_seen: 17,
+        plans_written: 10,
         error: Some("timed out reading the body (truncated after 1048576 bytes)".into()),
+        outcome: FetchOutcome::StoreRejected,
+        plans_spooled: Some(5),
+        plans_dropped: Some(2),
+        ..Default::default()
+    };
+    let unknown_counts = FetchRecord {
+        provider: p.into(),
+        started_at: utc("2100-01-01T00:00:00"),
+        outcome: FetchOutcome::Skipped,
+        error: Some("circuit open".into()),
         ..Default::default()
     };
     // Recorded out of order: the log lists by start time.
-    for f in [&ok, &timed_out, &failed] {
+    for f in [&ok, &timed_out, &unknown_counts, &failed] {
         store.record_fetch(f).await.expect("record_fetch");
     }
     assert_eq!(
-        store.recent_fetches(3).await.expect("recent_fetches"),
-        vec![timed_out.clone(), failed.clone(), ok]
+        store.recent_fetches(4).await.expect("recent_fetches"),
+        vec![timed_out.clone(), failed.clone(), ok, unknown_counts]
     );
     assert_eq!(store.recent_fetches(2).await.expect("recent_fetches"), vec![timed_out, failed]);
     assert!(store.recent_fetches(0).await.expect("recent_fetches").is_empty());

@@ -1,11 +1,11 @@
 //! The end of a fetch as the writer sees it: what became of each of its observations
-//! ([`FetchTally`]), and the fetch record, log line and outcome label made from it once every
-//! chunk is in.
+//! ([`FetchTally`]), and the fetch record (its outcome included) and log line made from it once
+//! every chunk is in.
 
 use chrono::Utc;
 
 use crate::actors::messages::FetchEnd;
-use crate::domain::FetchRecord;
+use crate::domain::{FetchOutcome, FetchRecord};
 use crate::fetch::FetchError;
 
 /// Start of a fetch record's error when the store rejected some of its plans for good.
@@ -33,9 +33,9 @@ pub(super) struct FetchTally {
 }
 
 impl FetchTally {
-    /// The fetch's record, its error made of the download's failure and the writer's notes, and
-    /// its outcome label; says it in the `fetch ingested` / `fetch failed` line.
-    pub(super) fn complete(self, end: FetchEnd) -> (FetchRecord, &'static str) {
+    /// The fetch's record: its error made of the download's failure and the writer's notes, its
+    /// outcome, what became of its plans; says it in the `fetch ingested` / `fetch failed` line.
+    pub(super) fn complete(self, end: FetchEnd) -> FetchRecord {
         let tally = self;
         let fetch_retries = end.retries;
         let retries = fetch_retries + tally.store_retries;
@@ -44,7 +44,9 @@ impl FetchTally {
         record.plans_written = tally.written;
         record.plans_unchanged = tally.unchanged;
         record.plans_skipped = tally.skipped;
-        let outcome = fetch_outcome(end.error.as_ref(), &tally);
+        record.plans_spooled = Some(tally.spooled);
+        record.plans_dropped = Some(tally.dropped);
+        record.outcome = fetch_outcome(end.error.as_ref(), &tally);
         let mut notes: Vec<String> = end.error.iter().map(ToString::to_string).collect();
         if notes.is_empty() {
             notes.extend(tally.errors);
@@ -71,26 +73,84 @@ impl FetchTally {
                 provider = %record.provider, error = %e, http_status = ?record.http_status, seen = record.plans_seen,
                 written = record.plans_written, spooled = tally.spooled, dropped = tally.dropped,
                 bytes = record.bytes, retries, fetch_retries, store_retries = tally.store_retries,
-                outcome, "fetch failed"
+                outcome = record.outcome.label(), "fetch failed"
             ),
         }
-        (record, outcome)
+        record
     }
 }
 
-/// The `outcome` label of a recorded fetch (metric and log line): what became of its plans in
+/// The outcome of a recorded fetch (record, metric and log line): what became of its plans in
 /// the store says more than how the download ended, so the writer's notes come first.
-fn fetch_outcome(error: Option<&FetchError>, tally: &FetchTally) -> &'static str {
+fn fetch_outcome(error: Option<&FetchError>, tally: &FetchTally) -> FetchOutcome {
     if tally.dropped_reason.is_some() {
-        "store_rejected"
+        FetchOutcome::StoreRejected
     } else if tally.held_reason.is_some() {
-        "spool_full"
+        FetchOutcome::SpoolFull
     } else if let Some(e) = error {
         e.outcome()
     } else if !tally.errors.is_empty() {
         // A chunk the parser could not read.
-        "bad_feed"
+        FetchOutcome::BadFeed
     } else {
-        "ok"
+        FetchOutcome::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::FeedError;
+
+    fn end(error: Option<FetchError>) -> FetchEnd {
+        let record = FetchRecord { provider: "p".into(), started_at: Utc::now(), ..Default::default() };
+        FetchEnd { fetch_id: 1, chunks: 1, retries: 0, record, error }
+    }
+
+    /// The writer's notes decide the outcome, the record carries it with the counts, and an older
+    /// record's text gives both back.
+    #[test]
+    fn a_record_says_its_outcome_and_counts_and_its_text_gives_them_back() {
+        let dropped = FetchTally {
+            seen: 45,
+            written: 40,
+            spooled: 2,
+            dropped: 3,
+            dropped_reason: Some("Code: 53, type mismatch".into()),
+            ..Default::default()
+        };
+        let held = FetchTally {
+            seen: 10,
+            spooled: 10,
+            held_reason: Some("spool full".into()),
+            ..Default::default()
+        };
+        let unread_chunk = FetchTally { errors: vec!["malformed xml: bad".into()], ..Default::default() };
+        let cases = [
+            (FetchTally { seen: 5, written: 5, ..Default::default() }, None, FetchOutcome::Ok),
+            (dropped, Some(FetchError::Feed(FeedError::Truncated { bytes: 9 })), FetchOutcome::StoreRejected),
+            (held, None, FetchOutcome::SpoolFull),
+            (unread_chunk, None, FetchOutcome::BadFeed),
+            (FetchTally::default(), Some(FetchError::TooLarge { limit: 9 }), FetchOutcome::TooLarge),
+        ];
+        for (tally, error, outcome) in cases {
+            let (spooled, dropped) = (tally.spooled, tally.dropped);
+            let record = tally.complete(end(error));
+            assert_eq!(record.outcome, outcome, "{:?}", record.error);
+            assert_eq!((record.plans_spooled, record.plans_dropped), (Some(spooled), Some(dropped)));
+            assert_eq!(FetchOutcome::of_legacy_error(record.error.as_deref()), outcome, "{:?}", record.error);
+        }
+        let record = FetchTally {
+            seen: 45,
+            written: 40,
+            spooled: 2,
+            dropped: 3,
+            dropped_reason: Some("x".into()),
+            ..Default::default()
+        }
+        .complete(end(None));
+        assert_eq!(FetchOutcome::legacy_counts(record.error.as_deref()), (Some(2), Some(3)));
+        assert_eq!(FetchOutcome::legacy_counts(Some("provider answered HTTP 503")), (None, None));
+        assert_eq!(FetchOutcome::legacy_counts(None), (None, None));
     }
 }

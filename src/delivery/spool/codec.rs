@@ -2,7 +2,8 @@
 //! `sqlite3` (`SELECT body FROM entries`). Prices are decimal strings (scale kept), date-times
 //! RFC 3339 / ISO 8601.
 //!
-//! A fetch record is written as [`FetchRecord`]'s own serde form (a flat record of plain fields).
+//! A fetch record is written as [`FetchRecord`]'s own serde form (a flat record of plain fields);
+//! one written before records carried an outcome gets it derived on the way back.
 //! Plans go through mirror rows instead: a plan's key holds a shared `Arc<str>` and the batch adds
 //! the writer's bookkeeping, so the rows keep the file's shape apart from the domain's. The shape
 //! is a promise across upgrades: a file an earlier build wrote is read back (tested with
@@ -13,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
-use crate::domain::{Plan, PlanKey, StoredPlan, Zone};
+use crate::domain::{FetchOutcome, FetchRecord, Plan, PlanKey, StoredPlan, Zone};
 
 /// Stored in the `kind` column: what `body` holds.
 pub const KIND_BATCH: &str = "batch";
@@ -86,9 +87,25 @@ pub fn decode(kind: &str, body: &[u8]) -> Result<Entry, String> {
                 marks: b.marks.into_iter().map(|(k, d)| (plan_key(k), d)).collect(),
             })
         }
-        KIND_FETCH => serde_json::from_slice(body).map(Entry::Fetch).map_err(|e| e.to_string()),
+        KIND_FETCH => fetch_record(body).map(Entry::Fetch).map_err(|e| e.to_string()),
         other => Err(format!("unknown entry kind {other:?}")),
     }
+}
+
+/// A fetch record read back. One an earlier build spooled has no `outcome` and no counts: they
+/// are derived from its error as the stores derive them for their older rows
+/// ([`FetchOutcome::of_legacy_error`], [`FetchOutcome::legacy_counts`]).
+fn fetch_record(body: &[u8]) -> Result<FetchRecord, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)?;
+    if let Some(fields) = value.as_object_mut().filter(|f| !f.contains_key("outcome")) {
+        let error = fields.get("error").and_then(serde_json::Value::as_str);
+        let outcome = FetchOutcome::of_legacy_error(error);
+        let (spooled, dropped) = FetchOutcome::legacy_counts(error);
+        fields.insert("outcome".into(), outcome.label().into());
+        fields.insert("plans_spooled".into(), spooled.into());
+        fields.insert("plans_dropped".into(), dropped.into());
+    }
+    serde_json::from_value(value)
 }
 
 fn key_row(k: &PlanKey) -> KeyRow {

@@ -383,7 +383,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> SpoolResult<T> + Send +
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{FetchRecord, Plan, StoredPlan, Zone};
+    use crate::domain::{FetchOutcome, FetchRecord, Plan, StoredPlan, Zone};
     use chrono::NaiveDateTime;
 
     fn plan(plan_id: u64, version: u64) -> StoredPlan {
@@ -431,6 +431,9 @@ mod tests {
             provider: "p".into(),
             plans_seen: 2,
             error: Some("x".into()),
+            outcome: FetchOutcome::BadFeed,
+            plans_spooled: Some(2),
+            plans_dropped: Some(0),
             ..Default::default()
         });
         spool.append(Arc::new(batch.clone())).await.unwrap();
@@ -507,6 +510,10 @@ mod tests {
             plans_unchanged: 8,
             plans_skipped: 2,
             error: Some("provider answered HTTP 503 Service Unavailable (after 2 retries)".into()),
+            // Not in the file: derived from the error.
+            outcome: FetchOutcome::HttpError,
+            plans_spooled: None,
+            plans_dropped: None,
         });
         assert_eq!(take_first(&spool).await, batch);
         assert_eq!(take_first(&spool).await, fetch);

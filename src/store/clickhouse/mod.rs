@@ -10,10 +10,12 @@
 //! `plans` is a `ReplacingMergeTree(version)` partitioned by event month and ordered by event day:
 //! [`Store::plans_by_day`] reads `FINAL` over the requested days only.
 //!
-//! Files by job: [`schema`] (migrations), [`rows`] (row encoding), [`writes`] and [`reads`] (the
-//! statements), [`classify`] (the statement timeout, what each failure means).
+//! Files by job: [`schema`] (migrations), [`copies`] (the table copies older migrations left, checked
+//! before they are dropped), [`rows`] (row encoding), [`writes`] and [`reads`] (the statements),
+//! [`classify`] (the statement timeout, what each failure means).
 
 mod classify;
+mod copies;
 mod endpoints;
 mod reads;
 mod rows;
@@ -60,6 +62,8 @@ pub struct ClickHouseStore {
     query_timeout: Duration,
     /// Replicas and database, for [`Store::location`].
     location: String,
+    /// `keep_superseded_tables`: migration `006_drop_copies` waits ([`copies`]).
+    keep_copies: bool,
 }
 
 impl std::fmt::Debug for ClickHouseStore {
@@ -132,6 +136,7 @@ impl ClickHouseStore {
             cluster: settings.cluster,
             query_timeout: settings.query_timeout,
             location,
+            keep_copies: settings.keep_superseded_tables,
         })
     }
 

@@ -8,8 +8,8 @@ use super::rows::{
     FetchRow, PlanStateRow,
 };
 use super::{ClickHouseStore, CHANGE_OVERLAP_US};
-use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState};
-use crate::store::{DayChange, DaySize, ReadSize, StoreResult};
+use crate::domain::{EventRow, FetchOutcome, FetchRecord, PlanKey, PlanState};
+use crate::store::{DayChange, DaySize, ReadSize, StoreError, StoreResult};
 
 /// Without a search's size, a read of more days than this is taken for a wide one: it gives way to
 /// the short reads beside it (a day, a month) inside the server, see [`SHORT_PRIORITY`]. A
@@ -160,26 +160,34 @@ impl ClickHouseStore {
             .fetch_all("recent fetches", |c| {
                 c.query(
                     "SELECT provider, started_at, started_at_ns, duration_ms, http_status, bytes, \
-                            plans_seen, plans_written, plans_unchanged, plans_skipped, error \
+                            plans_seen, plans_written, plans_unchanged, plans_skipped, error, \
+                            outcome, plans_spooled, plans_dropped \
                      FROM fetches ORDER BY started_at DESC, started_at_ns DESC LIMIT ?",
                 )
                 .bind(limit as u64)
             })
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FetchRecord {
-                provider: r.provider,
-                started_at: r.started_at.with_nanosecond(r.started_at_ns).unwrap_or(r.started_at),
-                duration_ms: r.duration_ms,
-                http_status: r.http_status,
-                bytes: r.bytes,
-                plans_seen: r.plans_seen,
-                plans_written: r.plans_written,
-                plans_unchanged: r.plans_unchanged,
-                plans_skipped: r.plans_skipped,
-                error: r.error,
+        rows.into_iter()
+            .map(|r| {
+                let outcome = FetchOutcome::from_label(&r.outcome).ok_or_else(|| {
+                    StoreError::Permanent(format!("stored fetch outcome {:?} is unknown", r.outcome))
+                })?;
+                Ok(FetchRecord {
+                    provider: r.provider,
+                    started_at: r.started_at.with_nanosecond(r.started_at_ns).unwrap_or(r.started_at),
+                    duration_ms: r.duration_ms,
+                    http_status: r.http_status,
+                    bytes: r.bytes,
+                    plans_seen: r.plans_seen,
+                    plans_written: r.plans_written,
+                    plans_unchanged: r.plans_unchanged,
+                    plans_skipped: r.plans_skipped,
+                    error: r.error,
+                    outcome,
+                    plans_spooled: r.plans_spooled,
+                    plans_dropped: r.plans_dropped,
+                })
             })
-            .collect())
+            .collect()
     }
 }

@@ -166,6 +166,10 @@ pub(super) struct FetchRow {
     pub(super) plans_unchanged: u64,
     pub(super) plans_skipped: u64,
     pub(super) error: Option<String>,
+    /// The [`crate::domain::FetchOutcome`] label.
+    pub(super) outcome: String,
+    pub(super) plans_spooled: Option<u64>,
+    pub(super) plans_dropped: Option<u64>,
 }
 
 /// Scale of the `Decimal(18, 4)` price columns.

@@ -1,10 +1,12 @@
 //! The schema: migrations embedded from `clickhouse/` at the repository root, applied in order by
-//! [`ClickHouseStore::migrate`] and recorded in `schema_migrations`.
+//! [`ClickHouseStore::migrate`] and recorded in `schema_migrations`. One migration may wait: the
+//! drop of the table copies ([`super::copies`]) while an operator keeps them.
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
+use super::copies::DROP_COPIES;
 use super::ClickHouseStore;
 use crate::store::{StoreError, StoreResult};
 
@@ -14,6 +16,9 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
     ("002_exact_days", include_str!("../../../clickhouse/002_exact_days.sql")),
     ("003_day_changes", include_str!("../../../clickhouse/003_day_changes.sql")),
     ("004_analyst_schema", include_str!("../../../clickhouse/004_analyst_schema.sql")),
+    ("005_analyst_views", include_str!("../../../clickhouse/005_analyst_views.sql")),
+    // Verified first, and waits while `keep_superseded_tables` is set (see `copies`).
+    (DROP_COPIES, include_str!("../../../clickhouse/006_drop_copies.sql")),
 ];
 
 /// Where `schema_migrations` comes from; rendered like a migration.
@@ -24,7 +29,9 @@ impl ClickHouseStore {
     /// Applies the embedded migrations not yet recorded in `schema_migrations`, in order, and
     /// returns the names it applied (empty when the schema is current). In cluster mode every
     /// statement is rendered for the cluster ([`render`]); a current schema runs no DDL at all, so
-    /// a start with a replica down does not wait on it.
+    /// a start with a replica down does not wait on it. The drop of the table copies is verified
+    /// first and refused when a row of a copy is not in its current table; with
+    /// `keep_superseded_tables` it is skipped (not recorded: it runs at a start without it).
     pub async fn migrate(&self) -> StoreResult<Vec<String>> {
         self.migrate_to(MIGRATIONS[MIGRATIONS.len() - 1].0).await
     }
@@ -54,24 +61,44 @@ impl ClickHouseStore {
             if done.iter().any(|d| d == name) {
                 continue;
             }
-            for statement in split_statements(sql) {
-                let statement = render(&statement, &layout)?;
-                self.execute(&statement).await.map_err(|e| match e {
-                    StoreError::Permanent(m) => StoreError::Permanent(format!("migration {name}: {m}")),
-                    other => other,
-                })?;
+            if *name == DROP_COPIES {
+                if self.keep_copies {
+                    tracing::info!(migration = name, database = %self.database,
+                        "keeping the table copies plans_v1, plans_v2, zones_v1 \
+                         (store.clickhouse.keep_superseded_tables): the migration waits");
+                    continue;
+                }
+                self.verify_copies().await.map_err(|e| in_migration(name, e))?;
             }
-            let row = MigrationRow { name: (*name).to_string(), applied_at: Utc::now() };
-            let row = &row;
-            self.endpoints
-                .on_any("migration record", |c| async move {
-                    self.insert_rows(&c, "schema_migrations", std::slice::from_ref(row)).await
-                })
-                .await?;
-            tracing::info!(migration = name, database = %self.database, cluster = ?self.cluster, "applied clickhouse migration");
+            self.apply(name, sql, &layout).await?;
             applied.push((*name).to_string());
         }
         Ok(applied)
+    }
+
+    /// Runs one migration's statements and records it.
+    async fn apply(&self, name: &str, sql: &str, layout: &Layout<'_>) -> StoreResult<()> {
+        for statement in split_statements(sql) {
+            let statement = render(&statement, layout)?;
+            self.execute(&statement).await.map_err(|e| in_migration(name, e))?;
+        }
+        let row = MigrationRow { name: name.to_string(), applied_at: Utc::now() };
+        let row = &row;
+        self.endpoints
+            .on_any("migration record", |c| async move {
+                self.insert_rows(&c, "schema_migrations", std::slice::from_ref(row)).await
+            })
+            .await?;
+        tracing::info!(migration = name, database = %self.database, cluster = ?self.cluster, "applied clickhouse migration");
+        Ok(())
+    }
+}
+
+/// A permanent error of migration `name` says so.
+fn in_migration(name: &str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Permanent(m) => StoreError::Permanent(format!("migration {name}: {m}")),
+        other => other,
     }
 }
 
@@ -84,6 +111,9 @@ pub(super) struct Layout<'a> {
 
 /// Fills a statement's placeholders:
 /// - `{{on_cluster}}`: nothing on a single server, `ON CLUSTER <cluster>` in cluster mode;
+/// - `{{database}}`: the database, for the tables a view reads and the statements a cluster runs
+///   on every replica (in a session of its own there, whose current database is the server's
+///   default);
 /// - `{{engine <table> <Engine>(<args>)}}`: `<Engine>(<args>)` on a single server; in cluster mode
 ///   `Replicated<Engine>('/clickhouse/tables/{shard}/<database>/<table>', '{replica}', <args>)`,
 ///   the replica's path in ZooKeeper taken from the server's `<macros>`.
@@ -105,6 +135,9 @@ pub(super) fn render(statement: &str, layout: &Layout<'_>) -> StoreResult<String
 fn fill(placeholder: &str, layout: &Layout<'_>) -> StoreResult<String> {
     if placeholder == "on_cluster" {
         return Ok(layout.cluster.map(|c| format!("ON CLUSTER {c}")).unwrap_or_default());
+    }
+    if placeholder == "database" {
+        return Ok(layout.database.to_string());
     }
     let bad = || StoreError::Permanent(format!("unknown migration placeholder {{{{{placeholder}}}}}"));
     let spec = placeholder.strip_prefix("engine ").ok_or_else(bad)?;
@@ -188,6 +221,11 @@ mod tests {
         assert_eq!(
             render("{{engine z MergeTree}}", &cluster).unwrap(),
             "ReplicatedMergeTree('/clickhouse/tables/{shard}/db/z', '{replica}')"
+        );
+        assert_eq!(
+            render("CREATE VIEW {{database}}.v {{on_cluster}} AS SELECT 1 FROM {{database}}.t", &cluster)
+                .unwrap(),
+            "CREATE VIEW db.v ON CLUSTER pf AS SELECT 1 FROM db.t"
         );
         assert!(render("{{nope}}", &single).is_err());
         assert!(render("{{on_cluster", &single).is_err());

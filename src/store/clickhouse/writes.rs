@@ -191,6 +191,9 @@ impl ClickHouseStore {
             plans_unchanged: fetch.plans_unchanged,
             plans_skipped: fetch.plans_skipped,
             error: fetch.error.clone(),
+            outcome: fetch.outcome.label().to_string(),
+            plans_spooled: fetch.plans_spooled,
+            plans_dropped: fetch.plans_dropped,
         };
         let row = &row;
         self.endpoints

@@ -45,7 +45,7 @@ const PLAN_STATES: &str =
 
 const RECENT_FETCHES: &str = "
 SELECT provider, started_at, duration_ms, http_status, bytes, plans_seen, plans_written,
-       plans_unchanged, plans_skipped, error
+       plans_unchanged, plans_skipped, error, outcome, plans_spooled, plans_dropped
 FROM fetches ORDER BY started_at DESC, seq DESC LIMIT ?1";
 
 /// The search statement for a day range, with its arguments.

@@ -11,7 +11,7 @@ use rusqlite::Row;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::domain::{EventRow, FetchRecord, PlanKey};
+use crate::domain::{EventRow, FetchOutcome, FetchRecord, PlanKey};
 use crate::store::{day_of_number, DayChange, DaySize, StoreError, StoreResult};
 
 /// Provider-local date-times as text: `YYYY-MM-DDTHH:MM:SS` (a fraction only if the feed had one).
@@ -44,6 +44,11 @@ pub(super) fn fetch_row(r: &Row<'_>) -> rusqlite::Result<FetchRecord> {
         plans_unchanged: from_i64(r, 7)?,
         plans_skipped: from_i64(r, 8)?,
         error: r.get(9)?,
+        outcome: text_col(r, 10, |s| {
+            FetchOutcome::from_label(s).ok_or_else(|| format!("unknown fetch outcome {s:?}"))
+        })?,
+        plans_spooled: opt_int_col(r, 11)?,
+        plans_dropped: opt_int_col(r, 12)?,
     })
 }
 
@@ -92,6 +97,16 @@ where
         Some(s) => parse(s)
             .map(Some)
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, e.into())),
+    }
+}
+
+/// Reads a nullable non-negative integer column as `u64`.
+fn opt_int_col(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+    match r.get_ref(idx)?.as_i64_or_null()? {
+        None => Ok(None),
+        Some(v) => u64::try_from(v)
+            .map(Some)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Integer, e.into())),
     }
 }
 

@@ -4,14 +4,26 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::error::SqlContext;
+use crate::domain::FetchOutcome;
 use crate::store::{StoreError, StoreResult};
 
+/// One schema migration: its SQL, then, for a migration that derives values of older rows, the
+/// Rust that does it (in the same transaction).
+struct Migration {
+    sql: &'static str,
+    fill: Option<fn(&Transaction<'_>) -> rusqlite::Result<()>>,
+}
+
+const fn sql(sql: &'static str) -> Migration {
+    Migration { sql, fill: None }
+}
+
 /// Schema migrations; `PRAGMA user_version` is the number applied. Append only, never edit one.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const MIGRATIONS: &[Migration] = &[
+    sql(r#"
 CREATE TABLE plans (
     provider             TEXT    NOT NULL,
     base_plan_id         INTEGER NOT NULL,
@@ -58,11 +70,11 @@ CREATE TABLE fetches (
 );
 
 CREATE INDEX fetches_by_start ON fetches (started_at);
-"#,
+"#),
     // Event days as integers (days since 1970-01-01, see `store::day_number`) instead of text: text
     // sorted a UTC day past 9999-12-31 (`+10000-01-01`) above every real day. Recomputed from
     // `start_utc` (the UTC day is its floor division), so rows of any year convert.
-    r#"
+    sql(r#"
 ALTER TABLE plans ADD COLUMN event_day INTEGER NOT NULL DEFAULT 0;
 UPDATE plans SET event_day = (start_utc - ((start_utc % 86400000) + 86400000) % 86400000) / 86400000;
 DROP INDEX plans_by_day;
@@ -71,17 +83,45 @@ ALTER TABLE plans RENAME COLUMN event_day TO event_date;
 CREATE INDEX plans_by_day
     ON plans (event_date, start_utc, id, end_utc, start_local, end_local, min_price, max_price, title)
     WHERE ever_online = 1;
-"#,
+"#),
     // The change feed: one row per event day holding the sequence number of the last transaction
     // that wrote it. Readers in other processes poll max(seq) and read the days past their marker.
-    r#"
+    sql(r#"
 CREATE TABLE day_changes (
     day INTEGER PRIMARY KEY,                           -- days since 1970-01-01
     seq INTEGER NOT NULL                               -- write transaction number, increasing
 );
 CREATE INDEX day_changes_by_seq ON day_changes (seq);
+"#),
+    // The fetch log says how each fetch ended (the label of `planfeed_fetches_total{outcome}`) and
+    // how many of its plans were spooled or dropped, as the ClickHouse store's does. Older rows get
+    // the outcome their error text tells and the counts only when it gave them
+    // ([`FetchOutcome::of_legacy_error`], [`FetchOutcome::legacy_counts`]); NULL counts are unknown.
+    Migration {
+        sql: r#"
+ALTER TABLE fetches ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok';
+ALTER TABLE fetches ADD COLUMN plans_spooled INTEGER;
+ALTER TABLE fetches ADD COLUMN plans_dropped INTEGER;
 "#,
+        fill: Some(fill_fetch_outcomes),
+    },
 ];
+
+/// The outcome and counts of the fetch rows written before migration 4, from their error texts.
+fn fill_fetch_outcomes(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let mut read = tx.prepare("SELECT seq, error FROM fetches WHERE error IS NOT NULL")?;
+    let mut update =
+        tx.prepare("UPDATE fetches SET outcome = ?2, plans_spooled = ?3, plans_dropped = ?4 WHERE seq = ?1")?;
+    let mut rows = read.query([])?;
+    while let Some(row) = rows.next()? {
+        let (seq, error): (i64, String) = (row.get(0)?, row.get(1)?);
+        let (spooled, dropped) = FetchOutcome::legacy_counts(Some(&error));
+        let outcome = FetchOutcome::of_legacy_error(Some(&error)).label();
+        let count = |n: Option<u64>| n.and_then(|n| i64::try_from(n).ok());
+        update.execute(rusqlite::params![seq, outcome, count(spooled), count(dropped)])?;
+    }
+    Ok(())
+}
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     let what = || format!("migrating the schema of {}", path.display());
@@ -94,9 +134,60 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
             path.display()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        tx.execute_batch(sql).ctx(|| format!("applying schema migration {}", i + 1))?;
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let applying = || format!("applying schema migration {}", i + 1);
+        tx.execute_batch(migration.sql).ctx(applying)?;
+        if let Some(fill) = migration.fill {
+            fill(&tx).ctx(applying)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64).ctx(what)?;
     }
     tx.commit().ctx(what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file at schema version 3 (fetch rows without outcome or counts) gets them from each row's
+    /// error text.
+    #[test]
+    fn older_fetch_rows_get_the_outcome_their_error_tells() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for m in &MIGRATIONS[..3] {
+            conn.execute_batch(m.sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        let errors = [
+            None,
+            Some("provider answered HTTP 503 Service Unavailable (after 2 retries)"),
+            Some("request to http://x/feed failed: error sending request: operation timed out"),
+            Some("provider answered HTTP 500; store rejected 3 plans (written 40, spooled 2): type mismatch"),
+            Some("malformed xml: unexpected end"),
+        ];
+        for error in errors {
+            conn.execute(
+                "INSERT INTO fetches (provider, started_at, duration_ms, bytes, plans_seen, plans_written, \
+                 plans_unchanged, plans_skipped, error) VALUES ('p', 0, 0, 0, 0, 0, 0, 0, ?1)",
+                [error],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        let mut stmt =
+            conn.prepare("SELECT outcome, plans_spooled, plans_dropped FROM fetches ORDER BY seq").unwrap();
+        let rows: Vec<(String, Option<i64>, Option<i64>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let expected = [
+            ("ok", None, None),
+            ("http_error", None, None),
+            ("timeout", None, None),
+            ("store_rejected", Some(2), Some(3)),
+            ("bad_feed", None, None),
+        ];
+        assert_eq!(rows, expected.map(|(o, s, d)| (o.to_string(), s, d)));
+    }
 }

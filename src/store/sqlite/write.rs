@@ -55,8 +55,9 @@ ON CONFLICT (day) DO UPDATE SET seq = excluded.seq";
 
 const INSERT_FETCH: &str = "
 INSERT INTO fetches (provider, started_at, duration_ms, http_status, bytes, plans_seen,
-                     plans_written, plans_unchanged, plans_skipped, error)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+                     plans_written, plans_unchanged, plans_skipped, error, outcome,
+                     plans_spooled, plans_dropped)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 /// One batch in one transaction; the statements are prepared (cached) once per batch and the
 /// zones' JSON is built in one reused buffer.
@@ -191,6 +192,9 @@ pub(super) fn insert_fetch(conn: &Connection, f: &FetchRecord) -> StoreResult<()
         count_to_i64(f.plans_unchanged, "plans_unchanged")?,
         count_to_i64(f.plans_skipped, "plans_skipped")?,
         f.error,
+        f.outcome.label(),
+        f.plans_spooled.map(|n| count_to_i64(n, "plans_spooled")).transpose()?,
+        f.plans_dropped.map(|n| count_to_i64(n, "plans_dropped")).transpose()?,
     ])
     .ctx(what)?;
     Ok(())
