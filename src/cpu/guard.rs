@@ -111,7 +111,7 @@ fn guard() {
         rested = now_rested;
         let was_promoted = controller.promoted;
         controller.step(&period, super::pace::min_share(), super::pace::hurrying());
-        super::pace::set_cap(controller.cap);
+        super::pace::set_cap(controller.rest_cap());
         if controller.promoted != was_promoted {
             promote(controller.promoted, &period);
         }

@@ -16,9 +16,11 @@
 //!
 //! The floor holds both ways: when ingestion's threads got less than `min_ingest_share` of the time
 //! they wanted (waiting for a core behind saturating searches or a busy neighbour process), they
-//! are *promoted* to the normal policy, where the kernel shares the cores fairly, while the cap
-//! (at least the floor) still bounds their work; they go back under `SCHED_IDLE` once the searches
-//! have not been delayed for [`CALM_PERIODS`] periods. A fetch past half its time limit
+//! are *promoted* to the normal policy, where the kernel shares the cores fairly, and rest no more
+//! ([`Controller::rest_cap`]): resting on top of a fair share would give ingestion a share of a
+//! share (a quarter of its time, each job slowed by the cores it shares: a tenth of its speed
+//! measured beside saturating searches). They go back under `SCHED_IDLE`, and to the cap, once the
+//! searches have not been delayed for [`CALM_PERIODS`] periods. A fetch past half its time limit
 //! ([`super::pace::Hurry`]) lifts the cap and promotes a waiting thread at once.
 
 use std::time::Duration;
@@ -95,6 +97,16 @@ impl Default for Controller {
 }
 
 impl Controller {
+    /// What the ingestion threads rest by: the cap, or nothing while promoted (the kernel's fair
+    /// share bounds them then).
+    pub fn rest_cap(&self) -> f64 {
+        if self.promoted {
+            1.0
+        } else {
+            self.cap
+        }
+    }
+
     /// Moves the cap and the policy after `p`, with the floor `min` (0 < min <= 1) and whether a
     /// fetch hurries.
     pub fn step(&mut self, p: &Period, min: f64, hurry: bool) {
@@ -182,13 +194,15 @@ mod tests {
         let saturated = ingest(searches(5_000, 400 * US), 10 * MS, 190 * MS, Duration::ZERO);
         c.step(&saturated, 0.25, false);
         assert!(c.promoted);
-        // Promoted and capped at the floor: it gets its quarter, stays promoted.
-        let floor = ingest(searches(5_000, 400 * US), 50 * MS, 10 * MS, 140 * MS);
+        // Promoted, it rests no more: the kernel's fair share is its bound, and it stays promoted
+        // while the searches are delayed.
+        assert_eq!(c.rest_cap(), 1.0);
+        let fair = ingest(searches(5_000, 400 * US), 60 * MS, 140 * MS, Duration::ZERO);
         for _ in 0..20 {
-            c.step(&floor, 0.25, false);
+            c.step(&fair, 0.25, false);
         }
         assert!(c.promoted);
-        assert_eq!(c.cap, 0.25);
+        assert_eq!((c.cap, c.rest_cap()), (0.25, 1.0));
         // The searches stop: back under SCHED_IDLE after CALM_PERIODS quiet periods.
         let quiet = ingest(Period::default(), 200 * MS, Duration::ZERO, Duration::ZERO);
         for _ in 0..CALM_PERIODS - 1 {
@@ -197,6 +211,7 @@ mod tests {
         assert!(c.promoted);
         c.step(&quiet, 0.25, false);
         assert!(!c.promoted);
+        assert_eq!(c.rest_cap(), c.cap, "back to the cap, which climbed meanwhile");
     }
 
     #[test]
