@@ -111,7 +111,7 @@ fn guard() {
         rested = now_rested;
         let was_promoted = controller.promoted;
         controller.step(&period, super::pace::min_share(), super::pace::hurrying());
-        super::pace::set_cap(controller.rest_cap());
+        super::pace::set_cap(controller.cap);
         if controller.promoted != was_promoted {
             promote(controller.promoted, &period);
         }
@@ -133,6 +133,7 @@ fn look() -> Period {
         let (ran, waited) = (now.ran.saturating_sub(w.last.ran), now.waited.saturating_sub(w.last.waited));
         match w.kind {
             Kind::Search => {
+                p.search_ran += Duration::from_nanos(ran);
                 p.search_runs += now.runs.saturating_sub(w.last.runs);
                 p.search_waited += Duration::from_nanos(waited);
             }

@@ -6,8 +6,8 @@
 //! the cap from what the searches' threads went through in the last period, read from the kernel's
 //! scheduler statistics (time each thread waited runnable for a core, and how many times it ran):
 //!
-//! - **Searches delayed**: they ran often enough to matter ([`MIN_SEARCH_RUNS`] times a period,
-//!   about 500 wake-ups a second) and a run waited [`DELAY_TARGET`] or more for a core on average.
+//! - **Searches delayed**: they used enough CPU to matter ([`MIN_SEARCH_CPU`] of a period, 5 % of a
+//!   core: a trickle says nothing) and a run waited [`DELAY_TARGET`] or more for a core on average.
 //!   The cap falls by a third, down to `pipeline.min_ingest_share`. Priorities cannot stop a thread
 //!   inside a system call (a store write) from keeping its core on a kernel that does not preempt
 //!   kernel code: working less often does (ADR 12).
@@ -16,11 +16,13 @@
 //!
 //! The floor holds both ways: when ingestion's threads got less than `min_ingest_share` of the time
 //! they wanted (waiting for a core behind saturating searches or a busy neighbour process), they
-//! are *promoted* to the normal policy, where the kernel shares the cores fairly, and rest no more
-//! ([`Controller::rest_cap`]): resting on top of a fair share would give ingestion a share of a
-//! share (a quarter of its time, each job slowed by the cores it shares: a tenth of its speed
-//! measured beside saturating searches). They go back under `SCHED_IDLE`, and to the cap, once the
-//! searches have not been delayed for [`CALM_PERIODS`] periods. A fetch past half its time limit
+//! are *promoted* to the normal policy, where the kernel shares the cores fairly. While promoted the
+//! cap follows what ingestion gets rather than the searches' waits (which stay long, the cores
+//! being full): up by half when it got less than the floor, down by a third when it got more than
+//! one and a half times the floor. A fixed cap on top of a fair share gave ingestion a share of a
+//! share (a quarter of its time, each job slowed by the cores it shares: a tenth of its speed),
+//! and no cap gave it half the machine (the searches kept 0.55 of their speed). They go back under
+//! `SCHED_IDLE` once the searches have not been delayed for [`CALM_PERIODS`] periods. A fetch past half its time limit
 //! ([`super::pace::Hurry`]) lifts the cap and promotes a waiting thread at once.
 
 use std::time::Duration;
@@ -29,8 +31,8 @@ use std::time::Duration;
 pub const PERIOD: Duration = Duration::from_millis(100);
 /// Mean wait for a core, per run of a search thread, above which searches count as delayed.
 pub const DELAY_TARGET: Duration = Duration::from_micros(100);
-/// Runs of the search threads in a period below which their waits say nothing (a trickle).
-pub const MIN_SEARCH_RUNS: u64 = 50;
+/// CPU the search threads used in a period below which their waits say nothing (a trickle).
+pub const MIN_SEARCH_CPU: Duration = Duration::from_millis(5);
 /// Undelayed periods after which promoted ingestion threads go back under `SCHED_IDLE`.
 pub const CALM_PERIODS: u32 = 10;
 
@@ -38,6 +40,7 @@ pub const CALM_PERIODS: u32 = 10;
 /// ingestion threads).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Period {
+    pub search_ran: Duration,
     pub search_runs: u64,
     pub search_waited: Duration,
     pub ingest_ran: Duration,
@@ -49,7 +52,9 @@ pub struct Period {
 impl Period {
     /// Whether the searches were delayed (see the module's doc).
     pub fn searches_delayed(&self) -> bool {
-        self.search_runs >= MIN_SEARCH_RUNS && self.search_waited / self.search_runs as u32 >= DELAY_TARGET
+        self.search_ran >= MIN_SEARCH_CPU
+            && self.search_runs > 0
+            && self.search_waited / self.search_runs as u32 >= DELAY_TARGET
     }
 
     /// The share of the time it wanted that ingestion got (ran, against ran + waited + rested);
@@ -97,16 +102,6 @@ impl Default for Controller {
 }
 
 impl Controller {
-    /// What the ingestion threads rest by: the cap, or nothing while promoted (the kernel's fair
-    /// share bounds them then).
-    pub fn rest_cap(&self) -> f64 {
-        if self.promoted {
-            1.0
-        } else {
-            self.cap
-        }
-    }
-
     /// Moves the cap and the policy after `p`, with the floor `min` (0 < min <= 1) and whether a
     /// fetch hurries.
     pub fn step(&mut self, p: &Period, min: f64, hurry: bool) {
@@ -117,7 +112,12 @@ impl Controller {
             self.reason = Reason::Hurry;
             self.promoted |= p.ingest_waited >= PERIOD / 2 || starved;
         } else if delayed {
-            self.cap = (self.cap * (2.0 / 3.0)).max(min);
+            self.cap = match p.ingest_got() {
+                // Promoted: the cap keeps ingestion between the floor and one and a half times it.
+                Some(got) if self.promoted && got < min => (self.cap * 1.5).min(1.0),
+                Some(got) if self.promoted && got <= 1.5 * min => self.cap,
+                _ => self.cap * (2.0 / 3.0),
+            };
             self.reason = Reason::SearchesDelayed;
         } else {
             // Ten steps from the floor to 1 (the last one rounded up).
@@ -143,7 +143,9 @@ mod tests {
     const US: Duration = Duration::from_micros(1);
 
     fn searches(runs: u64, mean_wait: Duration) -> Period {
-        Period { search_runs: runs, search_waited: mean_wait * runs as u32, ..Period::default() }
+        // Each run 50 µs of CPU: 1,000 runs a period are half a core.
+        let search_ran = US * 50 * runs as u32;
+        Period { search_ran, search_runs: runs, search_waited: mean_wait * runs as u32, ..Period::default() }
     }
 
     fn ingest(mut p: Period, ran: Duration, waited: Duration, rested: Duration) -> Period {
@@ -188,21 +190,25 @@ mod tests {
     }
 
     #[test]
-    fn ingestion_kept_below_its_floor_is_promoted_until_the_searches_are_calm() {
-        let mut c = Controller::default();
+    fn ingestion_kept_below_its_floor_is_promoted_and_kept_near_it_until_the_searches_are_calm() {
+        let mut c = Controller { cap: 0.25, ..Controller::default() };
         // Saturating searches: ingestion ran 10 ms of the 200 ms it wanted (5 %).
         let saturated = ingest(searches(5_000, 400 * US), 10 * MS, 190 * MS, Duration::ZERO);
         c.step(&saturated, 0.25, false);
         assert!(c.promoted);
-        // Promoted, it rests no more: the kernel's fair share is its bound, and it stays promoted
-        // while the searches are delayed.
-        assert_eq!(c.rest_cap(), 1.0);
-        let fair = ingest(searches(5_000, 400 * US), 60 * MS, 140 * MS, Duration::ZERO);
-        for _ in 0..20 {
-            c.step(&fair, 0.25, false);
-        }
+        // Promoted, it still gets too little (rests on top of a shared core): the cap rises by half.
+        let short = ingest(searches(5_000, 400 * US), 20 * MS, 30 * MS, 60 * MS);
+        c.step(&short, 0.25, false);
+        assert!((c.cap - 0.375).abs() < 1e-9, "{c:?}");
+        // Within the floor and one and a half times it: the cap holds.
+        let within = ingest(searches(5_000, 400 * US), 30 * MS, 30 * MS, 50 * MS);
+        c.step(&within, 0.25, false);
+        assert!((c.cap - 0.375).abs() < 1e-9, "{c:?}");
+        // A fair share of half the time is more than the searches should lose: down by a third.
+        let fair = ingest(searches(5_000, 400 * US), 100 * MS, 100 * MS, Duration::ZERO);
+        c.step(&fair, 0.25, false);
+        assert!((c.cap - 0.25).abs() < 1e-9, "{c:?}");
         assert!(c.promoted);
-        assert_eq!((c.cap, c.rest_cap()), (0.25, 1.0));
         // The searches stop: back under SCHED_IDLE after CALM_PERIODS quiet periods.
         let quiet = ingest(Period::default(), 200 * MS, Duration::ZERO, Duration::ZERO);
         for _ in 0..CALM_PERIODS - 1 {
@@ -211,7 +217,6 @@ mod tests {
         assert!(c.promoted);
         c.step(&quiet, 0.25, false);
         assert!(!c.promoted);
-        assert_eq!(c.rest_cap(), c.cap, "back to the cap, which climbed meanwhile");
     }
 
     #[test]
