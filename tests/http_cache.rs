@@ -304,3 +304,46 @@ async fn a_streamed_answer_equals_the_buffered_one_and_carries_its_tag() {
         assert!(res.body.is_empty());
     }
 }
+
+/// `/search` has one route from the server to the handler: `GET`/`HEAD` of `/search` (and of
+/// `/search/`, which warp's path matching always took as the same path) answer the same bytes
+/// and are counted once each; other methods get the contract's `405` with `Allow`, and other paths
+/// a `404`, neither counted as searches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_is_answered_by_one_route_whatever_the_target_or_method() {
+    let (pf, _dir) = start().await;
+    let query = &DAY["/search".len()..];
+    let counted = || async {
+        let text = common::scrape::metrics_text(&pf.base).await;
+        let ok =
+            common::scrape::sample(&text, r#"planfeed_http_requests_total{path="/search",status="200"}"#);
+        ok.unwrap_or(0.0)
+    };
+    let before = counted().await;
+    let plain = get(&format!("{}/search{query}", pf.base), &[]).await;
+    let slash = get(&format!("{}/search/{query}", pf.base), &[]).await;
+    assert_eq!((plain.status, slash.status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(event_count(&plain.body), 40);
+    assert_eq!(slash.body, plain.body);
+    assert_eq!(slash.header(ETAG), plain.header(ETAG));
+    let head = request(Method::HEAD, &format!("{}/search/{query}", pf.base), &[]).await;
+    assert_eq!((head.status, head.header(ETAG)), (StatusCode::OK, plain.header(ETAG)));
+    assert_eq!(counted().await, before + 3.0, "each search counted once");
+
+    for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS] {
+        for path in ["/search", "/search/"] {
+            let res = request(method.clone(), &format!("{}{path}{query}", pf.base), &[]).await;
+            assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(res.header(reqwest::header::ALLOW), Some("GET, HEAD"), "{method} {path}");
+            let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+            assert_eq!(v["error"]["code"], "method_not_allowed", "{method} {path}");
+        }
+    }
+    for path in ["/searches", "/search/x", "//search", "/Search", "/search//"] {
+        let res = get(&format!("{}{path}{query}", pf.base), &[]).await;
+        assert_eq!(res.status, StatusCode::NOT_FOUND, "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+        assert_eq!(v["error"]["code"], "not_found", "{path}");
+    }
+    assert_eq!(counted().await, before + 3.0, "refused requests are not searches");
+}

@@ -1,11 +1,15 @@
-//! The warp server: `GET /search`, `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.yaml`.
-//! Every role serves the probes and the metrics; `/search` only where the API runs ([`Endpoints`]).
-//! `/ready` and `/metrics` are admitted by their own limiter ([`probes`]), `/search` by its own.
+//! The HTTP server: `GET /search`, `GET /health`, `GET /ready`, `GET /metrics`, `GET /openapi.yaml`
+//! (each also answers `HEAD`). Every role serves the probes and the metrics; `/search` only where
+//! the API runs ([`Endpoints`]). `/ready` and `/metrics` are admitted by their own limiter
+//! ([`probes`]), `/search` by its own ([`rate_limit`]).
 //!
-//! `*_filter()`s extract and validate, handlers take their dependencies explicitly, and
-//! [`error::ApiError`] is the one place that shapes error responses. `/search` answers are what HTTP
-//! caches expect (ETag, `If-None-Match` → `304`, gzip, `Cache-Control`, `Vary`) through
-//! [`crate::search::encoding`], whose representations the search cache keeps.
+//! `/search` has one route, in the server ([`search::route`]): hyper's request goes to
+//! [`search_handler`] without warp's filter chain (the hot path, ADR 14). The other endpoints are
+//! warp filters ([`server::serve`] runs them as a hyper service). Handlers take their dependencies
+//! explicitly ([`ApiState`]), and [`error::ApiError`] is the one place that shapes error responses.
+//! `/search` answers are what HTTP caches expect (ETag, `If-None-Match` → `304`, gzip,
+//! `Cache-Control`, `Vary`) through [`crate::search::encoding`], whose representations the search
+//! cache keeps.
 
 pub mod error;
 pub mod params;
@@ -67,7 +71,7 @@ pub async fn run_with(
 ) {
     let state = Arc::new(state);
     let search = endpoints.search.then(|| state.clone());
-    server::serve(listener, shared_routes(state, endpoints), search, connections, shutdown).await;
+    server::serve(listener, other_routes(state, endpoints.probes), search, connections, shutdown).await;
 }
 
 /// `GET`, or `HEAD` answered as `GET` (hyper sends the headers and leaves the body out).
@@ -75,22 +79,14 @@ fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::get().or(warp::head()).unify()
 }
 
-pub fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    shared_routes(Arc::new(state), Endpoints::all())
-}
-
-/// The routes on `state`, shared once: a request clones one `Arc`, not the state's fields.
-fn shared_routes(
+/// The routes of every endpoint but `/search` (routed by the server itself, [`search::route`]), on
+/// `state` shared once: a request clones one `Arc`, not the state's fields. An unknown path is a
+/// `404` in the contract's shape, another method than `GET`/`HEAD` a `405`.
+fn other_routes(
     state: Arc<ApiState>,
-    endpoints: Endpoints,
+    probes: Arc<ProbeLimiter>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let search = warp::path!("search")
-        .and(enabled(endpoints.search))
-        .and(get_or_head())
-        .and(warp::ext::get::<SearchRequest>())
-        .and(with(state.clone()))
-        .then(search_handler);
-    let probe = admitted(endpoints.probes);
+    let probe = admitted(probes);
     let metrics = warp::path!("metrics").and(get_or_head()).and(probe.clone()).and(with(state.clone())).map(
         |s: Arc<ApiState>| {
             let mut res = Response::new(s.metrics.render().into());
@@ -107,17 +103,7 @@ fn shared_routes(
         res.headers_mut().insert("content-type", HeaderValue::from_static("application/yaml"));
         res
     });
-    search
-        .or(metrics)
-        .unify()
-        .or(health)
-        .unify()
-        .or(ready)
-        .unify()
-        .or(openapi)
-        .unify()
-        .recover(recover)
-        .unify()
+    metrics.or(health).unify().or(ready).unify().or(openapi).unify().recover(recover).unify()
 }
 
 async fn ready_handler(s: Arc<ApiState>) -> Response {
@@ -125,19 +111,6 @@ async fn ready_handler(s: Arc<ApiState>) -> Response {
         Ok(()) => json_response(StatusCode::OK, s.readiness.describe("ready").into()),
         Err(status) => json_response(StatusCode::SERVICE_UNAVAILABLE, s.readiness.describe(status).into()),
     }
-}
-
-/// Passes when `on`; otherwise the path is unknown here (`404`).
-fn enabled(on: bool) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::any()
-        .and_then(move || async move {
-            if on {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            }
-        })
-        .untuple_one()
 }
 
 /// Admits a probe under `limiter`, or rejects it with a `429`.

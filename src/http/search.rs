@@ -1,6 +1,6 @@
-//! `/search` itself: what it reads of a request, its handler (rate limits, parameters, the cached
-//! answer) and the answer's representation (ETag, `If-None-Match` → `304`, gzip, a large answer
-//! streamed from the cached days), and the state the handlers share.
+//! `/search` itself: its route, what it reads of a request, its handler (rate limits, parameters,
+//! the cached answer), the answer's representation (ETag, `If-None-Match` → `304`, gzip, a large
+//! answer streamed from the cached days), and the state the handlers share.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,8 +49,9 @@ pub fn cache_control(max_age: std::time::Duration) -> HeaderValue {
     HeaderValue::try_from(format!("max-age={}", max_age.as_secs())).expect("digits are a valid header value")
 }
 
-/// What `/search` needs of a request, taken from it once by the server ([`super::server::serve`] puts it
-/// in the request's extensions): who asks (for the rate limits), the target (its query is parsed
+/// What `/search` needs of a request, taken from it once by the server ([`super::server::serve`]
+/// hands it to [`search_handler`], and puts it in the extensions of the requests the warp routes
+/// answer, whose probes read the client's address from it): who asks (for the rate limits), the target (its query is parsed
 /// by the handler so repeated parameters are detected), and the two headers that choose the
 /// representation. Shares the request's bytes: no copy of the header map or the target.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +105,34 @@ fn join(list: &mut Option<HeaderValue>, line: &HeaderValue) {
             HeaderValue::from_bytes(&joined).ok()
         }
     };
+}
+
+/// Where a request goes where `/search` is served ([`route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET` or `HEAD` of `/search`: [`search_handler`].
+    Search,
+    /// Another method on `/search`: the contract's `405` with `Allow`.
+    MethodNotAllowed,
+    /// Any other path: the warp routes of the other endpoints.
+    Elsewhere,
+}
+
+/// `/search`'s one route, taken by the server before the warp routes see the request: the handler
+/// is called without warp's filter chain, the boxed request body and the route bookkeeping, which
+/// cost a measurable share of a warm answer (ADR 14). The path is `/search`, or `/search/` (one
+/// trailing slash, as warp's path matching took it when it held the route), with any query.
+pub fn route<B>(req: &warp::http::Request<B>) -> Route {
+    let path = req.uri().path();
+    if path != "/search" && path != "/search/" {
+        return Route::Elsewhere;
+    }
+    let method = req.method();
+    if method == warp::http::Method::GET || method == warp::http::Method::HEAD {
+        Route::Search
+    } else {
+        Route::MethodNotAllowed
+    }
 }
 
 /// The `/search` handler: rate limits, parameters, cached answer, its representation for the
@@ -194,6 +223,24 @@ fn streamed(pieces: Arc<[Bytes]>, len: usize) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_is_routed_by_its_path_and_method() {
+        let route_of = |method: &str, target: &str| {
+            route(&warp::http::Request::builder().method(method).uri(target).body(()).unwrap())
+        };
+        for target in ["/search", "/search?starts_at=2021-01-01T00:00:00Z", "/search/", "/search/?ends_at=x"]
+        {
+            assert_eq!(route_of("GET", target), Route::Search, "{target}");
+            assert_eq!(route_of("HEAD", target), Route::Search, "{target}");
+            assert_eq!(route_of("POST", target), Route::MethodNotAllowed, "{target}");
+            assert_eq!(route_of("OPTIONS", target), Route::MethodNotAllowed, "{target}");
+        }
+        for target in ["/", "/searches", "/search/x", "//search", "/search//", "/Search", "/health"] {
+            assert_eq!(route_of("GET", target), Route::Elsewhere, "{target}");
+            assert_eq!(route_of("POST", target), Route::Elsewhere, "{target}");
+        }
+    }
 
     #[test]
     fn the_facts_of_a_request_join_repeated_list_lines() {

@@ -47,6 +47,7 @@ use tokio::sync::Semaphore;
 use warp::Filter;
 
 use super::error::ApiError;
+use super::search::Route;
 pub use connections::ConnectionLimits;
 use connections::{Activity, Registry};
 use head::MAX_HEAD_BYTES;
@@ -232,13 +233,12 @@ async fn accept_error(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// The warp filter as a hyper service, with the client's address and the watchdog's bookkeeping.
+/// The routes as a hyper service (`/search` itself, the warp filter for the rest), with the client's
+/// address and the watchdog's bookkeeping.
 struct Service<S> {
     filter: S,
-    /// When set, `GET`/`HEAD /search` (exactly) goes straight to [`super::search::search_handler`]
-    /// instead of through warp's routes: the same handler, without the filter chain's futures,
-    /// the request body's wrapping and the route bookkeeping (ADR 14). Anything else, `/search/`
-    /// included, goes through the routes.
+    /// Where the API runs: the state of `/search`, whose one route is here, not among the warp
+    /// routes ([`super::search::route`], ADR 14).
     search: Option<Arc<super::search::ApiState>>,
     client: SocketAddr,
     activity: Arc<Activity>,
@@ -265,13 +265,22 @@ where
         // The client's address (warp's own `addr::remote()` only works under warp's server) and
         // what `/search` reads of the request, taken once without copying the header map.
         let facts = super::search::SearchRequest::of(&req, self.client);
-        if let Some(state) = self.search.as_ref().filter(|_| is_search(&req)) {
-            let state = state.clone();
-            return Box::pin(async move {
-                let response = super::search::search_handler(facts, state).await;
-                drop(guard);
-                Ok(response)
-            });
+        if let Some(state) = self.search.as_ref() {
+            match super::search::route(&req) {
+                Route::Search => {
+                    let state = state.clone();
+                    return Box::pin(async move {
+                        let response = super::search::search_handler(facts, state).await;
+                        drop(guard);
+                        Ok(response)
+                    });
+                }
+                Route::MethodNotAllowed => {
+                    drop(guard);
+                    return Box::pin(std::future::ready(Ok(ApiError::method_not_allowed().into_response())));
+                }
+                Route::Elsewhere => {}
+            }
         }
         req.extensions_mut().insert(facts);
         let mut filter = self.filter.clone();
@@ -282,12 +291,6 @@ where
             response
         })
     }
-}
-
-/// `GET` or `HEAD` of exactly `/search` (any query).
-fn is_search<B>(req: &hyper::Request<B>) -> bool {
-    let method = req.method();
-    (method == hyper::Method::GET || method == hyper::Method::HEAD) && req.uri().path() == "/search"
 }
 
 /// The `414`/`431` a request over [`MAX_URI_BYTES`] or [`MAX_HEADER_BYTES`] gets.

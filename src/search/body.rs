@@ -1,5 +1,6 @@
-//! Finished `/search` bodies: the answer type, its JSON envelope, the cache of whole bodies, and
-//! the assembly of a body from day entries.
+//! A `/search` answer's body: the answer type (its bytes, content hash and tags), the cached form
+//! of a finished body (with its compressed form), the JSON envelope, and the assembly of a body
+//! from day entries. The cache that keeps finished bodies by range is `bodies`.
 //!
 //! A body small enough to be cached is copied into one buffer. A larger one (above the body cache
 //! limit, tens of thousands of plans) is never copied: it is kept as the list of the days' own
@@ -33,88 +34,22 @@ pub(super) fn run_large<T>(bytes: usize, work: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Cached bodies this thread found or made lately, per thread at most.
-const RECENT_BODIES: usize = 16;
-/// One hit in this many on a recent body still goes through the cache, so its eviction policy
-/// sees the body in use.
-const RECENT_REFRESH: u32 = 64;
-
-/// Bodies this thread found in the cache or put there lately, by searcher and range, held weakly:
-/// a hit here skips the cache's own lookup (a concurrent map, the access recorded for its
-/// eviction policy, a clock read: together a visible share of a `304`) and never keeps a body
-/// the cache has let go (its bytes go with the last strong handle).
-#[derive(Default)]
-struct Recent {
-    entries: Vec<RecentBody>,
-    /// The entry replaced next once all are taken.
-    next: usize,
-}
-
-struct RecentBody {
-    searcher: u64,
-    key: (i64, i64),
-    body: std::sync::Weak<CachedBody>,
-    hits: u32,
-}
-
-impl Recent {
-    fn entry(&mut self, searcher: u64, key: (i64, i64)) -> Option<&mut RecentBody> {
-        self.entries.iter_mut().find(|e| e.searcher == searcher && e.key == key)
-    }
-}
-
-thread_local! {
-    static RECENT: std::cell::RefCell<Recent> = std::cell::RefCell::default();
-}
-
-/// The body of `searcher`'s range `key` this thread saw lately, if it is still held; `None` on
-/// every [`RECENT_REFRESH`]th hit.
-pub(super) fn recent_body(searcher: u64, key: (i64, i64)) -> Option<Arc<CachedBody>> {
-    RECENT.with_borrow_mut(|recent| {
-        let entry = recent.entry(searcher, key)?;
-        entry.hits = entry.hits.wrapping_add(1);
-        if entry.hits % RECENT_REFRESH == 0 {
-            return None;
-        }
-        entry.body.upgrade()
-    })
-}
-
-/// Notes `body` as the body of `searcher`'s range `key` on this thread.
-pub(super) fn remember_body(searcher: u64, key: (i64, i64), body: &Arc<CachedBody>) {
-    RECENT.with_borrow_mut(|recent| {
-        let body = Arc::downgrade(body);
-        if let Some(entry) = recent.entry(searcher, key) {
-            entry.body = body;
-            return;
-        }
-        let entry = RecentBody { searcher, key, body, hits: 0 };
-        if recent.entries.len() < RECENT_BODIES {
-            recent.entries.push(entry);
-        } else {
-            let at = recent.next;
-            recent.entries[at] = entry;
-            recent.next = (at + 1) % RECENT_BODIES;
-        }
-    })
-}
-
-/// A finished `/search` body for one exact range.
+/// A finished `/search` body for one exact range, as the body cache keeps it.
 #[derive(Debug)]
 pub(super) struct CachedBody {
-    pub(super) body: Bytes,
+    body: Bytes,
     /// The body's content hash (its ETag), computed once.
-    pub(super) hash: u128,
+    hash: u128,
     /// The ETags of the plain and the gzip representation, made once (see [`encoding`]).
     tags: [HeaderValue; 2],
     /// The compressed form, made on the first request that accepts it; counted by the weigher
     /// (the entry is inserted again once it is made, so the cache weighs it).
-    pub(super) compressed: tokio::sync::OnceCell<Bytes>,
+    compressed: tokio::sync::OnceCell<Bytes>,
     /// The invalidation epoch the body was built under; any invalidation retires it.
-    pub(super) epoch: u64,
+    epoch: u64,
     /// Half a TTL after its oldest day was loaded: from then on its days are in their refresh
     /// window, so the body is rebuilt from them (and picks up what the refreshes bring).
-    pub(super) fresh_until: Instant,
+    fresh_until: Instant,
 }
 
 impl CachedBody {
@@ -124,9 +59,45 @@ impl CachedBody {
         Self { body, hash, tags, compressed: tokio::sync::OnceCell::new(), epoch, fresh_until }
     }
 
+    /// What the body costs the cache's byte budget (its compressed form included once made).
     pub(super) fn weight(&self) -> u32 {
         let compressed = self.compressed.get().map_or(0, |c| c.len());
         (self.body.len() + compressed + 64).min(u32::MAX as usize) as u32
+    }
+
+    /// The body's length in bytes.
+    pub(super) fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether the body was built under the invalidation epoch `epoch`.
+    pub(super) fn built_under(&self, epoch: u64) -> bool {
+        self.epoch == epoch
+    }
+
+    /// Whether the body may be served as fresh at `now`.
+    pub(super) fn fresh_at(&self, now: Instant) -> bool {
+        now < self.fresh_until
+    }
+
+    /// The compressed form, if it was made.
+    pub(super) fn compressed(&self) -> Option<&Bytes> {
+        self.compressed.get()
+    }
+
+    /// The compressed form, made by `compress` unless it was made already (one call makes it,
+    /// concurrent ones wait for it); with whether this call made it.
+    pub(super) async fn compress(&self, compress: fn(&[u8]) -> Bytes) -> (Bytes, bool) {
+        let mut made = false;
+        let packed = self
+            .compressed
+            .get_or_init(|| async {
+                made = true;
+                run_large(self.body.len(), || compress(&self.body))
+            })
+            .await
+            .clone();
+        (packed, made)
     }
 }
 
@@ -171,6 +142,12 @@ impl Answer {
     /// A body this search built and cached: it cost its bytes, later ones cost nothing.
     pub(super) fn built_and_cached(key: (i64, i64), cached: Arc<CachedBody>) -> Self {
         Self { built: cached.body.len(), ..Self::cached(key, cached) }
+    }
+
+    /// A body too large to cache, streamed from `pieces` (see the module doc).
+    fn streamed(pieces: Vec<Bytes>, hash: u128) -> Self {
+        let built = pieces.iter().map(Bytes::len).sum();
+        Self { body: Body::Own(Content::Pieces(pieces.into())), hash, built }
     }
 
     /// Bytes this search built (copied and hashed) for the answer; 0 when a cached body served.
@@ -233,8 +210,8 @@ impl Answer {
     }
 }
 
-pub(super) const PREFIX: &[u8] = br#"{"data":{"events":["#;
-pub(super) const SUFFIX: &[u8] = br#"]},"error":null}"#;
+const PREFIX: &[u8] = br#"{"data":{"events":["#;
+const SUFFIX: &[u8] = br#"]},"error":null}"#;
 pub(super) const EMPTY: &[u8] = br#"{"data":{"events":[]},"error":null}"#;
 
 /// Assembles a body from day entries, in answer order: copied into one buffer when the answer is
@@ -277,8 +254,7 @@ impl BodyBuilder {
             entry.write_matching(starts, ends, &mut self.out, &mut self.first);
             return;
         };
-        let whole = starts <= entry.min_start && entry.max_end <= ends;
-        if !whole || entry.joined.len() < 1024 {
+        if !entry.within(starts, ends) || entry.joined().len() < 1024 {
             // A cut (or small) day: its matching plans are copied, a day's worth at most.
             entry.write_matching(starts, ends, &mut self.out, &mut self.first);
             return;
@@ -288,7 +264,7 @@ impl BodyBuilder {
         }
         self.first = false;
         pieces.push(self.out.split().freeze());
-        pieces.push(entry.joined.clone());
+        pieces.push(entry.joined().clone());
     }
 
     /// The finished body: whole when copied (or when a streamed one turned out small enough to
@@ -308,8 +284,7 @@ impl BodyBuilder {
             hasher.digest128()
         };
         let hash = run_large(len, hash);
-        let built = pieces.iter().map(Bytes::len).sum();
-        Built::Streamed(Answer { body: Body::Own(Content::Pieces(pieces.into())), hash, built })
+        Built::Streamed(Answer::streamed(pieces, hash))
     }
 }
 
@@ -354,9 +329,9 @@ mod tests {
     #[test]
     fn a_large_body_is_streamed_from_the_days_and_equals_the_copied_one() {
         let days = [day(1, 20), day(2, 2), day(3, 20), day(4, 20)];
-        let size: usize = days.iter().map(|d| d.joined.len()).sum();
+        let size: usize = days.iter().map(|d| d.joined().len()).sum();
         // Cut: the first day from its 6th plan, the last up to the end of its 11th.
-        let (starts, ends) = (days[0].spans[5].start_utc, days[3].spans[10].end_utc);
+        let (starts, ends) = (days[0].instants(5).0, days[3].instants(10).1);
         for (starts, ends) in [(i64::MIN, i64::MAX), (starts, ends)] {
             let Built::Whole(copied) = build(&days, starts, ends, size, usize::MAX) else {
                 panic!("below the limit: copied")
@@ -367,7 +342,7 @@ mod tests {
             let Content::Pieces(pieces) = answer.content().clone() else { panic!("pieces") };
             // Whole large days are the cached bytes themselves, not copies.
             let shared =
-                pieces.iter().filter(|p| days.iter().any(|d| d.joined.as_ptr() == p.as_ptr())).count();
+                pieces.iter().filter(|p| days.iter().any(|d| d.joined().as_ptr() == p.as_ptr())).count();
             assert!(shared >= 1, "{shared} shared pieces");
             assert_eq!(answer.len(), copied.len());
             assert_eq!(answer.hash, encoding::content_hash(&copied));
@@ -376,7 +351,7 @@ mod tests {
             assert_eq!(answer.into_bytes(), copied);
         }
         // Expected large, found small: copied after all (and cacheable).
-        let (starts, ends) = (days[1].min_start, days[1].max_end);
+        let (starts, ends) = days[1].bounds();
         let Built::Whole(small) = build(&days, starts, ends, size, 4096) else { panic!("small: copied") };
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&small).unwrap()["data"]["events"]

@@ -1,5 +1,6 @@
-//! Freshness: invalidations of the days written (this process's delivery layer, or the change feed of
-//! other processes, announced as the same event), reloads.
+//! The store's change feed, for processes whose own writer does not announce the days written
+//! (role `api`): every interval, the days changed since the last poll are announced as the same
+//! event the delivery layer publishes, which the cache follows like its own writer's.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -9,39 +10,29 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use tokio::sync::watch;
 
-use super::day::DayEntry;
-use super::state::{DayInfo, Inner, RunLoad};
+use super::counters::SearchCounters;
+use super::directory::Directory;
 use crate::delivery::Events;
-use crate::store::{DayChange, StoreError};
+use crate::store::{DayChange, SharedStore, StoreError};
 
-/// Reads of the same days an invalidation makes before it returns (a read that raced with a later
-/// write is repeated; a store written faster than it is read is not chased forever).
-pub(super) const RELOAD_ROUNDS: usize = 3;
-
-/// The copies an invalidation is reloading: searches serve them meanwhile. Cleared on drop, so an
-/// invalidation that is cancelled or gives up never leaves a copy served as if it were reloading.
-pub(super) struct Reloading(Vec<Arc<DayEntry>>);
-
-impl Reloading {
-    pub(super) fn mark(entries: Vec<Arc<DayEntry>>) -> Self {
-        for e in &entries {
-            e.reloading.store(true, Ordering::Release);
-        }
-        Self(entries)
-    }
+/// Polls the store's change feed ([`ChangeFeed::follow`]).
+#[derive(Clone)]
+pub(super) struct ChangeFeed {
+    store: SharedStore,
+    /// Read again after the first poll takes the store's marker.
+    directory: Arc<Directory>,
+    counters: Arc<SearchCounters>,
 }
 
-impl Drop for Reloading {
-    fn drop(&mut self) {
-        for e in &self.0 {
-            e.reloading.store(false, Ordering::Release);
-        }
+impl ChangeFeed {
+    pub(super) fn new(store: SharedStore, directory: Arc<Directory>, counters: Arc<SearchCounters>) -> Self {
+        Self { store, directory, counters }
     }
-}
 
-impl Inner {
-    pub(super) async fn follow_changes(
-        self: Arc<Self>,
+    /// Announces on `written`, every `interval` until `shutdown` turns true, the days changed
+    /// since the previous poll; ends at once when the store keeps no change feed.
+    pub(super) async fn follow(
+        self,
         interval: Duration,
         mut shutdown: watch::Receiver<bool>,
         written: Events,
@@ -59,7 +50,7 @@ impl Inner {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             self.counters.change_polls.fetch_add(1, Ordering::Relaxed);
-            let result = self.poll_changes(&mut marker).await;
+            let result = self.poll(&mut marker).await;
             let changes = match result {
                 Ok(changes) => changes,
                 Err(e) if !e.is_transient() && marker.is_none() => {
@@ -98,7 +89,7 @@ impl Inner {
 
     /// One poll of the change feed: the first takes the store's marker (and reads the directory,
     /// which a write made before the marker may have missed), the next ones the days changed since.
-    async fn poll_changes(&self, marker: &mut Option<i64>) -> Result<Vec<DayChange>, StoreError> {
+    async fn poll(&self, marker: &mut Option<i64>) -> Result<Vec<DayChange>, StoreError> {
         match *marker {
             None => {
                 let asked = Instant::now();
@@ -106,74 +97,13 @@ impl Inner {
                     Ok(m) => {
                         *marker = Some(m);
                         // A directory read before the marker may miss a write made in between.
-                        let _ = self.load_directory(Some(asked)).await;
+                        let _ = self.directory.load(Some(asked)).await;
                         Ok(Vec::new())
                     }
                     Err(e) => Err(e),
                 }
             }
             Some(since) => self.store.days_changed_since(since).await,
-        }
-    }
-
-    pub(super) async fn invalidate(self: &Arc<Self>, days: &[NaiveDate]) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        let mut used = Vec::new();
-        for day in days {
-            if let Some(entry) = self.days.get(day).await {
-                // Reloading before dirty: a search never finds a used copy dirty and not reloading.
-                if entry.used.load(Ordering::Relaxed) && !self.store_down() {
-                    entry.reloading.store(true, Ordering::Release);
-                    used.push((*day, entry.clone()));
-                }
-                entry.dirty.store(true, Ordering::Release);
-            }
-        }
-        if let Some(dir) = self.directory.write().as_mut() {
-            for day in days {
-                dir.days.entry(*day).or_insert(DayInfo::UNKNOWN);
-            }
-        }
-        if !used.is_empty() {
-            used.sort_unstable_by_key(|(d, _)| *d);
-            self.reload(used).await;
-        }
-    }
-
-    /// Reloads the `marked` days (ascending, cached, dirty and marked reloading) once each, joining
-    /// reads already in flight,
-    /// while searches keep serving their previous copies; returns once the new copies are cached,
-    /// or at the store deadline (the reads go on, searches then wait for them as for any miss). A
-    /// read that raced with a later write leaves its copy dirty: it is read again, up to
-    /// [`RELOAD_ROUNDS`] times, so the copies cached on return hold every write before the call.
-    pub(super) async fn reload(self: &Arc<Self>, marked: Vec<(NaiveDate, Arc<DayEntry>)>) {
-        let deadline = Instant::now() + self.store_deadline();
-        let days: Vec<NaiveDate> = marked.iter().map(|(d, _)| *d).collect();
-        let mut entries = marked;
-        for round in 0..RELOAD_ROUNDS {
-            if round > 0 {
-                entries.clear();
-                for day in &days {
-                    if let Some(e) = self.days.get(day).await.filter(|e| e.dirty.load(Ordering::Acquire)) {
-                        entries.push((*day, e));
-                    }
-                }
-            }
-            if entries.is_empty() {
-                return;
-            }
-            let reloading = Reloading::mark(entries.iter().map(|(_, e)| e.clone()).collect());
-            self.counters.reloaded_days.fetch_add(entries.len() as u64, Ordering::Relaxed);
-            let todo = self.runs_of(entries.iter().map(|(d, _)| *d));
-            let mut loads: Vec<(u64, RunLoad)> = self.start_runs(&todo).into_values().collect();
-            loads.sort_by_key(|(id, _)| *id);
-            loads.dedup_by_key(|(id, _)| *id);
-            let all = futures::future::join_all(loads.into_iter().map(|(_, l)| l));
-            let done = self.by_deadline(all, deadline).await;
-            drop(reloading);
-            if done.is_none_or(|results| results.iter().any(Result::is_err)) {
-                return;
-            }
         }
     }
 }

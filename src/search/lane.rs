@@ -1,14 +1,14 @@
-//! A lane of run queries: at most a few in flight, and the waiting ones let through earliest
-//! deadline first.
+//! The lanes of run queries: a short one for reads of a few days and a wide one for the rest, each
+//! with at most a few reads in flight, the waiting ones let through earliest deadline first.
 //!
 //! A search of a cold range that is not short is allowed about twice the time the store takes to
 //! read it alone. In the order runs were started (a fair semaphore), a year asked just after the
 //! open range waited for every run of the open range before its own: measured at 4–19× its direct
 //! read while the open range stayed under 2×. So each run carries a deadline: when it was started
-//! plus twice the store's time for its search's estimated bytes ([`deadline_after`]), and a search
-//! that joins a run still waiting lowers the run's deadline to its own. The run with the earliest
-//! deadline goes next: a small search overtakes a big one that has slack left, and a big one is
-//! never starved, as every later search's deadline ends up after its own.
+//! plus twice the store's time for its search's estimated bytes ([`Lane::deadline_after`]), and a
+//! search that joins a run still waiting lowers the run's deadline to its own. The run with the
+//! earliest deadline goes next: a small search overtakes a big one that has slack left, and a big
+//! one is never starved, as every later search's deadline ends up after its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,20 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+
+use crate::store::ReadSize;
+
+/// Store queries of one search (or background refresh) in flight at once.
+pub const RUNS_IN_FLIGHT: usize = 4;
+/// A search (or reload) whose missing days come to at most this many estimated bytes reads them on
+/// the short lane: about a month of a busy feed. Wider reads take the wide lane, so a cold day or
+/// month never queues behind the runs of a cold year or of the open range.
+pub const SHORT_READ_BYTES: u64 = 2 << 20;
+/// Run queries in flight at once in the whole process, per lane. Bounded across searches, so a
+/// burst of cold searches does not open a connection and a server query per run at once (a
+/// replica left alone by a failover refused connections under such a burst).
+pub const SHORT_LANE: usize = 4;
+pub const WIDE_LANE: usize = RUNS_IN_FLIGHT;
 
 /// The store's time per estimated byte of a run, for deadlines: about 10 ms per MB (ClickHouse
 /// 18.16 on 2 cores reads the 63 MB open range of the bench in 0.5–0.7 s). Only the order of
@@ -40,6 +54,50 @@ impl Deadline {
 
     pub(super) fn nanos(&self) -> u64 {
         self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The process-wide lanes run queries wait on ([`SHORT_LANE`], [`WIDE_LANE`]), and which one a read
+/// takes.
+pub(super) struct Lanes {
+    short: Arc<Lane>,
+    wide: Arc<Lane>,
+    /// Most estimated bytes a read may bring and still take the short lane ([`SHORT_READ_BYTES`]
+    /// unless set).
+    short_read_bytes: AtomicU64,
+}
+
+/// The lane a read of some estimated bytes takes ([`Lanes::pick`]).
+pub(super) struct Pick<'a> {
+    pub(super) lane: &'a Arc<Lane>,
+    /// Whether it is the short lane (whose reads join only short reads in flight).
+    pub(super) short: bool,
+    /// What the store's reads give for their priority.
+    pub(super) size: ReadSize,
+}
+
+impl Lanes {
+    pub(super) fn new() -> Self {
+        Self {
+            short: Lane::new(SHORT_LANE),
+            wide: Lane::new(WIDE_LANE),
+            short_read_bytes: AtomicU64::new(SHORT_READ_BYTES),
+        }
+    }
+
+    /// Bounds the estimated bytes of a read on the short lane, for tests and benches with small
+    /// data.
+    pub(super) fn set_short_read_bytes(&self, bytes: u64) {
+        self.short_read_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The lane of a read of `bytes` estimated bytes.
+    pub(super) fn pick(&self, bytes: u64) -> Pick<'_> {
+        if bytes <= self.short_read_bytes.load(Ordering::Relaxed) {
+            Pick { lane: &self.short, short: true, size: ReadSize::Short }
+        } else {
+            Pick { lane: &self.wide, short: false, size: ReadSize::Wide }
+        }
     }
 }
 

@@ -16,14 +16,14 @@
 //! query costs one cache lookup however many days it spans.
 //!
 //! Freshness: the delivery layer announces the days it wrote ([`crate::delivery::Events`]) and the
-//! service hands them to [`Searcher::invalidate`] (the next
-//! search reloads them, and every cached body is dropped); processes that do not write poll the
-//! store's change feed ([`Searcher::spawn_change_feed`]) and announce exactly the days changed
-//! since their last poll as the same event, which the cache follows the same way. Entries older than the TTL are reloaded too, as a safety net. A day used in
-//! the second half of its TTL is reloaded in the background while the current copy is served. When
-//! the store fails, the last loaded copy of a day is served instead, and for a short while
-//! ([`STORE_DOWN_BACKOFF`]) cached days stop asking it at all: a down store costs one failing call
-//! per second, not one per request.
+//! service hands them to [`Searcher::invalidate`] (the next search reloads them, and every cached
+//! body is dropped); processes that do not write poll the store's change feed
+//! ([`Searcher::spawn_change_feed`]) and announce exactly the days changed since their last poll as
+//! the same event, which the cache follows the same way. Entries older than the TTL are reloaded
+//! too, as a safety net. A day used in the second half of its TTL is reloaded in the background
+//! while the current copy is served. When the store fails, the last loaded copy of a day is served
+//! instead, and for a short while ([`STORE_DOWN_BACKOFF`]) cached days stop asking it at all: a
+//! down store costs one failing call per second, not one per request.
 //!
 //! No search waits on a hung store: every store read runs in a task of its own, and a search waits
 //! for it only until its store deadline (`search.store_deadline`). Past it, the last copy of what it
@@ -32,14 +32,26 @@
 //! waiting only while the store answers a ping within the deadline (a long read of a healthy store),
 //! and fails as unavailable as soon as a ping goes unanswered.
 //!
-//! Files by job: `state` (the shared state and limits), `render` (`EventSummary` JSON), `day` (one
-//! day's rendered plans), `body` (finished bodies and the JSON envelope), `directory` (the day
-//! directory), `runs` (reads of missing days), `changes` (invalidations, change feed, reloads),
-//! `health` (store deadlines and backoff), `lane` (read priorities), `encoding` (the answer's HTTP
-//! representations: ETags, gzip); this file holds the public `Searcher` and a search's flow.
+//! The cache is made of parts, each owning its state (private fields) and the code that changes
+//! it, one per file:
+//! - `day` — one day's rendered plans (`DayEntry`) and the flags that say how searches may
+//!   use the copy (fresh, changed, being reloaded);
+//! - `days` — the day cache: how the days of a search are answered, the reads that fill it, the
+//!   reloads an invalidation asks for;
+//! - `runs` — reads of runs of missing days from the store, single flight;
+//! - `lane` — the read lanes those reads wait on (short and wide, earliest deadline first);
+//! - `directory` — the day directory;
+//! - `health` — store deadlines, the liveness ping and the backoff after a failure;
+//! - `freshness` — the TTL and the invalidation epoch;
+//! - `body` — the answer type, a cached body's representations, the assembly of a body;
+//! - `bodies` — the cache of finished bodies;
+//! - `changes` — the store's change feed;
+//! - `render` — `EventSummary` JSON; `encoding` — the answer's HTTP representations (ETags, gzip);
+//! - `counters` — the outcome counters.
+//!
+//! This file holds the public [`Searcher`], which owns the parts, and a search's flow through them.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,118 +59,130 @@ use bytes::Bytes;
 use chrono::NaiveDate;
 use futures::future::FutureExt;
 use futures::stream::{self, StreamExt};
-use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod bodies;
 mod body;
 mod changes;
+mod counters;
 mod day;
+mod days;
 mod directory;
 pub mod encoding;
+mod freshness;
 mod health;
 mod lane;
 mod render;
 mod runs;
-mod state;
 
 pub use body::{Answer, Content};
+pub use counters::SearchCounters;
+pub use health::STORE_DOWN_BACKOFF;
+pub use lane::{RUNS_IN_FLIGHT, SHORT_LANE, SHORT_READ_BYTES, WIDE_LANE};
 pub use render::render_event;
-pub use state::{
-    SearchCounters, RUNS_IN_FLIGHT, RUN_BYTES, SHORT_LANE, SHORT_READ_BYTES, SLOW_SEARCH, STORE_DOWN_BACKOFF,
-    WIDE_LANE,
-};
+pub use runs::RUN_BYTES;
 
-use body::{run_large, BodyBuilder, Built, CachedBody, EMPTY};
-use day::DayEntry;
-use runs::Part;
-use state::{nanos, Inner, BODY_FRACTION};
+use bodies::Bodies;
+use body::{run_large, BodyBuilder, Built, EMPTY};
+use changes::ChangeFeed;
+use days::{DayCache, Part};
+use directory::Directory;
+use freshness::Freshness;
+use health::StoreHealth;
 
 use crate::config::SearchSettings;
 use crate::domain::TimeRange;
 use crate::store::{SharedStore, StoreError};
 
-/// The search cache. Cheap to share behind an `Arc`; background refreshes hold its inner state.
+/// A search slower than this is counted by its main cause ([`SearchCounters::slow_by_store`] …).
+pub const SLOW_SEARCH: Duration = Duration::from_millis(100);
+
+/// The search cache. Cheap to share behind an `Arc`; background reads hold the parts they fill.
 pub struct Searcher {
-    inner: Arc<Inner>,
+    days: Arc<DayCache>,
+    directory: Arc<Directory>,
+    bodies: Bodies,
+    health: Arc<StoreHealth>,
+    fresh: Arc<Freshness>,
+    changes: ChangeFeed,
     pub counters: Arc<SearchCounters>,
 }
 
 impl Searcher {
     pub fn new(store: SharedStore, settings: &SearchSettings) -> Self {
-        let days = moka::future::Cache::builder()
-            .max_capacity(settings.cache_bytes)
-            .weigher(|_k: &NaiveDate, v: &Arc<DayEntry>| v.bytes)
-            .build();
-        // Finished bodies duplicate day bytes: a quarter of the budget on top of the days.
-        let bodies = moka::future::Cache::builder()
-            .max_capacity((settings.cache_bytes / 4).max(1))
-            .weigher(|_k: &(i64, i64), v: &Arc<CachedBody>| v.weight())
-            .build();
         let counters = Arc::new(SearchCounters::default());
-        static IDS: AtomicU64 = AtomicU64::new(0);
-        let inner = Inner {
-            id: IDS.fetch_add(1, Ordering::Relaxed),
-            store,
+        let health = Arc::new(StoreHealth::new(store.clone(), settings.store_deadline, counters.clone()));
+        let fresh = Arc::new(Freshness::new(settings.cache_ttl));
+        let directory =
+            Arc::new(Directory::new(store.clone(), health.clone(), fresh.clone(), counters.clone()));
+        let days = Arc::new(DayCache::new(
+            settings.cache_bytes,
+            store.clone(),
+            directory.clone(),
+            health.clone(),
+            fresh.clone(),
+            counters.clone(),
+        ));
+        Self {
             days,
-            bodies,
-            body_limit: (settings.cache_bytes / BODY_FRACTION) as usize,
-            directory: RwLock::new(None),
-            directory_load: tokio::sync::Mutex::new(()),
-            directory_refreshing: AtomicBool::new(false),
-            directory_task: Mutex::new(None),
-            deadline_nanos: AtomicU64::new(nanos(settings.store_deadline)),
-            short_lane: lane::Lane::new(SHORT_LANE),
-            wide_lane: lane::Lane::new(WIDE_LANE),
-            in_flight: Mutex::new(HashMap::new()),
-            next_run: AtomicU64::new(0),
-            run_bytes: AtomicU64::new(RUN_BYTES),
-            short_read_bytes: AtomicU64::new(SHORT_READ_BYTES),
-            ttl_nanos: AtomicU64::new(nanos(settings.cache_ttl)),
-            epoch: AtomicU64::new(0),
-            origin: Instant::now(),
-            store_down_until: AtomicU64::new(0),
-            counters: counters.clone(),
-        };
-        Self { inner: Arc::new(inner), counters }
+            changes: ChangeFeed::new(store, directory.clone(), counters.clone()),
+            directory,
+            bodies: Bodies::new(settings.cache_bytes, counters.clone()),
+            health,
+            fresh,
+            counters,
+        }
     }
 
     /// Bounds the estimated bytes of one run query (default [`RUN_BYTES`]); small values let tests
     /// and benches exercise the splitting of wide ranges.
     pub fn set_run_bytes(&self, bytes: u64) {
-        self.inner.run_bytes.store(bytes.max(1), Ordering::Relaxed);
+        self.days.set_run_bytes(bytes);
     }
 
     /// Bounds the estimated bytes of a read on the short lane (default [`SHORT_READ_BYTES`]), for
     /// tests and benches with small data.
     pub fn set_short_read_bytes(&self, bytes: u64) {
-        self.inner.short_read_bytes.store(bytes, Ordering::Relaxed);
+        self.days.set_short_read_bytes(bytes);
     }
 
     pub fn set_ttl(&self, ttl: Duration) {
-        self.inner.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
+        self.fresh.set_ttl(ttl);
     }
 
     pub fn set_store_deadline(&self, deadline: Duration) {
-        self.inner.deadline_nanos.store(nanos(deadline), Ordering::Relaxed);
+        self.health.set_deadline(deadline);
     }
 
     /// Called by the batch writer after a successful flush with the days it touched (and by the
     /// change feed with the days another process changed): the next search reads them again, and
-    /// the directory lists them until a read shows them empty.
+    /// the directory lists them until a read shows them empty. Days searches use are reloaded at
+    /// once (searches serve their previous copies meanwhile); returns once they are, or at the
+    /// store deadline.
     pub async fn invalidate(&self, days: &[NaiveDate]) {
-        self.inner.invalidate(days).await
+        self.fresh.invalidate();
+        let used = self.days.invalidate(days).await;
+        self.directory.note_changed(days);
+        if !used.is_empty() {
+            self.days.reload(used).await;
+        }
     }
 
     /// The full response body of `GET /search` for `range`.
     pub async fn search(&self, range: TimeRange) -> Result<Bytes, StoreError> {
-        self.inner.search(range, Instant::now()).await.map(Answer::into_bytes)
+        self.answer(range, Instant::now()).await.map(Answer::into_bytes)
     }
 
     /// The answer of `GET /search` for `range` asked at `asked` (the caller's clock reading, so a
     /// warm answer costs no other), with its content hash.
     pub async fn answer(&self, range: TimeRange, asked: Instant) -> Result<Answer, StoreError> {
-        self.inner.search(range, asked).await
+        let mut waits = Waits::default();
+        let answer = self.search_timed(range, asked, &mut waits).await;
+        if !waits.warm {
+            waits.count_if_slow(asked.elapsed(), &self.counters);
+        }
+        answer
     }
 
     /// The compressed form of a cached `answer`, made by `compress` on first use and kept beside its
@@ -166,30 +190,12 @@ impl Searcher {
     /// what the caller is charged); `None` for an answer that is not cached (too large, or stale),
     /// which would cost a compression per request.
     pub async fn compressed(&self, answer: &Answer, compress: fn(&[u8]) -> Bytes) -> Option<(Bytes, usize)> {
-        let (key, cached) = answer.cached_body()?;
-        if let Some(done) = cached.compressed.get() {
-            return Some((done.clone(), 0));
-        }
-        let mut made = false;
-        let packed = cached
-            .compressed
-            .get_or_init(|| async {
-                made = true;
-                run_large(cached.body.len(), || compress(&cached.body))
-            })
-            .await
-            .clone();
-        let current = self.inner.bodies.get(key).await;
-        if made && current.is_some_and(|c| Arc::ptr_eq(&c, cached)) {
-            // Inserted again so the weigher counts the compressed bytes too.
-            self.inner.bodies.insert(*key, cached.clone()).await;
-        }
-        Some((packed, if made { cached.body.len() } else { 0 }))
+        self.bodies.compressed(answer, compress).await
     }
 
     /// Reads the day directory from the store unless a fresh one is loaded (start-up warming).
     pub async fn load_directory(&self) -> Result<(), StoreError> {
-        self.inner.load_directory(None).await.map(|_| ())
+        self.directory.load(None).await.map(|_| ())
     }
 
     /// Follows the store's change feed: every `interval`, reads the days written since the last
@@ -203,17 +209,17 @@ impl Searcher {
         shutdown: watch::Receiver<bool>,
         written: crate::delivery::Events,
     ) -> JoinHandle<()> {
-        tokio::spawn(self.inner.clone().follow_changes(interval, shutdown, written))
+        tokio::spawn(self.changes.clone().follow(interval, shutdown, written))
     }
 
     /// For `/ready`: true once the day directory was read from the store at least once.
     pub fn warmed(&self) -> bool {
-        self.inner.directory.read().is_some()
+        self.directory.warmed()
     }
 
     /// The number of non-empty days the directory lists (for tests and metrics).
     pub fn directory_len(&self) -> usize {
-        self.inner.directory.read().as_ref().map_or(0, |d| d.days.len())
+        self.directory.len()
     }
 }
 
@@ -262,18 +268,11 @@ impl Waits {
     }
 }
 
-impl Inner {
-    async fn search(self: &Arc<Self>, range: TimeRange, began: Instant) -> Result<Answer, StoreError> {
-        let mut waits = Waits::default();
-        let answer = self.search_timed(range, began, &mut waits).await;
-        if !waits.warm {
-            waits.count_if_slow(began.elapsed(), &self.counters);
-        }
-        answer
-    }
-
+/// A search's flow: the finished body if cached, else the directory's days of the range, their
+/// parts (cached, or read), the body assembled from them, kept when small and fresh.
+impl Searcher {
     async fn search_timed(
-        self: &Arc<Self>,
+        &self,
         range: TimeRange,
         began: Instant,
         waits: &mut Waits,
@@ -282,9 +281,9 @@ impl Inner {
         let ends = range.ends_at.map_or(i64::MAX, |t| t.timestamp_micros());
         let key = (starts, ends);
         // One clock read for the whole warm path: the deadline and the body's freshness use `began`.
-        let deadline = began + self.store_deadline();
-        let epoch = self.epoch.load(Ordering::Acquire);
-        if let Some(answer) = self.cached_body(key, epoch, began).await {
+        let deadline = began + self.health.deadline();
+        let epoch = self.fresh.epoch();
+        if let Some(answer) = self.bodies.get(key, epoch, began, &self.health).await {
             waits.warm = true;
             return Ok(answer);
         }
@@ -294,16 +293,16 @@ impl Inner {
             return Ok(Answer::uncached(Bytes::from_static(EMPTY)));
         }
         let asked = Instant::now();
-        let (days, directory_at, mut stale) = self.days_in(first, last, deadline).await?;
+        let (days, directory_at, mut stale) = self.directory.days_in(first, last, deadline).await?;
         waits.own += asked.elapsed();
         if days.is_empty() {
             return Ok(Answer::uncached(Bytes::from_static(EMPTY)));
         }
         // Sized from the directory (exact for every day read before): one allocation for the body.
-        let estimate = days.iter().map(|(_, i)| i.bytes as usize + 1).sum::<usize>();
-        let mut out = BodyBuilder::new(estimate, self.body_limit);
+        let estimate = days.iter().map(|(_, i)| i.bytes() as usize + 1).sum::<usize>();
+        let mut out = BodyBuilder::new(estimate, self.bodies.limit());
         let in_range = move |d: &NaiveDate| first.is_none_or(|f| *d >= f) && last.is_none_or(|l| *d <= l);
-        let parts = self.parts(&days).await;
+        let parts = self.days.parts(&days).await;
         let range = (starts, ends, in_range);
         let (parts_stale, parts_oldest) = self.write_parts(parts, range, deadline, &mut out, waits).await?;
         stale |= parts_stale;
@@ -313,11 +312,11 @@ impl Inner {
             // Too large to cache: streamed from the days' own bytes.
             Built::Streamed(answer) => return Ok(answer),
         };
-        let fresh_until = oldest + self.ttl() / 2;
-        if stale || body.len() > self.body_limit || Instant::now() >= fresh_until {
+        let fresh_until = oldest + self.fresh.ttl() / 2;
+        if stale || body.len() > self.bodies.limit() || Instant::now() >= fresh_until {
             return Ok(Answer::uncached(body));
         }
-        Ok(self.keep_body(key, body, epoch, fresh_until).await)
+        Ok(self.bodies.keep(key, body, epoch, fresh_until).await)
     }
 
     /// Writes the plans of `parts` inside `[starts, ends]` to `out`; whether a stale copy stood in,
@@ -336,7 +335,7 @@ impl Inner {
         let mut resolved = stream::iter(parts)
             .map(|part| {
                 let own = part.started_by_this_search();
-                self.resolve(part, in_range, deadline).map(move |r| (own, r))
+                self.days.resolve(part, in_range, deadline).map(move |r| (own, r))
             })
             .buffered(RUNS_IN_FLIGHT);
         loop {
@@ -345,45 +344,16 @@ impl Inner {
             waits.add(own, waited.elapsed());
             let (entries, part_stale) = result?;
             stale |= part_stale;
-            let bytes: usize = entries.iter().map(|e| e.joined.len()).sum();
+            let bytes: usize = entries.iter().map(|e| e.joined().len()).sum();
             let copy = || {
                 for entry in &entries {
-                    oldest = oldest.min(entry.loaded_at);
+                    oldest = oldest.min(entry.loaded_at());
                     out.push(entry, starts, ends);
                 }
             };
             run_large(bytes, copy);
         }
         Ok((stale, oldest))
-    }
-
-    /// The finished body of the range `key` if it was built under `epoch` and is fresh (or stale
-    /// while the store is down).
-    async fn cached_body(&self, key: (i64, i64), epoch: u64, now: Instant) -> Option<Answer> {
-        let recent = body::recent_body(self.id, key).filter(|c| c.epoch == epoch && now < c.fresh_until);
-        if let Some(cached) = recent {
-            self.counters.body_hits.add(1);
-            return Some(Answer::cached(key, cached));
-        }
-        let cached = self.bodies.get(&key).await.filter(|c| c.epoch == epoch)?;
-        body::remember_body(self.id, key, &cached);
-        if now < cached.fresh_until {
-            self.counters.body_hits.add(1);
-            return Some(Answer::cached(key, cached));
-        }
-        if self.store_down() {
-            self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-            return Some(Answer::cached(key, cached));
-        }
-        None
-    }
-
-    /// Caches a finished `body` for the range `key` with its content hash.
-    async fn keep_body(&self, key: (i64, i64), body: Bytes, epoch: u64, fresh_until: Instant) -> Answer {
-        let cached = Arc::new(CachedBody::new(body, epoch, fresh_until));
-        self.bodies.insert(key, cached.clone()).await;
-        body::remember_body(self.id, key, &cached);
-        Answer::built_and_cached(key, cached)
     }
 }
 
@@ -411,6 +381,7 @@ mod tests {
     use crate::domain::EventRow;
     use bytes::BytesMut;
     use chrono::{DateTime, NaiveDateTime, Utc};
+    use day::DayEntry;
 
     fn row(id: u128, title: &str, start: &str, end: &str, price: Option<&str>) -> EventRow {
         let local = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap();
@@ -502,7 +473,7 @@ mod tests {
         ];
         let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
         let days = by_day(&rows, d("2021-07-01"), d("2021-07-31"));
-        let counts: Vec<(NaiveDate, usize)> = days.iter().map(|(k, v)| (*k, v.spans.len())).collect();
+        let counts: Vec<(NaiveDate, usize)> = days.iter().map(|(k, v)| (*k, v.plans())).collect();
         assert_eq!(counts, vec![(d("2021-07-01"), 2), (d("2021-07-09"), 1)]);
     }
 }
