@@ -119,10 +119,10 @@ const FLOOD_OVER: usize = FLOOD_CONNECTIONS / 8;
 /// millisecond; memory and descriptors come back within seconds.
 pub const FLOOD_IDLE: Duration = Duration::from_secs(2);
 
-/// Hands the allocator's free pages back to the system. glibc keeps the freed buffers of
-/// thousands of closed connections in its heaps for good (a 10,000-connection flood left RSS at
-/// 9x its idle level; mimalloc did no better and doubled the idle level), so once a flood is over
-/// the free pages are released, off the async threads.
+/// Hands glibc's free pages back to the system once a flood is over, off the async threads. The
+/// connections' buffers come from mimalloc (the binary's allocator), which returns its own free
+/// pages by itself; glibc's heap still holds what C code allocates (SQLite's page cache and its
+/// statements), which `malloc_trim` releases.
 fn release_memory() {
     tokio::task::spawn_blocking(|| {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
