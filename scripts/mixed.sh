@@ -24,6 +24,11 @@
 # the default) at nice MIXED_SIM_NICE (default 19), so generating the feed does not count against
 # either side (MIXED_SIM_IDLE=0 MIXED_SIM_NICE=0 to charge it).
 #
+# The embedded store lives in a new folder under MIXED_STORE_DIR (default /tmp). On a virtual
+# machine whose hypervisor charges its disk emulation to the guest's CPU, a round's writes pause the
+# whole machine for ~20 ms when the cores are busy: each ingestion phase prints the CPU the
+# hypervisor took (`steal`), and MIXED_STORE_DIR=/dev/shm measures the same rounds without disk.
+#
 # Profiles (MIXED_PROFILES, space-separated): `default` (config/default.toml: ingestion yields what
 # the searches need down to `min_ingest_share` 0.25), `floor-0.1` (min_ingest_share 0.1),
 # `never-yield` (min_ingest_share 1: no rests, ingestion under SCHED_IDLE only).
@@ -38,6 +43,7 @@ RATE=${MIXED_RATE:-10000}
 CONNS=${MIXED_CONNECTIONS:-32}
 BASE_PLANS=${MIXED_BASE_PLANS:-3000}
 PROFILES=${MIXED_PROFILES:-default never-yield}
+STORE_DIR=${MIXED_STORE_DIR:-/tmp}
 SIM_PORT=18190
 PORT=18191
 WORK=target/mixed
@@ -108,6 +114,11 @@ metric() { # NAME [LABEL_FILTER]
     curl -s "http://127.0.0.1:$PORT/metrics" | awk -v n="$1" -v f="${2:-}" \
         '($1 == n || index($1, n "{") == 1) && index($1, f) { s += $2 } END { printf "%d\n", s }'
 }
+# Like `metric`, for a counter of seconds (a float).
+metric_float() { # NAME [LABEL_FILTER]
+    curl -s "http://127.0.0.1:$PORT/metrics" | awk -v n="$1" -v f="${2:-}" \
+        '($1 == n || index($1, n "{") == 1) && index($1, f) { s += $2 } END { printf "%.3f\n", s }'
+}
 # CPU seconds (user + system) of a process's threads whose name matches (or not) a pattern.
 cpu_secs() { # PID PATTERN [invert]
     local tick total=0 t name fields
@@ -168,6 +179,8 @@ ingesting() {
     s0=$(seen) r0=$(metric planfeed_fetches_total 'outcome="ok"') t0=$(date +%s.%N)
     d0=$(metric planfeed_ingest_periods_total 'searches_delayed') p0=$(metric planfeed_ingest_paced_seconds_total)
     m0=$(metric planfeed_ingest_starvation_promotions_total)
+    local l0
+    l0=$(metric_float planfeed_cpu_lost_seconds_total 'cause="steal"')
     # The searches' mean wait for a core, sampled every half second.
     (while :; do
         curl -s "http://127.0.0.1:$PORT/metrics" | awk '$1 == "planfeed_ingest_search_wait_seconds" { print $2 * 1e6 }'
@@ -182,6 +195,7 @@ ingesting() {
     CONTROL="$(($(metric planfeed_ingest_periods_total 'searches_delayed') - d0)) periods delayed,"
     CONTROL="$CONTROL $(($(metric planfeed_ingest_paced_seconds_total) - p0)) s rested,"
     CONTROL="$CONTROL $(($(metric planfeed_ingest_starvation_promotions_total) - m0)) promotions,"
+    CONTROL="$CONTROL steal $(python3 -c "print(round($(metric_float planfeed_cpu_lost_seconds_total 'cause="steal"') - $l0, 2))") s,"
     CONTROL="$CONTROL search wait median $(sort -n "$WORK/waits.txt" | awk '{a[NR] = $1} END { printf "%.0f", NR ? a[int((NR + 1) / 2)] : 0 }') us"
 }
 
@@ -197,7 +211,7 @@ echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); feed $((FE
     "($BASE_PLANS x 4 x 50), fetched every 1 s; ${SECS} s per run, fixed rate ${RATE}/s, $CONNS connections;" \
     "$PAIRS idle/busy pairs per profile; simulator at nice $SIM_NICE$([ "$SIM_IDLE" = 1 ] && echo ", SCHED_IDLE")" | tee -a "$RESULTS"
 for profile in $PROFILES; do
-    STORE=$(mktemp -d /tmp/planfeed-mixed.XXXXXX)
+    STORE=$(mktemp -d "$STORE_DIR/planfeed-mixed.XXXXXX")
     # shellcheck disable=SC2046
     env PLANFEED__LOG__LEVEL=warn PLANFEED__SERVER__LISTEN="127.0.0.1:$PORT" \
         PLANFEED__STORE__PATH="$STORE/plans.db" PLANFEED__SPOOL__PATH="$STORE/spool" \

@@ -25,6 +25,7 @@
 
 #[cfg(target_os = "linux")]
 mod guard;
+mod lost;
 pub mod pace;
 pub mod share;
 
@@ -34,6 +35,7 @@ pub use guard::{unwatch_thread, watch_search_thread};
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
+pub use lost::cpu_lost_seconds;
 pub use pace::paced_seconds;
 
 /// A job's closure, boxed for the queue.

@@ -83,6 +83,10 @@ impl MetricsSource {
             // Seconds, a float: the exporter's counters are integers.
             catalog::header(INGEST_PACED, &mut text);
             let _ = writeln!(text, "{INGEST_PACED} {}", crate::cpu::paced_seconds());
+            catalog::header(CPU_LOST, &mut text);
+            for (cause, seconds) in crate::cpu::cpu_lost_seconds() {
+                let _ = writeln!(text, "{CPU_LOST}{{cause=\"{cause}\"}} {seconds}");
+            }
         }
         process::render(&mut text);
         text
@@ -91,6 +95,9 @@ impl MetricsSource {
 
 /// Seconds the ingestion threads rested by the cap ([`crate::cpu::pace`]).
 const INGEST_PACED: &str = "planfeed_ingest_paced_seconds_total";
+
+/// CPU seconds the machine lost to a hypervisor or a quota ([`crate::cpu::cpu_lost_seconds`]).
+const CPU_LOST: &str = "planfeed_cpu_lost_seconds_total";
 
 /// The latency histogram of `/search` answers (rendered by [`MetricsSource::render`]).
 const SEARCH_DURATION: &str = "planfeed_search_duration_seconds";

@@ -219,6 +219,10 @@ async fn a_trickle_of_searches_never_slows_ingestion() {
     // Rests, if any, are a sliver of the time: the old rule rested nine times each job.
     let elapsed = (spare + delayed) / 10.0;
     assert!(sample("planfeed_ingest_paced_seconds_total") <= elapsed / 10.0, "{text}");
+    // What the machine lost is exported by cause, so a slow tail can be told from the service's.
+    for cause in ["quota", "steal"] {
+        assert!(sample(&format!("planfeed_cpu_lost_seconds_total{{cause=\"{cause}\"}}")) >= 0.0, "{text}");
+    }
 }
 
 /// Searches flat out from the test (more clients than cores) delay each other: the controller

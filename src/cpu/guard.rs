@@ -103,9 +103,13 @@ fn guard() {
     let mut controller = Controller::default();
     let mut rested = super::pace::rested();
     let mut got = 1.0;
+    let mut lost = super::lost::Lost::new();
     loop {
         std::thread::sleep(PERIOD);
         let mut period = look();
+        let loss = lost.since_last();
+        period.throttled = loss.throttled;
+        super::lost::count_lost(loss.throttled, loss.steal);
         let now_rested = super::pace::rested();
         period.ingest_rested = now_rested.saturating_sub(rested);
         rested = now_rested;

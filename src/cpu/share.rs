@@ -11,6 +11,10 @@
 //!   The cap falls by a third, down to `pipeline.min_ingest_share`. Priorities cannot stop a thread
 //!   inside a system call (a store write) from keeping its core on a kernel that does not preempt
 //!   kernel code: working less often does (ADR 12).
+//! - **Quota spent**: the searches used enough CPU to matter and the process's cgroup was
+//!   throttled [`THROTTLE_TARGET`] or more by its CPU quota ([`super::lost`]). Throttling pauses
+//!   the searches' threads with the rest, whatever their priority, and comes from spending the
+//!   whole quota: the cap falls as for a delay.
 //! - **Otherwise** (no searches, a trickle, or searches that wait for nothing) the cap rises by a
 //!   tenth of the range per period, back to 1 within a second: spare CPU goes to ingestion.
 //!
@@ -33,6 +37,9 @@ pub const PERIOD: Duration = Duration::from_millis(100);
 pub const DELAY_TARGET: Duration = Duration::from_micros(100);
 /// CPU the search threads used in a period below which their waits say nothing (a trickle).
 pub const MIN_SEARCH_CPU: Duration = Duration::from_millis(5);
+/// Time the process's cgroup was throttled by its CPU quota in a period from which active searches
+/// count as paused: a few milliseconds of a period of 100 ms.
+pub const THROTTLE_TARGET: Duration = Duration::from_millis(5);
 /// Undelayed periods after which promoted ingestion threads go back under `SCHED_IDLE`.
 pub const CALM_PERIODS: u32 = 10;
 
@@ -47,6 +54,8 @@ pub struct Period {
     pub ingest_waited: Duration,
     /// Time ingestion's threads rested after jobs, by the cap.
     pub ingest_rested: Duration,
+    /// Time the process's cgroup was throttled by its CPU quota ([`super::lost`]).
+    pub throttled: Duration,
 }
 
 impl Period {
@@ -55,6 +64,12 @@ impl Period {
         self.search_ran >= MIN_SEARCH_CPU
             && self.search_runs > 0
             && self.search_waited / self.search_runs as u32 >= DELAY_TARGET
+    }
+
+    /// Whether the CPU quota paused the searches: they used enough CPU to matter and the cgroup
+    /// was throttled [`THROTTLE_TARGET`] or more.
+    pub fn searches_throttled(&self) -> bool {
+        self.search_ran >= MIN_SEARCH_CPU && self.throttled >= THROTTLE_TARGET
     }
 
     /// The share of the time it wanted that ingestion got (ran, against ran + waited + rested);
@@ -72,6 +87,8 @@ pub enum Reason {
     Spare,
     /// Searches were delayed: the cap is falling or at the floor.
     SearchesDelayed,
+    /// The CPU quota throttled the process beside the searches: the cap is falling or at the floor.
+    CpuQuota,
     /// A fetch past half its time limit: no cap.
     Hurry,
 }
@@ -81,6 +98,7 @@ impl Reason {
         match self {
             Reason::Spare => "spare",
             Reason::SearchesDelayed => "searches_delayed",
+            Reason::CpuQuota => "cpu_quota",
             Reason::Hurry => "hurry",
         }
     }
@@ -105,7 +123,7 @@ impl Controller {
     /// Moves the cap and the policy after `p`, with the floor `min` (0 < min <= 1) and whether a
     /// fetch hurries.
     pub fn step(&mut self, p: &Period, min: f64, hurry: bool) {
-        let delayed = p.searches_delayed();
+        let delayed = p.searches_delayed() || p.searches_throttled();
         let starved = p.ingest_got().is_some_and(|got| got < min) && p.ingest_waited > p.ingest_rested;
         if hurry {
             self.cap = 1.0;
@@ -118,7 +136,7 @@ impl Controller {
                 Some(got) if self.promoted && got <= 1.5 * min => self.cap,
                 _ => self.cap * (2.0 / 3.0),
             };
-            self.reason = Reason::SearchesDelayed;
+            self.reason = if p.searches_delayed() { Reason::SearchesDelayed } else { Reason::CpuQuota };
         } else {
             // Ten steps from the floor to 1 (the last one rounded up).
             let up = self.cap + (1.0 - min) / 10.0;
@@ -235,6 +253,26 @@ mod tests {
         let waiting = ingest(searches(5_000, 400 * US), 40 * MS, 60 * MS, Duration::ZERO);
         c.step(&waiting, 0.25, true);
         assert_eq!((c.cap, c.promoted, c.reason), (1.0, true, Reason::Hurry));
+    }
+
+    #[test]
+    fn a_quota_throttling_searches_lowers_the_cap_and_alone_does_not() {
+        let mut c = Controller::default();
+        // Searches that wait for nothing, but the quota paused the process for 20 ms.
+        let throttled = ingest(searches(1_000, 20 * US), 150 * MS, Duration::ZERO, Duration::ZERO);
+        let throttled = Period { throttled: 20 * MS, ..throttled };
+        c.step(&throttled, 0.25, false);
+        assert!((c.cap - 2.0 / 3.0).abs() < 1e-9, "{c:?}");
+        assert_eq!(c.reason, Reason::CpuQuota);
+        // A millisecond is noise; throttling without searches costs them nothing.
+        let noise = Period { throttled: MS, ..throttled };
+        let alone = ingest(Period::default(), 150 * MS, Duration::ZERO, Duration::ZERO);
+        let alone = Period { throttled: 20 * MS, ..alone };
+        for p in [noise, alone] {
+            let mut c = Controller { cap: 0.5, ..Controller::default() };
+            c.step(&p, 0.25, false);
+            assert_eq!((c.cap, c.reason), (0.575, Reason::Spare), "{p:?}");
+        }
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("planfeed_ingest_share_got", Kind::Gauge, "The share of the time it wanted that ingestion got, about the last second."),
     ("planfeed_ingest_promoted", Kind::Gauge, "1 while the ingestion threads are out of SCHED_IDLE to keep their minimum share, else 0."),
     ("planfeed_ingest_periods_total", Kind::Counter, "100 ms periods of the ingestion CPU controller, by why the cap is where it is."),
+    ("planfeed_cpu_lost_seconds_total", Kind::Counter, "Seconds the cgroup's CPU quota paused the process (cause=quota; beside searches it lowers the ingestion cap) and CPU seconds a hypervisor took from the machine (cause=steal)."),
     ("planfeed_ingest_search_wait_seconds", Kind::Gauge, "Mean time a run of a search thread waited for a core, over the last 100 ms."),
     ("process_resident_memory_bytes", Kind::Gauge, "Resident memory of the process in bytes."),
     ("process_virtual_memory_bytes", Kind::Gauge, "Virtual memory of the process in bytes."),
