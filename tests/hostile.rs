@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::binary::{free_port, local_toml, Planfeed};
+use common::binary::{local_toml, Planfeed};
 use common::PATIENCE;
 use planfeed::simulator::{self, hostile_body, Faults, FeedSource, Hostile, Simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,12 +32,8 @@ async fn start(body: bytes::Bytes, faults: Faults, extra: &str) -> (Planfeed, te
 async fn start_full(body: bytes::Bytes, faults: Faults, extra: &str) -> Started {
     let sim = Simulator::new(FeedSource::Rotation(vec![body]), faults);
     let url = simulator::spawn_local(sim).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(dir.path().join("local.toml"), local_toml(dir.path(), port, &url, extra)).unwrap();
-    let mut pf = Planfeed::serve(dir.path(), port);
-    pf.wait_ready().await;
-    Started { pf, dir, url, port }
+    let s = Planfeed::start(&url, extra, |toml| toml).await;
+    Started { pf: s.pf, dir: s.dir, url, port: s.port }
 }
 
 /// `/proc/<pid>/status` field in kB (`VmHWM`: peak RSS, `VmRSS`: current).

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::binary::{free_port, local_toml, Planfeed};
+use common::binary::Planfeed;
 use common::PATIENCE;
 use planfeed::simulator::{self, Faults, FeedSource, Simulator};
 
@@ -14,12 +14,8 @@ use planfeed::simulator::{self, Faults, FeedSource, Simulator};
 async fn start(body: String, extra: &str) -> (Planfeed, tempfile::TempDir) {
     let sim = Simulator::new(FeedSource::Rotation(vec![body.into()]), Faults::default());
     let url = simulator::spawn_local(sim).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(dir.path().join("local.toml"), local_toml(dir.path(), port, &url, extra)).unwrap();
-    let mut pf = Planfeed::serve(dir.path(), port);
-    pf.wait_ready().await;
-    (pf, dir)
+    let s = Planfeed::start(&url, extra, |toml| toml).await;
+    (s.pf, s.dir)
 }
 
 fn feed(base_plans: &str) -> String {

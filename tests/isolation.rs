@@ -164,14 +164,11 @@ async fn service_fetching_every_second(
 ) -> (std::sync::Arc<Simulator>, Planfeed, tempfile::TempDir) {
     let sim = Simulator::new(FeedSource::Generated(spec), Faults { error_rate: 1.0, ..Faults::default() });
     let url = simulator::spawn_local(sim.clone()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let toml = local_toml(dir.path(), port, &url, pipeline)
-        .replace("interval = \"1h\"", "interval = \"1s\"\nretries = 0\nbreaker_failures = 0");
-    std::fs::write(dir.path().join("local.toml"), toml).unwrap();
-    let mut pf = Planfeed::serve(dir.path(), port);
-    pf.wait_ready().await;
-    (sim, pf, dir)
+    let s = Planfeed::start(&url, pipeline, |toml| {
+        toml.replace("interval = \"1h\"", "interval = \"1s\"\nretries = 0\nbreaker_failures = 0")
+    })
+    .await;
+    (sim, s.pf, s.dir)
 }
 
 /// A trickle of searches (ten a second) is no demand for CPU: ingestion never rests for it, whole

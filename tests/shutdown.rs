@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::{free_port, local_toml, Planfeed};
+use common::binary::{Fresh, Planfeed};
 use common::PATIENCE;
 use planfeed::feed::{generate, GenSpec};
 use planfeed::simulator::{self, Faults, FeedSource, Simulator};
@@ -38,13 +38,9 @@ async fn sigterm_mid_ingestion_exits_zero_and_keeps_every_accepted_plan() {
     let sim = Simulator::new(FeedSource::Generated(spec), Faults::default());
     let url = simulator::spawn_local(sim.clone()).await.unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("planfeed.db");
-    let port = free_port();
     let pipeline = "[pipeline]\nbatch_size = 500\nflush_age = \"50ms\"";
-    std::fs::write(dir.path().join("local.toml"), local_toml(dir.path(), port, &url, pipeline)).unwrap();
-    let mut pf = Planfeed::serve(dir.path(), port);
-    pf.wait_ready().await;
+    let Fresh { mut pf, dir, .. } = Planfeed::start(&url, pipeline, |toml| toml).await;
+    let db = dir.path().join("planfeed.db");
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let before_signal = loop {
@@ -102,13 +98,9 @@ async fn a_fetch_cut_short_by_sigterm_is_recorded_as_shutdown_with_its_plans_sto
     let sim = Simulator::new(FeedSource::Rotation(vec![body.clone()]), faults);
     let url = simulator::spawn_local(sim).await.unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("planfeed.db");
-    let port = free_port();
     let pipeline = "[pipeline]\nchunk_bytes = 65536\nflush_age = \"50ms\"";
-    std::fs::write(dir.path().join("local.toml"), local_toml(dir.path(), port, &url, pipeline)).unwrap();
-    let mut pf = Planfeed::serve(dir.path(), port);
-    pf.wait_ready().await;
+    let Fresh { mut pf, dir, .. } = Planfeed::start(&url, pipeline, |toml| toml).await;
+    let db = dir.path().join("planfeed.db");
 
     // The first chunks are written: the body is being read.
     let deadline = Instant::now() + PATIENCE;

@@ -27,7 +27,27 @@ pub fn local_toml(dir: &Path, port: u16, url: &str, extra: &str) -> String {
     )
 }
 
+/// A service of [`Planfeed::start`]: the process, its temporary config folder (its store and log
+/// are there) and its port.
+pub struct Fresh {
+    pub pf: Planfeed,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
 impl Planfeed {
+    /// Starts the binary in a new temporary folder on a free port, fetching `url`, with the
+    /// `local.toml` of [`local_toml`] (with `extra`) changed by `edit`; returns once it is ready.
+    pub async fn start(url: &str, extra: &str, edit: impl FnOnce(String) -> String) -> Fresh {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("local.toml"), edit(local_toml(dir.path(), port, url, extra)))
+            .unwrap();
+        let mut pf = Planfeed::serve(dir.path(), port);
+        pf.wait_ready().await;
+        Fresh { pf, dir, port }
+    }
+
     /// `planfeed --config-dir <dir> serve`, with `PLANFEED__*` variables of the test process removed
     /// so `local.toml` alone decides. `port` must match `server.listen` in `local.toml`.
     pub fn serve(dir: &Path, port: u16) -> Self {
