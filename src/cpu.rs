@@ -35,7 +35,7 @@ pub use guard::{unwatch_thread, watch_search_thread};
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
-pub use lost::cpu_lost_seconds;
+pub use lost::{clock_ticks, cpu_lost_seconds};
 pub use pace::paced_seconds;
 
 /// A job's closure, boxed for the queue.

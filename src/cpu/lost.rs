@@ -92,8 +92,8 @@ pub fn cpu_lost_seconds() -> [(&'static str, f64); 2] {
     [("quota", read(0)), ("steal", read(1))]
 }
 
-/// Clock ticks a second, the unit of `/proc/stat`.
-fn clock_ticks() -> u64 {
+/// Clock ticks a second, the unit of CPU times in `/proc` (`/proc/stat`, `/proc/PID/stat`).
+pub fn clock_ticks() -> u64 {
     // SAFETY: a plain query of a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 {

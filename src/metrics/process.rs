@@ -8,7 +8,7 @@ use super::catalog::header;
 
 /// Appends the process metrics that could be read.
 pub(super) fn render(out: &mut String) {
-    let ticks = clock_ticks();
+    let ticks = crate::cpu::clock_ticks() as f64;
     if let Some(stat) = read_stat() {
         let page = page_size();
         sample(out, "process_cpu_seconds_total", (stat.utime + stat.stime) as f64 / ticks);
@@ -72,16 +72,6 @@ fn max_fds() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf reads a constant of the system.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
 }
 
 fn page_size() -> u64 {
