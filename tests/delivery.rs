@@ -115,12 +115,12 @@ async fn wait_for_password_check(server: &ClickHouseServer, open: bool) {
 /// it, `restore` ends it. The plans of that feed are spooled (none dropped), `/ready` and the
 /// metric name the refusal, and once it ends every plan and every fetch record is in the store.
 async fn refusal_loses_nothing(
+    server: ClickHouseServer,
     reason: &str,
     remedy: &str,
     refuse: impl AsyncFnOnce(&ClickHouseServer),
     restore: impl AsyncFnOnce(&ClickHouseServer),
 ) {
-    let Some(server) = ClickHouseServer::start() else { return };
     let (a, b) = (feed(20, 0), feed(30, 0));
     let sim = Simulator::new(FeedSource::Rotation(vec![a.clone()]), Default::default());
     let url = simulator::spawn_local(sim.clone()).await.unwrap();
@@ -166,7 +166,9 @@ async fn refusal_loses_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_password_rotated_during_ingestion_loses_nothing() {
+    let Some(server) = ClickHouseServer::start() else { return };
     refusal_loses_nothing(
+        server,
         "credentials",
         "ClickHouse refuses planfeed's credentials",
         async |server| {
@@ -183,7 +185,9 @@ async fn clickhouse_password_rotated_during_ingestion_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_missing_table_during_ingestion_loses_nothing() {
+    let Some(server) = ClickHouseServer::start() else { return };
     refusal_loses_nothing(
+        server,
         "missing_table",
         "ClickHouse lacks a table or database planfeed writes to",
         async |server| {
@@ -192,6 +196,20 @@ async fn clickhouse_missing_table_during_ingestion_loses_nothing() {
         async |server| {
             server.query_blocking("RENAME TABLE delivery.plans_away TO delivery.plans").unwrap();
         },
+    )
+    .await;
+}
+
+/// ClickHouse's disk full: its data on a filesystem of 256 MiB that the test fills, then frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_disk_full_during_ingestion_loses_nothing() {
+    let Some(server) = ClickHouseServer::start_on_small_disk(256 << 20) else { return };
+    refusal_loses_nothing(
+        server,
+        "space",
+        "ClickHouse has no space left on its disk",
+        async |server| server.fill_disk(),
+        async |server| server.free_disk(),
     )
     .await;
 }

@@ -27,6 +27,9 @@ pub struct ClickHouseServer {
     dir: tempfile::TempDir,
     http_port: u16,
     tcp_port: u16,
+    /// The server's data folder when a filesystem of its own is mounted there
+    /// ([`Self::start_on_small_disk`]), unmounted on drop.
+    small_disk: Option<PathBuf>,
 }
 
 impl ClickHouseServer {
@@ -43,6 +46,45 @@ impl ClickHouseServer {
             }
         }
         panic!("clickhouse-server did not start: {last_error}");
+    }
+
+    /// Starts a fresh server whose data lives on a filesystem of its own of `bytes` (a tmpfs
+    /// mounted over its data folder, which needs root, as `make test` runs), so that a test can
+    /// fill it ([`Self::fill_disk`]) and free it ([`Self::free_disk`]) as a full disk would be.
+    pub fn start_on_small_disk(bytes: u64) -> Option<Self> {
+        let mut server = Self::prepare()?;
+        let data = server.dir.path().join("data");
+        fs::create_dir_all(&data).expect("the data folder");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "planfeed-ch-disk"])
+            .arg(&data)
+            .status()
+            .expect("running mount");
+        assert!(mounted.success(), "cannot mount a tmpfs over {} (root is needed)", data.display());
+        server.small_disk = Some(data);
+        server.start_again();
+        Some(server)
+    }
+
+    /// Fills the small disk ([`Self::start_on_small_disk`]) with a file until no byte is left.
+    pub fn fill_disk(&self) {
+        let disk = self.small_disk.as_ref().expect("a server on a small disk");
+        let mut filler = fs::File::create(disk.join("filler")).expect("the filler file");
+        let zeros = vec![0u8; 1 << 16];
+        loop {
+            match std::io::Write::write(&mut filler, &zeros) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", disk.display()),
+            }
+        }
+    }
+
+    /// Frees what [`Self::fill_disk`] took.
+    pub fn free_disk(&self) {
+        let disk = self.small_disk.as_ref().expect("a server on a small disk");
+        fs::remove_file(disk.join("filler")).expect("removing the filler file");
     }
 
     /// A configured server (free ports, a data directory) that is not running yet: start it with
@@ -117,7 +159,7 @@ impl ClickHouseServer {
         let (http_port, tcp_port) = (free_port(), free_port());
         write_config(dir.path(), http_port, tcp_port).map_err(|e| e.to_string())?;
         fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
-        Ok(Self { child: None, binary: binary.to_path_buf(), dir, http_port, tcp_port })
+        Ok(Self { child: None, binary: binary.to_path_buf(), dir, http_port, tcp_port, small_disk: None })
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
@@ -222,6 +264,9 @@ impl ClickHouseServer {
 impl Drop for ClickHouseServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(disk) = self.small_disk.take() {
+            let _ = Command::new("umount").arg(&disk).status();
+        }
         // `dir` (a TempDir) removes itself after this.
     }
 }
