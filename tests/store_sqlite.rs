@@ -95,7 +95,7 @@ async fn open_creates_folders_file_and_schema_in_wal_mode() {
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
@@ -109,7 +109,17 @@ async fn open_creates_folders_file_and_schema_in_wal_mode() {
         .unwrap();
     assert_eq!(
         tables,
-        vec!["day_changes", "day_changes_by_seq", "fetches", "fetches_by_start", "plans", "plans_by_day"]
+        vec![
+            "day_changes",
+            "day_changes_by_seq",
+            "fetches",
+            "fetches_by_start",
+            "plans",
+            "plans_by_day",
+            "plans_by_title",
+            "titles",
+            "titles_let_go"
+        ]
     );
 
     // Opening again is a no-op for the schema.
@@ -263,6 +273,53 @@ async fn plans_by_day_reads_the_index_never_the_table() {
     }
 }
 
+/// The titles a file holds, in id order.
+fn stored_titles(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT text FROM titles ORDER BY id").unwrap();
+    stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+/// Plans sharing a title share one `titles` row; a title no row refers to any more is deleted by
+/// the batch that let it go, and one that only a stale older version brought is never kept.
+#[tokio::test]
+async fn titles_are_stored_once_and_deleted_when_no_plan_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let store = SqliteStore::open(&path).unwrap();
+    let (s, e) = ("2030-04-04T10:00:00", "2030-04-04T11:00:00");
+    let shared: Arc<str> = "x".repeat(1024).into();
+    let mut plans: Vec<_> = (0..50)
+        .map(|i| {
+            let mut p = plan("titles", 1, i, "", s, e);
+            p.title = shared.clone();
+            stored(p, 1)
+        })
+        .collect();
+    plans.push(stored(plan("titles", 2, 1, "alone", s, e), 1));
+    store.write_plans(&plans).await.unwrap();
+    assert_eq!(stored_titles(&path), [&*shared, "alone"]);
+
+    // Half the base plan renamed: both titles in use; then the rest, and the old one goes.
+    let renamed = |range: std::ops::Range<u64>, version| -> Vec<_> {
+        range.map(|i| stored(plan("titles", 1, i, "renamed", s, e), version)).collect()
+    };
+    store.write_plans(&renamed(0..25, 2)).await.unwrap();
+    assert_eq!(stored_titles(&path), [&*shared, "alone", "renamed"]);
+    store.write_plans(&renamed(25..50, 2)).await.unwrap();
+    assert_eq!(stored_titles(&path), ["alone", "renamed"]);
+
+    // An older version arriving late with a title of its own changes no row: its title goes too.
+    store.write_plans(&[stored(plan("titles", 2, 1, "stale", s, e), 0)]).await.unwrap();
+    assert_eq!(stored_titles(&path), ["alone", "renamed"]);
+
+    let rows = store.plans_by_day(day("2030-04-04"), day("2030-04-04")).await.unwrap();
+    assert_eq!(rows.len(), 51);
+    assert_eq!(rows.iter().filter(|r| r.title == "renamed").count(), 50);
+    let directory = store.day_directory().await.unwrap();
+    assert_eq!((directory[0].plans, directory[0].text_bytes), (51, 50 * 7 + 5));
+}
+
 #[tokio::test]
 async fn a_late_older_online_observation_still_marks_the_plan_ever_online() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,7 +363,7 @@ async fn reads_proceed_while_another_connection_holds_the_write_lock() {
 
     let mut other = rusqlite::Connection::open(&path).unwrap();
     let tx = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
-    tx.execute("UPDATE plans SET title = 'uncommitted'", []).unwrap();
+    tx.execute("UPDATE titles SET text = 'uncommitted'", []).unwrap();
     let started = Instant::now();
     let rows = store.plans_by_day(day("2030-04-04"), day("2030-04-04")).await.unwrap();
     assert_eq!(rows[0].title, "readable");

@@ -2,7 +2,9 @@
 //! (content hash, event day, version, ever-online). One entry per plan ever written, so its size is
 //! the writer's memory floor: a million plans must not cost a hundred megabytes. Keys are kept per
 //! provider (the provider's name once, not in every key) and values packed, 40 bytes an entry
-//! instead of 56; the table's growth (old and new table side by side for a moment) shrinks with it.
+//! instead of 56. A provider's entries are spread over [`SHARDS`] tables, each growing on its own:
+//! one table of a million entries doubled into a new one while the old was still there (86 MB of
+//! table became 129 MB for that moment); a shard's growth adds a sixteenth of that.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,15 +36,46 @@ impl Packed {
     }
 }
 
+/// Tables a provider's entries are spread over.
+const SHARDS: usize = 16;
+
+/// One provider's entries, by `(base_plan_id, plan_id)`, spread over [`SHARDS`] tables.
+#[derive(Debug, Default)]
+struct Shards([HashMap<(u64, u64), Packed>; SHARDS]);
+
+impl Shards {
+    fn of(&self, key: (u64, u64)) -> &HashMap<(u64, u64), Packed> {
+        &self.0[shard(key)]
+    }
+
+    fn of_mut(&mut self, key: (u64, u64)) -> &mut HashMap<(u64, u64), Packed> {
+        &mut self.0[shard(key)]
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(HashMap::len).sum()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Packed> {
+        self.0.iter().flat_map(HashMap::values)
+    }
+}
+
+/// The shard of a key: the top bits of a multiplicative mix, so consecutive plan ids spread.
+fn shard((base_plan_id, plan_id): (u64, u64)) -> usize {
+    let mixed = (plan_id ^ base_plan_id.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> (64 - SHARDS.trailing_zeros())) as usize
+}
+
 #[derive(Debug, Default)]
 pub struct Persisted {
-    by_provider: HashMap<Arc<str>, HashMap<(u64, u64), Packed>>,
+    by_provider: HashMap<Arc<str>, Shards>,
 }
 
 impl Persisted {
     pub fn get(&self, key: &PlanKey) -> Option<PlanState> {
-        let plans = self.by_provider.get(&key.provider)?;
-        plans.get(&(key.base_plan_id, key.plan_id)).map(|p| p.state())
+        let k = (key.base_plan_id, key.plan_id);
+        self.by_provider.get(&key.provider)?.of(k).get(&k).map(|p| p.state())
     }
 
     pub fn insert(&mut self, key: &PlanKey, state: PlanState) {
@@ -50,25 +83,28 @@ impl Persisted {
             Some(plans) => plans,
             None => self.by_provider.entry(key.provider.clone()).or_default(),
         };
-        plans.insert((key.base_plan_id, key.plan_id), Packed::new(state));
+        let k = (key.base_plan_id, key.plan_id);
+        plans.of_mut(k).insert(k, Packed::new(state));
     }
 
     pub fn remove(&mut self, key: &PlanKey) {
         if let Some(plans) = self.by_provider.get_mut(&key.provider) {
-            plans.remove(&(key.base_plan_id, key.plan_id));
+            let k = (key.base_plan_id, key.plan_id);
+            plans.of_mut(k).remove(&k);
         }
     }
 
     /// Marks a known key ever-online; unknown keys are ignored.
     pub fn set_ever_online(&mut self, key: &PlanKey) {
+        let k = (key.base_plan_id, key.plan_id);
         let plans = self.by_provider.get_mut(&key.provider);
-        if let Some(p) = plans.and_then(|plans| plans.get_mut(&(key.base_plan_id, key.plan_id))) {
+        if let Some(p) = plans.and_then(|plans| plans.of_mut(k).get_mut(&k)) {
             p.ever_online = true;
         }
     }
 
     pub fn len(&self) -> usize {
-        self.by_provider.values().map(HashMap::len).sum()
+        self.by_provider.values().map(Shards::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,7 +114,7 @@ impl Persisted {
     /// The highest fetch id among the versions (a version is a fetch id above a chunk's sequence
     /// number).
     pub fn version_floor(&self) -> u64 {
-        self.by_provider.values().flat_map(|plans| plans.values()).map(|p| p.version >> 20).max().unwrap_or(0)
+        self.by_provider.values().flat_map(Shards::values).map(|p| p.version >> 20).max().unwrap_or(0)
     }
 }
 
@@ -113,5 +149,14 @@ mod tests {
         p.remove(&a);
         assert_eq!((p.get(&a), p.len()), (None, 1));
         assert_eq!(std::mem::size_of::<Packed>() + std::mem::size_of::<(u64, u64)>(), 40);
+    }
+
+    #[test]
+    fn consecutive_plans_spread_over_every_shard() {
+        let mut counts = [0usize; SHARDS];
+        for plan_id in 0..16_000u64 {
+            counts[shard((100, plan_id))] += 1;
+        }
+        assert!(counts.iter().all(|&n| (800..1200).contains(&n)), "{counts:?}");
     }
 }

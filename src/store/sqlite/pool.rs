@@ -26,6 +26,11 @@ const PAGE_SIZE: i64 = 16 * 1024;
 const WRITER_CHECKPOINT_PAGES: i64 = 16 * 1024;
 /// Size the WAL file is cut back to after a checkpoint emptied it.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// The writer's page cache, in KiB (SQLite's `-N` form): the upper levels of the table and of its
+/// indexes stay in memory while a batch's rows land on pages all over `plans_by_day` (rows arrive
+/// in feed order, the index is in day order); 2 MiB (SQLite's default) read most of them back
+/// from the file for every row.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 /// The writer and the readers of one database file.
 pub(super) struct Pool {
@@ -84,6 +89,10 @@ pub(super) fn open_connection(path: &Path, reader: bool) -> StoreResult<Connecti
         conn.pragma_update(None, "page_size", PAGE_SIZE).ctx(what)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).ctx(what)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT).ctx(what)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB).ctx(what)?;
+        // The statement journal of an upsert (the pages one row's statement changed, to undo it
+        // alone) in memory: as a temporary file it wrote every page a row touched once more.
+        conn.pragma_update(None, "temp_store", "MEMORY").ctx(what)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).ctx(what)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Permanent(format!(

@@ -1,6 +1,7 @@
 //! The embedded store's reads. Searches read the partial, covering index `plans_by_day`, which
 //! holds only ever-online rows in `(event_date, start_utc, id)` order: a one-day search is a single
-//! index range read, already in the answer's order.
+//! index range read, already in the answer's order, with each row's title looked up by id in the
+//! small `titles` table (plans share their base plan's title).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,15 +15,18 @@ use crate::domain::{EventRow, FetchRecord, PlanKey, PlanState};
 use crate::store::{day_number, DayChange, DaySize, StoreResult};
 
 /// One day: the index range is already in answer order, no sort step.
+/// `CROSS JOIN` keeps the index as the outer loop; each row's title is a lookup by id.
 const PLANS_OF_DAY: &str = "
-SELECT id, title, start_local, end_local, start_utc, end_utc, min_price, max_price
-FROM plans WHERE ever_online = 1 AND event_date = ?1
-ORDER BY start_utc, id";
+SELECT p.id, t.text, p.start_local, p.end_local, p.start_utc, p.end_utc, p.min_price, p.max_price
+FROM plans p CROSS JOIN titles t ON t.id = p.title_id
+WHERE p.ever_online = 1 AND p.event_date = ?1
+ORDER BY p.start_utc, p.id";
 
 const PLANS_OF_DAYS: &str = "
-SELECT id, title, start_local, end_local, start_utc, end_utc, min_price, max_price
-FROM plans WHERE ever_online = 1 AND event_date >= ?1 AND event_date <= ?2
-ORDER BY start_utc, id";
+SELECT p.id, t.text, p.start_local, p.end_local, p.start_utc, p.end_utc, p.min_price, p.max_price
+FROM plans p CROSS JOIN titles t ON t.id = p.title_id
+WHERE p.ever_online = 1 AND p.event_date >= ?1 AND p.event_date <= ?2
+ORDER BY p.start_utc, p.id";
 
 /// Two subqueries so each reads one end of the partial index (SQLite's min/max optimisation
 /// handles a single aggregate per query only).
@@ -32,9 +36,10 @@ SELECT (SELECT min(event_date) FROM plans WHERE ever_online = 1),
 
 /// The search's day directory: one pass over the partial covering index, already grouped by day.
 const DAY_DIRECTORY: &str = "
-SELECT event_date, count(*), sum(length(title))
-FROM plans WHERE ever_online = 1
-GROUP BY event_date ORDER BY event_date";
+SELECT p.event_date, count(*), sum(t.chars)
+FROM plans p CROSS JOIN titles t ON t.id = p.title_id
+WHERE p.ever_online = 1
+GROUP BY p.event_date ORDER BY p.event_date";
 
 const CHANGE_MARKER: &str = "SELECT coalesce(max(seq), 0) FROM day_changes";
 

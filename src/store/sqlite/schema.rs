@@ -105,6 +105,37 @@ ALTER TABLE fetches ADD COLUMN plans_dropped INTEGER;
 "#,
         fill: Some(fill_fetch_outcomes),
     },
+    // Titles stored once: every plan of a base plan shares its title, and a 1 KiB title carried by
+    // each of 350,000 rows, twice (the table and the covering index), made each row's write cost a
+    // whole index page (the index is in day order, the feed is not). Rows and index entries now
+    // hold the title's id; searches still read only the index and the small `titles` table. A
+    // title a row let go of is noted in `titles_let_go` (the trigger); the batch that did it
+    // deletes the noted titles no row refers to any more before it commits (through
+    // `plans_by_title`), so ids a batch looked up stay valid while it runs.
+    sql(r#"
+CREATE TABLE titles (
+    id    INTEGER PRIMARY KEY,
+    text  TEXT    NOT NULL UNIQUE,
+    chars INTEGER GENERATED ALWAYS AS (length(text)) STORED   -- the day directory's sizes
+);
+INSERT INTO titles (text) SELECT DISTINCT title FROM plans ORDER BY title;
+ALTER TABLE plans ADD COLUMN title_id INTEGER NOT NULL DEFAULT 0;
+UPDATE plans SET title_id = (SELECT id FROM titles WHERE text = plans.title);
+DROP INDEX plans_by_day;
+ALTER TABLE plans DROP COLUMN title;
+CREATE INDEX plans_by_day
+    ON plans (event_date, start_utc, id, end_utc, start_local, end_local, min_price, max_price, title_id)
+    WHERE ever_online = 1;
+CREATE INDEX plans_by_title ON plans (title_id);
+CREATE TABLE titles_let_go (id INTEGER PRIMARY KEY);
+CREATE TRIGGER title_let_go AFTER UPDATE OF title_id ON plans
+WHEN old.title_id <> new.title_id
+BEGIN
+    -- Not `INSERT OR IGNORE`: the upsert's own conflict clause would override it.
+    INSERT INTO titles_let_go (id)
+        SELECT old.title_id WHERE NOT EXISTS (SELECT 1 FROM titles_let_go WHERE id = old.title_id);
+END;
+"#),
 ];
 
 /// The outcome and counts of the fetch rows written before migration 4, from their error texts.

@@ -1,11 +1,13 @@
 //! The embedded store's writes: a batch of plans, ever-online marks and fetch records, each in one
 //! transaction. Every write that changes what a day's search returns also records the day in the
-//! change feed (`day_changes`) under the transaction's number, so other processes can follow.
+//! change feed (`day_changes`) under the transaction's number, so other processes can follow. A
+//! plan's title is stored once, in `titles`, and its row holds the title's id.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
-use rusqlite::{params, CachedStatement, Connection, Transaction, TransactionBehavior};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
 use super::error::SqlContext;
@@ -15,13 +17,13 @@ use crate::domain::{FetchRecord, PlanKey, StoredPlan};
 use crate::store::{day_number, StoreResult};
 
 const UPSERT_PLAN: &str = "
-INSERT INTO plans (provider, base_plan_id, plan_id, id, title, online, ever_online,
+INSERT INTO plans (provider, base_plan_id, plan_id, id, title_id, online, ever_online,
                    organizer_company_id, start_local, end_local, start_utc, end_utc, event_date,
                    sell_from, sell_to, sold_out, min_price, max_price, zones, version, hash, updated_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)
 ON CONFLICT (provider, base_plan_id, plan_id) DO UPDATE SET
     id = excluded.id,
-    title = excluded.title,
+    title_id = excluded.title_id,
     online = excluded.online,
     ever_online = max(plans.ever_online, excluded.ever_online),
     organizer_company_id = excluded.organizer_company_id,
@@ -40,6 +42,20 @@ ON CONFLICT (provider, base_plan_id, plan_id) DO UPDATE SET
     hash = excluded.hash,
     updated_at = excluded.updated_at
 WHERE excluded.version >= plans.version";
+
+/// A title's row, when the store holds it.
+const FIND_TITLE: &str = "SELECT id FROM titles WHERE text = ?1";
+
+const INSERT_TITLE: &str = "INSERT INTO titles (text) VALUES (?1)";
+
+/// A title a batch added, to be deleted if every row of it kept a newer version's title.
+const NOTE_ADDED_TITLE: &str = "INSERT OR IGNORE INTO titles_let_go (id) VALUES (?1)";
+
+/// The titles a batch added or let go of that no row refers to.
+const DROP_UNUSED_TITLES: &str = "
+DELETE FROM titles WHERE id IN (SELECT id FROM titles_let_go)
+    AND NOT EXISTS (SELECT 1 FROM plans WHERE title_id = titles.id);
+DELETE FROM titles_let_go;";
 
 /// An older version arriving late changes nothing but the sticky flag.
 const STICK_EVER_ONLINE: &str = "
@@ -71,11 +87,13 @@ pub(super) fn write_batch(conn: &mut Connection, plans: &[StoredPlan]) -> StoreR
         let mut stick = tx.prepare_cached(STICK_EVER_ONLINE).ctx(|| "preparing the ever-online update")?;
         let mut buffers = RowBuffers::new();
         for p in plans {
-            let changed = upsert_plan(&mut upsert, p, &mut buffers)?;
+            let title_id = buffers.titles.id(&tx, &p.plan.title)?;
+            let changed = upsert_plan(&mut upsert, p, title_id, &mut buffers)?;
             if changed == 0 && p.ever_online {
                 stick_ever_online(&mut stick, &p.plan.key)?;
             }
         }
+        buffers.titles.drop_unused(&tx)?;
     }
     record_changes(
         &tx,
@@ -84,11 +102,13 @@ pub(super) fn write_batch(conn: &mut Connection, plans: &[StoredPlan]) -> StoreR
     tx.commit().ctx(|| format!("committing a batch of {n} plans"))
 }
 
-/// What every row of a batch reuses: the write time, the zones' JSON and the id's text.
+/// What every row of a batch reuses: the write time, the zones' JSON, the id's text and the ids of
+/// the titles met so far.
 struct RowBuffers {
     now: i64,
     zones: String,
     id: [u8; uuid::fmt::Urn::LENGTH],
+    titles: Titles,
 }
 
 impl RowBuffers {
@@ -97,12 +117,74 @@ impl RowBuffers {
             now: Utc::now().timestamp_millis(),
             zones: String::with_capacity(16 * 1024),
             id: Uuid::encode_buffer(),
+            titles: Titles::default(),
         }
     }
 }
 
+/// The `titles` ids of one batch's titles. Plans of one base plan share their title's allocation,
+/// so a run of them is recognised by pointer, without hashing the text again.
+#[derive(Default)]
+struct Titles {
+    ids: HashMap<Arc<str>, i64>,
+    last: Option<(Arc<str>, i64)>,
+    /// Titles this batch added: deleted at its end if no row took them (see `drop_unused`).
+    added: Vec<i64>,
+}
+
+impl Titles {
+    /// The id of `title`, added to `titles` when the store does not hold it yet.
+    fn id(&mut self, tx: &Transaction<'_>, title: &Arc<str>) -> StoreResult<i64> {
+        if let Some((last, id)) = &self.last {
+            if Arc::ptr_eq(last, title) {
+                return Ok(*id);
+            }
+        }
+        let id = match self.ids.get(title) {
+            Some(&id) => id,
+            None => {
+                let id = self.find_or_add(tx, title)?;
+                self.ids.insert(title.clone(), id);
+                id
+            }
+        };
+        self.last = Some((title.clone(), id));
+        Ok(id)
+    }
+
+    fn find_or_add(&mut self, tx: &Transaction<'_>, title: &str) -> StoreResult<i64> {
+        let what = || "finding a plan's title";
+        let mut find = tx.prepare_cached(FIND_TITLE).ctx(what)?;
+        if let Some(id) = find.query_row([title], |r| r.get(0)).optional().ctx(what)? {
+            return Ok(id);
+        }
+        let what = || "adding a plan's title";
+        tx.prepare_cached(INSERT_TITLE).and_then(|mut s| s.execute([title])).ctx(what)?;
+        let id = tx.last_insert_rowid();
+        self.added.push(id);
+        Ok(id)
+    }
+
+    /// Deletes the titles this batch added or let go of that no row refers to.
+    fn drop_unused(&self, tx: &Transaction<'_>) -> StoreResult<()> {
+        let what = || "deleting unused titles";
+        if !self.added.is_empty() {
+            let mut note = tx.prepare_cached(NOTE_ADDED_TITLE).ctx(what)?;
+            for id in &self.added {
+                note.execute([id]).ctx(what)?;
+            }
+        }
+        tx.execute_batch(DROP_UNUSED_TITLES).ctx(what)
+    }
+}
+
 /// Upserts one plan; the number of rows changed (0 when the stored version is newer).
-fn upsert_plan(stmt: &mut CachedStatement<'_>, p: &StoredPlan, buf: &mut RowBuffers) -> StoreResult<usize> {
+fn upsert_plan(
+    stmt: &mut CachedStatement<'_>,
+    p: &StoredPlan,
+    title_id: i64,
+    buf: &mut RowBuffers,
+) -> StoreResult<usize> {
     let key = &p.plan.key;
     buf.zones.clear();
     write_zones_json(&mut buf.zones, &p.plan.zones);
@@ -112,7 +194,7 @@ fn upsert_plan(stmt: &mut CachedStatement<'_>, p: &StoredPlan, buf: &mut RowBuff
         to_i64(key.base_plan_id, "base_plan_id", key)?,
         to_i64(key.plan_id, "plan_id", key)?,
         &*id,
-        &*p.plan.title,
+        title_id,
         p.plan.online,
         p.ever_online,
         p.plan.organizer_company_id.map(|o| to_i64(o, "organizer_company_id", key)).transpose()?,
