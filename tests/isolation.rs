@@ -14,6 +14,11 @@ use common::PATIENCE;
 use planfeed::feed::GenSpec;
 use planfeed::simulator::{self, Faults, FeedSource, Simulator};
 
+/// The tests of this file one at a time: each judges how a service shares the cores, and the
+/// saturating searches of one would count as the others' (a trickle's threads waiting for a core
+/// behind another test's flood is a delay the controller rightly yields to).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One thread of a process, from `/proc/PID/task/TID/{comm,stat}`.
 #[derive(Debug)]
 struct Thread {
@@ -64,6 +69,7 @@ async fn metric(base: &str, name: &str, filter: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingestion_runs_on_its_low_priority_threads_and_still_completes_the_feed() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let spec = GenSpec {
         base_plans: 500,
         plans_per_base: 4,
@@ -175,6 +181,7 @@ async fn service_fetching_every_second(
 /// rounds of the feed are written meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickle_of_searches_never_slows_ingestion() {
+    let _one = ONE_AT_A_TIME.lock().await;
     use std::sync::atomic::{AtomicBool, Ordering};
     let spec = GenSpec {
         base_plans: 200,
@@ -227,6 +234,7 @@ async fn a_trickle_of_searches_never_slows_ingestion() {
 /// completes with the whole feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_saturating_searches_a_fetch_still_completes() {
+    let _one = ONE_AT_A_TIME.lock().await;
     use std::sync::atomic::{AtomicBool, Ordering};
     let spec = GenSpec {
         base_plans: 300,
