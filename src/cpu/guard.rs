@@ -107,9 +107,7 @@ fn guard() {
     loop {
         std::thread::sleep(PERIOD);
         let mut period = look();
-        let loss = lost.since_last();
-        period.throttled = loss.throttled;
-        super::lost::count_lost(loss.throttled, loss.steal);
+        period.throttled = lost.since_last().throttled;
         let now_rested = super::pace::rested();
         period.ingest_rested = now_rested.saturating_sub(rested);
         rested = now_rested;

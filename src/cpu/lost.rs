@@ -50,7 +50,7 @@ impl Lost {
         lost
     }
 
-    /// CPU time lost since the previous call.
+    /// CPU time lost since the previous call, also added to the totals of [`cpu_lost_seconds`].
     pub(super) fn since_last(&mut self) -> Loss {
         let now = self.total();
         let lost = Loss {
@@ -58,6 +58,9 @@ impl Lost {
             steal: now.steal.saturating_sub(self.last.steal),
         };
         self.last = now;
+        for (total, part) in CPU_LOST_MICROS.iter().zip([lost.throttled, lost.steal]) {
+            total.fetch_add(part.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         lost
     }
 
@@ -76,13 +79,6 @@ impl Lost {
 /// microseconds ([`cpu_lost_seconds`]).
 static CPU_LOST_MICROS: [std::sync::atomic::AtomicU64; 2] =
     [std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)];
-
-#[cfg(target_os = "linux")]
-pub(super) fn count_lost(throttled: std::time::Duration, steal: std::time::Duration) {
-    for (total, lost) in CPU_LOST_MICROS.iter().zip([throttled, steal]) {
-        total.fetch_add(lost.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-    }
-}
 
 /// Seconds the process's cgroup was throttled by its CPU quota, and seconds of CPU a hypervisor
 /// took from the machine (summed over the cores), since the controller started
