@@ -22,7 +22,11 @@
 //! [`ingest_runtime`]: as many worker threads as the pool, lowered the same way. On the searches'
 //! runtime a worker busy for a few milliseconds with a 61 MB round delays every request queued on
 //! it; on these threads the kernel gives the core to the searches' workers first.
+//!
+//! Searches' own heavy work (rendering, copying, hashing and compressing large answers) runs on
+//! [`answers`]' threads, between the two: below the workers, above ingestion.
 
+pub mod answers;
 #[cfg(target_os = "linux")]
 mod guard;
 mod lost;
@@ -216,9 +220,24 @@ pub fn lower_current_thread() {
     }
 }
 
+thread_local! {
+    /// Set on ingestion's threads when they lower themselves.
+    static INGESTION_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Lowers the calling thread to the priority of [`answers`]' threads, once, unless it is one of
+/// ingestion's (already lower): for a blocking thread about to read the store for a search, which
+/// would otherwise take a core from the workers at their priority.
+pub fn lower_for_answers() {
+    if !INGESTION_THREAD.get() {
+        answers::lower_current_thread();
+    }
+}
+
 /// Raises the calling thread's nice value by `nice`, and with `idle` puts it under `SCHED_IDLE`
 /// (Linux: per thread; elsewhere a no-op).
 fn lower_priority(nice: i32, idle: bool) {
+    INGESTION_THREAD.set(true);
     #[cfg(target_os = "linux")]
     {
         // SAFETY: plain system calls on the calling thread's own id and the main thread's; no

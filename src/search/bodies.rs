@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::body::{Answer, CachedBody};
 use super::counters::SearchCounters;
 use super::health::StoreHealth;
+use crate::cpu::answers;
 
 /// A finished body larger than the cache budget divided by this is not kept (it would evict many
 /// days to save one concatenation).
@@ -85,7 +86,10 @@ impl Bodies {
         epoch: u64,
         fresh_until: Instant,
     ) -> Answer {
-        let cached = Arc::new(CachedBody::new(body, epoch, fresh_until));
+        let len = body.len();
+        // Its content hash is computed over every byte.
+        let make = move || Arc::new(CachedBody::new(body, epoch, fresh_until));
+        let cached = answers::run_sized(len, make).await;
         self.cache.insert(key, cached.clone()).await;
         remember_body(self.id, key, &cached);
         Answer::built_and_cached(key, cached)

@@ -17,22 +17,7 @@ use warp::http::HeaderValue;
 
 use super::day::DayEntry;
 use super::encoding::{self, Coding};
-
-/// Work on at least this many bytes runs with the runtime told it blocks ([`run_large`]).
-const BLOCKING_COPY_BYTES: usize = 1 << 20;
-
-/// Runs `work` over `bytes` bytes (a copy, a hash, a compression) in place; from
-/// [`BLOCKING_COPY_BYTES`] on, it takes milliseconds, so the runtime is told it blocks and moves its
-/// other tasks elsewhere (`block_in_place` is only allowed on a multi-threaded runtime).
-pub(super) fn run_large<T>(bytes: usize, work: impl FnOnce() -> T) -> T {
-    let multi_threaded = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if bytes >= BLOCKING_COPY_BYTES && multi_threaded {
-        tokio::task::block_in_place(work)
-    } else {
-        work()
-    }
-}
+use crate::cpu::answers;
 
 /// A finished `/search` body for one exact range, as the body cache keeps it.
 #[derive(Debug)]
@@ -93,7 +78,9 @@ impl CachedBody {
             .compressed
             .get_or_init(|| async {
                 made = true;
-                run_large(self.body.len(), || compress(&self.body))
+                // Off the workers whatever its size: compressing costs a hundred times a copy.
+                let body = self.body.clone();
+                answers::run(move || compress(&body)).await
             })
             .await
             .clone();
@@ -283,7 +270,7 @@ impl BodyBuilder {
             pieces.iter().for_each(|p| hasher.update(p));
             hasher.digest128()
         };
-        let hash = run_large(len, hash);
+        let hash = hash();
         Built::Streamed(Answer::streamed(pieces, hash))
     }
 }

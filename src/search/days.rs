@@ -271,14 +271,11 @@ impl DayCache {
             }
         };
         self.health.answered();
-        // Rendering a run is CPU work of up to a few tens of milliseconds: off the runtime's
-        // threads, so searches answered from memory never queue behind it.
+        // Rendering a run is CPU work of up to a few tens of milliseconds: on an answer thread, below
+        // the workers' priority, so searches answered from memory never queue behind it.
         let rendering = Instant::now();
-        let entries = tokio::task::spawn_blocking(move || by_day(&rows, from, to))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("rendering days {from}..={to} failed: {e}")));
+        let entries = crate::cpu::answers::run(move || by_day(&rows, from, to)).await;
         self.counters.run_render_us.fetch_add(micros(rendering.elapsed()), Ordering::Relaxed);
-        let entries = entries?;
         let raced = self.fresh.changed_since(epoch);
         if raced {
             // A write landed while reading: serve this, but read again next time.

@@ -84,7 +84,7 @@ pub use render::render_event;
 pub use runs::RUN_BYTES;
 
 use bodies::Bodies;
-use body::{run_large, BodyBuilder, Built, EMPTY};
+use body::{BodyBuilder, Built, EMPTY};
 use changes::ChangeFeed;
 use days::{DayCache, Part};
 use directory::Directory;
@@ -92,6 +92,7 @@ use freshness::Freshness;
 use health::StoreHealth;
 
 use crate::config::SearchSettings;
+use crate::cpu::answers;
 use crate::domain::TimeRange;
 use crate::store::{SharedStore, StoreError};
 
@@ -300,14 +301,14 @@ impl Searcher {
         }
         // Sized from the directory (exact for every day read before): one allocation for the body.
         let estimate = days.iter().map(|(_, i)| i.bytes() as usize + 1).sum::<usize>();
-        let mut out = BodyBuilder::new(estimate, self.bodies.limit());
+        let out = BodyBuilder::new(estimate, self.bodies.limit());
         let in_range = move |d: &NaiveDate| first.is_none_or(|f| *d >= f) && last.is_none_or(|l| *d <= l);
         let parts = self.days.parts(&days).await;
         let range = (starts, ends, in_range);
-        let (parts_stale, parts_oldest) = self.write_parts(parts, range, deadline, &mut out, waits).await?;
+        let (out, parts_stale, parts_oldest) = self.write_parts(parts, range, deadline, out, waits).await?;
         stale |= parts_stale;
         let oldest = directory_at.min(parts_oldest);
-        let body = match out.finish() {
+        let body = match answers::run_sized(estimate, move || out.finish()).await {
             Built::Whole(body) => body,
             // Too large to cache: streamed from the days' own bytes.
             Built::Streamed(answer) => return Ok(answer),
@@ -319,18 +320,19 @@ impl Searcher {
         Ok(self.bodies.keep(key, body, epoch, fresh_until).await)
     }
 
-    /// Writes the plans of `parts` inside `[starts, ends]` to `out`; whether a stale copy stood in,
-    /// and when the oldest day used was loaded. Parts resolve in day order, a few runs ahead; each
-    /// is written out and dropped at once, so a wide answer holds the cache, the runs in flight and
-    /// the body, never a second copy.
+    /// Writes the plans of `parts` inside `[starts, ends]` to `out`; gives it back with whether a
+    /// stale copy stood in, and when the oldest day used was loaded. Parts resolve in day order, a
+    /// few runs ahead; each is written out and dropped at once, so a wide answer holds the cache,
+    /// the runs in flight and the body, never a second copy. A part of many bytes is written on an
+    /// answer thread ([`answers`]), not on the worker.
     async fn write_parts(
         &self,
         parts: Vec<Part>,
         (starts, ends, in_range): (i64, i64, impl Fn(&NaiveDate) -> bool + Copy),
         deadline: Instant,
-        out: &mut BodyBuilder,
+        mut out: BodyBuilder,
         waits: &mut Waits,
-    ) -> Result<(bool, Instant), StoreError> {
+    ) -> Result<(BodyBuilder, bool, Instant), StoreError> {
         let (mut stale, mut oldest) = (false, Instant::now());
         let mut resolved = stream::iter(parts)
             .map(|part| {
@@ -344,16 +346,15 @@ impl Searcher {
             waits.add(own, waited.elapsed());
             let (entries, part_stale) = result?;
             stale |= part_stale;
+            oldest = entries.iter().map(|e| e.loaded_at()).fold(oldest, Instant::min);
             let bytes: usize = entries.iter().map(|e| e.joined().len()).sum();
-            let copy = || {
-                for entry in &entries {
-                    oldest = oldest.min(entry.loaded_at());
-                    out.push(entry, starts, ends);
-                }
+            let copy = move || {
+                entries.iter().for_each(|entry| out.push(entry, starts, ends));
+                out
             };
-            run_large(bytes, copy);
+            out = answers::run_sized(bytes, copy).await;
         }
-        Ok((stale, oldest))
+        Ok((out, stale, oldest))
     }
 }
 

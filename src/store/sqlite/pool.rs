@@ -58,13 +58,18 @@ impl Pool {
     }
 }
 
-/// Runs `f` on tokio's blocking pool.
+/// Runs `f` on tokio's blocking pool, below the workers' priority (a read for a search is a few
+/// milliseconds of CPU at least: [`crate::cpu::lower_for_answers`]).
 pub(super) async fn blocking<T, F>(f: F) -> StoreResult<T>
 where
     T: Send + 'static,
     F: FnOnce() -> StoreResult<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
+    let lowered = move || {
+        crate::cpu::lower_for_answers();
+        f()
+    };
+    tokio::task::spawn_blocking(lowered).await.map_err(|e| {
         if e.is_cancelled() {
             StoreError::Unavailable("sqlite task cancelled: runtime shutting down".into())
         } else {
