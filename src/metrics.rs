@@ -242,6 +242,7 @@ pub fn register_ingest() {
         metrics::counter!("planfeed_spool_set_aside_total", "what" => what).increment(0);
     }
     metrics::counter!("planfeed_ingest_starvation_promotions_total").increment(0);
+    metrics::counter!("planfeed_answer_starvation_promotions_total").increment(0);
     for reason in ["spare", "searches_delayed", "hurry"] {
         metrics::counter!("planfeed_ingest_periods_total", "reason" => reason).increment(0);
     }

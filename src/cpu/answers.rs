@@ -1,25 +1,27 @@
 //! Where a search answer's heavy work runs: rendering the days a store read brought, copying a
-//! large body together, hashing it, compressing it with gzip; on threads of their own at a lower
-//! priority than the workers that answer searches (nice +[`NICE`]). The store's blocking reads for
-//! searches run at the same priority (`cpu::lower_for_answers`).
+//! large body together, hashing it, compressing it with gzip; on threads of their own below the
+//! workers that answer searches. The store's blocking reads for searches are lowered the same way
+//! (`cpu::lower_for_answers`).
 //!
 //! Compressing a 1-month answer (665 KB of JSON) takes 17–50 ms of one core. Run on the searches'
 //! runtime, it held a worker that long, and every request queued on that worker waited behind it: a
-//! client asking a new month with gzip several times a second took another client's warm 1-day p99
-//! from 0.2 to 15–30 ms. Here a worker hands the body over and answers other requests until the
-//! compressed form comes back; the kernel gives a core to a worker that wakes up before these
-//! threads (nice +[`NICE`]), so the wait of a cheap request no longer follows the cost of an
-//! expensive one. At most [`threads`] compressions run at once (every core but one), so answers that
-//! need compressing share at most that many cores, whoever asks for them.
+//! client asking a new month with gzip a few dozen times a second took another client's warm 1-day
+//! p99 from 0.2 to 15–30 ms. Handed to threads at nice +10, it still took it to 0.8–1.5 ms: the
+//! kernel lets a thread of lower weight finish its slice before a worker that wakes up. So these
+//! threads run under `SCHED_IDLE`, like ingestion's: any worker that wakes takes the core at once
+//! (0.26 ms), and between them and ingestion's threads the cores are shared evenly.
 //!
-//! The threads count as search threads for the share controller (`cpu::share`): their CPU is
-//! what searches take, not ingestion's, and they run before ingestion's threads.
+//! Under `SCHED_IDLE` they could starve while threads of normal priority (of this process or
+//! another) keep every core busy; the guard moves them to the normal policy at nice +[`NICE`] while
+//! they wait much longer than they run (`cpu::share::AnswerPromotion`), and back once that stops.
+//! Their waits are not the searches' for the share controller: ingestion resting would not bring
+//! them the cores the workers hold.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
-/// Added niceness of the threads: a worker of nice 0 weighs about nine times as much (1024 against
-/// 110), and ingestion's threads under `SCHED_IDLE` weigh far less.
+/// Added niceness of the threads, which counts while they are promoted: a worker of nice 0 weighs
+/// about nine times as much (1024 against 110).
 pub const NICE: i32 = 10;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -30,7 +32,7 @@ static JOBS: OnceLock<crossbeam_channel::Sender<Job>> = OnceLock::new();
 /// tens of microseconds, about what handing it over and back costs.
 pub const IN_PLACE_BYTES: usize = 64 << 10;
 
-/// Threads for answers' work: one per core. Their priority, not their number, keeps them from
+/// Threads for answers' work: one per core. Their policy, not their number, keeps them from
 /// delaying the workers; the work budget of each client (`server.rate_limit`) bounds what one
 /// client makes them do.
 pub fn threads() -> usize {
@@ -44,8 +46,6 @@ fn jobs() -> &'static crossbeam_channel::Sender<Job> {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new().name(format!("planfeed-answer-{i}")).spawn(move || {
                 lower_current_thread();
-                #[cfg(target_os = "linux")]
-                super::guard::watch_search_thread();
                 for job in rx {
                     job();
                 }
@@ -95,26 +95,36 @@ where
     }
 }
 
-/// Raises the calling thread's nice value by [`NICE`] over the process's, once per thread (Linux;
-/// elsewhere a no-op).
+/// Lowers the calling thread, once: nice +[`NICE`] over the process's and `SCHED_IDLE`, watched
+/// by the guard, which lifts it to the normal policy while answers starve (Linux; elsewhere a
+/// no-op).
 pub(super) fn lower_current_thread() {
     thread_local! {
         static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
-    if LOWERED.with(|l| l.replace(true)) {
+    if LOWERED.replace(true) {
         return;
     }
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain system calls on the calling thread's own id and the process's.
+        // While this thread is still at the process's priority: the guard's thread inherits it.
+        super::guard::start_guard();
+        // SAFETY: plain system calls on the calling thread's own id and the process's; `param`
+        // lives across the call. Lowering needs no privilege.
+        let tid = unsafe { libc::gettid() };
         let rc = unsafe {
-            let tid = libc::gettid();
             let process = libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t);
             libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (process + NICE).min(19))
         };
         if rc != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower an answer thread's priority");
+            tracing::warn!(tid, error = %std::io::Error::last_os_error(), "cannot lower an answer thread's priority");
         }
+        let param = libc::sched_param { sched_priority: 0 };
+        let lowered = unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } == 0;
+        if !lowered {
+            tracing::warn!(tid, error = %std::io::Error::last_os_error(), "cannot put an answer thread under SCHED_IDLE");
+        }
+        super::guard::watch_answer_thread(lowered);
     }
 }
 
@@ -131,6 +141,9 @@ mod tests {
         let (name, there) = run(move || (std::thread::current().name().map(String::from), nice())).await;
         assert!(name.is_some_and(|n| n.starts_with("planfeed-answer-")));
         assert_eq!(there, (here + NICE).min(19));
+        // SAFETY: reads the calling thread's own policy.
+        let policy = run(|| unsafe { libc::sched_getscheduler(0) }).await;
+        assert_eq!(policy, libc::SCHED_IDLE);
         let caught = tokio::spawn(run(|| -> u32 { panic!("bad body") })).await.unwrap_err();
         assert!(caught.is_panic());
         // The threads survive a panic.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::share::{Controller, Period, PERIOD};
+use super::share::{AnswerPromotion, Controller, Period, PERIOD};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -26,6 +26,11 @@ enum Kind {
         lowered: bool,
     },
     Search,
+    /// An answer thread ([`super::answers`]), or a blocking thread lowered to their priority;
+    /// `lowered`: under `SCHED_IDLE`, which promotion lifts.
+    Answer {
+        lowered: bool,
+    },
 }
 
 struct Watched {
@@ -67,6 +72,22 @@ pub fn watch_search_thread() {
     watch_current(Kind::Search);
 }
 
+/// Watches the calling thread as an answer thread (`lowered`: just put under `SCHED_IDLE`), in
+/// place of what it was watched as (a blocking thread of the main runtime was a search thread). It
+/// takes the answer threads' current policy.
+pub(super) fn watch_answer_thread(lowered: bool) {
+    // SAFETY: returns the calling thread's id.
+    let tid = unsafe { libc::gettid() };
+    WATCHED.lock().retain(|w| w.tid != tid);
+    watch_current(Kind::Answer { lowered });
+    if lowered && ANSWERS_PROMOTED.load(std::sync::atomic::Ordering::Relaxed) {
+        set_policy(tid, libc::SCHED_OTHER);
+    }
+}
+
+/// Whether the answer threads are promoted now.
+static ANSWERS_PROMOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Stops watching the calling thread, which is about to end.
 pub fn unwatch_thread() {
     // SAFETY: returns the calling thread's id.
@@ -104,6 +125,7 @@ fn guard() {
     let mut rested = super::pace::rested();
     let mut got = 1.0;
     let mut lost = super::lost::Lost::new();
+    let mut answers = AnswerPromotion::default();
     loop {
         std::thread::sleep(PERIOD);
         let mut period = look();
@@ -116,6 +138,9 @@ fn guard() {
         super::pace::set_cap(controller.cap);
         if controller.promoted != was_promoted {
             promote(controller.promoted, &period);
+        }
+        if answers.step(period.answer_ran, period.answer_waited) {
+            promote_answers(answers.promoted);
         }
         if let Some(now) = period.ingest_got() {
             // About the last second.
@@ -143,6 +168,10 @@ fn look() -> Period {
                 p.ingest_ran += Duration::from_nanos(ran);
                 p.ingest_waited += Duration::from_nanos(waited);
             }
+            Kind::Answer { .. } => {
+                p.answer_ran += Duration::from_nanos(ran);
+                p.answer_waited += Duration::from_nanos(waited);
+            }
         }
         w.last = now;
         true
@@ -169,6 +198,19 @@ fn promote(up: bool, p: &Period) {
     }
 }
 
+/// Moves the lowered answer threads to `SCHED_OTHER` (`up`) or back under `SCHED_IDLE`.
+fn promote_answers(up: bool) {
+    tracing::debug!(up, "answer threads' policy");
+    ANSWERS_PROMOTED.store(up, std::sync::atomic::Ordering::Relaxed);
+    if up {
+        metrics::counter!("planfeed_answer_starvation_promotions_total").increment(1);
+    }
+    let policy = if up { libc::SCHED_OTHER } else { libc::SCHED_IDLE };
+    for w in WATCHED.lock().iter().filter(|w| w.kind == Kind::Answer { lowered: true }) {
+        set_policy(w.tid, policy);
+    }
+}
+
 fn publish(c: &Controller, p: &Period, got: f64) {
     metrics::gauge!("planfeed_ingest_cap").set(c.cap);
     metrics::gauge!("planfeed_ingest_share_got").set(got);
@@ -184,7 +226,7 @@ fn set_policy(tid: i32, policy: libc::c_int) {
     // Moving between SCHED_IDLE and SCHED_OTHER needs no privilege (RLIMIT_NICE allows the
     // thread's own nice value, which this does not change).
     if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
-        tracing::warn!(tid, policy, error = %std::io::Error::last_os_error(), "cannot change an ingestion thread's policy");
+        tracing::warn!(tid, policy, error = %std::io::Error::last_os_error(), "cannot change a lowered thread's policy");
     }
 }
 
@@ -248,5 +290,26 @@ mod tests {
             assert!(Instant::now() < deadline, "the thread never went back under SCHED_IDLE");
             tokio::time::sleep(PERIOD).await;
         }
+    }
+
+    /// Promoting the answer threads moves every lowered one to the normal policy (and one that
+    /// starts meanwhile takes it), demoting moves them back under `SCHED_IDLE`. When the guard
+    /// does it is `share::AnswerPromotion`'s (tested there).
+    #[tokio::test]
+    async fn promoting_the_answer_threads_lifts_them_all_and_demoting_lowers_them_back() {
+        // SAFETY: returns the calling thread's id; reads a thread's policy of this process.
+        let tid = crate::cpu::answers::run(|| unsafe { libc::gettid() }).await;
+        let policy = |tid| unsafe { libc::sched_getscheduler(tid) };
+        assert_eq!(policy(tid), libc::SCHED_IDLE);
+        promote_answers(true);
+        assert_eq!(policy(tid), libc::SCHED_OTHER);
+        // A thread lowered while they are promoted joins them.
+        let late = std::thread::spawn(|| {
+            crate::cpu::answers::lower_current_thread();
+            unsafe { libc::sched_getscheduler(0) }
+        });
+        assert_eq!(late.join().unwrap(), libc::SCHED_OTHER);
+        promote_answers(false);
+        assert_eq!(policy(tid), libc::SCHED_IDLE);
     }
 }

@@ -56,6 +56,40 @@ pub struct Period {
     pub ingest_rested: Duration,
     /// Time the process's cgroup was throttled by its CPU quota ([`super::lost`]).
     pub throttled: Duration,
+    /// The answer threads' ([`super::answers`]): not the controller's, [`AnswerPromotion`]'s.
+    pub answer_ran: Duration,
+    pub answer_waited: Duration,
+}
+
+/// Time the answer threads waited for a core in a period from which, running less than a tenth of
+/// it, they count as starved ([`AnswerPromotion`]).
+pub const ANSWER_STARVED_WAIT: Duration = Duration::from_millis(50);
+
+/// When the answer threads leave `SCHED_IDLE`: in a period where they waited at least
+/// [`ANSWER_STARVED_WAIT`] for a core and ran less than a tenth of that (threads of normal
+/// priority, of this process or another, kept every core: under `SCHED_IDLE` beside others of their
+/// kind they get a share, not almost nothing), they take the normal policy at their nice value;
+/// they go back after [`CALM_PERIODS`] periods in a row in which they waited less than that or ran
+/// at least a quarter as long as they waited.
+#[derive(Debug, Default)]
+pub struct AnswerPromotion {
+    pub promoted: bool,
+    calm: u32,
+}
+
+impl AnswerPromotion {
+    /// Takes a period's figures of the answer threads; true when `promoted` changed.
+    pub fn step(&mut self, ran: Duration, waited: Duration) -> bool {
+        if !self.promoted {
+            self.promoted = waited >= ANSWER_STARVED_WAIT && ran * 10 < waited;
+            self.calm = 0;
+            return self.promoted;
+        }
+        let calm = waited < ANSWER_STARVED_WAIT || ran * 4 >= waited;
+        self.calm = if calm { self.calm + 1 } else { 0 };
+        self.promoted = self.calm < CALM_PERIODS;
+        !self.promoted
+    }
 }
 
 impl Period {
@@ -235,6 +269,27 @@ mod tests {
         assert!(c.promoted);
         c.step(&quiet, 0.25, false);
         assert!(!c.promoted);
+    }
+
+    #[test]
+    fn answer_threads_are_promoted_while_starved_and_back_after_calm_periods() {
+        let mut a = AnswerPromotion::default();
+        // Sharing the cores with others under SCHED_IDLE (a fifth of what they wanted): not starved.
+        assert!(!a.step(30 * MS, 150 * MS));
+        // Short waits however little they ran: not starved.
+        assert!(!a.step(MS, 40 * MS));
+        // Busy neighbours of normal priority: 2 ms of the 150 ms they wanted.
+        assert!(a.step(2 * MS, 150 * MS) && a.promoted);
+        // Still held back once promoted: promoted it stays.
+        for _ in 0..CALM_PERIODS * 2 {
+            assert!(!a.step(15 * MS, 150 * MS) && a.promoted);
+        }
+        // Calm (idle, or running as long as they wait) for CALM_PERIODS in a row: back.
+        for i in 1..CALM_PERIODS {
+            let figures = if i % 2 == 0 { (Duration::ZERO, Duration::ZERO) } else { (40 * MS, 150 * MS) };
+            assert!(!a.step(figures.0, figures.1) && a.promoted);
+        }
+        assert!(a.step(Duration::ZERO, Duration::ZERO) && !a.promoted);
     }
 
     #[test]

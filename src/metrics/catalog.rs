@@ -50,6 +50,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("planfeed_clickhouse_endpoint_up", Kind::Gauge, "1 while a ClickHouse replica answers its statements and probes, else 0."),
     ("planfeed_pipeline_chunks_in_flight", Kind::Gauge, "Chunks between the download and the writer."),
     ("planfeed_ingest_paced_seconds_total", Kind::Counter, "Seconds the ingestion threads rested after jobs, by the cap that follows the searches' waits."),
+    ("planfeed_answer_starvation_promotions_total", Kind::Counter, "Times the answer threads left SCHED_IDLE because they waited far longer for a core than they ran."),
     ("planfeed_ingest_starvation_promotions_total", Kind::Counter, "Times the ingestion threads left SCHED_IDLE because they got less than pipeline.min_ingest_share."),
     ("planfeed_ingest_cap", Kind::Gauge, "The share of the time each ingestion thread may work now (1: no rests), between pipeline.min_ingest_share and 1."),
     ("planfeed_ingest_share_got", Kind::Gauge, "The share of the time it wanted that ingestion got, about the last second."),
