@@ -14,8 +14,8 @@
 //! Under `SCHED_IDLE` they could starve while threads of normal priority (of this process or
 //! another) keep every core busy; the guard moves them to the normal policy at nice +[`NICE`] while
 //! they wait much longer than they run (`cpu::share::AnswerPromotion`), and back once that stops.
-//! Their waits are not the searches' for the share controller: ingestion resting would not bring
-//! them the cores the workers hold.
+//! Their waits count as the searches' for the share controller: while they wait behind
+//! ingestion's threads (both under `SCHED_IDLE`), ingestion rests.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;

@@ -6,8 +6,9 @@
 //!
 //! Watched: ingestion's threads (the pool's, the ingestion runtime's, the WAL checkpoint's: each
 //! registers itself when it lowers its priority) and the threads that answer searches (the main
-//! runtime's workers and blocking threads register themselves at start, [`watch_search_thread`]).
-//! A thread that is gone, or whose id now names another thread, is dropped.
+//! runtime's workers and blocking threads register themselves at start, [`watch_search_thread`]),
+//! and the answer threads ([`super::answers`]: counted as search threads, and promoted on their own
+//! while they starve). A thread that is gone, or whose id now names another thread, is dropped.
 //!
 //! The guard runs at the process's own priority: a thread inherits its creator's policy and nice
 //! value, and a guard under `SCHED_IDLE` would starve with the threads it is there to rescue.
@@ -169,6 +170,10 @@ fn look() -> Period {
                 p.ingest_waited += Duration::from_nanos(waited);
             }
             Kind::Answer { .. } => {
+                // Searches' work too: while it waits behind ingestion, ingestion rests.
+                p.search_ran += Duration::from_nanos(ran);
+                p.search_runs += now.runs.saturating_sub(w.last.runs);
+                p.search_waited += Duration::from_nanos(waited);
                 p.answer_ran += Duration::from_nanos(ran);
                 p.answer_waited += Duration::from_nanos(waited);
             }

@@ -56,7 +56,8 @@ pub struct Period {
     pub ingest_rested: Duration,
     /// Time the process's cgroup was throttled by its CPU quota ([`super::lost`]).
     pub throttled: Duration,
-    /// The answer threads' ([`super::answers`]): not the controller's, [`AnswerPromotion`]'s.
+    /// The answer threads' ([`super::answers`]), also counted in the search figures above: for
+    /// [`AnswerPromotion`].
     pub answer_ran: Duration,
     pub answer_waited: Duration,
 }
