@@ -318,6 +318,15 @@ async fn titles_are_stored_once_and_deleted_when_no_plan_has_them() {
     assert_eq!(rows.iter().filter(|r| r.title == "renamed").count(), 50);
     let directory = store.day_directory().await.unwrap();
     assert_eq!((directory[0].plans, directory[0].text_bytes), (51, 50 * 7 + 5));
+
+    // A title a batch added that one row did not take (a stale version) and another did: kept.
+    let both = [stored(plan("titles", 2, 1, "both", s, e), 0), stored(plan("titles", 3, 1, "both", s, e), 1)];
+    store.write_plans(&both).await.unwrap();
+    assert_eq!(stored_titles(&path), ["alone", "renamed", "both"]);
+    let rows = store.plans_by_day(day("2030-04-04"), day("2030-04-04")).await.unwrap();
+    let mut others: Vec<_> = rows.iter().map(|r| r.title.as_str()).filter(|t| *t != "renamed").collect();
+    others.sort_unstable();
+    assert_eq!(others, ["alone", "both"]);
 }
 
 #[tokio::test]

@@ -87,8 +87,11 @@ pub(super) fn write_batch(conn: &mut Connection, plans: &[StoredPlan]) -> StoreR
         let mut stick = tx.prepare_cached(STICK_EVER_ONLINE).ctx(|| "preparing the ever-online update")?;
         let mut buffers = RowBuffers::new();
         for p in plans {
-            let title_id = buffers.titles.id(&tx, &p.plan.title)?;
+            let (title_id, added) = buffers.titles.id(&tx, &p.plan.title)?;
             let changed = upsert_plan(&mut upsert, p, title_id, &mut buffers)?;
+            if changed == 0 && added {
+                buffers.titles.not_taken.push(title_id);
+            }
             if changed == 0 && p.ever_online {
                 stick_ever_online(&mut stick, &p.plan.key)?;
             }
@@ -126,15 +129,20 @@ impl RowBuffers {
 /// so a run of them is recognised by pointer, without hashing the text again.
 #[derive(Default)]
 struct Titles {
-    ids: HashMap<Arc<str>, i64>,
-    last: Option<(Arc<str>, i64)>,
-    /// Titles this batch added: deleted at its end if no row took them (see `drop_unused`).
-    added: Vec<i64>,
+    /// Each title's id, and whether this batch added it.
+    ids: HashMap<Arc<str>, (i64, bool)>,
+    last: Option<(Arc<str>, (i64, bool))>,
+    /// Titles this batch added that a row did not take (its stored version was newer): deleted at
+    /// the batch's end if no other row took them (see `drop_unused`). A title a row took needs no
+    /// check: only the trigger's notes can free it later. Noting every added title cost a fifth of
+    /// a new plan's write (a note, a lookup and a delete each).
+    not_taken: Vec<i64>,
 }
 
 impl Titles {
-    /// The id of `title`, added to `titles` when the store does not hold it yet.
-    fn id(&mut self, tx: &Transaction<'_>, title: &Arc<str>) -> StoreResult<i64> {
+    /// The id of `title`, added to `titles` when the store does not hold it yet; with whether this
+    /// batch added it.
+    fn id(&mut self, tx: &Transaction<'_>, title: &Arc<str>) -> StoreResult<(i64, bool)> {
         if let Some((last, id)) = &self.last {
             if Arc::ptr_eq(last, title) {
                 return Ok(*id);
@@ -143,7 +151,7 @@ impl Titles {
         let id = match self.ids.get(title) {
             Some(&id) => id,
             None => {
-                let id = self.find_or_add(tx, title)?;
+                let id = find_or_add(tx, title)?;
                 self.ids.insert(title.clone(), id);
                 id
             }
@@ -152,30 +160,31 @@ impl Titles {
         Ok(id)
     }
 
-    fn find_or_add(&mut self, tx: &Transaction<'_>, title: &str) -> StoreResult<i64> {
-        let what = || "finding a plan's title";
-        let mut find = tx.prepare_cached(FIND_TITLE).ctx(what)?;
-        if let Some(id) = find.query_row([title], |r| r.get(0)).optional().ctx(what)? {
-            return Ok(id);
-        }
-        let what = || "adding a plan's title";
-        tx.prepare_cached(INSERT_TITLE).and_then(|mut s| s.execute([title])).ctx(what)?;
-        let id = tx.last_insert_rowid();
-        self.added.push(id);
-        Ok(id)
-    }
-
-    /// Deletes the titles this batch added or let go of that no row refers to.
+    /// Deletes the titles this batch added that no row took, and those rows let go of (the
+    /// trigger's notes), when no row refers to them.
     fn drop_unused(&self, tx: &Transaction<'_>) -> StoreResult<()> {
         let what = || "deleting unused titles";
-        if !self.added.is_empty() {
+        if !self.not_taken.is_empty() {
             let mut note = tx.prepare_cached(NOTE_ADDED_TITLE).ctx(what)?;
-            for id in &self.added {
+            for id in &self.not_taken {
                 note.execute([id]).ctx(what)?;
             }
         }
         tx.execute_batch(DROP_UNUSED_TITLES).ctx(what)
     }
+}
+
+/// The id of `title` in `titles`, adding it when the store does not hold it yet; with whether it
+/// was added.
+fn find_or_add(tx: &Transaction<'_>, title: &str) -> StoreResult<(i64, bool)> {
+    let what = || "finding a plan's title";
+    let mut find = tx.prepare_cached(FIND_TITLE).ctx(what)?;
+    if let Some(id) = find.query_row([title], |r| r.get(0)).optional().ctx(what)? {
+        return Ok((id, false));
+    }
+    let what = || "adding a plan's title";
+    tx.prepare_cached(INSERT_TITLE).and_then(|mut s| s.execute([title])).ctx(what)?;
+    Ok((tx.last_insert_rowid(), true))
 }
 
 /// Upserts one plan; the number of rows changed (0 when the stored version is newer).
