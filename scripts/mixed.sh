@@ -63,7 +63,7 @@ if ! command -v wrk >/dev/null; then
     apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
 fi
 cargo build --release --bin planfeed --example loadgen
-BIN=target/release/planfeed
+BIN=${MIXED_BIN:-target/release/planfeed}
 DAY="/search?starts_at=2023-06-15T00:00:00Z&ends_at=2023-06-15T23:59:59Z"
 
 for port in $SIM_PORT $PORT; do

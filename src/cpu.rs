@@ -24,7 +24,8 @@
 //! it; on these threads the kernel gives the core to the searches' workers first.
 //!
 //! Searches' own heavy work (rendering, copying, hashing and compressing large answers) runs on
-//! [`answers`]' threads, between the two: below the workers, above ingestion.
+//! [`answers`]' threads: below the workers, under `SCHED_IDLE` beside ingestion's threads, which
+//! rest while they wait.
 
 pub mod answers;
 #[cfg(target_os = "linux")]

@@ -9,7 +9,7 @@
 //! p99 from 0.2 to 15–30 ms. Handed to threads at nice +10, it still took it to 0.8–1.5 ms: the
 //! kernel lets a thread of lower weight finish its slice before a worker that wakes up. So these
 //! threads run under `SCHED_IDLE`, like ingestion's: any worker that wakes takes the core at once
-//! (0.26 ms), and between them and ingestion's threads the cores are shared evenly.
+//! (0.20–0.23 ms against 0.16 alone), and between them and ingestion's threads the cores are shared.
 //!
 //! Under `SCHED_IDLE` they could starve while threads of normal priority (of this process or
 //! another) keep every core busy; the guard moves them to the normal policy at nice +[`NICE`] while
@@ -39,6 +39,8 @@ pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The threads' queue, started on first use. It holds at most one job per search or store read in
+/// flight, which the connection limits and the read lanes bound.
 fn jobs() -> &'static crossbeam_channel::Sender<Job> {
     JOBS.get_or_init(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
@@ -89,8 +91,8 @@ where
     match rx.await {
         Ok(Ok(out)) => out,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        // Every thread failed to start and the job ran in place: its sender is gone only if it
-        // ran; a job is never dropped unrun while a thread holds the queue.
+        // A job sent is run (the queue's sender lives as long as the process, so its threads
+        // never stop), and one that could not be sent ran above: it always sends its result.
         Err(_) => unreachable!("an answer job is run before its result is dropped"),
     }
 }

@@ -197,10 +197,7 @@ fn promote(up: bool, p: &Period) {
         PROMOTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("planfeed_ingest_starvation_promotions_total").increment(1);
     }
-    let policy = if up { libc::SCHED_OTHER } else { libc::SCHED_IDLE };
-    for w in WATCHED.lock().iter().filter(|w| w.kind == Kind::Ingest { lowered: true }) {
-        set_policy(w.tid, policy);
-    }
+    set_lowered_policy(Kind::Ingest { lowered: true }, up);
 }
 
 /// Moves the lowered answer threads to `SCHED_OTHER` (`up`) or back under `SCHED_IDLE`.
@@ -210,8 +207,13 @@ fn promote_answers(up: bool) {
     if up {
         metrics::counter!("planfeed_answer_starvation_promotions_total").increment(1);
     }
+    set_lowered_policy(Kind::Answer { lowered: true }, up);
+}
+
+/// Gives every watched thread of `kind` the normal policy (`up`) or `SCHED_IDLE`.
+fn set_lowered_policy(kind: Kind, up: bool) {
     let policy = if up { libc::SCHED_OTHER } else { libc::SCHED_IDLE };
-    for w in WATCHED.lock().iter().filter(|w| w.kind == Kind::Answer { lowered: true }) {
+    for w in WATCHED.lock().iter().filter(|w| w.kind == kind) {
         set_policy(w.tid, policy);
     }
 }

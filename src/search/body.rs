@@ -255,7 +255,8 @@ impl BodyBuilder {
     }
 
     /// The finished body: whole when copied (or when a streamed one turned out small enough to
-    /// cache), else a streamed answer with its content hash.
+    /// cache), else a streamed answer with its content hash. Work on every byte of a large body:
+    /// run it on an answer thread (`cpu::answers::run_sized`).
     pub(super) fn finish(mut self) -> Built {
         self.out.put_slice(SUFFIX);
         let Some(mut pieces) = self.pieces else { return Built::Whole(self.out.freeze()) };
@@ -265,12 +266,9 @@ impl BodyBuilder {
         if len <= self.limit {
             return Built::Whole(pieces.concat().into());
         }
-        let hash = || {
-            let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
-            pieces.iter().for_each(|p| hasher.update(p));
-            hasher.digest128()
-        };
-        let hash = hash();
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        pieces.iter().for_each(|p| hasher.update(p));
+        let hash = hasher.digest128();
         Built::Streamed(Answer::streamed(pieces, hash))
     }
 }
