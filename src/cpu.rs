@@ -37,14 +37,12 @@ pub mod share;
 #[cfg(target_os = "linux")]
 pub use guard::{unwatch_thread, watch_search_thread};
 
-use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
 pub use lost::{clock_ticks, cpu_lost_seconds};
 pub use pace::paced_seconds;
 
-/// A job's closure, boxed for the queue.
-type Job = Box<dyn FnOnce() + Send + 'static>;
+use answers::Job;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
@@ -188,10 +186,7 @@ impl CpuPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
-        });
+        let (job, rx) = answers::job(f);
         self.jobs.send(job).map_err(|_| CpuError::Closed)?;
         match rx.await {
             Ok(Ok(out)) => Ok(out),

@@ -24,7 +24,21 @@ use std::sync::OnceLock;
 /// about nine times as much (1024 against 110).
 pub const NICE: i32 = 10;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A job's closure, boxed for a queue (here and in the ingestion pool).
+pub(super) type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// `f` as a job for a thread of a queue, and where its result (or its panic) arrives.
+pub(super) fn job<T, F>(f: F) -> (Job, tokio::sync::oneshot::Receiver<std::thread::Result<T>>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
+    });
+    (job, rx)
+}
 
 static JOBS: OnceLock<crossbeam_channel::Sender<Job>> = OnceLock::new();
 
@@ -81,10 +95,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
-    });
+    let (job, rx) = job(f);
     if let Err(unsent) = jobs().send(job) {
         (unsent.into_inner())();
     }
