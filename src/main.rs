@@ -68,6 +68,8 @@ enum ConfigAction {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any SQLite connection (the spool's or the store's).
+    planfeed::store::sqlite::configure_library();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Serve = command {

@@ -217,6 +217,7 @@ pub fn register_common(clickhouse: bool) {
 /// Registers what a process answering searches exports.
 pub fn register_api() {
     search_handles();
+    metrics::counter!("planfeed_answer_starvation_promotions_total").increment(0);
 }
 
 /// Registers what a process running ingestion exports, besides its providers' ([`start_provider`]).
@@ -242,7 +243,6 @@ pub fn register_ingest() {
         metrics::counter!("planfeed_spool_set_aside_total", "what" => what).increment(0);
     }
     metrics::counter!("planfeed_ingest_starvation_promotions_total").increment(0);
-    metrics::counter!("planfeed_answer_starvation_promotions_total").increment(0);
     for reason in ["spare", "searches_delayed", "hurry"] {
         metrics::counter!("planfeed_ingest_periods_total", "reason" => reason).increment(0);
     }

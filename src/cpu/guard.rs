@@ -200,8 +200,16 @@ fn promote(up: bool, p: &Period) {
     set_lowered_policy(Kind::Ingest { lowered: true }, up);
 }
 
+/// Held while the answer threads' policy changes (a test changes it too).
+static ANSWER_POLICY: Mutex<()> = Mutex::new(());
+
 /// Moves the lowered answer threads to `SCHED_OTHER` (`up`) or back under `SCHED_IDLE`.
 fn promote_answers(up: bool) {
+    let _changing = ANSWER_POLICY.lock();
+    set_answers_policy(up);
+}
+
+fn set_answers_policy(up: bool) {
     tracing::debug!(up, "answer threads' policy");
     ANSWERS_PROMOTED.store(up, std::sync::atomic::Ordering::Relaxed);
     if up {
@@ -307,8 +315,9 @@ mod tests {
         // SAFETY: returns the calling thread's id; reads a thread's policy of this process.
         let tid = crate::cpu::answers::run(|| unsafe { libc::gettid() }).await;
         let policy = |tid| unsafe { libc::sched_getscheduler(tid) };
-        assert_eq!(policy(tid), libc::SCHED_IDLE);
-        promote_answers(true);
+        // The guard may have promoted them (another test's busy loops): it cannot meanwhile.
+        let _changing = ANSWER_POLICY.lock();
+        set_answers_policy(true);
         assert_eq!(policy(tid), libc::SCHED_OTHER);
         // A thread lowered while they are promoted joins them.
         let late = std::thread::spawn(|| {
@@ -316,7 +325,7 @@ mod tests {
             unsafe { libc::sched_getscheduler(0) }
         });
         assert_eq!(late.join().unwrap(), libc::SCHED_OTHER);
-        promote_answers(false);
+        set_answers_policy(false);
         assert_eq!(policy(tid), libc::SCHED_IDLE);
     }
 }

@@ -184,16 +184,17 @@ impl Store for SqliteStore {
     }
 }
 
-/// Sets SQLite up once, before the library starts (too late once a connection was opened: SQLite
-/// then refuses, harmlessly, and keeps its defaults):
+/// Sets SQLite up once, before the library starts: the binary calls it first thing, and opening a
+/// store calls it too (too late once any connection was opened, the spool's included: SQLite then
+/// refuses, harmlessly, and keeps its defaults). Returns whether the settings took effect:
 /// - its allocations go to mimalloc, the binary's allocator, instead of glibc's malloc: each
 ///   upsert's statement journal allocates and frees, and glibc's `malloc`/`free` were 2.5 % of a
 ///   feed's ingestion;
 /// - its allocation statistics are off: with them on, every allocation of every connection takes
 ///   one process-wide mutex (2 % more in `pthread_mutex_lock`). Nothing here reads them.
-fn configure_library() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
+pub fn configure_library() -> bool {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DONE.get_or_init(|| {
         use rusqlite::ffi;
         let methods = mimalloc_methods();
         // SAFETY: called before any connection of this process is opened (the first store's open),
@@ -207,7 +208,8 @@ fn configure_library() {
         if rc != ffi::SQLITE_OK {
             tracing::debug!(rc, "SQLite was started before planfeed set its allocator");
         }
-    });
+        rc == ffi::SQLITE_OK
+    })
 }
 
 /// SQLite's allocator: mimalloc (8-byte alignment or more, as SQLite needs).
@@ -254,20 +256,6 @@ fn mimalloc_methods() -> rusqlite::ffi::sqlite3_mem_methods {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sqlite_allocates_with_mimalloc_once_a_store_was_opened() {
-        let dir = tempfile::tempdir().unwrap();
-        let _store = SqliteStore::open(&dir.path().join("planfeed.db")).unwrap();
-        // SAFETY: a plain allocation through SQLite's allocator, checked and freed right away.
-        unsafe {
-            let p = rusqlite::ffi::sqlite3_malloc(100);
-            assert!(!p.is_null());
-            assert!(libmimalloc_sys::mi_is_in_heap_region(p), "SQLite's allocation is not mimalloc's");
-            assert!(rusqlite::ffi::sqlite3_msize(p) >= 100);
-            rusqlite::ffi::sqlite3_free(p);
-        }
-    }
-
     /// The calling thread's name and nice value.
     fn thread_and_nice() -> (String, i32) {
         // SAFETY: reads the calling thread's own priority.
@@ -276,7 +264,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_run_on_ingestions_low_priority_threads_and_reads_do_not() {
+    async fn writes_run_on_ingestions_low_priority_threads_and_reads_at_the_answer_threads() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("plans.db")).unwrap();
         let (base_name, base_nice) = thread_and_nice();
@@ -285,6 +273,7 @@ mod tests {
         assert_eq!(nice, (base_nice + crate::cpu::pool().nice()).min(19));
         let (name, nice) = store.read(|_| Ok(thread_and_nice())).await.unwrap();
         assert!(!name.starts_with("planfeed-ingest-"), "read ran on {name:?} (test thread {base_name:?})");
-        assert_eq!(nice, base_nice, "reads keep the searches' priority");
+        // A read for a search runs at the answer threads' priority, below the workers.
+        assert_eq!(nice, (base_nice + crate::cpu::answers::NICE).min(19), "reads run below the workers");
     }
 }
