@@ -198,7 +198,7 @@ pub fn configure_library() -> bool {
         use rusqlite::ffi;
         let methods = mimalloc_methods();
         // SAFETY: called before any connection of this process is opened (the first store's open),
-        // from one thread (`Once`); SQLite copies `methods` before the call returns.
+        // from one thread (`OnceLock`); SQLite copies `methods` before the call returns.
         let rc = unsafe {
             let malloc =
                 ffi::sqlite3_config(ffi::SQLITE_CONFIG_MALLOC, &methods as *const ffi::sqlite3_mem_methods);
