@@ -134,8 +134,8 @@ struct Titles {
     last: Option<(Arc<str>, (i64, bool))>,
     /// Titles this batch added that a row did not take (its stored version was newer): deleted at
     /// the batch's end if no other row took them (see `drop_unused`). A title a row took needs no
-    /// check: only the trigger's notes can free it later. Noting every added title cost a fifth of
-    /// a new plan's write (a note, a lookup and a delete each).
+    /// check: only the trigger's notes can free it later. Noting every added title cost a note, a
+    /// lookup and a delete per new title, for nothing when a row took it.
     not_taken: Vec<i64>,
 }
 
