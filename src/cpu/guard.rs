@@ -203,6 +203,14 @@ fn promote(up: bool, p: &Period) {
 /// Held while the answer threads' policy changes (a test changes it too).
 static ANSWER_POLICY: Mutex<()> = Mutex::new(());
 
+/// Holds the answer threads' policy still (the guard waits to change it) and says whether they are
+/// promoted: a test reads their policy under it.
+#[cfg(test)]
+pub(super) fn hold_answer_policy() -> (impl Drop, bool) {
+    let held = ANSWER_POLICY.lock();
+    (held, ANSWERS_PROMOTED.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Moves the lowered answer threads to `SCHED_OTHER` (`up`) or back under `SCHED_IDLE`.
 fn promote_answers(up: bool) {
     let _changing = ANSWER_POLICY.lock();
