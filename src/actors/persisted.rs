@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use hashbrown::HashTable;
+use hashbrown::{hash_table, HashTable};
 
 use crate::domain::{PlanKey, PlanState};
 use crate::store::{day_number, day_of_number};
@@ -92,17 +92,19 @@ impl Plans {
     }
 
     fn insert(&mut self, hasher: &RandomState, hash: u64, entry: Entry) {
-        if let Some(e) = self.get_mut(hash, entry.key) {
-            *e = entry;
-            return;
-        }
         let position = u32::try_from(self.len()).expect("fewer than 2^32 plans per provider");
-        match self.blocks.last_mut() {
-            Some(last) if last.len() < BLOCK => last.push(entry),
-            _ => self.blocks.push(vec![entry]),
-        }
         let blocks = &self.blocks;
-        self.index.insert_unique(hash, position, |&p| hasher.hash_one(at(blocks, p).key));
+        let same = |&p: &u32| at(blocks, p).key == entry.key;
+        match self.index.entry(hash, same, |&p| hasher.hash_one(at(blocks, p).key)) {
+            hash_table::Entry::Occupied(found) => *at_mut(&mut self.blocks, *found.get()) = entry,
+            hash_table::Entry::Vacant(slot) => {
+                slot.insert(position);
+                match self.blocks.last_mut() {
+                    Some(last) if last.len() < BLOCK => last.push(entry),
+                    _ => self.blocks.push(vec![entry]),
+                }
+            }
+        }
     }
 
     fn remove(&mut self, hasher: &RandomState, hash: u64, key: Key) {
